@@ -1,0 +1,1 @@
+"""edgebind node_agent."""
