@@ -1,0 +1,148 @@
+"""The generic windowed dataset and its ``.npz`` file format.
+
+One ``.npz`` file holds:
+
+- ``X_<modality>``: float32 array (windows x time x channels), one per modality,
+  all with the same number of windows (row i of every array is the same span);
+- ``y``: int64 labels (0-based, -1 = unlabelled), one per window;
+- ``subject``: int64 subject id per window;
+- optional ``label_names``: array of str, indexed by label;
+- optional ``rate_<modality>``: scalar float, the sampling rate in Hz.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from common.modalities import ModalityRegistry, ModalitySpec
+
+
+@dataclass
+class WindowDataset:
+    """Aligned windows of several modalities with labels and subjects."""
+
+    X: dict[str, np.ndarray]
+    y: np.ndarray
+    subject: np.ndarray
+    label_names: list[str] = field(default_factory=list)
+    rates: dict[str, float] = field(default_factory=dict)
+    name: str = "dataset"
+
+    def __post_init__(self) -> None:
+        self.y = np.asarray(self.y, dtype=np.int64)
+        self.subject = np.asarray(self.subject, dtype=np.int64)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first thing that is wrong."""
+        n = len(self.y)
+        if self.y.ndim != 1:
+            raise ValueError(f"{self.name}: y must be 1-D, got shape {self.y.shape}")
+        if self.subject.shape != (n,):
+            raise ValueError(f"{self.name}: subject has shape {self.subject.shape}, expected ({n},)")
+        if not self.X:
+            raise ValueError(f"{self.name}: no modality arrays (X_<modality>)")
+        for m, x in self.X.items():
+            if not isinstance(x, np.ndarray) or x.dtype != np.float32:
+                raise ValueError(f"{self.name}: X_{m} must be a float32 numpy array, got {getattr(x, 'dtype', type(x))}")
+            if x.ndim != 3:
+                raise ValueError(f"{self.name}: X_{m} must be windows x time x channels, got shape {x.shape}")
+            if x.shape[0] != n:
+                raise ValueError(f"{self.name}: X_{m} has {x.shape[0]} windows but y has {n}")
+            bad = ~np.isfinite(x).all(axis=(1, 2))
+            if bad.any():
+                raise ValueError(f"{self.name}: X_{m} has NaN or Inf in {int(bad.sum())} windows (first: {int(np.argmax(bad))})")
+        if self.label_names and n and self.y.max() >= len(self.label_names):
+            raise ValueError(f"{self.name}: label {int(self.y.max())} has no name ({len(self.label_names)} names)")
+
+    @property
+    def modalities(self) -> list[str]:
+        return sorted(self.X)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def spec(self, modality: str) -> ModalitySpec:
+        x = self.require(modality)
+        return ModalitySpec(modality, channels=x.shape[2], rate_hz=self.rates.get(modality, 50.0), window=x.shape[1])
+
+    def registry(self) -> ModalityRegistry:
+        reg = ModalityRegistry()
+        for m in self.X:
+            reg.register(self.spec(m))
+        return reg
+
+    def require(self, modality: str) -> np.ndarray:
+        try:
+            return self.X[modality]
+        except KeyError:
+            raise KeyError(f"{self.name} has no modality {modality!r}; it has: {', '.join(self.modalities)}") from None
+
+    def subset(self, rows: np.ndarray, modalities: list[str] | None = None) -> WindowDataset:
+        mods = self.modalities if modalities is None else modalities
+        return WindowDataset(
+            X={m: self.require(m)[rows] for m in mods},
+            y=self.y[rows],
+            subject=self.subject[rows],
+            label_names=list(self.label_names),
+            rates={m: self.rates[m] for m in mods if m in self.rates},
+            name=self.name,
+        )
+
+    @property
+    def subjects(self) -> np.ndarray:
+        return np.unique(self.subject)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.label_names) if self.label_names else int(self.y.max()) + 1
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        arrays: dict[str, np.ndarray] = {f"X_{m}": x for m, x in self.X.items()}
+        arrays["y"] = self.y
+        arrays["subject"] = self.subject
+        if self.label_names:
+            arrays["label_names"] = np.array(self.label_names, dtype=str)
+        for m, r in self.rates.items():
+            arrays[f"rate_{m}"] = np.array(float(r))
+        np.savez_compressed(path, **arrays)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> WindowDataset:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"dataset file {path} does not exist")
+        with np.load(path, allow_pickle=False) as f:
+            keys = set(f.files)
+            missing = {"y", "subject"} - keys
+            if missing:
+                raise ValueError(f"{path}: missing array(s) {sorted(missing)}; see README 'Dataset format'")
+            X = {k[2:]: f[k].astype(np.float32, copy=False) for k in keys if k.startswith("X_")}
+            rates = {k[5:]: float(f[k]) for k in keys if k.startswith("rate_")}
+            names = [str(s) for s in f["label_names"]] if "label_names" in keys else []
+            return cls(X=X, y=f["y"], subject=f["subject"], label_names=names, rates=rates, name=path.stem)
+
+
+def load_dataset(name_or_path: str | Path, *, virtual: bool = True, **kwargs) -> WindowDataset:
+    """``hapt`` for the bundled UCI HAPT recordings, else a path to a generic ``.npz``.
+
+    With ``virtual`` the derived streams ``gravity`` and ``lin_acc`` are added
+    wherever the dataset has ``acc`` at a known rate.
+    """
+    from common.data.transforms import add_virtual_streams
+
+    if str(name_or_path).lower() == "hapt":
+        from common.data.hapt import load_hapt
+
+        ds = load_hapt(**kwargs)
+    else:
+        path = Path(name_or_path)
+        if path.suffix != ".npz":
+            raise ValueError(f"--dataset takes 'hapt' or a path to a .npz file, got {str(name_or_path)!r}")
+        ds = WindowDataset.load(path)
+    return add_virtual_streams(ds) if virtual else ds

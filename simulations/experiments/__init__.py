@@ -1,0 +1,1 @@
+"""Central (non-federated) experiments: MMBind and Babel on real data."""
