@@ -1,0 +1,985 @@
+"""The coordinator's store: nodes, campaigns, embeddings, pairs, stages, adapter versions, metrics.
+
+SQLAlchemy 2 over SQLite (a file in WAL mode, or ``sqlite://`` in memory) or
+PostgreSQL, with the same code. Embedding metadata lives in a table and each
+batch's array in one compact blob. Uploads are idempotent: (node, campaign,
+batch id) is stored once, and a repeat changes nothing. Every method checks its
+input first and raises ``ValueError`` naming what was wrong, so bad input never
+changes what is already stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import (
+    BigInteger,
+    Double,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+__all__ = [
+    "CampaignRecord",
+    "CoordinatorStore",
+    "EmbeddingBatchRecord",
+    "Embeddings",
+    "MetricRecord",
+    "NodeRecord",
+    "NodeStatus",
+    "Pairs",
+    "StageRecord",
+    "open_store",
+    "pack_array",
+    "unpack_array",
+]
+
+EMBEDDING_DTYPES = frozenset({"float16", "float32", "int8"})
+ARRAY_DTYPES = frozenset({"float16", "float32", "float64", "int8", "int32", "int64"})
+_MAX_NAME = 256
+_MAX_INT64 = 2**63 - 1
+_SHA256_HEX = frozenset("0123456789abcdef")
+# SQLite only aliases the rowid for INTEGER PRIMARY KEY, so big ids need a variant.
+_ID = BigInteger().with_variant(Integer(), "sqlite")
+
+
+# --- arrays as (dtype, shape, bytes) -------------------------------------------
+# The node store has the same three helpers: node_agent and coordinator share
+# only common/ and proto/, and common/ holds no database code.
+
+
+def pack_array(a: np.ndarray) -> tuple[str, str, bytes]:
+    """``a`` as (dtype name, shape as JSON, little-endian C-order bytes): round-trips exactly."""
+    a = np.asarray(a)
+    if a.dtype.name not in ARRAY_DTYPES:
+        raise ValueError(f"array dtype {a.dtype} cannot be stored; expected one of {sorted(ARRAY_DTYPES)}")
+    little = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
+    return a.dtype.name, json.dumps(list(a.shape)), little.tobytes()
+
+
+def unpack_array(dtype: str, shape: str, data: bytes) -> np.ndarray:
+    """The writable array that ``pack_array`` turned into (dtype, shape, data)."""
+    wire = np.dtype(dtype).newbyteorder("<")
+    return np.frombuffer(data, dtype=wire).reshape(json.loads(shape)).astype(np.dtype(dtype))
+
+
+def _engine_for(url: str | Path) -> tuple[Engine, bool]:
+    """An engine for a SQLAlchemy URL or a file path, and whether it is SQLite in memory.
+
+    SQLite files get WAL, foreign keys and a busy timeout on every connection, and
+    write transactions start with ``BEGIN IMMEDIATE`` so that concurrent writers
+    queue on the busy timeout instead of failing when they upgrade a read lock.
+    ``postgresql://`` means psycopg 3.
+    """
+    if isinstance(url, Path) or "://" not in url:
+        if not str(url).strip():
+            raise ValueError("store url: empty")
+        path = Path(url).expanduser().resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sa_url: URL = URL.create("sqlite", database=str(path))
+    else:
+        sa_url = make_url(url)
+        if sa_url.drivername in ("postgres", "postgresql"):
+            sa_url = sa_url.set(drivername="postgresql+psycopg")
+    if sa_url.get_backend_name() != "sqlite":
+        return create_engine(sa_url, pool_pre_ping=True), False
+    memory = sa_url.database in (None, "", ":memory:")
+    if memory:
+        engine = create_engine(sa_url, poolclass=StaticPool, connect_args={"check_same_thread": False})
+    else:
+        engine = create_engine(sa_url, connect_args={"timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself (below)
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        if not memory:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("edgebind_write") else "BEGIN")
+
+    return engine, memory
+
+
+def _create_tables(engine: Engine, base: type[DeclarativeBase], lock_key: int) -> None:
+    """``create_all`` under a lock, so two processes opening a new database do not race."""
+    with engine.execution_options(edgebind_write=True).begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key})
+        base.metadata.create_all(conn)
+
+
+def _insert_ignore(session: Session, table: Table, rows: Sequence[dict[str, Any]]) -> int:
+    """Insert ``rows``, skipping those that hit a unique constraint; return how many went in."""
+    if not rows:
+        return 0
+    dialect = session.get_bind().dialect.name
+    pk = next(iter(table.primary_key.columns))
+    if dialect in ("sqlite", "postgresql"):
+        insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
+        stmt = insert(table).on_conflict_do_nothing().returning(pk)
+        return len(session.execute(stmt, list(rows)).all())
+    added = 0
+    for row in rows:
+        try:
+            with session.begin_nested():
+                session.execute(table.insert(), row)
+            added += 1
+        except IntegrityError:
+            pass
+    return added
+
+
+# --- input checks ----------------------------------------------------------------
+
+
+def _name(what: str, value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{what} must be a non-empty string, got {value!r}")
+    if len(value) > _MAX_NAME:
+        raise ValueError(f"{what} is longer than {_MAX_NAME} characters")
+    return value
+
+
+def _text(what: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a string, got {value!r}")
+    return value
+
+
+def _int(what: str, value: object, lo: int = 0, hi: int = _MAX_INT64) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{what} must be an integer, got {value!r}")
+    if not lo <= int(value) <= hi:
+        raise ValueError(f"{what} must be in [{lo}, {hi}], got {value}")
+    return int(value)
+
+
+def _json(what: str, value: object) -> str:
+    """Canonical JSON of a dict (sorted keys, no NaN), so equal configs compare equal."""
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{what} must be a dict, got {type(value).__name__}")
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{what} is not JSON-serialisable without NaN/Inf: {e}") from None
+
+
+def _ids(what: str, values: object, n: int | None = None) -> list[str]:
+    """A one-dimensional sequence of non-empty strings (``n`` of them, when given)."""
+    if isinstance(values, (str, bytes)):
+        raise ValueError(f"{what} must be a sequence of strings, not one string")
+    arr = np.asarray(values, dtype=object)
+    if arr.ndim != 1:
+        raise ValueError(f"{what} must be one-dimensional, got shape {arr.shape}")
+    out = [str(_name(f"an entry of {what}", v)) for v in arr]
+    if n is not None and len(out) != n:
+        raise ValueError(f"{what}: expected {n} entries, got {len(out)}")
+    return out
+
+
+def _per_row(what: str, value: object, n: int, lo: int) -> np.ndarray | None:
+    """An optional (n,) int64 array with every value >= ``lo``."""
+    if value is None:
+        return None
+    a = np.asarray(value)
+    if a.ndim != 1 or len(a) != n:
+        raise ValueError(f"{what}: expected {n} values in one dimension, got shape {a.shape}")
+    if len(a) and a.dtype.kind not in "iu":
+        raise ValueError(f"{what} must be integers, got dtype {a.dtype}")
+    a = a.astype(np.int64)
+    if len(a) and a.min() < lo:
+        raise ValueError(f"{what} must be >= {lo}, got {int(a.min())}")
+    return a
+
+
+def _floats(what: str, value: object, n: int) -> np.ndarray:
+    a = np.asarray(value)
+    if a.ndim != 1 or len(a) != n:
+        raise ValueError(f"{what}: expected {n} values in one dimension, got shape {a.shape}")
+    if len(a) and a.dtype.kind not in "fiu":
+        raise ValueError(f"{what} must be numbers, got dtype {a.dtype}")
+    a = a.astype(np.float64)
+    if not np.isfinite(a).all():
+        raise ValueError(f"{what} contains NaN or Inf")
+    return a
+
+
+def _sha256(value: object) -> str:
+    if not isinstance(value, str) or len(value) != 64 or not set(value) <= _SHA256_HEX:
+        raise ValueError(f"sha256 must be 64 lowercase hex digits, got {value!r}")
+    return value
+
+
+def _chunks(items: list[str], size: int = 5000) -> Iterator[list[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _int64_blob(a: np.ndarray | None) -> bytes | None:
+    return None if a is None else a.astype("<i8").tobytes()
+
+
+def _int64_from(blob: bytes | None, n: int) -> np.ndarray:
+    """A stored (n,) int64 column, or all -1 when none was given."""
+    return np.full(n, -1, np.int64) if blob is None else np.frombuffer(blob, "<i8").astype(np.int64)
+
+
+# --- tables ----------------------------------------------------------------------
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class _NodeRow(_Base):
+    __tablename__ = "nodes"
+    node_id: Mapped[str] = mapped_column(String, primary_key=True)
+    modalities: Mapped[str] = mapped_column(Text)  # JSON: name -> spec dict
+    hardware: Mapped[str] = mapped_column(String)
+    first_seen_ns: Mapped[int] = mapped_column(BigInteger)
+    last_seen_ns: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String, default="")
+    adapter_versions: Mapped[str] = mapped_column(Text, default="{}")  # JSON: modality -> version in use
+
+
+class _CampaignRow(_Base):
+    __tablename__ = "campaigns"
+    campaign_id: Mapped[str] = mapped_column(String, primary_key=True)
+    config: Mapped[str] = mapped_column(Text)  # canonical JSON
+    state: Mapped[str] = mapped_column(String)
+    detail: Mapped[str] = mapped_column(Text)
+    created_ns: Mapped[int] = mapped_column(BigInteger)
+    updated_ns: Mapped[int] = mapped_column(BigInteger)
+
+
+_CAMPAIGN_FK = "campaigns.campaign_id"
+
+
+class _BatchRow(_Base):
+    __tablename__ = "embedding_batches"
+    __table_args__ = (
+        UniqueConstraint("node_id", "campaign_id", "batch_id", name="uq_batches_node_campaign_batch"),
+        Index("ix_batches_campaign_modality", "campaign_id", "modality"),
+    )
+    id: Mapped[int] = mapped_column(_ID, primary_key=True)
+    node_id: Mapped[str] = mapped_column(String)
+    campaign_id: Mapped[str] = mapped_column(String, ForeignKey(_CAMPAIGN_FK))
+    batch_id: Mapped[str] = mapped_column(String)
+    modality: Mapped[str] = mapped_column(String)
+    n_rows: Mapped[int] = mapped_column(Integer)
+    dim: Mapped[int] = mapped_column(Integer)
+    encoder_version: Mapped[str] = mapped_column(String)
+    window_ids: Mapped[str] = mapped_column(Text)  # JSON list
+    dtype: Mapped[str] = mapped_column(String(16))
+    shape: Mapped[str] = mapped_column(String(64))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    scales: Mapped[bytes | None] = mapped_column(LargeBinary)  # int8 only: (dim,) float32
+    labels: Mapped[bytes | None] = mapped_column(LargeBinary)  # (n,) int64, -1 = unlabelled
+    subjects: Mapped[bytes | None] = mapped_column(LargeBinary)  # (n,) int64
+    timestamps_ns: Mapped[bytes | None] = mapped_column(LargeBinary)  # (n,) int64
+    received_ns: Mapped[int] = mapped_column(BigInteger)
+
+
+class _PairRow(_Base):
+    __tablename__ = "pairs"
+    __table_args__ = (
+        UniqueConstraint(
+            "campaign_id", "stage_name", "src_node", "src_window", "dst_node", "dst_window", name="uq_pairs_key"
+        ),
+    )
+    id: Mapped[int] = mapped_column(_ID, primary_key=True)
+    campaign_id: Mapped[str] = mapped_column(String, ForeignKey(_CAMPAIGN_FK))
+    stage_name: Mapped[str] = mapped_column(String)
+    src_node: Mapped[str] = mapped_column(String)
+    src_window: Mapped[str] = mapped_column(String)
+    dst_node: Mapped[str] = mapped_column(String)
+    dst_window: Mapped[str] = mapped_column(String)
+    similarity: Mapped[float] = mapped_column(Double)
+    weight: Mapped[float] = mapped_column(Double)
+
+
+class _StageRow(_Base):
+    __tablename__ = "stages"
+    campaign_id: Mapped[str] = mapped_column(String, ForeignKey(_CAMPAIGN_FK), primary_key=True)
+    stage_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String)
+    status: Mapped[str] = mapped_column(String)
+    metrics: Mapped[str] = mapped_column(Text)  # canonical JSON
+    checkpoint_path: Mapped[str] = mapped_column(String)
+    updated_ns: Mapped[int] = mapped_column(BigInteger)
+
+
+class _AdapterCounterRow(_Base):
+    """The last adapter version handed out per modality; its row is the lock for that modality."""
+
+    __tablename__ = "adapter_counters"
+    modality: Mapped[str] = mapped_column(String, primary_key=True)
+    last_version: Mapped[int] = mapped_column(BigInteger)
+
+
+class _AdapterRow(_Base):
+    __tablename__ = "adapter_versions"
+    modality: Mapped[str] = mapped_column(String, primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    campaign_id: Mapped[str] = mapped_column(String, ForeignKey(_CAMPAIGN_FK))
+    blob: Mapped[bytes] = mapped_column(LargeBinary)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_ns: Mapped[int] = mapped_column(BigInteger)
+
+
+class _MetricRow(_Base):
+    __tablename__ = "metrics"
+    __table_args__ = (UniqueConstraint("campaign_id", "node_id", "name", "subset", name="uq_metrics_key"),)
+    id: Mapped[int] = mapped_column(_ID, primary_key=True)
+    campaign_id: Mapped[str] = mapped_column(String, ForeignKey(_CAMPAIGN_FK))
+    node_id: Mapped[str] = mapped_column(String)
+    name: Mapped[str] = mapped_column(String)
+    subset: Mapped[str] = mapped_column(String)
+    value: Mapped[float] = mapped_column(Double)
+    recorded_ns: Mapped[int] = mapped_column(BigInteger)
+
+
+# --- public records ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    """A registered node: what it holds (modality -> spec dict) and when it was seen."""
+
+    node_id: str
+    modalities: dict[str, dict[str, Any]]
+    hardware: str
+    first_seen_ns: int
+    last_seen_ns: int
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """What the Registry's NodeStatus reply says about a node."""
+
+    node_id: str
+    last_seen_ns: int
+    adapter_versions: dict[str, int]  # modality -> version the node reports in use
+    windows_uploaded: int
+    state: str
+    modalities: list[str]
+    hardware: str
+
+
+@dataclass(frozen=True)
+class CampaignRecord:
+    """A campaign: its config as created and the state it is in."""
+
+    campaign_id: str
+    config: dict[str, Any]
+    state: str
+    detail: str
+    created_ns: int
+    updated_ns: int
+
+
+@dataclass
+class Embeddings:
+    """One modality's embeddings in a campaign, one row per window, ordered by (node, batch id, row).
+
+    ``x`` is (N, d) float32 (int8 batches dequantised); ``labels``, ``subjects``
+    and ``timestamps_ns`` are (N,) int64 with -1 where a batch gave none.
+    """
+
+    node_ids: np.ndarray
+    window_ids: np.ndarray
+    x: np.ndarray
+    labels: np.ndarray
+    subjects: np.ndarray
+    timestamps_ns: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.window_ids)
+
+
+@dataclass
+class EmbeddingBatchRecord:
+    """One stored batch as uploaded: ``embeddings`` keeps its wire dtype; ``scales`` is set for int8."""
+
+    node_id: str
+    campaign_id: str
+    batch_id: str
+    modality: str
+    window_ids: list[str]
+    embeddings: np.ndarray
+    scales: np.ndarray | None
+    labels: np.ndarray  # (N,) int64, -1 = unlabelled
+    subjects: np.ndarray | None
+    timestamps_ns: np.ndarray | None
+    encoder_version: str
+
+    def dequantised(self) -> np.ndarray:
+        """The embeddings as float32 (int8 times its per-column scales)."""
+        x = self.embeddings.astype(np.float32)
+        return x * self.scales if self.scales is not None else x
+
+
+@dataclass
+class Pairs:
+    """Bound pairs of one stage, in the order they were added."""
+
+    src_node_ids: np.ndarray
+    src_window_ids: np.ndarray
+    dst_node_ids: np.ndarray
+    dst_window_ids: np.ndarray
+    similarity: np.ndarray  # float64
+    weight: np.ndarray  # float64
+
+    def __len__(self) -> int:
+        return len(self.src_window_ids)
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    """One stage of a campaign's growth plan, as last recorded."""
+
+    index: int
+    name: str
+    status: str
+    metrics: dict[str, Any]
+    checkpoint_path: str
+    updated_ns: int
+
+
+@dataclass(frozen=True)
+class MetricRecord:
+    """One reported metric (node_id "" for the coordinator's own)."""
+
+    node_id: str
+    name: str
+    subset: str
+    value: float
+    recorded_ns: int
+
+
+def _str_array(values: list[str]) -> np.ndarray:
+    return np.array(values, dtype=str) if values else np.zeros(0, dtype=str)
+
+
+# --- the store ------------------------------------------------------------------------
+
+
+class CoordinatorStore:
+    """Everything the coordinator keeps between phases and across restarts."""
+
+    def __init__(self, engine: Engine, memory: bool = False) -> None:
+        self.engine = engine
+        self._read = sessionmaker(engine, expire_on_commit=False)
+        self._write = sessionmaker(engine.execution_options(edgebind_write=True), expire_on_commit=False)
+        # One shared in-memory connection: transactions from different threads must not interleave.
+        self._lock: AbstractContextManager[Any] = threading.RLock() if memory else nullcontext()
+        _create_tables(engine, _Base, lock_key=0x65646763)
+
+    def close(self) -> None:
+        """Release the database connections."""
+        self.engine.dispose()
+
+    def __enter__(self) -> CoordinatorStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self, write: bool = False) -> Iterator[Session]:
+        with self._lock, (self._write if write else self._read).begin() as session:
+            yield session
+
+    @staticmethod
+    def _require_campaign(s: Session, campaign_id: str) -> _CampaignRow:
+        row = s.get(_CampaignRow, campaign_id)
+        if row is None:
+            raise ValueError(f"unknown campaign {campaign_id!r}")
+        return row
+
+    # --- nodes ------------------------------------------------------------------------
+
+    def upsert_node(
+        self,
+        node_id: str,
+        modalities: Mapping[str, Mapping[str, Any]],
+        hardware: str = "",
+        last_seen_ns: int | None = None,
+    ) -> None:
+        """Register a node or replace what it holds (modality name -> spec dict, e.g. from its manifest)."""
+        _name("node_id", node_id)
+        if not isinstance(modalities, Mapping):
+            raise ValueError(f"modalities must be a dict of name -> dict, got {type(modalities).__name__}")
+        for name, spec in modalities.items():
+            _name("modality name", name)
+            if not isinstance(spec, Mapping):
+                raise ValueError(f"modality {name!r}: spec must be a dict, got {type(spec).__name__}")
+        mods = _json("modalities", modalities)
+        _text("hardware", hardware)
+        now = time.time_ns() if last_seen_ns is None else _int("last_seen_ns", last_seen_ns)
+        new = dict(node_id=node_id, modalities=mods, hardware=hardware, first_seen_ns=now, last_seen_ns=now,
+                   state="", adapter_versions="{}")  # fmt: skip
+        with self._tx(write=True) as s:
+            if _insert_ignore(s, _NodeRow.__table__, [new]) == 0:
+                row = s.get(_NodeRow, node_id, with_for_update=True)
+                assert row is not None
+                row.modalities, row.hardware, row.last_seen_ns = mods, hardware, max(row.last_seen_ns, now)
+
+    def touch_node(self, node_id: str, last_seen_ns: int | None = None) -> None:
+        """Note that a known node was heard from (never moves last_seen backwards)."""
+        _name("node_id", node_id)
+        now = time.time_ns() if last_seen_ns is None else _int("last_seen_ns", last_seen_ns)
+        with self._tx(write=True) as s:
+            row = s.get(_NodeRow, node_id, with_for_update=True)
+            if row is None:
+                raise ValueError(f"unknown node {node_id!r}")
+            row.last_seen_ns = max(row.last_seen_ns, now)
+
+    def nodes(self) -> list[NodeRecord]:
+        """Every registered node, by id."""
+        with self._tx() as s:
+            rows = s.scalars(select(_NodeRow).order_by(_NodeRow.node_id)).all()
+        return [
+            NodeRecord(r.node_id, json.loads(r.modalities), r.hardware, r.first_seen_ns, r.last_seen_ns) for r in rows
+        ]
+
+    def report_node_status(
+        self, node_id: str, state: str, adapter_versions: Mapping[str, int], last_seen_ns: int | None = None
+    ) -> None:
+        """Store what a known node reports: its state and the adapter version in use per modality."""
+        _name("node_id", node_id)
+        _text("state", state)
+        if not isinstance(adapter_versions, Mapping):
+            raise ValueError("adapter_versions must be a dict of modality -> version")
+        versions = {_name("modality", m): _int(f"adapter version of {m!r}", v) for m, v in adapter_versions.items()}
+        now = time.time_ns() if last_seen_ns is None else _int("last_seen_ns", last_seen_ns)
+        with self._tx(write=True) as s:
+            row = s.get(_NodeRow, node_id, with_for_update=True)
+            if row is None:
+                raise ValueError(f"unknown node {node_id!r}")
+            row.state, row.adapter_versions = state, json.dumps(versions, sort_keys=True)
+            row.last_seen_ns = max(row.last_seen_ns, now)
+
+    def node_status(self, node_id: str) -> NodeStatus | None:
+        """A node's status for the Registry service, or None for a node never registered."""
+        _name("node_id", node_id)
+        with self._tx() as s:
+            row = s.get(_NodeRow, node_id)
+            if row is None:
+                return None
+            uploaded = s.scalar(select(func.sum(_BatchRow.n_rows)).where(_BatchRow.node_id == node_id))
+        return NodeStatus(
+            node_id=row.node_id,
+            last_seen_ns=row.last_seen_ns,
+            adapter_versions=json.loads(row.adapter_versions),
+            windows_uploaded=int(uploaded or 0),
+            state=row.state,
+            modalities=sorted(json.loads(row.modalities)),
+            hardware=row.hardware,
+        )
+
+    # --- campaigns ----------------------------------------------------------------------
+
+    def create_campaign(self, campaign_id: str, config: Mapping[str, Any]) -> None:
+        """Create a campaign in state ``created``; again with the same config is a no-op, with another an error."""
+        _name("campaign_id", campaign_id)
+        cfg = _json("config", config)
+        now = time.time_ns()
+        with self._tx(write=True) as s:
+            row = dict(campaign_id=campaign_id, config=cfg, state="created", detail="", created_ns=now, updated_ns=now)
+            if _insert_ignore(s, _CampaignRow.__table__, [row]) == 0:
+                stored = self._require_campaign(s, campaign_id).config
+                if stored != cfg:
+                    raise ValueError(f"campaign {campaign_id!r} already exists with a different config")
+
+    def set_campaign_state(self, campaign_id: str, state: str, detail: str = "") -> None:
+        """Move a campaign to ``state`` (a phase name, ``done``, ``failed``...) with an optional detail."""
+        _name("campaign_id", campaign_id)
+        _name("state", state)
+        _text("detail", detail)
+        with self._tx(write=True) as s:
+            row = self._require_campaign(s, campaign_id)
+            row.state, row.detail, row.updated_ns = state, detail, time.time_ns()
+
+    def campaign(self, campaign_id: str) -> CampaignRecord | None:
+        """A campaign, or None if it was never created."""
+        _name("campaign_id", campaign_id)
+        with self._tx() as s:
+            r = s.get(_CampaignRow, campaign_id)
+        if r is None:
+            return None
+        return CampaignRecord(r.campaign_id, json.loads(r.config), r.state, r.detail, r.created_ns, r.updated_ns)
+
+    # --- embeddings -----------------------------------------------------------------------
+
+    def add_embedding_batch(
+        self,
+        node_id: str,
+        campaign_id: str,
+        batch_id: str,
+        modality: str,
+        window_ids: Sequence[str],
+        embeddings: np.ndarray,
+        labels: np.ndarray | Sequence[int] | None = None,
+        subjects: np.ndarray | Sequence[int] | None = None,
+        encoder_version: str = "",
+        scales: np.ndarray | Sequence[float] | None = None,
+        timestamps_ns: np.ndarray | Sequence[int] | None = None,
+    ) -> bool:
+        """Store a node's (N, d) embeddings once; False (and nothing changed) if the batch is already stored.
+
+        ``embeddings`` is float16, float32 or int8; int8 needs ``scales``, one per
+        column (value = q * scale). ``labels`` are -1 for unlabelled. Every batch
+        of a (campaign, modality) has the same d. The campaign must exist; the
+        node need not be registered.
+        """
+        for what, v in (("node_id", node_id), ("campaign_id", campaign_id), ("batch_id", batch_id)):
+            _name(what, v)
+        _name("modality", modality)
+        _text("encoder_version", encoder_version)
+        x = np.asarray(embeddings)
+        where = f"embedding batch {batch_id!r} of {node_id!r}"
+        if x.dtype.name not in EMBEDDING_DTYPES:
+            raise ValueError(f"{where}: dtype {x.dtype}; expected one of {sorted(EMBEDDING_DTYPES)}")
+        if x.ndim != 2:
+            raise ValueError(f"{where}: embeddings must be (rows, dim), got shape {x.shape}")
+        n, d = x.shape
+        if d == 0:
+            raise ValueError(f"{where}: embedding dim is 0")
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            raise ValueError(f"{where}: {int(np.isnan(x).sum())} NaN and {int(np.isinf(x).sum())} Inf values")
+        ids = _ids("window_ids", window_ids)
+        if len(ids) != n:
+            raise ValueError(f"{where}: {len(ids)} window ids for {n} rows")
+        if len(set(ids)) != n:
+            raise ValueError(f"{where}: duplicate window ids")
+        scale_blob = None
+        if x.dtype.name == "int8":
+            if scales is None:
+                raise ValueError(f"{where}: int8 embeddings need scales, one per column")
+            sc = np.asarray(scales, dtype=np.float32)
+            if sc.shape != (d,):
+                raise ValueError(f"{where}: int8 needs {d} scales (one per column), got shape {sc.shape}")
+            if not (np.isfinite(sc) & (sc >= 0)).all():
+                raise ValueError(f"{where}: scales must be finite and non-negative")
+            scale_blob = sc.astype("<f4").tobytes()
+        elif scales is not None:
+            raise ValueError(f"{where}: scales given for {x.dtype} embeddings, which take none")
+        y = _per_row(f"{where}: labels", labels, n, lo=-1)
+        subj = _per_row(f"{where}: subjects", subjects, n, lo=-1)
+        ts = _per_row(f"{where}: timestamps_ns", timestamps_ns, n, lo=0)
+        dtype, shape, blob = pack_array(x)
+        row = dict(
+            node_id=node_id, campaign_id=campaign_id, batch_id=batch_id, modality=modality, n_rows=n, dim=d,
+            encoder_version=encoder_version, window_ids=json.dumps(ids), dtype=dtype, shape=shape, data=blob,
+            scales=scale_blob, labels=_int64_blob(y), subjects=_int64_blob(subj), timestamps_ns=_int64_blob(ts),
+            received_ns=time.time_ns(),
+        )  # fmt: skip
+        with self._tx(write=True) as s:
+            self._require_campaign(s, campaign_id)
+            known = s.scalars(
+                select(_BatchRow.dim)
+                .where(_BatchRow.campaign_id == campaign_id, _BatchRow.modality == modality)
+                .limit(1)
+            ).first()
+            if known is not None and known != d:
+                raise ValueError(f"{where}: dim {d}, but {modality!r} embeddings in {campaign_id!r} have dim {known}")
+            return _insert_ignore(s, _BatchRow.__table__, [row]) == 1
+
+    def embedding_batch(self, node_id: str, campaign_id: str, batch_id: str) -> EmbeddingBatchRecord | None:
+        """One batch exactly as stored, or None."""
+        for what, v in (("node_id", node_id), ("campaign_id", campaign_id), ("batch_id", batch_id)):
+            _name(what, v)
+        with self._tx() as s:
+            r = s.scalars(
+                select(_BatchRow).where(
+                    _BatchRow.node_id == node_id, _BatchRow.campaign_id == campaign_id, _BatchRow.batch_id == batch_id
+                )
+            ).first()
+        return None if r is None else self._record(r)
+
+    @staticmethod
+    def _record(r: _BatchRow) -> EmbeddingBatchRecord:
+        return EmbeddingBatchRecord(
+            node_id=r.node_id,
+            campaign_id=r.campaign_id,
+            batch_id=r.batch_id,
+            modality=r.modality,
+            window_ids=json.loads(r.window_ids),
+            embeddings=unpack_array(r.dtype, r.shape, r.data),
+            scales=None if r.scales is None else np.frombuffer(r.scales, "<f4").astype(np.float32),
+            labels=_int64_from(r.labels, r.n_rows),
+            subjects=None if r.subjects is None else _int64_from(r.subjects, r.n_rows),
+            timestamps_ns=None if r.timestamps_ns is None else _int64_from(r.timestamps_ns, r.n_rows),
+            encoder_version=r.encoder_version,
+        )
+
+    def embeddings(self, campaign_id: str, modality: str, node_ids: Sequence[str] | None = None) -> Embeddings:
+        """All stored embeddings of ``modality`` in a campaign (optionally from ``node_ids`` only), concatenated."""
+        _name("campaign_id", campaign_id)
+        _name("modality", modality)
+        q = select(_BatchRow).where(_BatchRow.campaign_id == campaign_id, _BatchRow.modality == modality)
+        if node_ids is not None:
+            q = q.where(_BatchRow.node_id.in_(_ids("node_ids", node_ids)))
+        with self._tx() as s:
+            records = [self._record(r) for r in s.scalars(q.order_by(_BatchRow.node_id, _BatchRow.batch_id))]
+        if not records:
+            empty = np.zeros(0, np.int64)
+            return Embeddings(_str_array([]), _str_array([]), np.zeros((0, 0), np.float32), empty, empty, empty)
+        return Embeddings(
+            node_ids=_str_array([b.node_id for b in records for _ in b.window_ids]),
+            window_ids=_str_array([w for b in records for w in b.window_ids]),
+            x=np.concatenate([b.dequantised() for b in records]),
+            labels=np.concatenate([b.labels for b in records]),
+            subjects=np.concatenate([_or_unknown(b.subjects, len(b.window_ids)) for b in records]),
+            timestamps_ns=np.concatenate([_or_unknown(b.timestamps_ns, len(b.window_ids)) for b in records]),
+        )
+
+    # --- pairs --------------------------------------------------------------------------
+
+    def add_pairs(
+        self,
+        campaign_id: str,
+        stage_name: str,
+        src_node_ids: Sequence[str] | np.ndarray,
+        src_window_ids: Sequence[str] | np.ndarray,
+        dst_node_ids: Sequence[str] | np.ndarray,
+        dst_window_ids: Sequence[str] | np.ndarray,
+        similarity: Sequence[float] | np.ndarray,
+        weight: Sequence[float] | np.ndarray,
+    ) -> int:
+        """Store bound pairs (src node, src window) -> (dst node, dst window); return how many were new.
+
+        A pair already stored for this stage keeps its stored similarity and weight.
+        Weights are finite and non-negative.
+        """
+        _name("campaign_id", campaign_id)
+        _name("stage_name", stage_name)
+        src_n = _ids("src_node_ids", src_node_ids)
+        n = len(src_n)
+        src_w = _ids("src_window_ids", src_window_ids, n)
+        dst_n = _ids("dst_node_ids", dst_node_ids, n)
+        dst_w = _ids("dst_window_ids", dst_window_ids, n)
+        sim = _floats("similarity", similarity, n)
+        w = _floats("weight", weight, n)
+        if n and w.min() < 0:
+            raise ValueError(f"weight must be non-negative, got {w.min()}")
+        keys = list(zip(src_n, src_w, dst_n, dst_w, strict=True))
+        if len(set(keys)) != n:
+            raise ValueError("the same pair appears twice in one call")
+        rows = [
+            dict(campaign_id=campaign_id, stage_name=stage_name, src_node=a, src_window=b, dst_node=c, dst_window=e,
+                 similarity=float(sim[i]), weight=float(w[i]))  # fmt: skip
+            for i, (a, b, c, e) in enumerate(keys)
+        ]
+        with self._tx(write=True) as s:
+            self._require_campaign(s, campaign_id)
+            return _insert_ignore(s, _PairRow.__table__, rows)
+
+    def pairs(self, campaign_id: str, stage_name: str) -> Pairs:
+        """The pairs stored for a stage, in the order they were first added."""
+        _name("campaign_id", campaign_id)
+        _name("stage_name", stage_name)
+        cols = (_PairRow.src_node, _PairRow.src_window, _PairRow.dst_node, _PairRow.dst_window)
+        with self._tx() as s:
+            rows = s.execute(
+                select(*cols, _PairRow.similarity, _PairRow.weight)
+                .where(_PairRow.campaign_id == campaign_id, _PairRow.stage_name == stage_name)
+                .order_by(_PairRow.id)
+            ).all()
+        cols_out = list(zip(*rows, strict=True)) if rows else [()] * 6
+        return Pairs(
+            *(_str_array(list(c)) for c in cols_out[:4]),
+            similarity=np.array(cols_out[4], dtype=np.float64),
+            weight=np.array(cols_out[5], dtype=np.float64),
+        )
+
+    # --- stages ---------------------------------------------------------------------------
+
+    def record_stage(
+        self,
+        campaign_id: str,
+        index: int,
+        name: str,
+        status: str,
+        metrics: Mapping[str, Any] | None = None,
+        checkpoint_path: str | Path = "",
+    ) -> None:
+        """Record (or update) stage ``index`` of a campaign's growth plan; its name cannot change."""
+        _name("campaign_id", campaign_id)
+        index = _int("index", index, hi=2**31 - 1)
+        _name("stage name", name)
+        _name("status", status)
+        m = _json("metrics", {} if metrics is None else metrics)
+        path = _text("checkpoint_path", str(checkpoint_path) if isinstance(checkpoint_path, Path) else checkpoint_path)
+        now = time.time_ns()
+        new = dict(campaign_id=campaign_id, stage_index=index, name=name, status=status, metrics=m,
+                   checkpoint_path=path, updated_ns=now)  # fmt: skip
+        with self._tx(write=True) as s:
+            self._require_campaign(s, campaign_id)
+            if _insert_ignore(s, _StageRow.__table__, [new]) == 1:
+                return
+            row = s.get(_StageRow, (campaign_id, index), with_for_update=True)
+            assert row is not None
+            if row.name != name:
+                raise ValueError(f"stage {index} of {campaign_id!r} is {row.name!r}, not {name!r}")
+            row.status, row.metrics, row.checkpoint_path, row.updated_ns = status, m, path, now
+
+    def stages(self, campaign_id: str) -> list[StageRecord]:
+        """A campaign's recorded stages, by index."""
+        _name("campaign_id", campaign_id)
+        with self._tx() as s:
+            rows = s.scalars(
+                select(_StageRow).where(_StageRow.campaign_id == campaign_id).order_by(_StageRow.stage_index)
+            ).all()
+        return [
+            StageRecord(r.stage_index, r.name, r.status, json.loads(r.metrics), r.checkpoint_path, r.updated_ns)
+            for r in rows
+        ]
+
+    # --- adapter versions ---------------------------------------------------------------------
+
+    @staticmethod
+    def _lock_counter(s: Session, modality: str) -> _AdapterCounterRow:
+        """The modality's version counter, created if new and locked until the transaction ends."""
+        _insert_ignore(s, _AdapterCounterRow.__table__, [dict(modality=modality, last_version=0)])
+        return s.scalars(
+            select(_AdapterCounterRow).where(_AdapterCounterRow.modality == modality).with_for_update()
+        ).one()
+
+    def next_adapter_version(self, modality: str) -> int:
+        """A new adapter version for ``modality``: above every version handed out or recorded."""
+        _name("modality", modality)
+        with self._tx(write=True) as s:
+            self._lock_counter(s, modality)
+            return s.execute(
+                update(_AdapterCounterRow)
+                .where(_AdapterCounterRow.modality == modality)
+                .values(last_version=_AdapterCounterRow.last_version + 1)
+                .returning(_AdapterCounterRow.last_version)
+            ).scalar_one()
+
+    def record_adapter_version(self, modality: str, version: int, campaign_id: str, blob: bytes, sha256: str) -> None:
+        """Store a serialised signed AdapterBundle; ``sha256`` is that of ``blob``.
+
+        A version not above the newest recorded for ``modality`` is refused
+        ("replayed or stale adapter").
+        """
+        _name("modality", modality)
+        version = _int("version", version, lo=1)
+        _name("campaign_id", campaign_id)
+        if not isinstance(blob, (bytes, bytearray, memoryview)) or len(blob) == 0:
+            raise ValueError("adapter blob must be non-empty bytes")
+        blob = bytes(blob)
+        if hashlib.sha256(blob).hexdigest() != _sha256(sha256):
+            raise ValueError(f"sha256 {sha256} does not match the adapter blob")
+        with self._tx(write=True) as s:
+            self._require_campaign(s, campaign_id)
+            counter = self._lock_counter(s, modality)
+            newest = s.scalar(select(func.max(_AdapterRow.version)).where(_AdapterRow.modality == modality))
+            if newest is not None and version <= newest:
+                raise ValueError(f"replayed or stale adapter: {modality!r} v{version} is not newer than v{newest}")
+            s.add(_AdapterRow(modality=modality, version=version, campaign_id=campaign_id, blob=blob, sha256=sha256,
+                              created_ns=time.time_ns()))  # fmt: skip
+            counter.last_version = max(counter.last_version, version)
+
+    def latest_adapter(self, modality: str) -> tuple[int, bytes] | None:
+        """(version, serialised bundle) of the newest adapter for ``modality``, or None."""
+        _name("modality", modality)
+        with self._tx() as s:
+            row = s.execute(
+                select(_AdapterRow.version, _AdapterRow.blob)
+                .where(_AdapterRow.modality == modality)
+                .order_by(_AdapterRow.version.desc())
+                .limit(1)
+            ).first()
+        return None if row is None else (int(row[0]), bytes(row[1]))
+
+    # --- metrics --------------------------------------------------------------------------------
+
+    def record_metric(self, campaign_id: str, node_id: str, name: str, value: float, subset: str = "") -> None:
+        """Record a finite metric a node (or, with node_id "", the coordinator) reports; a repeat replaces it."""
+        _name("campaign_id", campaign_id)
+        _text("node_id", node_id)
+        _name("metric name", name)
+        _text("subset", subset)
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise ValueError(f"metric {name!r} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"metric {name!r} must be finite, got {value}")
+        now = time.time_ns()
+        with self._tx(write=True) as s:
+            self._require_campaign(s, campaign_id)
+            row = dict(campaign_id=campaign_id, node_id=node_id, name=name, subset=subset, value=float(value),
+                       recorded_ns=now)  # fmt: skip
+            if _insert_ignore(s, _MetricRow.__table__, [row]) == 0:
+                s.execute(
+                    update(_MetricRow)
+                    .where(
+                        _MetricRow.campaign_id == campaign_id,
+                        _MetricRow.node_id == node_id,
+                        _MetricRow.name == name,
+                        _MetricRow.subset == subset,
+                    )
+                    .values(value=float(value), recorded_ns=now)
+                )
+
+    def metrics(self, campaign_id: str) -> list[MetricRecord]:
+        """A campaign's metrics, by (node, name, subset)."""
+        _name("campaign_id", campaign_id)
+        with self._tx() as s:
+            rows = s.scalars(
+                select(_MetricRow)
+                .where(_MetricRow.campaign_id == campaign_id)
+                .order_by(_MetricRow.node_id, _MetricRow.name, _MetricRow.subset)
+            ).all()
+        return [MetricRecord(r.node_id, r.name, r.subset, r.value, r.recorded_ns) for r in rows]
+
+
+def _or_unknown(a: np.ndarray | None, n: int) -> np.ndarray:
+    return np.full(n, -1, np.int64) if a is None else a
+
+
+def open_store(url: str | Path) -> CoordinatorStore:
+    """Open (creating tables if needed) a coordinator store.
+
+    ``url`` is a SQLAlchemy URL (``sqlite://`` for memory, ``sqlite:///file``,
+    ``postgresql+psycopg://...``) or a file path, which means a SQLite file.
+    """
+    engine, memory = _engine_for(url)
+    return CoordinatorStore(engine, memory=memory)

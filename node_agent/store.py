@@ -1,0 +1,702 @@
+"""The node's own store: sensor frames, windows, the upload ledger and adapter versions.
+
+SQLAlchemy 2 over SQLite (a file in WAL mode, or ``sqlite://`` in memory) or
+PostgreSQL, with the same code. Every write is idempotent where the network can
+repeat it (a QoS-1 frame, a window cut twice, an upload acknowledged twice), and
+every method checks its input first and raises ``ValueError`` naming what was
+wrong, so bad input never changes what is already stored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections.abc import Container, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+from sqlalchemy import (
+    BigInteger,
+    Double,
+    Engine,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    select,
+    text,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+__all__ = ["Frame", "NodeStore", "Windows", "open_store", "pack_array", "unpack_array"]
+
+ARRAY_DTYPES = frozenset({"float16", "float32", "float64", "int8", "int32", "int64"})
+_MAX_NAME = 256
+_MAX_INT64 = 2**63 - 1
+_SHA256_HEX = frozenset("0123456789abcdef")
+# SQLite only aliases the rowid for INTEGER PRIMARY KEY, so big ids need a variant.
+_ID = BigInteger().with_variant(Integer(), "sqlite")
+
+
+# --- arrays as (dtype, shape, bytes) -------------------------------------------
+
+
+def pack_array(a: np.ndarray) -> tuple[str, str, bytes]:
+    """``a`` as (dtype name, shape as JSON, little-endian C-order bytes): round-trips exactly."""
+    a = np.asarray(a)
+    if a.dtype.name not in ARRAY_DTYPES:
+        raise ValueError(f"array dtype {a.dtype} cannot be stored; expected one of {sorted(ARRAY_DTYPES)}")
+    little = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
+    return a.dtype.name, json.dumps(list(a.shape)), little.tobytes()
+
+
+def unpack_array(dtype: str, shape: str, data: bytes) -> np.ndarray:
+    """The writable array that ``pack_array`` turned into (dtype, shape, data)."""
+    wire = np.dtype(dtype).newbyteorder("<")
+    return np.frombuffer(data, dtype=wire).reshape(json.loads(shape)).astype(np.dtype(dtype))
+
+
+# --- engine --------------------------------------------------------------------
+
+
+def _engine_for(url: str | Path) -> tuple[Engine, bool]:
+    """An engine for a SQLAlchemy URL or a file path, and whether it is SQLite in memory.
+
+    SQLite files get WAL, foreign keys and a busy timeout on every connection, and
+    write transactions start with ``BEGIN IMMEDIATE`` so that concurrent writers
+    queue on the busy timeout instead of failing when they upgrade a read lock.
+    ``postgresql://`` means psycopg 3.
+    """
+    if isinstance(url, Path) or "://" not in url:
+        if not str(url).strip():
+            raise ValueError("store url: empty")
+        path = Path(url).expanduser().resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sa_url: URL = URL.create("sqlite", database=str(path))
+    else:
+        sa_url = make_url(url)
+        if sa_url.drivername in ("postgres", "postgresql"):
+            sa_url = sa_url.set(drivername="postgresql+psycopg")
+    if sa_url.get_backend_name() != "sqlite":
+        return create_engine(sa_url, pool_pre_ping=True), False
+    memory = sa_url.database in (None, "", ":memory:")
+    if memory:
+        engine = create_engine(sa_url, poolclass=StaticPool, connect_args={"check_same_thread": False})
+    else:
+        engine = create_engine(sa_url, connect_args={"timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself (below)
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        if not memory:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("edgebind_write") else "BEGIN")
+
+    return engine, memory
+
+
+def _create_tables(engine: Engine, base: type[DeclarativeBase], lock_key: int) -> None:
+    """``create_all`` under a lock, so two processes opening a new database do not race."""
+    with engine.execution_options(edgebind_write=True).begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key})
+        base.metadata.create_all(conn)
+
+
+def _insert_ignore(session: Session, table: Table, rows: Sequence[dict[str, Any]]) -> int:
+    """Insert ``rows``, skipping those that hit a unique constraint; return how many went in."""
+    if not rows:
+        return 0
+    dialect = session.get_bind().dialect.name
+    pk = next(iter(table.primary_key.columns))
+    if dialect in ("sqlite", "postgresql"):
+        insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
+        stmt = insert(table).on_conflict_do_nothing().returning(pk)
+        return len(session.execute(stmt, list(rows)).all())
+    added = 0
+    for row in rows:
+        try:
+            with session.begin_nested():
+                session.execute(table.insert(), row)
+            added += 1
+        except IntegrityError:
+            pass
+    return added
+
+
+# --- input checks ----------------------------------------------------------------
+
+
+def _name(what: str, value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{what} must be a non-empty string, got {value!r}")
+    if len(value) > _MAX_NAME:
+        raise ValueError(f"{what} is longer than {_MAX_NAME} characters")
+    return value
+
+
+def _int(what: str, value: object, lo: int = 0, hi: int = _MAX_INT64) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{what} must be an integer, got {value!r}")
+    if not lo <= int(value) <= hi:
+        raise ValueError(f"{what} must be in [{lo}, {hi}], got {value}")
+    return int(value)
+
+
+def _numeric(what: str, value: object, ndim: int) -> np.ndarray:
+    """``value`` as a finite float32 array with ``ndim`` dimensions."""
+    a = np.asarray(value)
+    if a.dtype.kind not in "fiu":
+        raise ValueError(f"{what} must be a real numeric array, got dtype {a.dtype}")
+    if a.ndim != ndim:
+        raise ValueError(f"{what} must have {ndim} dimensions, got shape {a.shape}")
+    a = a.astype(np.float32)
+    if not np.isfinite(a).all():
+        raise ValueError(f"{what} contains {int(np.isnan(a).sum())} NaN and {int(np.isinf(a).sum())} Inf values")
+    return a
+
+
+def _per_row(what: str, value: object, n: int, lo: int = -1) -> np.ndarray | None:
+    """An optional (n,) integer array, -1 meaning 'none' (labels, subjects)."""
+    if value is None:
+        return None
+    a = np.asarray(value)
+    if a.ndim != 1 or len(a) != n:
+        raise ValueError(f"{what}: expected {n} values in one dimension, got shape {a.shape}")
+    if len(a) and a.dtype.kind not in "iu":
+        raise ValueError(f"{what} must be integers, got dtype {a.dtype}")
+    a = a.astype(np.int64)
+    if len(a) and (a.min() < lo or a.max() > 2**31 - 1):
+        raise ValueError(f"{what} must be in [{lo}, 2**31-1] ({lo} means none)")
+    return a
+
+
+def _sha256(value: object) -> str:
+    if not isinstance(value, str) or len(value) != 64 or not set(value) <= _SHA256_HEX:
+        raise ValueError(f"sha256 must be 64 lowercase hex digits, got {value!r}")
+    return value
+
+
+# --- tables ----------------------------------------------------------------------
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class _FrameRow(_Base):
+    __tablename__ = "frames"
+    __table_args__ = (
+        UniqueConstraint("sensor_id", "modality", "seq", name="uq_frames_sensor_modality_seq"),
+        Index("ix_frames_modality_seq", "modality", "seq"),
+    )
+    id: Mapped[int] = mapped_column(_ID, primary_key=True)
+    sensor_id: Mapped[str] = mapped_column(String)
+    modality: Mapped[str] = mapped_column(String)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    timestamp_ns: Mapped[int] = mapped_column(BigInteger)
+    rate_hz: Mapped[float] = mapped_column(Double)
+    dtype: Mapped[str] = mapped_column(String(16))
+    shape: Mapped[str] = mapped_column(String(64))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class _WindowRow(_Base):
+    __tablename__ = "windows"
+    __table_args__ = (UniqueConstraint("modality", "window_id", name="uq_windows_modality_window"),)
+    id: Mapped[int] = mapped_column(_ID, primary_key=True)
+    modality: Mapped[str] = mapped_column(String)
+    window_id: Mapped[str] = mapped_column(String)
+    start_ns: Mapped[int] = mapped_column(BigInteger)
+    label: Mapped[int | None] = mapped_column(Integer)
+    subject: Mapped[int | None] = mapped_column(Integer)
+    dtype: Mapped[str] = mapped_column(String(16))
+    shape: Mapped[str] = mapped_column(String(64))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class _CursorRow(_Base):
+    """Where ``cut_windows`` stopped in one sensor's stream, so a restart resumes there."""
+
+    __tablename__ = "cut_cursors"
+    modality: Mapped[str] = mapped_column(String, primary_key=True)
+    sensor_id: Mapped[str] = mapped_column(String, primary_key=True)
+    window: Mapped[int] = mapped_column(Integer)
+    step: Mapped[int] = mapped_column(Integer)
+    run_first_seq: Mapped[int] = mapped_column(BigInteger)  # first frame of the current contiguous run
+    next_offset: Mapped[int] = mapped_column(BigInteger)  # run sample offset where the next window starts
+    keep_seq: Mapped[int] = mapped_column(BigInteger)  # first frame still needed
+    keep_offset: Mapped[int] = mapped_column(BigInteger)  # run sample offset of keep_seq's first sample
+
+
+class _UploadRow(_Base):
+    __tablename__ = "uploads"
+    __table_args__ = (UniqueConstraint("campaign_id", "batch_id", name="uq_uploads_campaign_batch"),)
+    id: Mapped[int] = mapped_column(_ID, primary_key=True)
+    campaign_id: Mapped[str] = mapped_column(String)
+    batch_id: Mapped[str] = mapped_column(String)
+    modality: Mapped[str] = mapped_column(String)
+    n_windows: Mapped[int] = mapped_column(Integer)
+    recorded_ns: Mapped[int] = mapped_column(BigInteger)
+
+
+class _AdapterRow(_Base):
+    __tablename__ = "adapters"
+    __table_args__ = (UniqueConstraint("modality", "version", name="uq_adapters_modality_version"),)
+    id: Mapped[int] = mapped_column(_ID, primary_key=True)
+    modality: Mapped[str] = mapped_column(String)
+    version: Mapped[int] = mapped_column(BigInteger)
+    path: Mapped[str] = mapped_column(String)
+    sha256: Mapped[str] = mapped_column(String(64))
+    recorded_ns: Mapped[int] = mapped_column(BigInteger)
+
+
+# --- public records ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One stored sensor frame: ``samples`` is (time, channels) float32."""
+
+    sensor_id: str
+    modality: str
+    seq: int
+    timestamp_ns: int
+    rate_hz: float
+    samples: np.ndarray
+
+
+class Windows(NamedTuple):
+    """Windows of one modality: ``data`` is (N, T, C) float32, ``labels`` (N,) int64, -1 = unlabelled."""
+
+    ids: list[str]
+    data: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass
+class _Piece:
+    """A frame held while cutting: where its samples start in the run."""
+
+    seq: int
+    offset: int
+    timestamp_ns: int
+    rate_hz: float
+    samples: np.ndarray
+
+
+# --- the store ------------------------------------------------------------------------
+
+
+class NodeStore:
+    """Frames, windows, the upload ledger and adapter versions of one node."""
+
+    def __init__(self, engine: Engine, memory: bool = False) -> None:
+        self.engine = engine
+        self._read = sessionmaker(engine, expire_on_commit=False)
+        self._write = sessionmaker(engine.execution_options(edgebind_write=True), expire_on_commit=False)
+        # One shared in-memory connection: transactions from different threads must not interleave.
+        self._lock: AbstractContextManager[Any] = threading.RLock() if memory else nullcontext()
+        _create_tables(engine, _Base, lock_key=0x6564676E)
+
+    def close(self) -> None:
+        """Release the database connections."""
+        self.engine.dispose()
+
+    def __enter__(self) -> NodeStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self, write: bool = False) -> Iterator[Session]:
+        with self._lock, (self._write if write else self._read).begin() as session:
+            yield session
+
+    # --- frames ---------------------------------------------------------------------
+
+    def add_frame(
+        self,
+        sensor_id: str,
+        modality: str,
+        seq: int,
+        timestamp_ns: int,
+        samples: np.ndarray,
+        rate_hz: float = 0.0,
+    ) -> bool:
+        """Store one (time, channels) frame; False if (sensor, modality, seq) is already stored.
+
+        ``rate_hz`` (0 = unknown) dates windows that start inside the frame. A
+        frame's channel count must match the earlier frames of its stream.
+        """
+        _name("sensor_id", sensor_id)
+        _name("modality", modality)
+        seq = _int("seq", seq)
+        timestamp_ns = _int("timestamp_ns", timestamp_ns)
+        x = _numeric(f"samples of frame {seq}", samples, ndim=2)
+        if x.shape[0] == 0 or x.shape[1] == 0:
+            raise ValueError(f"samples of frame {seq} must be non-empty (time, channels), got shape {x.shape}")
+        if isinstance(rate_hz, bool) or not isinstance(rate_hz, (int, float, np.integer, np.floating)):
+            raise ValueError(f"rate_hz must be a number, got {rate_hz!r}")
+        if not (math.isfinite(rate_hz) and rate_hz >= 0):
+            raise ValueError(f"rate_hz must be finite and >= 0, got {rate_hz}")
+        dtype, shape, data = pack_array(x)
+        with self._tx(write=True) as s:
+            earlier = s.scalars(
+                select(_FrameRow.shape)
+                .where(_FrameRow.sensor_id == sensor_id, _FrameRow.modality == modality)
+                .limit(1)
+            ).first()
+            if earlier is not None and json.loads(earlier)[1] != x.shape[1]:
+                raise ValueError(
+                    f"frame {seq} of {sensor_id!r}/{modality!r} has {x.shape[1]} channels, "
+                    f"earlier frames have {json.loads(earlier)[1]}"
+                )
+            row = dict(
+                sensor_id=sensor_id, modality=modality, seq=seq, timestamp_ns=timestamp_ns,
+                rate_hz=float(rate_hz), dtype=dtype, shape=shape, data=data,
+            )  # fmt: skip
+            return _insert_ignore(s, _FrameRow.__table__, [row]) == 1
+
+    def frames(self, modality: str, since_seq: int | None = None) -> list[Frame]:
+        """Stored frames of ``modality`` with seq > ``since_seq``, by (seq, sensor)."""
+        _name("modality", modality)
+        q = select(_FrameRow).where(_FrameRow.modality == modality)
+        if since_seq is not None:
+            q = q.where(_FrameRow.seq > _int("since_seq", since_seq, lo=-1))
+        with self._tx() as s:
+            rows = s.scalars(q.order_by(_FrameRow.seq, _FrameRow.sensor_id)).all()
+        return [
+            Frame(r.sensor_id, r.modality, r.seq, r.timestamp_ns, r.rate_hz, unpack_array(r.dtype, r.shape, r.data))
+            for r in rows
+        ]
+
+    def count_frames(self, modality: str) -> int:
+        """How many frames of ``modality`` are stored."""
+        _name("modality", modality)
+        with self._tx() as s:
+            return s.scalar(select(func.count()).select_from(_FrameRow).where(_FrameRow.modality == modality)) or 0
+
+    # --- windows ------------------------------------------------------------------------
+
+    def add_windows(
+        self,
+        modality: str,
+        window_ids: Sequence[str],
+        start_ns: Sequence[int] | np.ndarray,
+        data: np.ndarray,
+        labels: np.ndarray | Sequence[int] | None = None,
+        subjects: np.ndarray | Sequence[int] | None = None,
+    ) -> int:
+        """Store (N, T, C) windows whose ids are new; return how many were added.
+
+        A window id already stored keeps its stored data. ``labels`` and
+        ``subjects`` are one per window, -1 meaning none. Every window of a
+        modality has the same (T, C).
+        """
+        _name("modality", modality)
+        ids = [_name("window id", w) for w in window_ids]
+        x = _numeric("window data", data, ndim=3)
+        n = len(ids)
+        if x.shape[0] != n:
+            raise ValueError(f"{n} window ids for {x.shape[0]} windows of data")
+        if len(set(ids)) != n:
+            raise ValueError("duplicate window ids in one call")
+        if n and (x.shape[1] == 0 or x.shape[2] == 0):
+            raise ValueError(f"windows must be non-empty (N, T, C), got shape {x.shape}")
+        starts = np.asarray(start_ns)
+        if starts.ndim != 1 or len(starts) != n:
+            raise ValueError(f"start_ns: expected {n} values in one dimension, got shape {starts.shape}")
+        starts_list = [_int("start_ns", v) for v in starts]
+        y = _per_row("labels", labels, n)
+        subj = _per_row("subjects", subjects, n)
+        if n == 0:
+            return 0
+        with self._tx(write=True) as s:
+            self._check_window_shape(s, modality, x.shape[1:])
+            rows = []
+            for i, wid in enumerate(ids):
+                dtype, shape, blob = pack_array(x[i])
+                rows.append(
+                    dict(
+                        modality=modality, window_id=wid, start_ns=starts_list[i],
+                        label=None if y is None or y[i] < 0 else int(y[i]),
+                        subject=None if subj is None or subj[i] < 0 else int(subj[i]),
+                        dtype=dtype, shape=shape, data=blob,
+                    )  # fmt: skip
+                )
+            return _insert_ignore(s, _WindowRow.__table__, rows)
+
+    @staticmethod
+    def _check_window_shape(s: Session, modality: str, shape: tuple[int, ...]) -> None:
+        stored = s.scalars(select(_WindowRow.shape).where(_WindowRow.modality == modality).limit(1)).first()
+        if stored is not None and tuple(json.loads(stored)) != tuple(shape):
+            raise ValueError(
+                f"windows of {modality!r} are stored as (T, C) = {tuple(json.loads(stored))}, got {tuple(shape)}"
+            )
+
+    def windows(self, modality: str, ids: Sequence[str] | None = None, limit: int | None = None) -> Windows:
+        """Windows of ``modality``: the ``ids`` asked for, in that order, or the first ``limit`` stored.
+
+        Raises ValueError for an id that is not stored.
+        """
+        _name("modality", modality)
+        if ids is not None and limit is not None:
+            raise ValueError("give ids or limit, not both")
+        limit = None if limit is None else _int("limit", limit)
+        wanted = None if ids is None else [_name("window id", w) for w in ids]
+        q = select(_WindowRow).where(_WindowRow.modality == modality)
+        with self._tx() as s:
+            if wanted is None:
+                rows = list(s.scalars(q.order_by(_WindowRow.id).limit(limit)))
+            else:
+                rows = [r for chunk in _chunks(wanted) for r in s.scalars(q.where(_WindowRow.window_id.in_(chunk)))]
+        if wanted is not None:
+            by_id = {r.window_id: r for r in rows}
+            _check_found(modality, wanted, by_id)
+            rows = [by_id[w] for w in wanted]
+        if not rows:
+            return Windows([], np.zeros((0, 0, 0), np.float32), np.zeros(0, np.int64))
+        return Windows(
+            [r.window_id for r in rows],
+            np.stack([unpack_array(r.dtype, r.shape, r.data) for r in rows]),
+            np.array([-1 if r.label is None else r.label for r in rows], dtype=np.int64),
+        )
+
+    def window_subjects(self, modality: str, ids: Sequence[str]) -> np.ndarray:
+        """The subject of each window in ``ids`` (-1 = unknown), in that order, for evaluation splits."""
+        return self._window_column(modality, ids, _WindowRow.subject)
+
+    def window_starts(self, modality: str, ids: Sequence[str]) -> np.ndarray:
+        """The start time (ns) of each window in ``ids``, in that order."""
+        return self._window_column(modality, ids, _WindowRow.start_ns)
+
+    def _window_column(self, modality: str, ids: Sequence[str], column: Any) -> np.ndarray:
+        _name("modality", modality)
+        wanted = [_name("window id", w) for w in ids]
+        q = select(_WindowRow.window_id, column).where(_WindowRow.modality == modality)
+        with self._tx() as s:
+            found = {w: v for chunk in _chunks(wanted) for w, v in s.execute(q.where(_WindowRow.window_id.in_(chunk)))}
+        _check_found(modality, wanted, found)
+        return np.array([-1 if found[w] is None else found[w] for w in wanted], dtype=np.int64)
+
+    def count_windows(self, modality: str) -> int:
+        """How many windows of ``modality`` are stored."""
+        _name("modality", modality)
+        with self._tx() as s:
+            return s.scalar(select(func.count()).select_from(_WindowRow).where(_WindowRow.modality == modality)) or 0
+
+    def modalities(self) -> list[str]:
+        """Every modality with a stored frame or window, sorted."""
+        with self._tx() as s:
+            names = set(s.scalars(select(_FrameRow.modality).distinct()))
+            names |= set(s.scalars(select(_WindowRow.modality).distinct()))
+        return sorted(names)
+
+    def cut_windows(self, modality: str, window: int = 128, step: int = 64) -> int:
+        """Cut stored frames of ``modality`` into windows not cut before; return how many.
+
+        Each sensor's frames are taken in seq order; a missing seq ends a run, and
+        windows never span runs. A window's id is
+        ``f"{modality}:{sensor_id}:{first_seq}:{offset}"`` (first frame of its run,
+        sample offset in the run), so re-running, or running after a restart, adds
+        nothing twice. A frame that arrives after the cut has moved past its seq is
+        not used. The cursor remembers ``window`` and ``step``; changing them for a
+        stream already cut is refused.
+        """
+        _name("modality", modality)
+        window = _int("window", window, lo=1, hi=1 << 20)
+        step = _int("step", step, lo=1, hi=1 << 20)
+        added = 0
+        with self._tx(write=True) as s:
+            sensors = s.scalars(
+                select(_FrameRow.sensor_id)
+                .where(_FrameRow.modality == modality)
+                .distinct()
+                .order_by(_FrameRow.sensor_id)
+            ).all()
+            cursors = {c.sensor_id: c for c in s.scalars(select(_CursorRow).where(_CursorRow.modality == modality))}
+            for c in cursors.values():
+                if (c.window, c.step) != (window, step):
+                    raise ValueError(
+                        f"{modality!r}/{c.sensor_id!r} was cut with window={c.window}, step={c.step}; "
+                        f"got window={window}, step={step}"
+                    )
+            for sensor in sensors:
+                added += self._cut_stream(s, modality, sensor, cursors.get(sensor), window, step)
+        return added
+
+    def _cut_stream(
+        self, s: Session, modality: str, sensor: str, cursor: _CursorRow | None, window: int, step: int
+    ) -> int:
+        q = select(_FrameRow).where(_FrameRow.sensor_id == sensor, _FrameRow.modality == modality)
+        if cursor is not None:
+            q = q.where(_FrameRow.seq >= cursor.keep_seq)
+            run_first, next_off = cursor.run_first_seq, cursor.next_offset
+            run_end, prev = cursor.keep_offset, cursor.keep_seq - 1
+        else:
+            run_first, next_off, run_end, prev = -1, 0, 0, -2  # -2: the first frame always starts a run
+        seen = False
+        held: list[_Piece] = []
+        rows: list[dict[str, Any]] = []
+        for f in s.scalars(q.order_by(_FrameRow.seq)):
+            if f.seq != prev + 1:  # a gap: a new run starts here
+                run_first, next_off, run_end, held = f.seq, 0, 0, []
+            samples = unpack_array(f.dtype, f.shape, f.data)
+            held.append(_Piece(f.seq, run_end, f.timestamp_ns, f.rate_hz, samples))
+            run_end += len(samples)
+            prev, seen = f.seq, True
+            while next_off + window <= run_end:
+                rows.append(self._window_row(modality, sensor, run_first, next_off, window, held))
+                next_off += step
+            while held and held[0].offset + len(held[0].samples) <= next_off:
+                held.pop(0)
+        if not seen:
+            return 0
+        keep_seq, keep_offset = (held[0].seq, held[0].offset) if held else (prev + 1, run_end)
+        state = dict(run_first_seq=run_first, next_offset=next_off, keep_seq=keep_seq, keep_offset=keep_offset)
+        if cursor is None:
+            s.add(_CursorRow(modality=modality, sensor_id=sensor, window=window, step=step, **state))
+        else:
+            for k, v in state.items():
+                setattr(cursor, k, v)
+        if rows:
+            self._check_window_shape(s, modality, tuple(json.loads(rows[0]["shape"])))
+        return _insert_ignore(s, _WindowRow.__table__, rows)
+
+    @staticmethod
+    def _window_row(
+        modality: str, sensor: str, run_first: int, start: int, window: int, held: list[_Piece]
+    ) -> dict[str, Any]:
+        """The window of ``held``'s samples at run offset ``start``, dated from the frame it starts in."""
+        pieces = [p for p in held if p.offset < start + window and start < p.offset + len(p.samples)]
+        parts = [p.samples[max(start - p.offset, 0) : start + window - p.offset] for p in pieces]
+        first = pieces[0]
+        into = start - first.offset
+        start_ns = first.timestamp_ns + (round(into * 1e9 / first.rate_hz) if first.rate_hz > 0 else 0)
+        dtype, shape, blob = pack_array(np.concatenate(parts))
+        return dict(
+            modality=modality, window_id=f"{modality}:{sensor}:{run_first}:{start}", start_ns=start_ns,
+            label=None, subject=None, dtype=dtype, shape=shape, data=blob,
+        )  # fmt: skip
+
+    # --- upload ledger ----------------------------------------------------------------------
+
+    def record_upload(self, campaign_id: str, batch_id: str, modality: str, n_windows: int) -> bool:
+        """Note that ``batch_id`` was delivered for ``campaign_id``; False if already noted."""
+        row = dict(
+            campaign_id=_name("campaign_id", campaign_id), batch_id=_name("batch_id", batch_id),
+            modality=_name("modality", modality), n_windows=_int("n_windows", n_windows, hi=2**31 - 1),
+            recorded_ns=time.time_ns(),
+        )  # fmt: skip
+        with self._tx(write=True) as s:
+            return _insert_ignore(s, _UploadRow.__table__, [row]) == 1
+
+    def uploaded(self, campaign_id: str) -> set[str]:
+        """The batch ids already delivered for ``campaign_id``."""
+        _name("campaign_id", campaign_id)
+        with self._tx() as s:
+            return set(s.scalars(select(_UploadRow.batch_id).where(_UploadRow.campaign_id == campaign_id)))
+
+    # --- adapter versions -----------------------------------------------------------------------
+
+    def record_adapter(self, modality: str, version: int, path: str | Path, sha256: str) -> None:
+        """Record the adapter now in use for ``modality``; a version not above the current is refused."""
+        _name("modality", modality)
+        version = _int("version", version, lo=1)
+        path = _name("path", str(path) if isinstance(path, Path) else path)
+        _sha256(sha256)
+        with self._tx(write=True) as s:
+            current = s.scalar(select(func.max(_AdapterRow.version)).where(_AdapterRow.modality == modality))
+            if current is not None and version <= current:
+                raise ValueError(f"replayed or stale adapter: {modality!r} v{version} is not newer than v{current}")
+            row = dict(modality=modality, version=version, path=path, sha256=sha256, recorded_ns=time.time_ns())
+            if _insert_ignore(s, _AdapterRow.__table__, [row]) != 1:
+                raise ValueError(f"replayed or stale adapter: {modality!r} v{version} was recorded concurrently")
+
+    def current_adapter(self, modality: str) -> tuple[int, str, str] | None:
+        """(version, path, sha256) of the newest adapter for ``modality``, or None."""
+        _name("modality", modality)
+        with self._tx() as s:
+            row = s.scalars(
+                select(_AdapterRow)
+                .where(_AdapterRow.modality == modality)
+                .order_by(_AdapterRow.version.desc())
+                .limit(1)
+            ).first()
+        return None if row is None else (row.version, row.path, row.sha256)
+
+    # --- summary ----------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Counts for a manifest or a status page.
+
+        Keys: ``frames``, ``windows`` and ``labelled_windows`` (modality -> count),
+        ``uploads`` (batches) and ``uploaded_windows``, ``adapters`` (modality -> version).
+        """
+        with self._tx() as s:
+            frames = dict(s.execute(select(_FrameRow.modality, func.count()).group_by(_FrameRow.modality)).all())
+            windows = dict(s.execute(select(_WindowRow.modality, func.count()).group_by(_WindowRow.modality)).all())
+            labelled = dict(
+                s.execute(
+                    select(_WindowRow.modality, func.count())
+                    .where(_WindowRow.label.is_not(None))
+                    .group_by(_WindowRow.modality)
+                ).all()
+            )
+            n_up, n_up_windows = s.execute(select(func.count(), func.sum(_UploadRow.n_windows))).one()
+            newest = select(_AdapterRow.modality, func.max(_AdapterRow.version)).group_by(_AdapterRow.modality)
+            adapters = dict(s.execute(newest).all())
+        return {
+            "frames": frames,
+            "windows": windows,
+            "labelled_windows": {m: labelled.get(m, 0) for m in windows},
+            "uploads": int(n_up),
+            "uploaded_windows": int(n_up_windows or 0),
+            "adapters": adapters,
+        }
+
+
+def _chunks(items: list[str], size: int = 5000) -> Iterator[list[str]]:
+    """``items`` in slices small enough for one IN (...) on every backend."""
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _check_found(modality: str, wanted: list[str], found: Container[str]) -> None:
+    missing = [w for w in wanted if w not in found]
+    if missing:
+        raise ValueError(f"{len(missing)} window ids of {modality!r} not stored, e.g. {missing[:3]}")
+
+
+def open_store(url: str | Path) -> NodeStore:
+    """Open (creating tables if needed) a node store.
+
+    ``url`` is a SQLAlchemy URL (``sqlite://`` for memory, ``sqlite:///file``,
+    ``postgresql+psycopg://...``) or a file path, which means a SQLite file.
+    """
+    engine, memory = _engine_for(url)
+    return NodeStore(engine, memory=memory)
