@@ -23,9 +23,10 @@ from common.towers import AlignedModel, FusionHead
 @dataclass
 class HeadConfig:
     mode: str = "finetune"  # "linear": frozen towers; "finetune": towers train too
-    epochs: int = 40
+    steps: int = 400
+    eval_every: int = 20  # validation checks; the best one is kept
     batch_size: int = 64
-    lr: float = 3e-3
+    lr: float = 1e-2
     tower_lr: float = 3e-4
     weight_decay: float = 1e-4
     hidden: int = 0
@@ -98,19 +99,23 @@ def fit_head(
     best = {"epoch": -1, "val_macro_f1": -1.0}
     best_state = None
     history = []
-    for epoch in range(cfg.epochs):
+    batch = min(cfg.batch_size, len(labelled))
+    for step in range(1, cfg.steps + 1):
         model.train(cfg.mode == "finetune")
         head.train()
-        for b in labelled.batches(cfg.batch_size, device, rng):
-            logits = head(embed_batch(model, b, features), b.masks)
-            loss = F.cross_entropy(logits, b.label)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        b = labelled.batch(rng.choice(len(labelled), size=batch, replace=False), device)
+        logits = head(embed_batch(model, b, features), b.masks)
+        loss = F.cross_entropy(logits, b.label)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % cfg.eval_every and step != cfg.steps:
+            continue
         m = metrics(val.label, predict(model, head, val, device, features=features))
         history.append(m["macro_f1"])
         if m["macro_f1"] > best["val_macro_f1"]:
-            best = {"epoch": epoch, "val_macro_f1": m["macro_f1"], "val_accuracy": m["accuracy"]}
+            # "epoch" counts validation checks: the model kept is the one after step epoch*eval_every
+            best = {"epoch": step // cfg.eval_every, "step": step, "val_macro_f1": m["macro_f1"], "val_accuracy": m["accuracy"]}
             best_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(head.state_dict()))
     model.load_state_dict(best_state[0])
     head.load_state_dict(best_state[1])

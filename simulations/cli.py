@@ -1,0 +1,139 @@
+"""``edgebind-sim``: experiments, the demo, fleet simulations and a local deployment.
+
+Subcommands are thin over library functions of the same names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+
+def _setup(args) -> torch.device:
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    for noisy in ("flwr", "ray", "urllib3", "matplotlib", "sentence_transformers", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from common.device import pick_device
+
+    return pick_device(args.device)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="hapt", help="'hapt' (bundled UCI HAPT) or a path to a .npz in the generic format")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1); figures are mean and std over them")
+    p.add_argument("--out", type=Path, default=None, help="output folder (results.json and plots)")
+    p.add_argument("--quick", action="store_true", help="a small, fast run for tests and smoke checks")
+
+
+def experiment_mmbind(args, device) -> dict:
+    from simulations.experiments.mmbind import METHODS, run
+
+    methods = tuple(args.methods.split(",")) if args.methods else METHODS
+    return run(args.dataset, args.scenario, args.seeds, args.out or Path("runs") / f"mmbind-{Path(args.scenario).stem}", args.quick, device, methods=methods)
+
+
+def experiment_babel(args, device) -> dict:
+    from simulations.experiments.babel import run
+
+    return run(args.dataset, args.plan, args.seeds, args.out or Path("runs") / f"babel-{Path(args.plan).stem}", args.quick, device, scenario=args.scenario)
+
+
+def demo(args, device) -> dict:
+    from simulations.demo import demo as run_demo
+
+    return run_demo(out=args.out or Path("runs") / "demo", device=device, quick=args.quick)
+
+
+def run(args, device) -> dict:
+    from simulations.fleet import run_fleet
+
+    return run_fleet(args.dataset, args.scenario, args.nodes, args.seed, args.out or Path("runs") / "fleet", args.quick, args.dropout, device)
+
+
+def deploy_local(args, device) -> dict:
+    from simulations.deploy_local import deploy_local as run_deploy
+
+    return run_deploy(nodes=args.nodes, dataset=args.dataset, scenario=args.scenario, out=args.out or Path("runs") / "deploy-local", quick=args.quick)
+
+
+def convert(args, device) -> dict:
+    from common.data.converters import convert as run_convert
+
+    path = run_convert(args.format, args.source, args.output)
+    print(f"wrote {path}")
+    return {"path": str(path)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="edgebind-sim", description=__doc__)
+    ap.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when present, else CPU)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    ex = sub.add_parser("experiment", help="central experiments on real data").add_subparsers(dest="which", required=True)
+    p = ex.add_parser("mmbind", help="MMBind against its baselines")
+    _common(p)
+    p.add_argument("--scenario", default="sensor-bind", help="shipped scenario name or a .toml path")
+    p.add_argument("--methods", default="", help="comma-separated subset of methods (default: all)")
+    p.set_defaults(func=experiment_mmbind)
+    p = ex.add_parser("babel", help="Babel expandable alignment")
+    _common(p)
+    p.add_argument("--plan", default="hapt-gyro-trunk", help="shipped plan name or a .toml path")
+    p.add_argument("--scenario", default=None, help="scenario whose groups the plan's stages use (default: the plan's)")
+    p.set_defaults(func=experiment_babel)
+
+    p = sub.add_parser("demo", help="the main job: a small simulated fleet on HAPT, with a report")
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--quick", action="store_true")
+    p.set_defaults(func=demo)
+
+    p = sub.add_parser("run", help="a federated campaign over a simulated fleet of any size")
+    p.add_argument("--dataset", default="hapt")
+    p.add_argument("--scenario", default="sensor-bind")
+    p.add_argument("--nodes", type=int, default=None, help="number of virtual nodes (default: the scenario's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dropout", type=float, default=None, help="share of nodes that vanish mid-round")
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--quick", action="store_true")
+    p.set_defaults(func=run)
+
+    p = sub.add_parser("deploy-local", help="mosquitto + coordinator + SuperNodes on 127.0.0.1, one whole campaign")
+    p.add_argument("--nodes", type=int, default=3)
+    p.add_argument("--dataset", default="hapt")
+    p.add_argument("--scenario", default="sensor-bind")
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--quick", action="store_true")
+    p.set_defaults(func=deploy_local)
+
+    p = sub.add_parser("convert", help="convert a published dataset to the generic .npz format")
+    p.add_argument("format", choices=["utd-mhad", "pamap2"])
+    p.add_argument("source", type=Path, help="folder (or file) in the published format")
+    p.add_argument("output", type=Path, help="the .npz to write")
+    p.set_defaults(func=convert)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    args = build_parser().parse_args(argv)
+    device = _setup(args)
+    try:
+        args.func(args, device)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"edgebind-sim: error: {msg}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,314 @@
+"""The MMBind experiment: bind incomplete multimodal data through a shared
+modality (or through labels) and compare against the baselines on held-out
+subjects.
+
+Every method uses the same split, the same frozen self-supervised encoders,
+the same few labelled windows and the same head procedure (epoch chosen on
+validation subjects); the test figures are those of the chosen model.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.binding import PairWeighting
+from common.data import load_dataset
+from common.data.dataset import WindowDataset
+from common.data.scenarios import Scenario, Split, split
+from common.evaluate import HeadConfig, evaluate_subsets, fit_head
+from common.mmbind import AlignConfig, PseudoPairs, align, label_pseudo_pairs, pseudo_pair_samples, sensor_pseudo_pairs
+from common.pretrain import PretrainConfig
+from common.samples import SampleSet
+from common.towers import AlignedModel, TowerConfig
+from simulations.experiments.common import Encoders, fmt, mean_std, pretrain_encoders, seed_everything, write_json
+
+log = logging.getLogger("edgebind")
+
+METHODS = ("lower_bound", "unimodal", "incomplete", "imagebind", "mmbind", "upper_bound")
+
+
+@dataclass
+class MMBindSettings:
+    tower: TowerConfig = field(default_factory=TowerConfig)
+    pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(epochs=12))
+    align: AlignConfig = field(default_factory=lambda: AlignConfig(epochs=30))
+    head: HeadConfig = field(default_factory=HeadConfig)
+    weighting: PairWeighting = field(default_factory=PairWeighting)
+    k: int = 1
+    label_pairs_per_sample: int = 4
+    max_windows_per_group: int | None = None  # subsample for quick runs
+
+    @classmethod
+    def quick(cls) -> MMBindSettings:
+        return cls(
+            pretrain=PretrainConfig(epochs=2),
+            align=AlignConfig(epochs=4),
+            head=HeadConfig(steps=120),
+            max_windows_per_group=240,
+        )
+
+
+@dataclass
+class SeedData:
+    """One seed's split, turned into features and sample sets."""
+
+    split: Split
+    feats: dict[str, dict[str, np.ndarray]]  # group -> modality -> features
+    rows: dict[str, np.ndarray]
+    train_labels: dict[str, np.ndarray]  # group -> labels the learner may see (-1 elsewhere)
+
+
+def _subsample(rows: np.ndarray, labelled: np.ndarray, cap: int | None, rng) -> tuple[np.ndarray, np.ndarray]:
+    if cap is None or len(rows) <= cap:
+        return rows, labelled
+    keep = np.sort(rng.choice(len(rows), size=cap, replace=False))
+    return rows[keep], labelled[keep]
+
+
+def prepare(ds: WindowDataset, sc: Scenario, seed: int, st: MMBindSettings, device: torch.device) -> tuple[SeedData, Encoders]:
+    sp = split(sc, ds, seed)
+    rng = np.random.default_rng(seed)
+    rows, labels = {}, {}
+    for name, part in sp.parts.items():
+        r, lab = _subsample(part.rows, part.labelled, st.max_windows_per_group, rng)
+        if part.group.role == "train" and part.group.labelled > 0 and not lab.any():
+            lab[: min(len(lab), 12)] = True  # a quick run must keep a few labels
+        rows[name] = r
+        labels[name] = np.where(lab, ds.y[r], -1)
+    train_groups = [p.group for p in sp.by_role("train")]
+    # Encoders learn from the unlabelled windows of the training nodes only.
+    by_mod: dict[str, list[np.ndarray]] = {}
+    for g in train_groups:
+        for m in g.modalities:
+            by_mod.setdefault(m, []).append(rows[g.name])
+    for m in sc.modalities:  # a modality only the test nodes hold still needs an encoder
+        by_mod.setdefault(m, [rows[g.name] for g in train_groups])
+    enc = pretrain_encoders(ds, {m: np.concatenate(v) for m, v in by_mod.items()}, st.tower, st.pretrain, device, seed)
+    all_mods = sc.modalities
+    feats = {name: enc.features(ds, rows[name], all_mods, device) for name in sp.parts}
+    return SeedData(sp, feats, rows, labels), enc
+
+
+def natural_samples(sd: SeedData, groups: list[str], with_all: bool = False, modalities: list[str] | None = None) -> SampleSet:
+    """Real samples of the given groups: their own modalities, or all of them (``with_all``, the upper bound)."""
+    sets = []
+    for g in groups:
+        mods = modalities or (list(sd.feats[g]) if with_all else sd.split.parts[g].modalities)
+        sets.append(SampleSet.natural({m: sd.feats[g][m] for m in mods}, sd.train_labels[g]))
+    return SampleSet.concat(sets)
+
+
+def eval_set(sd: SeedData, ds: WindowDataset, role: str) -> SampleSet:
+    (part,) = sd.split.by_role(role)
+    name = part.group.name
+    return SampleSet.natural({m: sd.feats[name][m] for m in part.modalities}, ds.y[sd.rows[name]])
+
+
+def pseudo_pairs(sd: SeedData, sc: Scenario, ds: WindowDataset, st: MMBindSettings, seed: int, device) -> tuple[SampleSet | None, list[dict]]:
+    """Pseudo-pairs between every two training groups that hold different modalities."""
+    groups = [p.group for p in sd.split.by_role("train")]
+    sets, info = [], []
+    for ga, gb in combinations(groups, 2):
+        if set(ga.modalities) == set(gb.modalities):
+            continue
+        a = {m: sd.feats[ga.name][m] for m in ga.modalities}
+        b = {m: sd.feats[gb.name][m] for m in gb.modalities}
+        ya, yb = ds.y[sd.rows[ga.name]], ds.y[sd.rows[gb.name]]
+        if sc.binding == "sensor":
+            if sc.shared not in ga.modalities or sc.shared not in gb.modalities:
+                continue
+            pairs = sensor_pseudo_pairs(a[sc.shared], b[sc.shared], st.weighting, k=st.k, device=device)
+            samples = pseudo_pair_samples(a, b, pairs, keep_shared=sc.shared)
+        else:
+            la, lb = sd.train_labels[ga.name], sd.train_labels[gb.name]
+            ia, ib = np.flatnonzero(la >= 0), np.flatnonzero(lb >= 0)
+            lp = label_pseudo_pairs(la[ia], lb[ib], st.label_pairs_per_sample, seed)
+            pairs = PseudoPairs(ia[lp.i], ib[lp.j], lp.similarity, lp.weight)
+            samples = pseudo_pair_samples(a, b, pairs)
+            samples.label = la[pairs.i]  # label binding pairs same-class windows: the class is known
+        info.append({
+            "groups": [ga.name, gb.name],
+            "pairs": len(pairs),
+            "pair_accuracy": pairs.label_agreement(ya, yb),
+            "mean_similarity": float(pairs.similarity.mean()) if len(pairs) else float("nan"),
+            "mean_weight": float(pairs.weight.mean()) if len(pairs) else float("nan"),
+        })
+        if len(pairs):
+            sets.append(samples)
+    return (SampleSet.concat(sets) if sets else None), info
+
+
+def _fresh(enc: Encoders, ds: WindowDataset, mods: list[str], st: MMBindSettings, seed: int) -> AlignedModel:
+    torch.manual_seed(seed)
+    model = AlignedModel({m: ds.spec(m) for m in mods}, st.tower)
+    for m in mods:
+        model.encoders[m].load_state_dict(enc.modules[m].state_dict())
+    return model
+
+
+def run_seed(ds: WindowDataset, sc: Scenario, seed: int, st: MMBindSettings, device: torch.device, methods: tuple[str, ...]) -> dict:
+    seed_everything(seed)
+    t0 = time.time()
+    sd, enc = prepare(ds, sc, seed, st, device)
+    train_groups = [p.group.name for p in sd.split.by_role("train")]
+    test = eval_set(sd, ds, "test")
+    val = eval_set(sd, ds, "validation")
+    test_mods = test.modalities
+    all_mods = sc.modalities
+    natural = natural_samples(sd, train_groups)
+    labelled = natural.take(np.flatnonzero(natural.label >= 0))
+    pseudo, pair_info = pseudo_pairs(sd, sc, ds, st, seed, device)
+    n_classes = ds.n_classes
+    out: dict = {"seed": seed, "subjects": {k: p.subjects for k, p in sd.split.parts.items()}, "pairs": pair_info, "methods": {}}
+    for p in pair_info:
+        log.info("  bound %s <-> %s: %d pairs, pair accuracy %.3f, mean weight %.2f", *p["groups"], p["pairs"], p["pair_accuracy"], p["mean_weight"])
+
+    def finish(name: str, model: AlignedModel, train: SampleSet, features: bool = True, v=val, t=test) -> dict:
+        m, head, choice = fit_head(model, train, v, n_classes, st.head, device, seed=seed, features=features)
+        res = {"subsets": evaluate_subsets(m, head, t, device, features=features), "validation": {k: choice[k] for k in ("step", "val_macro_f1", "val_accuracy")}}
+        full = "+".join(sorted(t.modalities))
+        log.info("  %-12s test %s: acc %.3f  macro-F1 %.3f  (step %d chosen on validation)", name, full, res["subsets"][full]["accuracy"], res["subsets"][full]["macro_f1"], choice["step"])
+        return res
+
+    for method in methods:
+        if method == "imagebind" and sc.binding != "sensor":
+            continue
+        if method == "lower_bound":
+            # supervised from scratch on the labelled windows only (raw windows, no pretraining)
+            raw = lambda s: SampleSet.natural({m: ds.X[m][s] for m in test_mods})  # noqa: E731
+            lab_sets = []
+            for g in train_groups:
+                lab_rows = np.flatnonzero(sd.train_labels[g] >= 0)
+                mods = [m for m in sd.split.parts[g].modalities if m in test_mods]
+                if len(lab_rows) and mods:
+                    lab_sets.append(SampleSet.natural({m: ds.X[m][sd.rows[g][lab_rows]] for m in mods}, sd.train_labels[g][lab_rows]))
+            (vp,), (tp,) = sd.split.by_role("validation"), sd.split.by_role("test")
+            v_raw = raw(sd.rows[vp.group.name]); v_raw.label = ds.y[sd.rows[vp.group.name]]
+            t_raw = raw(sd.rows[tp.group.name]); t_raw.label = ds.y[sd.rows[tp.group.name]]
+            torch.manual_seed(seed)
+            model = AlignedModel({m: ds.spec(m) for m in test_mods}, st.tower)
+            out["methods"][method] = finish(method, model, SampleSet.concat(lab_sets), features=False, v=v_raw, t=t_raw)
+        elif method == "unimodal":
+            per = {}
+            for m in test_mods:
+                model = _fresh(enc, ds, [m], st, seed)
+                per[m] = finish(f"unimodal:{m}", model, labelled.restrict([m]), v=val.restrict([m]), t=test.restrict([m]))
+            best = max(per, key=lambda m: per[m]["validation"]["val_macro_f1"])  # chosen on validation
+            out["methods"][method] = {"per_modality": per, "chosen": best, "subsets": {k: v for m in per for k, v in per[m]["subsets"].items()}}
+        else:
+            model = _fresh(enc, ds, all_mods, st, seed)
+            if method == "incomplete":
+                train = natural
+            elif method == "imagebind":
+                anchor_groups = [g for g in train_groups if sc.shared in sd.split.parts[g].modalities]
+                train = natural_samples(sd, anchor_groups)
+            elif method == "mmbind":
+                train = natural if pseudo is None else SampleSet.concat([natural, pseudo])
+            elif method == "upper_bound":
+                train = natural_samples(sd, train_groups, with_all=True)
+            else:
+                raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+            cfg = copy.copy(st.align)
+            if method == "imagebind":
+                cfg.train_modalities = [m for m in train.modalities if m != sc.shared]
+            t1 = time.time()
+            align(model, train, cfg, device, seed)
+            log.debug("  %s aligned in %.1fs", method, time.time() - t1)
+            head_train = labelled
+            if method == "mmbind" and sc.binding == "label" and pseudo is not None:
+                head_train = SampleSet.concat([labelled, pseudo])
+            if method == "upper_bound":
+                head_train = natural_samples(sd, train_groups, with_all=True)
+                head_train = head_train.take(np.flatnonzero(head_train.label >= 0))
+            out["methods"][method] = finish(method, model, head_train)
+    out["seconds"] = time.time() - t0
+    return out
+
+
+def headline(res: dict, full: str) -> float:
+    if "chosen" in res:
+        return res["per_modality"][res["chosen"]]["subsets"][res["chosen"]]["accuracy"]
+    return res["subsets"][full]["accuracy"]
+
+
+def summarise(seeds: list[dict], full: str) -> dict:
+    methods = sorted({m for s in seeds for m in s["methods"]}, key=lambda m: METHODS.index(m))
+    summary: dict = {}
+    for m in methods:
+        runs = [s["methods"][m] for s in seeds if m in s["methods"]]
+        subsets = sorted({k for r in runs for k in r["subsets"]})
+        summary[m] = {
+            "subsets": {k: {metric: mean_std([r["subsets"][k][metric] for r in runs if k in r["subsets"]]) for metric in ("accuracy", "macro_f1")} for k in subsets},
+            "headline_accuracy": mean_std([headline(r, full) for r in runs]),
+        }
+        if m == "unimodal":
+            summary[m]["headline_macro_f1"] = mean_std([r["per_modality"][r["chosen"]]["subsets"][r["chosen"]]["macro_f1"] for r in runs])
+            summary[m]["chosen"] = [r["chosen"] for r in runs]
+        else:
+            summary[m]["headline_macro_f1"] = mean_std([r["subsets"][full]["macro_f1"] for r in runs])
+    pair_acc = [p["pair_accuracy"] for s in seeds for p in s["pairs"]]
+    summary_pairs = {"pair_accuracy": mean_std(pair_acc), "pairs": mean_std([float(p["pairs"]) for s in seeds for p in s["pairs"]])}
+    gap = None
+    if {"unimodal", "mmbind", "upper_bound"} <= set(summary):
+        gaps = []
+        for s in seeds:
+            u, mm, ub = (headline(s["methods"][k], full) for k in ("unimodal", "mmbind", "upper_bound"))
+            gaps.append((mm - u) / (ub - u) if ub != u else float("nan"))
+        gap = mean_std(gaps)
+    return {"methods": summary, "pseudo_pairs": summary_pairs, "gap_closed": gap}
+
+
+def run(dataset: str, scenario: str, seeds: int, out: Path, quick: bool, device: torch.device, methods: tuple[str, ...] = METHODS, settings: MMBindSettings | None = None) -> dict:
+    """Run the MMBind experiment for ``seeds`` seeds; write ``out/results.json`` and print a table."""
+    ds = load_dataset(dataset)
+    sc = Scenario.load(scenario)
+    sc.check_dataset(ds)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; known: {', '.join(METHODS)}")
+    st = settings or (MMBindSettings.quick() if quick else MMBindSettings())
+    log.info("MMBind experiment: dataset %s (%d windows, %d subjects), scenario %s, %d seed(s)%s, device %s",
+             ds.name, len(ds), len(ds.subjects), sc.name, seeds, " [quick]" if quick else "", device)
+    per_seed = []
+    for seed in range(seeds):
+        log.info("seed %d/%d", seed + 1, seeds)
+        per_seed.append(run_seed(ds, sc, seed, st, device, methods))
+    (tp,) = [g for g in sc.groups if g.role == "test"]
+    full = "+".join(sorted(tp.modalities))
+    result = {
+        "experiment": "mmbind",
+        "dataset": ds.name,
+        "scenario": sc.name,
+        "test_modalities": full,
+        "seeds": seeds,
+        "quick": quick,
+        "protocol": "subject-disjoint split per seed; head epoch chosen on validation subjects; final chosen model's test figures; mean and sample std over seeds",
+        "summary": summarise(per_seed, full),
+        "per_seed": per_seed,
+    }
+    write_json(Path(out) / "results.json", result)
+    print(format_table(result))
+    return result
+
+
+def format_table(result: dict) -> str:
+    s = result["summary"]
+    lines = [f"MMBind on {result['dataset']} / {result['scenario']}: test on {result['test_modalities']} ({result['seeds']} seed(s))",
+             f"{'method':<14}{'accuracy':>18}{'macro-F1':>18}"]
+    for m, r in s["methods"].items():
+        name = m + (" (best single, by val)" if m == "unimodal" else "")
+        lines.append(f"{name:<14}{fmt(r['headline_accuracy']):>18}{fmt(r['headline_macro_f1']):>18}")
+    pp = s["pseudo_pairs"]
+    if pp["pairs"]["n"]:
+        lines.append(f"pseudo-pairs per binding: {pp['pairs']['mean']:.0f}, pair accuracy {fmt(pp['pair_accuracy'])}")
+    if s.get("gap_closed"):
+        lines.append(f"share of the unimodal -> upper-bound gap closed by MMBind: {fmt(s['gap_closed'])}")
+    return "\n".join(lines)
