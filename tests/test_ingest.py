@@ -1,0 +1,283 @@
+"""node_agent.ingest: every reject path, and a real mosquitto on 127.0.0.1 (duplicates, restarts)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from node_agent.ingest import (
+    REJECT_REASONS,
+    Ingest,
+    Publisher,
+    mosquitto_conf,
+    node_specs,
+    replay,
+    sensor_topic,
+    window_frames,
+)
+from node_agent.store import NodeStore, open_store
+from proto import edgebind_pb2 as pb
+
+NODE = "n1"
+SPECS = node_specs(["gyro", "lin_acc"])
+RATES = {m: s.rate_hz for m, s in SPECS.items()}
+
+
+def _windows(n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {m: rng.standard_normal((n, s.window, s.channels)).astype(np.float32) for m, s in SPECS.items()}
+
+
+def _frame(**kw) -> pb.SensorFrame:
+    args = dict(
+        node_id=NODE, sensor_id="imu", modality="gyro", seq=0, timestamp_ns=10**18, rate_hz=50.0, channels=3,
+        samples=np.arange(192, dtype=np.float32).tolist(),
+    )  # fmt: skip
+    args.update(kw)
+    return pb.SensorFrame(**args)
+
+
+def _snapshot(store: NodeStore) -> list[tuple]:
+    return [(f.sensor_id, f.modality, f.seq, f.timestamp_ns, f.samples.tobytes()) for m in SPECS for f in store.frames(m)]
+
+
+def _wait(cond: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+# --- the per-message path, without a broker ------------------------------------------
+
+
+@pytest.fixture
+def ingest() -> Iterator[Ingest]:
+    store = open_store("sqlite://")
+    yield Ingest(NODE, store, SPECS)
+    store.close()
+
+
+def test_a_frame_is_stored_once(ingest):
+    payload = _frame().SerializeToString()
+    assert ingest.handle(sensor_topic(NODE, "gyro"), payload) == "accepted"
+    assert ingest.handle(sensor_topic(NODE, "gyro"), payload) == "duplicate"
+    (f,) = ingest.store.frames("gyro")
+    assert (f.sensor_id, f.seq, f.samples.shape) == ("imu", 0, (64, 3))
+    assert (ingest.stats.accepted, ingest.stats.duplicate, sum(ingest.stats.rejected.values())) == (1, 1, 0)
+
+
+def _bad_payloads() -> list[tuple[str, str, bytes]]:
+    gyro = sensor_topic(NODE, "gyro")
+    nan = np.zeros(192, np.float32)
+    nan[5] = np.nan
+    return [
+        ("oversized", gyro, _frame(samples=np.zeros(300_000, np.float32).tolist()).SerializeToString()),
+        ("malformed", gyro, b"\xff\xff\xff\x0f not a protobuf"),
+        ("bad-topic", f"edgebind/{NODE}/gyro", _frame().SerializeToString()),
+        ("wrong-node", sensor_topic("n2", "gyro"), _frame().SerializeToString()),
+        ("wrong-node", gyro, _frame(node_id="n2").SerializeToString()),
+        ("unknown-modality", sensor_topic(NODE, "ecg"), _frame(modality="ecg").SerializeToString()),
+        ("unknown-modality", gyro, _frame(modality="ecg").SerializeToString()),
+        ("modality-mismatch", gyro, _frame(modality="lin_acc").SerializeToString()),
+        ("bad-channels", gyro, _frame(channels=4).SerializeToString()),
+        ("bad-channels", gyro, _frame(samples=[0.0] * 190).SerializeToString()),
+        ("bad-rate", gyro, _frame(rate_hz=100.0).SerializeToString()),
+        ("non-finite", gyro, _frame(samples=nan.tolist()).SerializeToString()),
+        ("non-finite", gyro, _frame(samples=[float("inf")] * 192).SerializeToString()),
+        ("invalid", gyro, _frame(sensor_id="").SerializeToString()),
+        ("invalid", gyro, pb.SensorFrame(node_id=NODE, sensor_id="imu", modality="gyro", timestamp_ns=1, rate_hz=50, channels=3, samples=[0.0] * 3).SerializeToString()),
+        ("invalid", gyro, _frame(timestamp_ns=0).SerializeToString()),
+        ("invalid", gyro, _frame(samples=[]).SerializeToString()),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("reason,topic,payload", _bad_payloads(), ids=lambda v: v if isinstance(v, str) else None)
+def test_bad_input_is_rejected_counted_and_changes_nothing(ingest, reason, topic, payload):
+    ingest.handle(sensor_topic(NODE, "gyro"), _frame().SerializeToString())
+    before = _snapshot(ingest.store)
+    assert ingest.handle(topic, payload) == reason
+    assert reason in REJECT_REASONS
+    assert ingest.stats.rejected == {reason: 1}
+    assert _snapshot(ingest.store) == before
+
+
+def test_a_repeated_seq_with_other_samples_keeps_the_first(ingest):
+    gyro = sensor_topic(NODE, "gyro")
+    ingest.handle(gyro, _frame().SerializeToString())
+    assert ingest.handle(gyro, _frame(samples=[9.0] * 192).SerializeToString()) == "duplicate"
+    assert ingest.store.frames("gyro")[0].samples[0, 0] == 0.0
+
+
+def test_replayed_frames_cut_back_into_the_same_windows(ingest):
+    x = _windows(4)
+    for m in SPECS:
+        for frame in window_frames(NODE, m, x[m], RATES[m]):
+            assert ingest.handle(sensor_topic(NODE, m), frame.SerializeToString()) == "accepted"
+    assert ingest.cut() == {"gyro": 4, "lin_acc": 4}
+    assert ingest.cut() == {"gyro": 0, "lin_acc": 0}
+    for m in SPECS:
+        w = ingest.store.windows(m)
+        np.testing.assert_array_equal(w.data, x[m])
+        assert w.ids == [f"{m}:replay:{3 * i}:0" for i in range(4)]
+
+
+# --- a real broker ----------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Mosquitto:
+    """A mosquitto on 127.0.0.1 with persistence in ``root``; stop and start it again on the same port."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = _free_port()
+        (root / "data").mkdir()
+        self.conf = root / "mosquitto.conf"
+        self.conf.write_text(mosquitto_conf(self.port, str(root / "data")))
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        log = open(self.root / "mosquitto.log", "ab")
+        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)], stdout=log, stderr=log)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"mosquitto did not start: {(self.root / 'mosquitto.log').read_text()}")
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGTERM)  # mosquitto saves its persistence file on SIGTERM
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.port)
+
+
+@pytest.fixture
+def broker(tmp_path) -> Iterator[Mosquitto]:
+    if shutil.which("mosquitto") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("mosquitto is not installed, and CI=true requires the broker tests to run")
+        pytest.skip("mosquitto is not installed (apt-get install -y mosquitto)")
+    b = Mosquitto(tmp_path)
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def node(tmp_path, broker) -> Iterator[Ingest]:
+    store = open_store(tmp_path / "node.db")
+    ing = Ingest(NODE, store, SPECS, broker.address)
+    ing.start()
+    assert ing.wait_connected(10)
+    yield ing
+    ing.stop()
+    store.close()
+
+
+@pytest.mark.e2e
+def test_frames_published_over_mqtt_arrive_in_the_store(broker, node):
+    x = _windows(6, seed=1)
+    with Publisher(broker.address, "test-replay") as pub:
+        assert pub.wait_connected(10)
+        sent = replay(pub, NODE, x, RATES, timeout=30)
+    assert sent == {"gyro": 12, "lin_acc": 12}
+    _wait(lambda: node.stats.accepted == 24, what="24 frames stored")
+    node.cut()
+    for m in SPECS:
+        np.testing.assert_array_equal(node.store.windows(m).data, x[m])
+
+
+@pytest.mark.e2e
+def test_duplicates_and_bad_payloads_over_mqtt(broker, node):
+    good = _frame().SerializeToString()
+    bad = _bad_payloads()
+    with Publisher(broker.address, "test-bad") as pub:
+        assert pub.wait_connected(10)
+        pub.publish(sensor_topic(NODE, "gyro"), good)
+        pub.publish(sensor_topic(NODE, "gyro"), good)
+        for _reason, topic, payload in bad:
+            if topic.startswith(f"edgebind/{NODE}/sensors/"):  # only what this node subscribes to arrives
+                pub.publish(topic, payload)
+    expected = {}
+    for reason, topic, _ in bad:
+        if topic.startswith(f"edgebind/{NODE}/sensors/"):
+            expected[reason] = expected.get(reason, 0) + 1
+    _wait(lambda: node.stats.accepted + node.stats.duplicate + sum(node.stats.rejected.values()) == 2 + sum(expected.values()))
+    assert (node.stats.accepted, node.stats.duplicate) == (1, 1)
+    assert dict(node.stats.rejected) == expected
+    assert [f.seq for f in node.store.frames("gyro")] == [0]
+
+
+@pytest.mark.e2e
+def test_broker_restart_and_offline_node_lose_nothing(tmp_path, broker, node):
+    """Frames the broker accepted reach the store across a broker restart, and
+    frames published while the node is away are queued in its persistent session."""
+    x = _windows(12, seed=2)
+    frames = {m: list(window_frames(NODE, m, x[m], RATES[m])) for m in SPECS}  # 24 per modality
+    pub = Publisher(broker.address, "test-restart")
+    assert pub.wait_connected(10)
+
+    def send(lo: int, hi: int) -> None:
+        for m in SPECS:
+            for f in frames[m][lo:hi]:
+                pub.publish(sensor_topic(NODE, m), f.SerializeToString())
+
+    send(0, 6)  # node online
+    pub.flush(20)
+    _wait(lambda: node.stats.accepted == 12, what="the first frames")
+
+    broker.stop()  # broker down: the publisher queues, the node retries
+    send(6, 12)
+    assert pub.pending() == 12
+    broker.start()
+    pub.flush(30)  # the broker accepted everything queued while it was down
+    _wait(lambda: node.stats.accepted == 24, what="frames published while the broker was down")
+
+    node.stop()  # node away: its persistent session queues on the broker
+    send(12, 18)
+    pub.flush(20)
+    broker.stop()  # ...and the queue survives a broker restart (persistence)
+    broker.start()
+    send(18, 24)
+    pub.flush(30)
+    node.start()
+    assert node.wait_connected(15)
+    _wait(lambda: node.stats.accepted == 48, what="frames queued for the offline node")
+    pub.close()
+
+    assert node.stats.connects >= 3
+    assert sum(node.stats.rejected.values()) == 0
+    node.cut()
+    for m in SPECS:
+        assert [f.seq for f in node.store.frames(m)] == [f.seq for f in frames[m]]
+        np.testing.assert_array_equal(node.store.windows(m).data, x[m])
