@@ -1,0 +1,124 @@
+"""coordinator.registry: a real gRPC server on 127.0.0.1, round trips and error codes."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+
+import grpc
+import pytest
+import torch
+
+from common import codec
+from common.towers import ConceptAdapter, PrototypeNet
+from coordinator.registry import serve
+from coordinator.store import CoordinatorStore, open_store
+from proto import edgebind_pb2 as pb
+from proto import edgebind_pb2_grpc as pb_grpc
+
+KEY, KEY_ID = b"k" * 32, "k1"
+
+
+def signed(modality: str, version: int, seed: int = 0) -> bytes:
+    torch.manual_seed(seed)
+    b = codec.bundle_from_modules(modality, version, ConceptAdapter(8, 16, 8), PrototypeNet(8, 16), campaign_id="c1")
+    return codec.sign_bundle(b, KEY, KEY_ID).SerializeToString(deterministic=True)
+
+
+def record(store: CoordinatorStore, modality: str, version: int) -> bytes:
+    blob = signed(modality, version, seed=version)
+    store.record_adapter_version(modality, version, "c1", blob, hashlib.sha256(blob).hexdigest())
+    return blob
+
+
+@pytest.fixture
+def store() -> Iterator[CoordinatorStore]:
+    s = open_store("sqlite://")
+    s.upsert_node("n1", {"gyro": {"channels": 3}, "lin_acc": {"channels": 3}}, hardware="pi")
+    s.upsert_node("n2", {"gravity": {"channels": 3}})
+    s.create_campaign("c1", {"scenario": "sensor-bind"})
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def stub(store) -> Iterator[pb_grpc.RegistryStub]:
+    server, port = serve(store, port=0)
+    assert port > 0
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    yield pb_grpc.RegistryStub(channel)
+    channel.close()
+    server.stop(0).wait()
+
+
+def test_latest_adapters_returns_the_newest_signed_bundle_newer_than_known(store, stub):
+    assert list(stub.LatestAdapters(pb.LatestAdaptersRequest(node_id="n1"), timeout=5).bundles) == []
+    record(store, "gyro", 1)
+    newest_gyro = record(store, "gyro", 2)
+    lin = record(store, "lin_acc", 1)
+    record(store, "gravity", 1)  # n1 does not hold gravity: never sent to it
+
+    reply = stub.LatestAdapters(pb.LatestAdaptersRequest(node_id="n1"), timeout=5)
+    got = {b.modality: b for b in reply.bundles}
+    assert {m: b.version for m, b in got.items()} == {"gyro": 2, "lin_acc": 1}
+    assert got["gyro"].SerializeToString(deterministic=True) == newest_gyro
+    assert got["lin_acc"].SerializeToString(deterministic=True) == lin
+    codec.verify_bundle(got["gyro"], {KEY_ID: KEY})  # served exactly as signed
+
+    req = pb.LatestAdaptersRequest(node_id="n1", modalities=["gyro", "lin_acc"], known_versions={"gyro": 2})
+    assert [(b.modality, b.version) for b in stub.LatestAdapters(req, timeout=5).bundles] == [("lin_acc", 1)]
+    req = pb.LatestAdaptersRequest(node_id="n1", modalities=["gyro"], known_versions={"gyro": 1})
+    assert [(b.modality, b.version) for b in stub.LatestAdapters(req, timeout=5).bundles] == [("gyro", 2)]
+
+
+def test_report_status_then_node_status_round_trip(store, stub):
+    before = stub.NodeStatus(pb.NodeStatusRequest(node_id="n1"), timeout=5)
+    assert (before.node_id, dict(before.adapter_versions), before.state) == ("n1", {}, "")
+    ack = stub.ReportStatus(
+        pb.NodeStatusReply(node_id="n1", adapter_versions={"gyro": 2, "lin_acc": 1}, state="running"), timeout=5
+    )
+    assert ack.ok
+    after = stub.NodeStatus(pb.NodeStatusRequest(node_id="n1"), timeout=5)
+    assert dict(after.adapter_versions) == {"gyro": 2, "lin_acc": 1}
+    assert after.state == "running"
+    assert after.last_seen_ns >= before.last_seen_ns
+    assert store.node_status("n1").adapter_versions == {"gyro": 2, "lin_acc": 1}
+
+
+@pytest.mark.parametrize(
+    "call,request_,code,words",
+    [
+        ("LatestAdapters", pb.LatestAdaptersRequest(node_id="ghost"), grpc.StatusCode.NOT_FOUND, "unknown node 'ghost'"),
+        ("LatestAdapters", pb.LatestAdaptersRequest(node_id=""), grpc.StatusCode.INVALID_ARGUMENT, "node_id is empty"),
+        ("LatestAdapters", pb.LatestAdaptersRequest(node_id="n1", modalities=["ecg"]), grpc.StatusCode.INVALID_ARGUMENT, "unknown modality 'ecg'"),
+        ("LatestAdapters", pb.LatestAdaptersRequest(node_id="n1", modalities=["gravity"]), grpc.StatusCode.INVALID_ARGUMENT, "it holds gyro, lin_acc"),
+        ("LatestAdapters", pb.LatestAdaptersRequest(node_id="n1", modalities=["gyro", "gyro"]), grpc.StatusCode.INVALID_ARGUMENT, "repeat"),
+        ("LatestAdapters", pb.LatestAdaptersRequest(node_id="n1", known_versions={"ecg": 1}), grpc.StatusCode.INVALID_ARGUMENT, "unknown modality 'ecg'"),
+        ("LatestAdapters", pb.LatestAdaptersRequest(node_id="n1", modalities=["x"] * 100_000), grpc.StatusCode.RESOURCE_EXHAUSTED, ""),
+        ("LatestAdapters", pb.LatestAdaptersRequest(node_id="n" * 1000), grpc.StatusCode.INVALID_ARGUMENT, "longer than"),
+        ("NodeStatus", pb.NodeStatusRequest(node_id="ghost"), grpc.StatusCode.NOT_FOUND, "unknown node"),
+        ("NodeStatus", pb.NodeStatusRequest(), grpc.StatusCode.INVALID_ARGUMENT, "node_id is empty"),
+        ("ReportStatus", pb.NodeStatusReply(node_id="ghost", state="running"), grpc.StatusCode.NOT_FOUND, "unknown node"),
+        ("ReportStatus", pb.NodeStatusReply(node_id="n1", adapter_versions={"ecg": 1}), grpc.StatusCode.INVALID_ARGUMENT, "unknown modality 'ecg'"),
+        ("ReportStatus", pb.NodeStatusReply(node_id="n1", state="s" * 1000), grpc.StatusCode.INVALID_ARGUMENT, "state is longer"),
+    ],
+    ids=lambda v: v.name if isinstance(v, grpc.StatusCode) else None,
+)
+def test_bad_requests_get_a_status_code_and_change_nothing(store, stub, call, request_, code, words):
+    stub.ReportStatus(pb.NodeStatusReply(node_id="n1", adapter_versions={"gyro": 1}, state="ok"), timeout=5)
+    before = store.node_status("n1")
+    with pytest.raises(grpc.RpcError) as err:
+        getattr(stub, call)(request_, timeout=5)
+    assert err.value.code() == code
+    assert words in err.value.details()
+    assert store.node_status("n1") == before
+    assert store.node_status("ghost") is None
+
+
+def test_a_stored_bundle_that_does_not_parse_is_an_internal_error(store, stub):
+    blob = b"\xff" * 10
+    store.record_adapter_version("gyro", 1, "c1", blob, hashlib.sha256(blob).hexdigest())
+    with pytest.raises(grpc.RpcError) as err:
+        stub.LatestAdapters(pb.LatestAdaptersRequest(node_id="n1", modalities=["gyro"]), timeout=5)
+    assert err.value.code() == grpc.StatusCode.INTERNAL
+    assert "does not parse" in err.value.details()
