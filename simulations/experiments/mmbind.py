@@ -38,7 +38,7 @@ METHODS = ("lower_bound", "unimodal", "incomplete", "imagebind", "mmbind", "uppe
 @dataclass
 class MMBindSettings:
     tower: TowerConfig = field(default_factory=TowerConfig)
-    pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(epochs=12))
+    pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(epochs=8))
     align: AlignConfig = field(default_factory=lambda: AlignConfig(epochs=30))
     head: HeadConfig = field(default_factory=HeadConfig)
     weighting: PairWeighting = field(default_factory=PairWeighting)
@@ -51,8 +51,8 @@ class MMBindSettings:
         return cls(
             pretrain=PretrainConfig(epochs=2),
             align=AlignConfig(epochs=4),
-            head=HeadConfig(steps=120),
-            max_windows_per_group=240,
+            head=HeadConfig(steps=60),
+            max_windows_per_group=160,
         )
 
 

@@ -1,0 +1,70 @@
+"""The MMBind experiment end to end on real HAPT windows (quick settings) and on a generic .npz."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from common.data import load_dataset
+from common.data.dataset import WindowDataset
+from simulations.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def _check_results(out, methods, full):
+    res = json.loads((out / "results.json").read_text())
+    assert res["seeds"] == 1 and res["test_modalities"] == full
+    assert set(res["summary"]["methods"]) == set(methods)
+    seed = res["per_seed"][0]
+    groups = list(seed["subjects"].values())
+    assert sum(len(g) for g in groups) == len({s for g in groups for s in g})  # no subject in two groups
+    for m in methods:
+        r = res["summary"]["methods"][m]
+        acc = r["headline_accuracy"]["mean"]
+        assert 0.0 <= acc <= 1.0 and r["headline_accuracy"]["n"] == 1
+    return res
+
+
+def test_sensor_bind_quick(tmp_path, capsys):
+    assert main(["experiment", "mmbind", "--dataset", "hapt", "--scenario", "sensor-bind", "--seeds", "1", "--quick", "--out", str(tmp_path)]) == 0
+    res = _check_results(tmp_path, ["lower_bound", "unimodal", "incomplete", "imagebind", "mmbind", "upper_bound"], "gravity+lin_acc")
+    pairs = res["per_seed"][0]["pairs"]
+    assert pairs and pairs[0]["groups"] == ["gyro-linacc", "gyro-gravity"] and pairs[0]["pairs"] > 0
+    # six activities: binding through gyro must beat chance clearly, but cannot be perfect
+    assert 1 / 6 + 0.1 < pairs[0]["pair_accuracy"] < 1.0
+    assert "MMBind on hapt / sensor-bind" in capsys.readouterr().out
+
+
+def test_label_bind_on_a_generic_npz(tmp_path):
+    hapt = load_dataset("hapt", virtual=False)
+    rng = np.random.default_rng(0)
+    rows = np.sort(np.concatenate([rng.choice(np.flatnonzero(hapt.subject == s), 20, replace=False) for s in hapt.subjects]))
+    small = WindowDataset(X={m: hapt.X[m][rows] for m in ("acc", "gyro")}, y=hapt.y[rows], subject=hapt.subject[rows],
+                          label_names=hapt.label_names, rates=hapt.rates)
+    path = small.save(tmp_path / "small.npz")
+    out = tmp_path / "out"
+    assert main(["experiment", "mmbind", "--dataset", str(path), "--scenario", "label-bind", "--seeds", "1", "--quick", "--out", str(out),
+                 "--methods", "unimodal,incomplete,mmbind,upper_bound"]) == 0
+    res = _check_results(out, ["unimodal", "incomplete", "mmbind", "upper_bound"], "acc+gyro")
+    # label binding pairs same-class windows only
+    assert res["per_seed"][0]["pairs"][0]["pair_accuracy"] == 1.0
+
+
+def test_bad_input_is_refused_before_training(tmp_path, capsys):
+    assert main(["experiment", "mmbind", "--scenario", "no-such", "--quick", "--out", str(tmp_path)]) == 2
+    assert "no shipped scenario 'no-such'" in capsys.readouterr().err
+    (tmp_path / "s.toml").write_text(
+        'binding = "sensor"\nshared = "gyro"\n[[group]]\nname = "a"\nmodalities = ["gyro", "mmwave"]\nshare = 0.5\n'
+        '[validation]\nmodalities = ["acc"]\nshare = 0.1\n[test]\nmodalities = ["acc"]\nshare = 0.2\n'
+    )
+    assert main(["experiment", "mmbind", "--scenario", str(tmp_path / "s.toml"), "--quick", "--out", str(tmp_path)]) == 2
+    assert "'mmwave', which dataset 'hapt' does not have" in capsys.readouterr().err
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, X_acc=np.full((4, 8, 3), np.nan, np.float32), y=np.zeros(4, int), subject=np.arange(4))
+    assert main(["experiment", "mmbind", "--dataset", str(bad), "--quick", "--out", str(tmp_path)]) == 2
+    assert "NaN or Inf" in capsys.readouterr().err
+    assert main(["experiment", "mmbind", "--methods", "magic", "--quick", "--out", str(tmp_path)]) == 2
+    assert not (tmp_path / "results.json").exists()
