@@ -1,0 +1,293 @@
+"""node_agent.runtime: verified atomic adapter swaps, inference shapes, events, a rebooted node's fetch."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import paho.mqtt.client as mqtt
+import pytest
+import torch
+from paho.mqtt.enums import CallbackAPIVersion
+
+from common import codec
+from common.modalities import ModalitySpec
+from common.towers import ConceptAdapter, FusionHead, PrototypeNet, TowerConfig, build_encoder
+from coordinator.registry import serve
+from coordinator.store import open_store as open_coordinator_store
+from node_agent import tasks
+from node_agent.ingest import Publisher
+from node_agent.runtime import NodeRuntime, load_keys
+from node_agent.store import open_store
+from proto import edgebind_pb2 as pb
+from tests.test_ingest import Mosquitto, broker  # noqa: F401  (the real-broker fixture)
+
+KEY, KEY_ID = b"s" * 32, "k1"
+TOWER = TowerConfig(width=8, feature_dim=16, adapter_hidden=32, embed_dim=16, prototype_hidden=32)
+SPECS = {m: ModalitySpec(m, channels=3, rate_hz=50.0, window=128) for m in ("gyro", "lin_acc")}
+CLASSES = ["walk", "sit", "lie"]
+N = 5
+
+
+def make_bundle(modality: str, version: int, encoder_version: str, seed: int | None = None, head: bool = True) -> pb.AdapterBundle:
+    torch.manual_seed(version if seed is None else seed)
+    return codec.bundle_from_modules(
+        modality, version,
+        ConceptAdapter(TOWER.feature_dim, TOWER.adapter_hidden, TOWER.embed_dim),
+        PrototypeNet(TOWER.embed_dim, TOWER.prototype_hidden),
+        head=FusionHead(TOWER.embed_dim, len(CLASSES)) if head else None,
+        head_classes=CLASSES if head else (), campaign_id="c1", encoder_version=encoder_version,
+    )  # fmt: skip
+
+
+def sign(b: pb.AdapterBundle) -> pb.AdapterBundle:
+    return codec.sign_bundle(b, KEY, KEY_ID)
+
+
+@pytest.fixture
+def windows() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {m: rng.standard_normal((N, 128, 3)).astype(np.float32) for m in SPECS}
+
+
+@pytest.fixture
+def rt(tmp_path) -> Iterator[NodeRuntime]:
+    torch.manual_seed(0)
+    store = open_store(tmp_path / "node.db")
+    r = NodeRuntime(tmp_path / "state", "n1", keys={KEY_ID: KEY}, store=store)
+    r.install_encoders({m: build_encoder(s, TOWER).state_dict() for m, s in SPECS.items()}, SPECS, TOWER)
+    yield r
+    store.close()
+
+
+def bundles_for(rt: NodeRuntime, version: int, **kw) -> list[pb.AdapterBundle]:
+    enc = rt.state_dir.encoder_versions()
+    return [sign(make_bundle(m, version, enc[m], **kw)) for m in SPECS]
+
+
+def test_without_adapters_there_is_nothing_to_run(rt, windows):
+    assert rt.modalities == [] and rt.adapter_versions == {}
+    with pytest.raises(RuntimeError, match="no encoder with an adapter"):
+        rt.infer(windows)
+
+
+def test_inference_shapes_for_every_subset(rt, windows):
+    assert rt.install(bundles_for(rt, 1)) == {"applied": {"gyro": 1, "lin_acc": 1}, "rejected": {}}
+    for mods in (["gyro"], ["lin_acc"], ["gyro", "lin_acc"]):
+        out = rt.infer({m: windows[m] for m in mods}, window_ids=[f"w{i}" for i in range(N)])
+        assert out.modalities == mods
+        assert {m: e.shape for m, e in out.embeddings.items()} == {m: (N, TOWER.embed_dim) for m in mods}
+        np.testing.assert_allclose(np.linalg.norm(out.embeddings[mods[0]], axis=1), 1, rtol=1e-5)
+        assert out.fused.shape == (N, TOWER.embed_dim)
+        assert out.logits.shape == (N, len(CLASSES))
+        assert out.predictions.shape == (N,) and set(out.labels()) <= set(CLASSES)
+        assert out.adapter_versions == {m: 1 for m in mods}
+    with pytest.raises(ValueError, match="no adapter for 'acc'"):
+        rt.infer({"acc": windows["gyro"]})
+    with pytest.raises(ValueError, match=r"expected windows of shape \(N, 128, 3\)"):
+        rt.infer({"gyro": windows["gyro"][:, :64]})
+    with pytest.raises(ValueError, match="same number of windows"):
+        rt.infer({"gyro": windows["gyro"], "lin_acc": windows["lin_acc"][:2]})
+
+
+def _tamper(b: pb.AdapterBundle) -> pb.AdapterBundle:
+    t = pb.AdapterBundle()
+    t.CopyFrom(b)
+    data = bytearray(t.tensors[0].data)
+    data[0] ^= 1
+    t.tensors[0].data = bytes(data)
+    return t
+
+
+def _rejects(rt: NodeRuntime) -> list[tuple[str, object, str]]:
+    enc = rt.state_dir.encoder_versions()
+    good2 = sign(make_bundle("gyro", 2, enc["gyro"]))
+    unsigned = make_bundle("gyro", 3, enc["gyro"])
+    other_key = codec.sign_bundle(make_bundle("gyro", 3, enc["gyro"]), b"x" * 32, "k9")
+    wrong_encoder = sign(make_bundle("gyro", 3, "0123456789abcdef"))
+    wrong_shape = sign(codec.bundle_from_modules("gyro", 3, ConceptAdapter(8, 8, 8), PrototypeNet(8, 8), encoder_version=enc["gyro"]))
+    unknown = sign(make_bundle("ecg", 3, ""))
+    return [
+        ("replay", sign(make_bundle("gyro", 1, enc["gyro"], seed=7)), "gyro v1"),  # same version, other weights
+        ("replay", good2.SerializeToString(), "gyro v2"),  # v2 a second time
+        ("unsigned", unsigned, "gyro v3"),
+        ("unknown-key", other_key, "gyro v3"),
+        ("bad-signature", _tamper(sign(make_bundle("gyro", 3, enc["gyro"]))), "gyro v3"),
+        ("malformed", b"\x0a\xff\xff not a bundle", "bundle-0"),
+        ("unknown-modality", unknown, "ecg v3"),
+        ("encoder-mismatch", wrong_encoder, "gyro v3"),
+        ("bad-shape", wrong_shape, "gyro v3"),
+    ]
+
+
+def test_rejected_bundles_are_counted_and_the_old_adapters_kept(rt, windows):
+    rt.install(bundles_for(rt, 1))
+    rt.install([bundles_for(rt, 2)[0]])  # gyro v2
+    before = rt.infer(windows)
+    state_before = (rt.root / "state.json").read_bytes()
+    for reason, bundle, name in _rejects(rt):
+        assert rt.install([bundle]) == {"applied": {}, "rejected": {name: reason}}, reason
+        assert rt.rejected[reason] >= 1
+        after = rt.infer(windows)
+        assert after.adapter_versions == {"gyro": 2, "lin_acc": 1}
+        np.testing.assert_array_equal(after.fused, before.fused)
+        assert (rt.root / "state.json").read_bytes() == state_before
+    assert rt.store.current_adapter("gyro")[0] == 2
+
+
+def test_good_bundles_in_a_mixed_batch_still_go_in(rt):
+    rt.install(bundles_for(rt, 1))
+    enc = rt.state_dir.encoder_versions()
+    result = rt.install([make_bundle("gyro", 5, enc["gyro"]), sign(make_bundle("lin_acc", 4, enc["lin_acc"]))])
+    assert result == {"applied": {"lin_acc": 4}, "rejected": {"gyro v5": "unsigned"}}
+    assert rt.adapter_versions == {"gyro": 1, "lin_acc": 4}
+
+
+def test_an_interrupted_write_leaves_the_old_adapters(rt, windows, monkeypatch):
+    rt.install(bundles_for(rt, 1))
+    before = rt.infer(windows)
+    state_before = (rt.root / "state.json").read_bytes()
+    real_replace = os.replace
+
+    def crash(src, dst):  # the disk fills up as the new bundle is renamed into place
+        if "adapters" in str(dst):
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", crash)
+    result = rt.install(bundles_for(rt, 2))
+    monkeypatch.undo()
+    assert result["applied"] == {} and set(result["rejected"].values()) == {"write-failed"}
+    assert (rt.root / "state.json").read_bytes() == state_before
+    assert not [p for p in (rt.root / "adapters").iterdir() if p.name.startswith(".")]  # no temp file left
+    np.testing.assert_array_equal(rt.infer(windows).fused, before.fused)
+    fresh = NodeRuntime(rt.root, "n1", keys={KEY_ID: KEY})
+    assert fresh.adapter_versions == {"gyro": 1, "lin_acc": 1}
+
+
+def test_a_truncated_bundle_file_is_never_loaded(rt, windows):
+    rt.install(bundles_for(rt, 1))
+    before = rt.infer(windows)
+    # A writer that is not atomic names v2 in state.json before its file is whole.
+    blob = bundles_for(rt, 2)[0].SerializeToString(deterministic=True)
+    (rt.root / "adapters" / "gyro-v2.pb").write_bytes(blob[: len(blob) // 2])
+    state = json.loads((rt.root / "state.json").read_text())
+    state["adapters"]["gyro"] = {"version": 2, "file": "adapters/gyro-v2.pb", "sha256": hashlib.sha256(blob).hexdigest()}
+    (rt.root / "state.json").write_text(json.dumps(state))
+
+    after = rt.infer(windows)  # the running runtime refuses the swap and keeps v1
+    assert after.adapter_versions == {"gyro": 1, "lin_acc": 1}
+    np.testing.assert_array_equal(after.fused, before.fused)
+    assert rt.rejected["corrupt"] == 1
+
+    rebooted = NodeRuntime(rt.root, "n1", keys={KEY_ID: KEY})  # a reboot loads nothing rather than half a bundle
+    assert rebooted.adapter_versions == {} and rebooted.rejected["corrupt"] == 1
+    with pytest.raises(RuntimeError):
+        rebooted.infer(windows)
+
+
+def test_an_altered_file_with_a_matching_hash_fails_its_signature(rt):
+    rt.install(bundles_for(rt, 1))
+    forged = _tamper(bundles_for(rt, 2)[0]).SerializeToString(deterministic=True)
+    (rt.root / "adapters" / "gyro-v2.pb").write_bytes(forged)
+    state = json.loads((rt.root / "state.json").read_text())
+    state["adapters"]["gyro"] = {"version": 2, "file": "adapters/gyro-v2.pb", "sha256": hashlib.sha256(forged).hexdigest()}
+    (rt.root / "state.json").write_text(json.dumps(state))
+    assert not rt.refresh()
+    assert rt.adapter_versions == {"gyro": 1, "lin_acc": 1} and rt.rejected["bad-signature"] == 1
+
+
+def test_a_swap_by_the_client_app_is_picked_up_by_the_next_inference(rt, windows):
+    rt.install(bundles_for(rt, 1))
+    v1 = rt.infer(windows)
+    writer = tasks.NodeRuntime(rt.root)  # what the ClientApp holds for the same directory
+    writer.swap_in({b.modality: b for b in bundles_for(rt, 2)})
+    v2 = rt.infer(windows)
+    assert v2.adapter_versions == {"gyro": 2, "lin_acc": 2}
+    assert not np.allclose(v1.fused, v2.fused)
+
+
+def test_load_keys(tmp_path):
+    f = tmp_path / "keys.json"
+    f.write_text(json.dumps({"k1": KEY.hex()}))
+    assert load_keys(f, "ab" * 16, "k2") == {"k1": KEY, "k2": b"\xab" * 16}
+    with pytest.raises(ValueError, match="key id"):
+        load_keys(None, "ab")
+
+
+# --- with real servers ----------------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_events_are_published_on_the_node_topic(rt, windows, broker):  # noqa: F811
+    rt.install(bundles_for(rt, 1))
+    got: list[dict] = []
+    done, subscribed = threading.Event(), threading.Event()
+
+    def on_message(_c, _u, msg):
+        assert msg.topic == "edgebind/n1/events"
+        got.append(json.loads(msg.payload))
+        if len(got) == N:
+            done.set()
+
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-events")
+    sub.on_message = on_message
+    sub.on_subscribe = lambda *_a: subscribed.set()
+    sub.connect(*broker.address)
+    sub.subscribe("edgebind/n1/events", qos=1)
+    sub.loop_start()
+    try:
+        assert subscribed.wait(10)
+        with Publisher(broker.address, "n1-events") as pub:
+            rt.publisher = pub
+            out = rt.infer(windows, window_ids=[f"w{i}" for i in range(N)])
+        assert done.wait(10)
+    finally:
+        sub.loop_stop()
+        sub.disconnect()
+    assert [e["window_id"] for e in got] == [f"w{i}" for i in range(N)]
+    assert [e["prediction"] for e in got] == out.predictions.tolist()
+    assert {e["label"] for e in got} <= set(CLASSES)
+    assert all(e["node_id"] == "n1" and e["adapter_versions"] == {"gyro": 1, "lin_acc": 1} for e in got)
+    assert all(0 < e["confidence"] <= 1 for e in got)
+
+
+@pytest.mark.e2e
+def test_a_rebooted_node_fetches_newer_bundles_from_the_registry(rt, windows):
+    rt.install(bundles_for(rt, 1))
+    coord = open_coordinator_store("sqlite://")
+    coord.upsert_node("n1", {m: {} for m in SPECS})
+    coord.create_campaign("c1", {})
+    for b in bundles_for(rt, 1) + bundles_for(rt, 3):
+        blob = b.SerializeToString(deterministic=True)
+        coord.record_adapter_version(b.modality, b.version, "c1", blob, hashlib.sha256(blob).hexdigest())
+    server, port = serve(coord)
+    try:
+        rebooted = NodeRuntime(rt.root, "n1", keys={KEY_ID: KEY}, store=rt.store)
+        assert rebooted.adapter_versions == {"gyro": 1, "lin_acc": 1}
+        result = rebooted.fetch_latest(f"127.0.0.1:{port}")
+        assert result == {"applied": {"gyro": 3, "lin_acc": 3}, "rejected": {}}
+        assert rebooted.infer(windows).adapter_versions == {"gyro": 3, "lin_acc": 3}
+        assert rebooted.fetch_latest(f"127.0.0.1:{port}") == {"applied": {}, "rejected": {}}
+        assert rebooted.report_status(f"127.0.0.1:{port}").ok
+        assert coord.node_status("n1").adapter_versions == {"gyro": 3, "lin_acc": 3}
+        assert rt.store.current_adapter("gyro")[0] == 3
+    finally:
+        server.stop(0).wait()
+        coord.close()
+
+
+def test_encoder_directory_round_trip(tmp_path):
+    from node_agent.runtime import read_encoder_dir
+
+    sd = build_encoder(SPECS["gyro"], TOWER).state_dict()
+    torch.save(sd, tmp_path / "gyro.pt")
+    got = read_encoder_dir(tmp_path)
+    assert list(got) == ["gyro"] and all(torch.equal(got["gyro"][k], sd[k]) for k in sd)
+    with pytest.raises(FileNotFoundError, match="no encoder lin_acc.pt"):
+        read_encoder_dir(tmp_path, ["gyro", "lin_acc"])
