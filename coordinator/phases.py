@@ -1,0 +1,559 @@
+"""The coordinator's side of a campaign, as plain functions the ServerApp calls.
+
+Each phase takes and returns plain data (state dicts, decoded batches, sample
+sets, bundles), so every one is tested without Flower. The learning calls are
+exactly those of the central experiments (``common.mmbind``,
+``common.evaluate``), on the features the nodes uploaded, so a federated
+campaign and a central run on the same scenario and seed agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from itertools import combinations
+from typing import Any
+
+import numpy as np
+import torch
+
+from common.binding import PairWeighting
+from common.codec import CodecError, bundle_from_modules, decode_embeddings, parse_embedding_batch, sign_bundle
+from common.evaluate import HeadConfig
+from common.evaluate import fit_head as _fit_head
+from common.mmbind import AlignConfig, PseudoPairs, align, label_pseudo_pairs, pseudo_pair_samples, sensor_pseudo_pairs
+from common.modalities import ModalitySpec
+from common.pretrain import PretrainConfig, make_pretrain_head
+from common.samples import SampleSet
+from common.towers import AlignedModel, FusionHead, TowerConfig, build_encoder
+from proto import edgebind_pb2 as pb
+
+log = logging.getLogger("edgebind.campaign")
+
+State = dict[str, torch.Tensor]
+
+
+# --- the run config ----------------------------------------------------------------------
+
+
+@dataclass
+class CampaignConfig:
+    """One campaign's settings: the flat kebab-case keys of ``[tool.flwr.app.config]``.
+
+    ``quick`` replaces the schedule (rounds and epochs) with a small one for
+    tests and smoke runs, the same as the central experiments' ``--quick``.
+    Timeouts are seconds; 0 for ``expected-nodes`` means "whoever is there
+    when discovery ends".
+    """
+
+    dataset: str = "hapt"
+    scenario: str = "sensor-bind"
+    seed: int = 0
+    quick: bool = False
+    campaign_id: str = ""
+    results_path: str = ""
+    store: str = ""
+    state_dir: str = ""
+    device: str = ""
+    coordinator_threads: int = 0
+    # fleet
+    expected_nodes: int = 0
+    min_nodes: int = 1
+    discovery_timeout: float = 60.0
+    round_timeout: float = 600.0
+    max_windows_per_group: int = 0
+    dropout: float = 0.0
+    dropout_mode: str = "raise"
+    client_threads: int = 1
+    # schedule
+    pretrain_objective: str = "contrastive"
+    pretrain_rounds: int = 4
+    local_epochs: int = 3
+    pretrain_batch_size: int = 128
+    pretrain_lr: float = 2e-3
+    align_epochs: int = 30
+    align_batch_size: int = 256
+    align_lr: float = 1e-3
+    align_temperature: float = 0.1
+    head_mode: str = "finetune"
+    head_steps: int = 400
+    # binding
+    bind_k: int = 1
+    pair_rule: str = "linear"
+    pair_threshold: float = 0.5
+    pair_w_min: float = 0.1
+    label_pairs_per_sample: int = 4
+    embedding_dtype: str = "float16"
+    growth_plan: str = ""
+    # signing
+    signing_key: str = ""
+    signing_key_id: str = ""
+
+    QUICK = {"pretrain_rounds": 2, "local_epochs": 1, "align_epochs": 4, "head_steps": 120}
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name.replace("_", "-") for f in fields(cls)]
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> CampaignConfig:
+        """From a Flower run config; unknown keys are an error, missing keys take the defaults."""
+        known = {f.name: f for f in fields(cls)}
+        args = {}
+        for key, value in run_config.items():
+            name = str(key).replace("-", "_")
+            if name not in known:
+                raise ValueError(f"unknown run config key {key!r}; known: {', '.join(cls.keys())}")
+            default = known[name].default
+            args[name] = _coerce(key, value, type(default))
+        cfg = cls(**args)
+        if cfg.quick:
+            for k, v in cls.QUICK.items():
+                setattr(cfg, k, v)
+        cfg.check()
+        return cfg
+
+    def to_run_config(self) -> dict[str, Any]:
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
+
+    def check(self) -> None:
+        if self.pretrain_rounds < 0 or self.local_epochs < 1:
+            raise ValueError("pretrain-rounds must be >= 0 and local-epochs >= 1")
+        if self.discovery_timeout <= 0 or self.round_timeout <= 0:
+            raise ValueError("discovery-timeout and round-timeout must be positive: every wait is bounded")
+        if self.dropout_mode not in ("raise", "stall"):
+            raise ValueError(f"dropout-mode must be 'raise' or 'stall', got {self.dropout_mode!r}")
+        if self.embedding_dtype not in ("float16", "float32", "int8"):
+            raise ValueError(f"embedding-dtype must be float16, float32 or int8, got {self.embedding_dtype!r}")
+        self.weighting()  # checks the pair settings
+        self.pretrain()
+
+    def pretrain(self) -> PretrainConfig:
+        return PretrainConfig(objective=self.pretrain_objective, epochs=self.local_epochs, batch_size=self.pretrain_batch_size, lr=self.pretrain_lr)
+
+    def align(self) -> AlignConfig:
+        return AlignConfig(epochs=self.align_epochs, batch_size=self.align_batch_size, lr=self.align_lr, temperature=self.align_temperature)
+
+    def head(self) -> HeadConfig:
+        return HeadConfig(mode=self.head_mode, steps=self.head_steps)
+
+    def weighting(self) -> PairWeighting:
+        return PairWeighting(rule=self.pair_rule, threshold=self.pair_threshold, w_min=self.pair_w_min)
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+            return value.lower() in ("true", "1")
+        raise ValueError(f"run config {key!r} must be true or false, got {value!r}")
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind is str and isinstance(value, str):
+        return value
+    raise ValueError(f"run config {key!r} must be {kind.__name__}, got {value!r}")
+
+
+# --- pretrain --------------------------------------------------------------------------------
+
+
+def fedavg(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]) -> State:
+    """The weighted mean of state dicts (weights: windows trained on); integer entries come from the first."""
+    if not states:
+        raise ValueError("fedavg: no states")
+    if len(states) != len(weights):
+        raise ValueError(f"fedavg: {len(states)} states but {len(weights)} weights")
+    w = np.asarray(weights, dtype=np.float64)
+    if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"fedavg: weights must be finite, non-negative and not all zero, got {list(weights)}")
+    w = w / w.sum()
+    keys = list(states[0])
+    for i, s in enumerate(states[1:], 1):
+        if set(s) != set(keys):
+            raise ValueError(f"fedavg: state {i} has keys {sorted(set(s) ^ set(keys))[:3]} that state 0 does not share")
+    out: State = {}
+    for k in keys:
+        ref = states[0][k]
+        for i, s in enumerate(states):
+            if s[k].shape != ref.shape:
+                raise ValueError(f"fedavg: {k!r} has shape {tuple(s[k].shape)} in state {i}, {tuple(ref.shape)} in state 0")
+        if not ref.is_floating_point():
+            out[k] = ref.clone()
+            continue
+        acc = torch.zeros_like(ref, dtype=torch.float64)
+        for wi, s in zip(w, states):
+            acc += float(wi) * s[k].to(torch.float64)
+        out[k] = acc.to(ref.dtype)
+    return out
+
+
+def initial_encoders(specs: Mapping[str, ModalitySpec], tower: TowerConfig, seed: int, cfg: PretrainConfig) -> dict[str, dict[str, State]]:
+    """Global encoder and objective-head states before round 1, seeded like the central experiments."""
+    out = {}
+    for k, m in enumerate(sorted(specs)):
+        torch.manual_seed(seed * 1000 + k)
+        enc = build_encoder(specs[m], tower)
+        head = make_pretrain_head(enc, specs[m].window, specs[m].channels, cfg)
+        out[m] = {"encoder": enc.state_dict(), "head": head.state_dict()}
+    return out
+
+
+# --- collect ---------------------------------------------------------------------------------
+
+
+@dataclass
+class CollectReport:
+    stored: int = 0
+    duplicates: int = 0
+    rejected: list[str] = field(default_factory=list)
+    windows: dict[str, int] = field(default_factory=dict)  # modality -> windows newly stored
+    bytes: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def collect(
+    store,
+    campaign_id: str,
+    uploads: Iterable[tuple[str, bytes]],
+    known_modalities: Sequence[str],
+    expected_dim: int | None = None,
+) -> CollectReport:
+    """Check and store uploaded EmbeddingBatches, given as (sender node id, serialised batch).
+
+    A batch stored before (same node, campaign and batch id) is counted as a
+    duplicate and changes nothing; a batch that does not decode, names another
+    node or campaign, or has an unknown modality or the wrong dimension is
+    rejected with its reason and nothing is stored for it.
+    """
+    rep = CollectReport()
+    for sender, blob in uploads:
+        rep.bytes += len(blob)
+        try:
+            msg = parse_embedding_batch(blob)
+            d = decode_embeddings(msg, expected_dim=expected_dim, known_modalities=set(known_modalities))
+            if d.node_id != sender:
+                raise CodecError(f"batch {d.batch_id!r} from {sender!r} claims node {d.node_id!r}")
+            if d.campaign_id != campaign_id:
+                raise CodecError(f"batch {d.batch_id!r} from {sender!r} is for campaign {d.campaign_id!r}, not {campaign_id!r}")
+            x, scales = _wire_array(msg, d)
+            new = store.add_embedding_batch(
+                node_id=d.node_id, campaign_id=campaign_id, batch_id=d.batch_id, modality=d.modality,
+                window_ids=d.window_ids, embeddings=x, labels=d.labels, subjects=d.subjects,
+                encoder_version=d.encoder_version, scales=scales, timestamps_ns=d.timestamps_ns,
+            )  # fmt: skip
+        except (CodecError, ValueError) as e:
+            rep.rejected.append(f"{sender}: {e}")
+            log.warning("collect: rejected a batch from %s: %s", sender, e)
+            continue
+        if new:
+            rep.stored += 1
+            rep.windows[d.modality] = rep.windows.get(d.modality, 0) + len(d)
+        else:
+            rep.duplicates += 1
+    return rep
+
+
+def _wire_array(msg: pb.EmbeddingBatch, d) -> tuple[np.ndarray, np.ndarray | None]:
+    """The embeddings as they crossed the wire: float16 stays float16, int8 keeps its scales."""
+    if d.dtype == "int8":
+        q = np.frombuffer(msg.embeddings.data, dtype=np.int8).reshape(d.embeddings.shape)
+        return q, np.asarray(msg.embeddings.scale, dtype=np.float32)
+    return d.embeddings.astype(np.float16 if d.dtype == "float16" else np.float32), None
+
+
+# --- node groups -------------------------------------------------------------------------------
+
+
+@dataclass
+class NodeInfo:
+    """What a node said about itself in its manifest."""
+
+    node_id: str
+    group: str
+    role: str
+    modalities: list[str]
+    windows: int = 0
+    labelled: int = 0
+    flower_id: int = 0
+
+
+@dataclass
+class GroupData:
+    """The natural samples of one node group, rebuilt from its uploads.
+
+    Row r is window ``window_ids[r]`` of node ``node_ids[r]``, present in every
+    modality of the group; ``labels`` are -1 where the node had none.
+    """
+
+    name: str
+    role: str
+    modalities: list[str]
+    node_ids: np.ndarray
+    window_ids: np.ndarray
+    features: dict[str, np.ndarray]
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.window_ids)
+
+    def samples(self, modalities: Sequence[str] | None = None) -> SampleSet:
+        mods = list(modalities or self.modalities)
+        return SampleSet.natural({m: self.features[m] for m in mods}, self.labels)
+
+
+def group_data(store, campaign_id: str, nodes: Sequence[NodeInfo], roles: Sequence[str] = ("train", "validation")) -> dict[str, GroupData]:
+    """Each group's natural samples, windows in the order the nodes uploaded them."""
+    groups: dict[str, list[NodeInfo]] = {}
+    for n in nodes:
+        if n.role in roles:
+            groups.setdefault(n.group, []).append(n)
+    out = {}
+    for name, members in groups.items():
+        mods = sorted(members[0].modalities)
+        if any(sorted(n.modalities) != mods for n in members):
+            raise ValueError(f"group {name!r}: its nodes hold different modalities: {[n.modalities for n in members]}")
+        ids = [n.node_id for n in members]
+        emb = {m: store.embeddings(campaign_id, m, node_ids=ids) for m in mods}
+        pos = {m: {key: i for i, key in enumerate(zip(e.node_ids.tolist(), e.window_ids.tolist()))} for m, e in emb.items()}
+        first = pos[mods[0]]
+        common = [key for key in first if all(key in pos[m] for m in mods[1:])]
+        if not common:
+            log.warning("group %s: no window uploaded in all of %s", name, mods)
+            continue
+        feats, labels = {}, None
+        for m, e in emb.items():
+            sel = np.fromiter((pos[m][key] for key in common), dtype=np.int64, count=len(common))
+            feats[m] = e.x[sel].astype(np.float32)
+            labels = e.labels[sel] if labels is None else np.maximum(labels, e.labels[sel])
+        node_ids = np.array([k[0] for k in common])
+        window_ids = np.array([k[1] for k in common])
+        out[name] = GroupData(name, members[0].role, mods, node_ids, window_ids, feats, labels)
+    return out
+
+
+# --- bind ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class BindSettings:
+    binding: str = "sensor"  # "sensor" (through ``shared``) or "label"
+    shared: str | None = None
+    weighting: PairWeighting = field(default_factory=PairWeighting)
+    k: int = 1
+    label_pairs_per_sample: int = 4
+
+
+@dataclass
+class Bound:
+    """Pseudo-pair samples of every bound pair of groups, and what was bound."""
+
+    samples: SampleSet | None
+    info: list[dict]
+
+    @property
+    def n_pairs(self) -> int:
+        return sum(i["pairs"] for i in self.info)
+
+
+def bind(
+    groups: Mapping[str, GroupData],
+    settings: BindSettings,
+    seed: int,
+    device: torch.device | None = None,
+    store=None,
+    campaign_id: str | None = None,
+) -> Bound:
+    """MMBind across every two training groups that hold different modalities.
+
+    Sensor binding pairs windows through the shared modality both groups hold
+    (groups without it are not bound); label binding pairs labelled windows of
+    the same class. Pairs are stored per group pair when a store is given.
+    """
+    train = [g for g in groups.values() if g.role == "train"]
+    sets, info = [], []
+    for ga, gb in combinations(train, 2):
+        if set(ga.modalities) == set(gb.modalities):
+            continue
+        a = {m: ga.features[m] for m in ga.modalities}
+        b = {m: gb.features[m] for m in gb.modalities}
+        if settings.binding == "sensor":
+            s = settings.shared
+            if s not in ga.modalities or s not in gb.modalities:
+                continue
+            pairs = sensor_pseudo_pairs(a[s], b[s], settings.weighting, k=settings.k, device=device)
+            samples = pseudo_pair_samples(a, b, pairs, keep_shared=s)
+        elif settings.binding == "label":
+            ia, ib = np.flatnonzero(ga.labels >= 0), np.flatnonzero(gb.labels >= 0)
+            lp = label_pseudo_pairs(ga.labels[ia], gb.labels[ib], settings.label_pairs_per_sample, seed)
+            pairs = PseudoPairs(ia[lp.i], ib[lp.j], lp.similarity, lp.weight)
+            samples = pseudo_pair_samples(a, b, pairs)
+            samples.label = ga.labels[pairs.i]  # label-bound windows share a known class
+        else:
+            raise ValueError(f"binding must be 'sensor' or 'label', got {settings.binding!r}")
+        stage = f"bind:{ga.name}~{gb.name}"
+        if store is not None and campaign_id is not None and len(pairs):
+            store.add_pairs(
+                campaign_id, stage, ga.node_ids[pairs.i], ga.window_ids[pairs.i], gb.node_ids[pairs.j],
+                gb.window_ids[pairs.j], pairs.similarity.astype(np.float64), pairs.weight.astype(np.float64),
+            )  # fmt: skip
+        info.append({
+            "groups": [ga.name, gb.name],
+            "stage": stage,
+            "pairs": len(pairs),
+            "mean_similarity": float(pairs.similarity.mean()) if len(pairs) else float("nan"),
+            "mean_weight": float(pairs.weight.mean()) if len(pairs) else float("nan"),
+        })  # fmt: skip
+        if len(pairs):
+            sets.append(samples)
+    return Bound(SampleSet.concat(sets) if sets else None, info)
+
+
+# --- grow and fit the head ---------------------------------------------------------------------
+
+
+def new_model(specs: Mapping[str, ModalitySpec], tower: TowerConfig, seed: int, encoders: Mapping[str, Mapping[str, torch.Tensor]]) -> AlignedModel:
+    """The towers to align, initialised as the central experiments do, with the federated encoders."""
+    torch.manual_seed(seed)
+    model = AlignedModel(dict(specs), tower)
+    for m, sd in encoders.items():
+        if m in model.encoders:
+            model.encoders[m].load_state_dict(dict(sd))
+    return model
+
+
+def grow(
+    model: AlignedModel,
+    natural: SampleSet,
+    pseudo: SampleSet | None,
+    cfg: AlignConfig,
+    device: torch.device,
+    seed: int,
+    plan: str = "",
+    store=None,
+    campaign_id: str | None = None,
+) -> dict:
+    """Align adapters and prototype on the natural incomplete samples plus the pseudo-pairs.
+
+    This is MMBind's weighted multi-view contrastive stage (one stage named
+    ``mmbind``). A Babel growth plan is not wired into campaigns yet: naming
+    one is an error rather than a silent fall-back.
+    """
+    if plan:
+        raise NotImplementedError(f"growth plan {plan!r}: Babel plans are not wired into federated campaigns yet; leave growth-plan empty")
+    train = natural if pseudo is None else SampleSet.concat([natural, pseudo])
+    t0 = time.time()
+    if store is not None and campaign_id is not None:
+        store.record_stage(campaign_id, 0, "mmbind", "running")
+    history = align(model, train, cfg, device, seed)
+    out = {
+        "stage": "mmbind",
+        "samples": len(train),
+        "natural": len(natural),
+        "pseudo": 0 if pseudo is None else len(pseudo),
+        "epochs": cfg.epochs,
+        "final_contrastive_loss": history[-1]["contrastive_loss"] if history else float("nan"),
+        "seconds": time.time() - t0,
+    }
+    if store is not None and campaign_id is not None:
+        store.record_stage(campaign_id, 0, "mmbind", "done", metrics=out)
+    return out
+
+
+def fit_head(model: AlignedModel, train: SampleSet, val: SampleSet, n_classes: int, cfg: HeadConfig, device: torch.device, seed: int) -> tuple[AlignedModel, FusionHead, dict]:
+    """The few-label head on uploaded features; its step is chosen on the validation nodes' windows only."""
+    model, head, choice = _fit_head(model, train, val, n_classes, cfg, device, seed=seed, features=True)
+    choice = {k: v for k, v in choice.items() if k != "val_history"}
+    return model.cpu(), head.cpu(), choice
+
+
+# --- push ----------------------------------------------------------------------------------------
+
+
+def signing_key(config_key: str, config_key_id: str, env: Mapping[str, str]) -> tuple[bytes, str, str]:
+    """(key, key id, source) for signing bundles: the run config, else ``EDGEBIND_SIGNING_KEY``, else new.
+
+    Keys are hex. A new key is made for this campaign only; the nodes then get
+    it in-band with the encoders (see the ServerApp): that protects bundles
+    from corruption and replay but not from whoever can read the traffic.
+    """
+    for source, hexkey, key_id in (("run-config", config_key, config_key_id), ("env", env.get("EDGEBIND_SIGNING_KEY", ""), env.get("EDGEBIND_SIGNING_KEY_ID", ""))):
+        if hexkey:
+            try:
+                key = bytes.fromhex(hexkey)
+            except ValueError:
+                raise ValueError(f"signing key from {source} is not hex") from None
+            if len(key) < 16:
+                raise ValueError(f"signing key from {source} is {len(key)} bytes; use at least 16")
+            return key, key_id or _key_id(key), source
+    key = secrets.token_bytes(32)
+    return key, _key_id(key), "generated"
+
+
+def _key_id(key: bytes) -> str:
+    return "k-" + hashlib.sha256(b"edgebind-key-id" + key).hexdigest()[:12]
+
+
+def make_bundles(
+    model: AlignedModel,
+    head: FusionHead,
+    modalities: Sequence[str],
+    store,
+    campaign_id: str,
+    key: bytes,
+    key_id: str,
+    head_classes: Sequence[str] = (),
+    encoder_versions: Mapping[str, str] | None = None,
+) -> list[pb.AdapterBundle]:
+    """One signed AdapterBundle per modality (adapter, shared prototype and head), versioned by the store."""
+    out = []
+    for m in sorted(modalities):
+        version = store.next_adapter_version(m)
+        b = bundle_from_modules(
+            m, version, model.adapters[m], model.prototype, head, head_classes=head_classes,
+            campaign_id=campaign_id, encoder_version=(encoder_versions or {}).get(m, ""),
+        )  # fmt: skip
+        sign_bundle(b, key, key_id)
+        blob = b.SerializeToString(deterministic=True)
+        store.record_adapter_version(m, version, campaign_id, blob, hashlib.sha256(blob).hexdigest())
+        out.append(b)
+    return out
+
+
+# --- evaluate --------------------------------------------------------------------------------------
+
+
+def pooled_metrics(confusion: np.ndarray) -> dict[str, float]:
+    """Accuracy and macro-F1 from a (true x predicted) confusion matrix, as sklearn computes them."""
+    c = np.asarray(confusion, dtype=np.float64)
+    n = c.sum()
+    if n == 0:
+        return {"accuracy": float("nan"), "macro_f1": float("nan")}
+    tp = np.diag(c)
+    present = (c.sum(0) + c.sum(1)) > 0
+    denom = c.sum(0) + c.sum(1)
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    return {"accuracy": float(tp.sum() / n), "macro_f1": float(f1[present].mean())}
+
+
+def summarise(evaluations: Mapping[str, Mapping[str, Mapping[str, Any]]], n_classes: int) -> dict[str, dict]:
+    """Pool the nodes' per-subset confusion matrices into one figure per modality subset."""
+    pooled: dict[str, np.ndarray] = {}
+    nodes: dict[str, list[str]] = {}
+    for node, per_subset in evaluations.items():
+        for subset, m in per_subset.items():
+            conf = np.asarray(m["confusion"], dtype=np.int64)
+            if conf.size != n_classes * n_classes:
+                raise ValueError(f"node {node!r}, subset {subset!r}: confusion of {conf.size} cells, expected {n_classes}x{n_classes}")
+            pooled[subset] = pooled.get(subset, 0) + conf.reshape(n_classes, n_classes)
+            nodes.setdefault(subset, []).append(node)
+    order = sorted(pooled, key=lambda s: (s.count("+"), s))
+    return {s: {**pooled_metrics(pooled[s]), "n": int(pooled[s].sum()), "nodes": sorted(nodes[s])} for s in order}

@@ -1,0 +1,320 @@
+"""The campaign's phases and the node's tasks, without Flower: fleets of virtual
+nodes, FedAvg, idempotent collection, binding, growth, signed bundles and
+pooled evaluation, on a small synthetic dataset (and the shipped run config)."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import f1_score
+
+from common.data.dataset import WindowDataset
+from common.data.scenarios import Scenario, split
+from common.evaluate import HeadConfig
+from common.mmbind import AlignConfig
+from common.pretrain import PretrainConfig
+from common.samples import SampleSet
+from common.towers import TowerConfig
+from coordinator import phases as P
+from coordinator.store import open_store
+from node_agent import tasks
+from node_agent.data import dropouts, fleet_layout, group_node_counts, node_spec_for
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
+TOWER = TowerConfig(width=8, feature_dim=16, adapter_hidden=32, embed_dim=16, prototype_hidden=32)
+
+
+def synthetic(n_subjects: int = 12, per_subject: int = 30, window: int = 32, seed: int = 0) -> WindowDataset:
+    """Three streams of three classes: ``s`` is shared, ``a`` and ``b`` each tell the class apart."""
+    rng = np.random.default_rng(seed)
+    n = n_subjects * per_subject
+    y = rng.integers(0, 3, n)
+    t = np.linspace(0, 2 * np.pi, window, dtype=np.float32)
+    X = {}
+    for k, m in enumerate(("s", "a", "b")):
+        freq = (y[:, None] + 1 + k).astype(np.float32)
+        base = np.sin(freq * t[None, :])[:, :, None] * np.array([1.0, 0.5, -0.5], np.float32)
+        X[m] = (base + 0.3 * rng.normal(size=(n, window, 3))).astype(np.float32)
+    return WindowDataset(X=X, y=y, subject=np.repeat(np.arange(1, n_subjects + 1), per_subject), label_names=["x", "y", "z"], name="synth")
+
+
+SCENARIO = {
+    "name": "synth-bind",
+    "binding": "sensor",
+    "shared": "s",
+    "group": [
+        {"name": "sa", "modalities": ["s", "a"], "share": 0.3, "nodes": 2},
+        {"name": "sb", "modalities": ["s", "b"], "share": 0.3, "nodes": 2},
+        {"name": "lab", "modalities": ["a", "b"], "share": 0.1, "labelled": 0.5, "nodes": 1},
+    ],
+    "validation": {"modalities": ["a", "b"], "share": 0.1},
+    "test": {"modalities": ["a", "b"], "share": 0.2},
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: one BLAS thread is faster than two fighting over a shared CI box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def ds() -> WindowDataset:
+    return synthetic()
+
+
+@pytest.fixture(scope="module")
+def sc() -> Scenario:
+    return Scenario.from_dict(SCENARIO)
+
+
+# --- the fleet's nodes ----------------------------------------------------------------
+
+
+def test_nodes_partition_the_split_without_overlap(ds, sc):
+    sp = split(sc, ds, seed=3)
+    for n in (None, 7, 12, 40):
+        specs = [node_spec_for(sc, ds, 3, p, n, split_=sp) for p in range(len(fleet_layout(sc, n)))]
+        rows = np.concatenate([s.rows for s in specs])
+        assert len(rows) == len(set(rows.tolist())), "a window is held by two nodes"
+        assert sorted(rows.tolist()) == sorted(np.concatenate([p.rows for p in sp.parts.values()]).tolist())
+        for s in specs:
+            assert set(s.subjects) <= set(sp.parts[s.group].subjects)
+            assert s.role == sp.parts[s.group].group.role
+        assert len({s.node_id for s in specs}) == len(specs)
+    again = node_spec_for(sc, ds, 3, 1, None, split_=sp)
+    assert np.array_equal(again.rows, node_spec_for(sc, ds, 3, 1, None).rows)
+
+
+def test_group_counts_rescale_keep_every_group(sc):
+    assert group_node_counts(sc) == {"sa": 2, "sb": 2, "lab": 1, "validation": 1, "test": 1}
+    for n in (5, 6, 9, 100, 1000):
+        counts = group_node_counts(sc, n)
+        assert sum(counts.values()) == n and min(counts.values()) >= 1
+    with pytest.raises(ValueError, match="at least 5 nodes"):
+        group_node_counts(sc, 4)
+
+
+def test_several_subjects_per_node(ds):
+    d = dict(SCENARIO)
+    d["group"] = [dict(g) for g in SCENARIO["group"]]
+    d["group"][0].update(nodes=3, subjects_per_node=2)
+    sc = Scenario.from_dict(d)
+    sp = split(sc, ds, 0)
+    specs = [node_spec_for(sc, ds, 0, p, split_=sp) for p in range(3)]
+    assert all(len(s.subjects) == 2 for s in specs)
+    assert len(set(np.concatenate([s.rows for s in specs]).tolist())) == len(sp.parts["sa"].rows)
+
+
+def test_dropouts_are_deterministic_and_spare_the_last_node_of_a_group(sc):
+    plan = dropouts(sc, 20, 0.2, seed=1, rounds=3)
+    assert plan == dropouts(sc, 20, 0.2, seed=1, rounds=3) and len(plan) == 4
+    layout = fleet_layout(sc, 20)
+    roles = {g.name: g.role for g in sc.groups}
+    for p, rnd in plan.items():
+        assert roles[layout[p][0]] == "train" and 1 <= rnd <= 3
+    for g, n in group_node_counts(sc, 20).items():
+        assert sum(layout[p][0] == g for p in plan) < n
+    assert dropouts(sc, 20, 0.0, 1, 3) == {}
+
+
+# --- pretrain ----------------------------------------------------------------------------
+
+
+def test_fedavg_is_the_weighted_mean():
+    a = {"w": torch.tensor([1.0, 2.0]), "steps": torch.tensor(5)}
+    b = {"w": torch.tensor([3.0, 6.0]), "steps": torch.tensor(9)}
+    avg = P.fedavg([a, b], [1, 3])
+    assert torch.allclose(avg["w"], torch.tensor([2.5, 5.0]))
+    assert avg["steps"].item() == 5  # integer entries are not averaged
+    assert torch.equal(P.fedavg([a], [7])["w"], a["w"])
+    with pytest.raises(ValueError, match="keys"):
+        P.fedavg([a, {"w": a["w"]}], [1, 1])
+    with pytest.raises(ValueError, match="shape"):
+        P.fedavg([a, {"w": torch.zeros(3), "steps": torch.tensor(1)}], [1, 1])
+    with pytest.raises(ValueError, match="not all zero"):
+        P.fedavg([a, b], [0, 0])
+
+
+def test_local_pretrain_round_trip_and_fedavg(ds, sc):
+    sp = split(sc, ds, 0)
+    specs = [node_spec_for(sc, ds, 0, p, split_=sp) for p in range(2)]  # the two "sa" nodes
+    cfg = PretrainConfig(epochs=1, batch_size=32)
+    glob = P.initial_encoders({"s": ds.spec("s")}, TOWER, 0, cfg)["s"]
+    outs = [tasks.local_pretrain("s", glob["encoder"], glob["head"], s.data(ds), cfg, CPU, seed=i, tower=TOWER) for i, s in enumerate(specs)]
+    assert [n for _, n, _ in outs] == [len(s.rows) for s in specs]
+    assert all(np.isfinite(t["contrastive_loss"]) for _, _, t in outs)
+    new = P.fedavg([o[0]["encoder"] for o in outs], [o[1] for o in outs])
+    assert set(new) == set(glob["encoder"]) and not torch.equal(new["net.0.0.weight"], glob["encoder"]["net.0.0.weight"])
+    with pytest.raises(KeyError, match="holds no modality 'b'"):
+        tasks.local_pretrain("b", glob["encoder"], glob["head"], specs[0].data(ds), cfg, CPU, tower=TOWER)
+    with pytest.raises(ValueError, match="does not fit"):
+        tasks.local_pretrain("s", {"bogus": torch.zeros(1)}, glob["head"], specs[0].data(ds), cfg, CPU, tower=TOWER)
+
+
+# --- one campaign's data path, without Flower ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def campaign(ds, sc, tmp_path_factory):
+    """Nodes with installed encoders and uploads collected into a store, as after the collect phase."""
+    sp = split(sc, ds, 0)
+    specs = [node_spec_for(sc, ds, 0, p, split_=sp) for p in range(len(fleet_layout(sc)))]
+    cfg = PretrainConfig(epochs=1)
+    glob = P.initial_encoders({m: ds.spec(m) for m in sc.modalities}, TOWER, 0, cfg)
+    store = open_store("sqlite://")
+    store.create_campaign("c1", {"scenario": sc.name})
+    root = tmp_path_factory.mktemp("nodes")
+    runtimes, uploads = {}, []
+    for s in specs:
+        rt = tasks.NodeRuntime(root / s.node_id)
+        versions = rt.install_encoders({m: glob[m]["encoder"] for m in s.modalities}, {m: ds.spec(m) for m in s.modalities}, TOWER)
+        runtimes[s.node_id] = rt
+        if s.role != "test":
+            packed = tasks.encode_and_pack(s.data(ds), rt.encoders(), s.node_id, "c1", batch_rows=50, encoder_versions=versions)
+            uploads += [(s.node_id, b.SerializeToString()) for b in packed]
+    report = P.collect(store, "c1", uploads, sc.modalities, expected_dim=TOWER.feature_dim)
+    infos = [P.NodeInfo(s.node_id, s.group, s.role, s.modalities) for s in specs]
+    return {"specs": specs, "glob": glob, "store": store, "runtimes": runtimes, "uploads": uploads, "report": report, "infos": infos}
+
+
+def test_collect_stores_each_batch_once(campaign, sc):
+    store, uploads, first = campaign["store"], campaign["uploads"], campaign["report"]
+    assert first.stored == len(uploads) and first.duplicates == 0 and not first.rejected
+    before = {m: len(store.embeddings("c1", m)) for m in sc.modalities}
+    again = P.collect(store, "c1", uploads, sc.modalities, expected_dim=TOWER.feature_dim)
+    assert again.stored == 0 and again.duplicates == len(uploads)
+    assert {m: len(store.embeddings("c1", m)) for m in sc.modalities} == before
+    sender, blob = uploads[0]
+    bad = P.collect(store, "c1", [("someone-else", blob), (sender, b"\x00garbage"), (sender, blob[:-7])], sc.modalities)
+    assert bad.stored == 0 and len(bad.rejected) == 3
+    assert "claims node" in bad.rejected[0]
+    other = P.collect(store, "c2-not-this-one", [(sender, blob)], sc.modalities)
+    assert other.stored == 0 and "campaign" in other.rejected[0]
+    assert {m: len(store.embeddings("c1", m)) for m in sc.modalities} == before
+
+
+def test_group_data_rebuilds_natural_samples(campaign, ds):
+    groups = P.group_data(campaign["store"], "c1", campaign["infos"])
+    assert set(groups) == {"sa", "sb", "lab", "validation"}  # the test node uploads nothing
+    by_group = {}
+    for s in campaign["specs"]:
+        by_group.setdefault(s.group, []).append(s)
+    for name, g in groups.items():
+        assert len(g) == sum(len(s.rows) for s in by_group[name])
+        assert set(g.features) == set(g.modalities)
+        rows = np.array([int(w.split(":")[1]) for w in g.window_ids])
+        lab = g.labels >= 0
+        assert np.array_equal(g.labels[lab], ds.y[rows][lab])  # labels travel with their windows
+    assert (groups["validation"].labels >= 0).all() and (groups["sa"].labels < 0).all()
+    assert (groups["lab"].labels >= 0).any()
+
+
+def test_bind_grow_head_bundles_apply_and_evaluate(campaign, ds, sc):
+    store, runtimes = campaign["store"], campaign["runtimes"]
+    groups = P.group_data(store, "c1", campaign["infos"])
+    bs = P.BindSettings("sensor", "s", P.CampaignConfig().weighting(), k=1)
+    bound = P.bind(groups, bs, seed=0, store=store, campaign_id="c1")
+    (info,) = bound.info
+    assert info["groups"] == ["sa", "sb"] and info["pairs"] > 0 and 0 <= info["mean_weight"] <= 1
+    stored = store.pairs("c1", info["stage"])
+    assert len(stored) == info["pairs"]
+    assert set(bound.samples.modalities) == {"s", "a", "b"}
+    specs = {m: ds.spec(m) for m in sc.modalities}
+    model = P.new_model(specs, TOWER, 0, {m: s["encoder"] for m, s in campaign["glob"].items()})
+    natural = SampleSet.concat([g.samples() for g in groups.values() if g.role == "train"])
+    out = P.grow(model, natural, bound.samples, AlignConfig(epochs=2, batch_size=64), CPU, 0, store=store, campaign_id="c1")
+    assert out["samples"] == len(natural) + info["pairs"] and np.isfinite(out["final_contrastive_loss"])
+    assert store.stages("c1")[0].status == "done"
+    with pytest.raises(NotImplementedError, match="growth plan"):
+        P.grow(model, natural, None, AlignConfig(epochs=1), CPU, 0, plan="babel-hapt")
+    labelled = natural.take(np.flatnonzero(natural.label >= 0))
+    model, head, choice = P.fit_head(model, labelled, groups["validation"].samples(), 3, HeadConfig(steps=20, eval_every=5), CPU, 0)
+    assert 0 <= choice["val_accuracy"] <= 1
+
+    key, key_id, source = P.signing_key("", "", {})
+    assert source == "generated" and len(key) == 32
+    test_spec = next(s for s in campaign["specs"] if s.role == "test")
+    rt = runtimes[test_spec.node_id]
+    versions = rt.encoder_versions()
+    bundles = P.make_bundles(model, head, ["a", "b", "s"], store, "c1", key, key_id, ds.label_names, versions)
+    assert [b.version for b in bundles] == [1, 1, 1] and all(b.signature for b in bundles)
+    assert store.latest_adapter("a")[0] == 1
+    blobs = [b.SerializeToString() for b in bundles]
+    res = tasks.apply_bundles(blobs, {key_id: key}, rt)
+    assert res["applied"] == {"a": 1, "b": 1} and "no encoder" in res["rejected"]["s"]
+    assert tasks.apply_bundles(blobs, {key_id: key}, rt)["rejected"]["a"].startswith("replay")
+    fresh = tasks.NodeRuntime(rt.root.parent / "fresh")
+    fresh.install_encoders({m: campaign["glob"][m]["encoder"] for m in ("a", "b")}, {m: ds.spec(m) for m in ("a", "b")}, TOWER)
+    assert tasks.apply_bundles(blobs, {"other": key}, fresh)["rejected"]["a"].startswith("unknown-key")
+    assert tasks.apply_bundles(blobs, {key_id: b"x" * 32}, fresh)["rejected"]["a"].startswith("bad-signature")
+    tampered = bundles[0].__class__()
+    tampered.CopyFrom(bundles[0])
+    tampered.version = 9
+    assert tasks.apply_bundles([tampered], {key_id: key}, fresh)["rejected"]["a"].startswith("bad-signature")
+    assert fresh.adapter_versions() == {}  # nothing refused was swapped in
+
+    metrics = tasks.evaluate_local(test_spec.data(ds), rt, CPU)
+    assert set(metrics) == {"a", "b", "a+b"}
+    for m in metrics.values():
+        assert sum(m["confusion"]) == m["n"] == len(test_spec.rows)
+    pooled = P.summarise({"t1": metrics, "t2": metrics}, 3)
+    assert pooled["a+b"]["n"] == 2 * len(test_spec.rows)
+    assert pooled["a+b"]["accuracy"] == pytest.approx(metrics["a+b"]["accuracy"])
+    assert pooled["a+b"]["macro_f1"] == pytest.approx(metrics["a+b"]["macro_f1"])
+
+
+def test_label_binding_pairs_same_class_windows(campaign):
+    groups = P.group_data(campaign["store"], "c1", campaign["infos"])
+    g = {k: groups[k] for k in ("sa", "lab")}
+    g["sa"].labels = np.full(len(g["sa"]), -1)
+    g["sa"].labels[::3] = np.random.default_rng(0).integers(0, 3, len(g["sa"].labels[::3]))  # as if "sa" had labels
+    bound = P.bind(g, P.BindSettings("label", k=1, label_pairs_per_sample=2), seed=0)
+    (info,) = bound.info
+    assert info["pairs"] > 0 and bound.samples.label.min() >= 0
+
+
+def test_pooled_metrics_match_sklearn():
+    rng = np.random.default_rng(0)
+    parts = [(rng.integers(0, 4, 50), rng.integers(0, 4, 50)) for _ in range(3)]
+    parts.append((np.zeros(10, int), np.ones(10, int)))
+    conf = sum(np.bincount(t * 4 + p, minlength=16).reshape(4, 4) for t, p in parts)
+    y, p = np.concatenate([t for t, _ in parts]), np.concatenate([p for _, p in parts])
+    m = P.pooled_metrics(conf)
+    assert m["accuracy"] == pytest.approx((y == p).mean())
+    assert m["macro_f1"] == pytest.approx(f1_score(y, p, average="macro", zero_division=0))
+
+
+# --- the run config ---------------------------------------------------------------------------
+
+
+def test_pyproject_run_config_matches_the_campaign_config():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    app = project["tool"]["flwr"]["app"]
+    assert app["components"] == {"serverapp": "coordinator.server_app:app", "clientapp": "node_agent.client_app:app"}
+    cfg = P.CampaignConfig.from_run_config(app["config"])
+    assert cfg.to_run_config() == app["config"], "pyproject.toml and CampaignConfig defaults drifted apart"
+    assert sorted(app["config"]) == sorted(P.CampaignConfig.keys())
+
+
+def test_run_config_is_checked():
+    with pytest.raises(ValueError, match="unknown run config key 'epochs'"):
+        P.CampaignConfig.from_run_config({"epochs": 3})
+    with pytest.raises(ValueError, match="must be int"):
+        P.CampaignConfig.from_run_config({"seed": "zero"})
+    with pytest.raises(ValueError, match="bounded"):
+        P.CampaignConfig.from_run_config({"round-timeout": 0.0})
+    quick = P.CampaignConfig.from_run_config({"quick": True, "align-epochs": 99, "seed": 3})
+    assert (quick.align_epochs, quick.pretrain_rounds, quick.seed) == (4, 2, 3)
+    key, key_id, source = P.signing_key("", "", {"EDGEBIND_SIGNING_KEY": "ab" * 16})
+    assert (key, source) == (b"\xab" * 16, "env") and key_id.startswith("k-")
+    with pytest.raises(ValueError, match="not hex"):
+        P.signing_key("zz", "", {})
