@@ -106,10 +106,23 @@ def natural_samples(sd: SeedData, groups: list[str], with_all: bool = False, mod
     return SampleSet.concat(sets)
 
 
-def eval_set(sd: SeedData, ds: WindowDataset, role: str) -> SampleSet:
+def eval_set(sd: SeedData, ds: WindowDataset, role: str, raw: bool = False) -> SampleSet:
+    """The validation or test subjects' samples: features, or raw windows (for the from-scratch lower bound)."""
     (part,) = sd.split.by_role(role)
     name = part.group.name
-    return SampleSet.natural({m: sd.feats[name][m] for m in part.modalities}, ds.y[sd.rows[name]])
+    rows = sd.rows[name]
+    return SampleSet.natural({m: ds.X[m][rows] if raw else sd.feats[name][m] for m in part.modalities}, ds.y[rows])
+
+
+def raw_labelled(sd: SeedData, ds: WindowDataset, groups: list[str], modalities: list[str]) -> SampleSet:
+    """The labelled raw windows of the training groups, in the given modalities."""
+    sets = []
+    for g in groups:
+        lab = np.flatnonzero(sd.train_labels[g] >= 0)
+        mods = [m for m in sd.split.parts[g].modalities if m in modalities]
+        if len(lab) and mods:
+            sets.append(SampleSet.natural({m: ds.X[m][sd.rows[g][lab]] for m in mods}, sd.train_labels[g][lab]))
+    return SampleSet.concat(sets)
 
 
 def pseudo_pairs(sd: SeedData, sc: Scenario, ds: WindowDataset, st: MMBindSettings, seed: int, device) -> tuple[SampleSet | None, list[dict]]:
@@ -182,20 +195,11 @@ def run_seed(ds: WindowDataset, sc: Scenario, seed: int, st: MMBindSettings, dev
         if method == "imagebind" and sc.binding != "sensor":
             continue
         if method == "lower_bound":
-            # supervised from scratch on the labelled windows only (raw windows, no pretraining)
-            raw = lambda s: SampleSet.natural({m: ds.X[m][s] for m in test_mods})  # noqa: E731
-            lab_sets = []
-            for g in train_groups:
-                lab_rows = np.flatnonzero(sd.train_labels[g] >= 0)
-                mods = [m for m in sd.split.parts[g].modalities if m in test_mods]
-                if len(lab_rows) and mods:
-                    lab_sets.append(SampleSet.natural({m: ds.X[m][sd.rows[g][lab_rows]] for m in mods}, sd.train_labels[g][lab_rows]))
-            (vp,), (tp,) = sd.split.by_role("validation"), sd.split.by_role("test")
-            v_raw = raw(sd.rows[vp.group.name]); v_raw.label = ds.y[sd.rows[vp.group.name]]
-            t_raw = raw(sd.rows[tp.group.name]); t_raw.label = ds.y[sd.rows[tp.group.name]]
+            # supervised from scratch on the labelled windows only: raw windows, no pretraining
             torch.manual_seed(seed)
             model = AlignedModel({m: ds.spec(m) for m in test_mods}, st.tower)
-            out["methods"][method] = finish(method, model, SampleSet.concat(lab_sets), features=False, v=v_raw, t=t_raw)
+            v_raw, t_raw = eval_set(sd, ds, "validation", raw=True), eval_set(sd, ds, "test", raw=True)
+            out["methods"][method] = finish(method, model, raw_labelled(sd, ds, train_groups, test_mods), features=False, v=v_raw, t=t_raw)
         elif method == "unimodal":
             per = {}
             for m in test_mods:
