@@ -11,158 +11,33 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 import time
-from collections.abc import Container, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-from sqlalchemy import (
-    BigInteger,
-    Double,
-    Engine,
-    Index,
-    Integer,
-    LargeBinary,
-    String,
-    Table,
-    UniqueConstraint,
-    create_engine,
-    event,
-    func,
-    select,
-    text,
+from sqlalchemy import BigInteger, Double, Index, Integer, LargeBinary, String, UniqueConstraint, func, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from common.sqlbase import (
+    _ID,
+    SqlStore,
+    _chunks,
+    _insert_ignore,
+    _int,
+    _name,
+    _per_row,
+    _sha256,
+    pack_array,
+    unpack_array,
 )
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
-from sqlalchemy.pool import StaticPool
 
 __all__ = ["Frame", "NodeStore", "Windows", "open_store", "pack_array", "unpack_array"]
 
-ARRAY_DTYPES = frozenset({"float16", "float32", "float64", "int8", "int32", "int64"})
-_MAX_NAME = 256
-_MAX_INT64 = 2**63 - 1
-_SHA256_HEX = frozenset("0123456789abcdef")
-# SQLite only aliases the rowid for INTEGER PRIMARY KEY, so big ids need a variant.
-_ID = BigInteger().with_variant(Integer(), "sqlite")
-
-
-# --- arrays as (dtype, shape, bytes) -------------------------------------------
-
-
-def pack_array(a: np.ndarray) -> tuple[str, str, bytes]:
-    """``a`` as (dtype name, shape as JSON, little-endian C-order bytes): round-trips exactly."""
-    a = np.asarray(a)
-    if a.dtype.name not in ARRAY_DTYPES:
-        raise ValueError(f"array dtype {a.dtype} cannot be stored; expected one of {sorted(ARRAY_DTYPES)}")
-    little = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
-    return a.dtype.name, json.dumps(list(a.shape)), little.tobytes()
-
-
-def unpack_array(dtype: str, shape: str, data: bytes) -> np.ndarray:
-    """The writable array that ``pack_array`` turned into (dtype, shape, data)."""
-    wire = np.dtype(dtype).newbyteorder("<")
-    return np.frombuffer(data, dtype=wire).reshape(json.loads(shape)).astype(np.dtype(dtype))
-
-
-# --- engine --------------------------------------------------------------------
-
-
-def _engine_for(url: str | Path) -> tuple[Engine, bool]:
-    """An engine for a SQLAlchemy URL or a file path, and whether it is SQLite in memory.
-
-    SQLite files get WAL, foreign keys and a busy timeout on every connection, and
-    write transactions start with ``BEGIN IMMEDIATE`` so that concurrent writers
-    queue on the busy timeout instead of failing when they upgrade a read lock.
-    ``postgresql://`` means psycopg 3.
-    """
-    if isinstance(url, Path) or "://" not in url:
-        if not str(url).strip():
-            raise ValueError("store url: empty")
-        path = Path(url).expanduser().resolve()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        sa_url: URL = URL.create("sqlite", database=str(path))
-    else:
-        sa_url = make_url(url)
-        if sa_url.drivername in ("postgres", "postgresql"):
-            sa_url = sa_url.set(drivername="postgresql+psycopg")
-    if sa_url.get_backend_name() != "sqlite":
-        return create_engine(sa_url, pool_pre_ping=True), False
-    memory = sa_url.database in (None, "", ":memory:")
-    if memory:
-        engine = create_engine(sa_url, poolclass=StaticPool, connect_args={"check_same_thread": False})
-    else:
-        engine = create_engine(sa_url, connect_args={"timeout": 30})
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself (below)
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        if not memory:
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("edgebind_write") else "BEGIN")
-
-    return engine, memory
-
-
-def _create_tables(engine: Engine, base: type[DeclarativeBase], lock_key: int) -> None:
-    """``create_all`` under a lock, so two processes opening a new database do not race."""
-    with engine.execution_options(edgebind_write=True).begin() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key})
-        base.metadata.create_all(conn)
-
-
-def _insert_ignore(session: Session, table: Table, rows: Sequence[dict[str, Any]]) -> int:
-    """Insert ``rows``, skipping those that hit a unique constraint; return how many went in."""
-    if not rows:
-        return 0
-    dialect = session.get_bind().dialect.name
-    pk = next(iter(table.primary_key.columns))
-    if dialect in ("sqlite", "postgresql"):
-        insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
-        stmt = insert(table).on_conflict_do_nothing().returning(pk)
-        return len(session.execute(stmt, list(rows)).all())
-    added = 0
-    for row in rows:
-        try:
-            with session.begin_nested():
-                session.execute(table.insert(), row)
-            added += 1
-        except IntegrityError:
-            pass
-    return added
-
 
 # --- input checks ----------------------------------------------------------------
-
-
-def _name(what: str, value: object) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{what} must be a non-empty string, got {value!r}")
-    if len(value) > _MAX_NAME:
-        raise ValueError(f"{what} is longer than {_MAX_NAME} characters")
-    return value
-
-
-def _int(what: str, value: object, lo: int = 0, hi: int = _MAX_INT64) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{what} must be an integer, got {value!r}")
-    if not lo <= int(value) <= hi:
-        raise ValueError(f"{what} must be in [{lo}, {hi}], got {value}")
-    return int(value)
 
 
 def _numeric(what: str, value: object, ndim: int) -> np.ndarray:
@@ -176,27 +51,6 @@ def _numeric(what: str, value: object, ndim: int) -> np.ndarray:
     if not np.isfinite(a).all():
         raise ValueError(f"{what} contains {int(np.isnan(a).sum())} NaN and {int(np.isinf(a).sum())} Inf values")
     return a
-
-
-def _per_row(what: str, value: object, n: int, lo: int = -1) -> np.ndarray | None:
-    """An optional (n,) integer array, -1 meaning 'none' (labels, subjects)."""
-    if value is None:
-        return None
-    a = np.asarray(value)
-    if a.ndim != 1 or len(a) != n:
-        raise ValueError(f"{what}: expected {n} values in one dimension, got shape {a.shape}")
-    if len(a) and a.dtype.kind not in "iu":
-        raise ValueError(f"{what} must be integers, got dtype {a.dtype}")
-    a = a.astype(np.int64)
-    if len(a) and (a.min() < lo or a.max() > 2**31 - 1):
-        raise ValueError(f"{what} must be in [{lo}, 2**31-1] ({lo} means none)")
-    return a
-
-
-def _sha256(value: object) -> str:
-    if not isinstance(value, str) or len(value) != 64 or not set(value) <= _SHA256_HEX:
-        raise ValueError(f"sha256 must be 64 lowercase hex digits, got {value!r}")
-    return value
 
 
 # --- tables ----------------------------------------------------------------------
@@ -310,31 +164,11 @@ class _Piece:
 # --- the store ------------------------------------------------------------------------
 
 
-class NodeStore:
+class NodeStore(SqlStore):
     """Frames, windows, the upload ledger and adapter versions of one node."""
 
-    def __init__(self, engine: Engine, memory: bool = False) -> None:
-        self.engine = engine
-        self._read = sessionmaker(engine, expire_on_commit=False)
-        self._write = sessionmaker(engine.execution_options(edgebind_write=True), expire_on_commit=False)
-        # One shared in-memory connection: transactions from different threads must not interleave.
-        self._lock: AbstractContextManager[Any] = threading.RLock() if memory else nullcontext()
-        _create_tables(engine, _Base, lock_key=0x6564676E)
-
-    def close(self) -> None:
-        """Release the database connections."""
-        self.engine.dispose()
-
-    def __enter__(self) -> NodeStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @contextmanager
-    def _tx(self, write: bool = False) -> Iterator[Session]:
-        with self._lock, (self._write if write else self._read).begin() as session:
-            yield session
+    _BASE = _Base
+    _LOCK_KEY = 0x6564676E
 
     # --- frames ---------------------------------------------------------------------
 
@@ -431,8 +265,8 @@ class NodeStore:
         if starts.ndim != 1 or len(starts) != n:
             raise ValueError(f"start_ns: expected {n} values in one dimension, got shape {starts.shape}")
         starts_list = [_int("start_ns", v) for v in starts]
-        y = _per_row("labels", labels, n)
-        subj = _per_row("subjects", subjects, n)
+        y = _per_row("labels", labels, n, int32=True)
+        subj = _per_row("subjects", subjects, n, int32=True)
         if n == 0:
             return 0
         with self._tx(write=True) as s:
@@ -680,12 +514,6 @@ class NodeStore:
         }
 
 
-def _chunks(items: list[str], size: int = 5000) -> Iterator[list[str]]:
-    """``items`` in slices small enough for one IN (...) on every backend."""
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
 def _check_found(modality: str, wanted: list[str], found: Container[str]) -> None:
     missing = [w for w in wanted if w not in found]
     if missing:
@@ -693,10 +521,5 @@ def _check_found(modality: str, wanted: list[str], found: Container[str]) -> Non
 
 
 def open_store(url: str | Path) -> NodeStore:
-    """Open (creating tables if needed) a node store.
-
-    ``url`` is a SQLAlchemy URL (``sqlite://`` for memory, ``sqlite:///file``,
-    ``postgresql+psycopg://...``) or a file path, which means a SQLite file.
-    """
-    engine, memory = _engine_for(url)
-    return NodeStore(engine, memory=memory)
+    """Open (creating tables if needed) a node store at ``url``, as ``SqlStore.open`` says."""
+    return NodeStore.open(url)
