@@ -1,5 +1,6 @@
 """edgebind's learning library: modalities, data, towers, losses, binding, growth.
 
-Nothing here imports Flower, MQTT or a database: node agents, the coordinator
-and the simulations all build on it.
+Nothing here imports Flower or MQTT. The one module that imports a database
+library is ``common.sqlbase``, the engine plumbing the node and coordinator
+stores share; the learning code never imports it.
 """
