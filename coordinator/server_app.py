@@ -1,0 +1,381 @@
+"""The coordinator's Flower ServerApp: one campaign, phase by phase.
+
+discover -> manifest -> pretrain (FedAvg per modality) -> collect -> bind ->
+grow -> head -> push -> evaluate. The learning is in ``coordinator.phases``;
+this module only sends messages, waits for replies (never longer than
+``discovery-timeout`` / ``round-timeout``), keeps the books and logs progress.
+A node that errs or does not answer in time is recorded as missing (with the
+phase and round) and not asked again in this campaign; the campaign goes on
+with the others.
+
+Signing key: ``signing-key`` (hex) in the run config, else the environment
+variable ``EDGEBIND_SIGNING_KEY`` (hex, with ``EDGEBIND_SIGNING_KEY_ID``
+optional), which every node must also have (node config ``signing-key`` or
+the same variable, or the run config). Without either, the campaign makes
+a key of its own and sends it to the nodes in-band with the encoders:
+bundles are then protected from corruption and replay, but not from anyone
+who can read the Flower traffic. The fleet simulator puts a fresh key in the
+run config of every campaign.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from common.data.scenarios import Scenario
+from common.device import pick_device
+from common.modalities import ModalitySpec
+from common.samples import SampleSet
+from common.towers import TowerConfig
+from coordinator import phases
+from coordinator.phases import CampaignConfig, NodeInfo
+from coordinator.store import open_store
+
+log = logging.getLogger("edgebind.campaign")
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run one campaign with the run config's settings; results go to ``results-path`` and the store."""
+    _ensure_logging()
+    cfg = CampaignConfig.from_run_config(context.run_config)
+    Campaign(grid, cfg, run_id=context.run_id).run()
+
+
+def _ensure_logging() -> None:
+    root = logging.getLogger("edgebind")
+    if not root.handlers and not logging.getLogger().handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("edgebind | %(message)s"))
+        root.addHandler(h)
+    if root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+
+
+def exchange(grid: Grid, messages: dict[int, Message], timeout: float, poll: float = 0.1) -> tuple[dict[int, Message], dict[int, str]]:
+    """Send one message per node and wait at most ``timeout`` seconds for the replies.
+
+    Returns the replies that carry content, by node, and for every other node
+    why it is missing (a Flower error, or no reply in time).
+    """
+    if not messages:
+        return {}, {}
+    ids = list(grid.push_messages(list(messages.values())))
+    pending = set(ids)
+    replies: dict[int, Message] = {}
+    missing: dict[int, str] = {}
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for r in grid.pull_messages(list(pending)):
+            pending.discard(r.metadata.reply_to_message_id)
+            node = r.metadata.src_node_id
+            if node not in messages:
+                continue
+            if r.has_error():
+                missing[node] = f"error {r.error.code}: {_first_line(r.error.reason)}"
+            else:
+                replies[node] = r
+        if pending:
+            time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+    for node in messages:
+        if node not in replies and node not in missing:
+            missing[node] = f"no reply within {timeout:g}s"
+    return replies, missing
+
+
+def _first_line(text: str, limit: int = 300) -> str:
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    last = next((ln for ln in reversed(lines) if "Exception" in ln or "Error" in ln), lines[-1] if lines else "")
+    return last[:limit]
+
+
+class Campaign:
+    """The books of one campaign: nodes, who went missing, per-phase figures."""
+
+    def __init__(self, grid: Grid, cfg: CampaignConfig, run_id: int = 0):
+        self.grid, self.cfg = grid, cfg
+        self.campaign_id = cfg.campaign_id or f"campaign-{run_id}"
+        self.results_path = Path(cfg.results_path or Path("edgebind-results") / self.campaign_id / "results.json")
+        self.device = pick_device(cfg.device or None)
+        self.tower = TowerConfig()
+        self.nodes: dict[int, NodeInfo] = {}  # flower id -> manifest
+        self.missing: dict[str, dict] = {}  # node id -> phase, round, reason
+        self.results: dict = {"campaign_id": self.campaign_id, "config": {k: v for k, v in cfg.to_run_config().items() if k != "signing-key"}, "phases": {}}
+        self.key, self.key_id, self.key_source = phases.signing_key(cfg.signing_key, cfg.signing_key_id, os.environ)
+
+    # --- the whole campaign ----------------------------------------------------------
+    def run(self) -> dict:
+        self.results_path.parent.mkdir(parents=True, exist_ok=True)
+        self.store = open_store(self.cfg.store or self.results_path.parent / "coordinator.db")
+        self.store.create_campaign(self.campaign_id, self.results["config"])
+        log.info("campaign %s: %s on %s, seed %d%s; signing key %s (%s)", self.campaign_id, self.cfg.scenario, self.cfg.dataset,
+                 self.cfg.seed, " [quick]" if self.cfg.quick else "", self.key_id, self.key_source)  # fmt: skip
+        t0, threads = time.time(), torch.get_num_threads()
+        if self.cfg.coordinator_threads > 0:
+            torch.set_num_threads(self.cfg.coordinator_threads)
+        try:
+            for name, step in (("discover", self.discover), ("manifest", self.manifest), ("pretrain", self.pretrain),
+                               ("collect", self.collect), ("bind", self.bind), ("grow", self.grow), ("head", self.head),
+                               ("push", self.push), ("evaluate", self.evaluate)):  # fmt: skip
+                self._phase(name, step)
+            self.results["state"] = "done"
+            self.store.set_campaign_state(self.campaign_id, "done")
+        except Exception as e:
+            self.results["state"] = "failed"
+            self.results["error"] = f"{type(e).__name__}: {e}"
+            self.store.set_campaign_state(self.campaign_id, "failed", self.results["error"][:2000])
+            log.error("campaign %s failed: %s", self.campaign_id, self.results["error"])
+            raise
+        finally:
+            torch.set_num_threads(threads)
+            self.results["seconds"] = time.time() - t0
+            self.results["missing"] = self.missing
+            self.results["missing_nodes"] = sorted(self.missing)
+            _write_json(self.results_path, self.results)
+            self.store.close()
+        log.info("campaign %s done in %.1fs; results in %s", self.campaign_id, self.results["seconds"], self.results_path)
+        return self.results
+
+    def _phase(self, name: str, step: Callable[[], dict]) -> None:
+        self.store.set_campaign_state(self.campaign_id, name)
+        log.info("[%s] ...", name)
+        t = time.time()
+        figures = step() or {}
+        figures["seconds"] = round(time.time() - t, 3)
+        self.results["phases"][name] = figures
+        log.info("[%s] done in %.1fs %s", name, figures["seconds"], _brief(figures))
+
+    # --- messaging -------------------------------------------------------------------
+    def live(self, role: str | None = None) -> dict[int, NodeInfo]:
+        return {f: n for f, n in self.nodes.items() if n.node_id not in self.missing and (role is None or n.role == role)}
+
+    def send(self, phase: str, kind: str, contents: dict[int, RecordDict], rnd: int = 0) -> dict[int, Message]:
+        """One exchange; nodes that fail are recorded missing, nodes that refuse are logged."""
+        ttl = self.cfg.round_timeout + 60
+        msgs = {f: Message(c, dst_node_id=f, message_type=kind, group_id=f"{phase}-{rnd}", ttl=ttl) for f, c in contents.items()}
+        replies, missing = exchange(self.grid, msgs, self.cfg.round_timeout)
+        for f, reason in missing.items():
+            who = self.nodes[f].node_id if f in self.nodes else f"flower:{f}"
+            self.missing[who] = {"phase": phase, "round": rnd, "reason": reason}
+            log.warning("[%s] node %s is missing: %s", phase, who, reason)
+        ok = {}
+        for f, r in replies.items():
+            if "error" in r.content.config_records:
+                who = self.nodes[f].node_id if f in self.nodes else f"flower:{f}"
+                log.warning("[%s] node %s refused the message: %s", phase, who, r.content["error"]["reason"])
+            else:
+                ok[f] = r
+        return ok
+
+    # --- phases ----------------------------------------------------------------------
+    def discover(self) -> dict:
+        want, deadline = self.cfg.expected_nodes, time.monotonic() + self.cfg.discovery_timeout
+        ids: list[int] = []
+        stable_since, last = time.monotonic(), -1
+        while time.monotonic() < deadline:
+            ids = sorted(self.grid.get_node_ids())
+            if len(ids) != last:
+                stable_since, last = time.monotonic(), len(ids)
+            if (want and len(ids) >= want) or (not want and len(ids) >= self.cfg.min_nodes and time.monotonic() - stable_since > 2.0):
+                break
+            time.sleep(0.1)
+        if len(ids) < max(self.cfg.min_nodes, 1):
+            raise TimeoutError(f"only {len(ids)} node(s) connected within {self.cfg.discovery_timeout:g}s; need at least {self.cfg.min_nodes}")
+        if want and len(ids) < want:
+            log.warning("[discover] %d of %d expected nodes connected within %gs; going on without the rest", len(ids), want, self.cfg.discovery_timeout)
+        self.flower_ids = ids
+        return {"expected": want, "connected": len(ids)}
+
+    def manifest(self) -> dict:
+        replies = self.send("manifest", "query.manifest", {f: RecordDict() for f in self.flower_ids})
+        self.specs: dict[str, ModalitySpec] = {}
+        classes: list[str] = []
+        for f, r in sorted(replies.items()):
+            m = r.content["manifest"]
+            mods = sorted(m["modalities"])
+            self.nodes[f] = NodeInfo(str(m["node-id"]), str(m["group"]), str(m["role"]), mods, int(m["windows"]), int(m["labelled"]), f)
+            for mod in mods:
+                ch, win, rate = m[f"spec.{mod}"]
+                self.specs.setdefault(mod, ModalitySpec(mod, channels=int(ch), rate_hz=float(rate), window=int(win)))
+            classes = classes or list(m["classes"])
+            self.store.upsert_node(str(m["node-id"]), {mod: asdict(self.specs[mod]) for mod in mods}, hardware=f"group={m['group']} role={m['role']}")
+        self.classes = classes
+        roles = Counter(n.role for n in self.nodes.values())
+        self.results["nodes"] = {n.node_id: {"group": n.group, "role": n.role, "modalities": n.modalities, "windows": n.windows, "labelled": n.labelled}
+                                 for n in sorted(self.nodes.values(), key=lambda n: n.node_id)}  # fmt: skip
+        return {"nodes": len(self.nodes), "roles": dict(roles), "modalities": sorted(self.specs)}
+
+    def pretrain(self) -> dict:
+        self.global_states = phases.initial_encoders(self.specs, self.tower, self.cfg.seed, self.cfg.pretrain())
+        held = {m for n in self.live("train").values() for m in n.modalities}
+        for m in sorted(set(self.specs) - held):
+            log.warning("[pretrain] no training node holds %s: its encoder stays at its initialisation", m)
+        losses = []
+        for rnd in range(1, self.cfg.pretrain_rounds + 1):
+            base = {"round": rnd, "rounds": self.cfg.pretrain_rounds, "epochs": self.cfg.local_epochs, "objective": self.cfg.pretrain_objective,
+                    "batch-size": self.cfg.pretrain_batch_size, "lr": self.cfg.pretrain_lr, "seed": self.cfg.seed, **self._tower_cfg()}  # fmt: skip
+            contents = {}
+            for f, n in self.live("train").items():
+                rd = RecordDict({"config": ConfigRecord(base)})
+                for m in n.modalities:
+                    rd[f"encoder.{m}"] = ArrayRecord(self.global_states[m]["encoder"])
+                    rd[f"head.{m}"] = ArrayRecord(self.global_states[m]["head"])
+                contents[f] = rd
+            replies = self.send("pretrain", "train.pretrain", contents, rnd)
+            round_loss = {}
+            for m in sorted(held):
+                got = [r for r in replies.values() if f"encoder.{m}" in r.content.array_records]
+                if not got:
+                    log.warning("[pretrain] round %d: no node returned %s; keeping the previous state", rnd, m)
+                    continue
+                w = [float(r.content["metrics"][f"n.{m}"]) for r in got]
+                for part in ("encoder", "head"):
+                    self.global_states[m][part] = phases.fedavg([r.content[f"{part}.{m}"].to_torch_state_dict() for r in got], w)
+                round_loss[m] = float(np.average([r.content["metrics"][f"loss.{m}"] for r in got], weights=w))
+            losses.append({"round": rnd, "nodes": len(replies), "loss": round_loss})
+            log.info("[pretrain] round %d/%d: %d nodes, %s loss %s", rnd, self.cfg.pretrain_rounds, len(replies), self.cfg.pretrain_objective,
+                     " ".join(f"{m}={v:.3f}" for m, v in round_loss.items()))  # fmt: skip
+        return {"rounds": losses}
+
+    def collect(self) -> dict:
+        base = {"campaign-id": self.campaign_id, "dtype": self.cfg.embedding_dtype, "signing-key-id": self.key_id, **self._tower_cfg()}
+        if self.key_source == "generated":
+            base["signing-key"] = self.key.hex()  # in-band: see the module docstring
+        contents = {}
+        for f, n in self.live().items():
+            rd = RecordDict({"config": ConfigRecord({**base, "upload": n.role != "test"})})
+            for m in n.modalities:
+                rd[f"encoder.{m}"] = ArrayRecord(self.global_states[m]["encoder"])
+            contents[f] = rd
+        replies = self.send("collect", "query.collect", contents)
+        uploads, versions = [], {}
+        for f, r in replies.items():
+            node_id = self.nodes[f].node_id
+            uploads += [(node_id, bytes(b)) for b in r.content["upload"].get("batches", [])]
+            for m, v in r.content["versions"].items():
+                versions.setdefault(m, Counter())[str(v)] += 1
+        self.encoder_versions = {m: c.most_common(1)[0][0] for m, c in versions.items()}
+        for m, c in versions.items():
+            if len(c) > 1:
+                log.warning("[collect] nodes report different %s encoder versions %s", m, dict(c))
+        rep = phases.collect(self.store, self.campaign_id, uploads, sorted(self.specs), expected_dim=self.tower.feature_dim)
+        return {**rep.to_dict(), "nodes": len(replies)}
+
+    def bind(self) -> dict:
+        sc = Scenario.load(self.cfg.scenario)
+        self.binding = sc.binding
+        self.groups = phases.group_data(self.store, self.campaign_id, list(self.live().values()))
+        settings = phases.BindSettings(sc.binding, sc.shared, self.cfg.weighting(), self.cfg.bind_k, self.cfg.label_pairs_per_sample)
+        self.bound = phases.bind(self.groups, settings, self.cfg.seed, self.device, self.store, self.campaign_id)
+        for p in self.bound.info:
+            log.info("[bind] %s <-> %s: %d pairs, mean similarity %.3f, mean weight %.2f", *p["groups"], p["pairs"], p["mean_similarity"], p["mean_weight"])
+        self.results["pairs"] = self.bound.info
+        return {"groups": {g: len(d) for g, d in self.groups.items()}, "pairs": self.bound.n_pairs}
+
+    def grow(self) -> dict:
+        train = [g for g in self.groups.values() if g.role == "train"]
+        if not train:
+            raise RuntimeError("no training group uploaded any window")
+        self.natural = SampleSet.concat([g.samples() for g in train])
+        encoders = {m: s["encoder"] for m, s in self.global_states.items()}
+        self.model = phases.new_model(self.specs, self.tower, self.cfg.seed, encoders)
+        out = phases.grow(self.model, self.natural, self.bound.samples, self.cfg.align(), self.device, self.cfg.seed, self.cfg.growth_plan, self.store, self.campaign_id)
+        ckpt = self.results_path.parent / "checkpoints" / "stage-0-mmbind.pt"
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(self.model.state_dict(), ckpt)
+        self.store.record_stage(self.campaign_id, 0, "mmbind", "done", metrics=out, checkpoint_path=str(ckpt))
+        return out
+
+    def head(self) -> dict:
+        val = [g for g in self.groups.values() if g.role == "validation"]
+        if not val:
+            raise RuntimeError("no validation node uploaded labelled windows: the head's step cannot be chosen (the test set never is)")
+        labelled = self.natural.take(np.flatnonzero(self.natural.label >= 0))
+        if self.binding == "label" and self.bound.samples is not None:
+            labelled = SampleSet.concat([labelled, self.bound.samples])
+        if len(labelled) == 0:
+            raise RuntimeError("no labelled training window was uploaded: the head cannot be fitted")
+        self.n_classes = len(self.classes) or int(max(labelled.label.max(), max(g.labels.max() for g in val))) + 1
+        val_set = SampleSet.concat([g.samples() for g in val])
+        self.model, self.fusion_head, choice = phases.fit_head(self.model, labelled, val_set, self.n_classes, self.cfg.head(), self.device, self.cfg.seed)
+        self.results["validation"] = choice
+        return {"labelled": len(labelled), "validation": len(val_set), **choice}
+
+    def push(self) -> dict:
+        mods = sorted(self.model.adapters)
+        bundles = phases.make_bundles(self.model, self.fusion_head, mods, self.store, self.campaign_id, self.key, self.key_id, self.classes, self.encoder_versions)
+        blobs = {b.modality: b.SerializeToString(deterministic=True) for b in bundles}
+        contents = {f: RecordDict({"bundles": ConfigRecord({"bundles": [blobs[m] for m in n.modalities if m in blobs], "signing-key-id": self.key_id})})
+                    for f, n in self.live().items()}  # fmt: skip
+        replies = self.send("push", "train.apply", contents)
+        applied, refused = 0, {}
+        for f, r in replies.items():
+            node = self.nodes[f]
+            versions = {m: int(v) for m, v in r.content["applied"].items()}
+            applied += int(set(versions) == {m for m in node.modalities if m in blobs})
+            if r.content["rejected"]:
+                refused[node.node_id] = dict(r.content["rejected"])
+            self.store.report_node_status(node.node_id, "adapters-applied", versions)
+        self.results["bundles"] = {b.modality: {"version": b.version, "bytes": len(blobs[b.modality]), "encoder_version": b.encoder_version} for b in bundles}
+        return {"bundles": len(bundles), "nodes_applied": applied, "nodes_refused": refused}
+
+    def evaluate(self) -> dict:
+        replies = self.send("evaluate", "evaluate", {f: RecordDict() for f in self.live("test")})
+        per_node = {}
+        for f, r in replies.items():
+            flat = r.content["metrics"]
+            subsets = sorted({k.rsplit("/", 1)[0] for k in flat})
+            per_node[self.nodes[f].node_id] = {s: {k: flat[f"{s}/{k}"] for k in ("accuracy", "macro_f1", "n", "confusion")} for s in subsets}
+        if not per_node:
+            raise RuntimeError("no test node reported metrics")
+        acc = phases.summarise(per_node, self.n_classes)
+        for s, m in acc.items():
+            for k in ("accuracy", "macro_f1"):
+                self.store.record_metric(self.campaign_id, "", k, m[k], subset=s)
+        for node, res in per_node.items():
+            for s, m in res.items():
+                self.store.record_metric(self.campaign_id, node, "accuracy", float(m["accuracy"]), subset=s)
+        self.results["accuracy"] = acc
+        for s, m in acc.items():
+            log.info("[evaluate] %-18s accuracy %.3f  macro-F1 %.3f  (%d windows, %d nodes)", s, m["accuracy"], m["macro_f1"], m["n"], len(m["nodes"]))
+        return {"test_nodes": len(per_node)}
+
+    def _tower_cfg(self) -> dict:
+        return {f"tower.{k.replace('_', '-')}": int(v) for k, v in self.tower.to_dict().items()}
+
+
+def _brief(figures: dict) -> str:
+    parts = [f"{k}={v}" for k, v in figures.items() if k != "seconds" and isinstance(v, (int, float, str)) and not isinstance(v, bool)]
+    return "(" + ", ".join(parts) + ")" if parts else ""
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
+    tmp.replace(path)
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, float) and not np.isfinite(o):
+        return None
+    raise TypeError(f"not JSON serialisable: {type(o)}")

@@ -1,0 +1,246 @@
+"""The node's Flower ClientApp: thin handlers over ``node_agent.tasks``.
+
+Messages (``message_type`` -> content in, content out):
+
+- ``query.manifest``: nothing -> ``manifest`` (node id, group, role, modalities, counts)
+- ``train.pretrain``: ``config`` (round, epochs, batch-size, lr, seed, tower.*) and
+  ``encoder.<m>`` / ``head.<m>`` arrays -> the trained arrays and ``metrics``
+  (``n.<m>``, ``loss.<m>``)
+- ``query.collect``: ``config`` (campaign-id, dtype, upload, tower.*, signing-key-id,
+  optional in-band signing-key) and ``encoder.<m>`` -> ``upload`` (``batches``:
+  serialised EmbeddingBatches) and ``versions`` (encoder version per modality)
+- ``train.apply``: ``bundles`` (serialised signed AdapterBundles) -> ``applied``, ``rejected``
+- ``evaluate``: nothing -> ``metrics`` (``<subset>/accuracy``, ``/macro_f1``, ``/n``, ``/confusion``)
+
+A message the node cannot use gets a reply with an ``error`` record (the
+reason), never an exception. Who the node is comes from ``context.node_config``:
+a deployed node names its store (``node-id``, ``store``, optional ``group``,
+``role``, ``state-dir``, ``signing-key``); a simulated node has Flower's
+``partition-id``/``num-partitions`` and takes dataset, scenario and seed from
+the run config (see ``node_agent.data.node_spec_for``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+import zlib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from common.codec import CodecError
+from common.pretrain import PretrainConfig
+from common.towers import TowerConfig
+from node_agent import tasks
+from node_agent.data import NodeData, StoreNodeData, cached_split, dropouts, virtual_node
+
+log = logging.getLogger("edgebind.node")
+
+QUICK_MAX_WINDOWS = 240  # per group, as the central experiments' --quick
+PHASES = ("manifest", "pretrain", "collect", "apply", "evaluate")
+
+app = ClientApp()
+
+
+class NodeVanished(RuntimeError):
+    """A simulated node dropping out of the campaign (fault injection, see ``dropout``)."""
+
+
+@dataclass
+class Node:
+    node_id: str
+    group: str
+    role: str
+    data: NodeData
+    runtime: tasks.NodeRuntime
+    key: bytes | None  # configured signing key (hex in config), if any
+    key_id: str
+    dropout: tuple | None = None  # (scenario, nodes, share, seed, partition id) when drop-outs are simulated
+    stall: float = 0.0
+
+    def drop_round(self, rounds: int) -> int | None:
+        """The pretraining round in which this node vanishes, if it is one of the fleet's drop-outs."""
+        if self.dropout is None:
+            return None
+        sc, n, share, seed, pid = self.dropout
+        return dropouts(sc, n, share, seed, rounds).get(pid)
+
+    def keys(self, announced_id: str = "") -> dict[str, bytes]:
+        """Keys bundles may be signed with: the configured one, and one the coordinator gave in-band."""
+        keys = dict(self.runtime.state().get("in_band_keys", {}))
+        keys = {k: bytes.fromhex(v) for k, v in keys.items()}
+        if self.key is not None:
+            keys[self.key_id or announced_id] = self.key
+        return keys
+
+
+# --- handlers ----------------------------------------------------------------------------------
+
+
+@app.query("manifest")
+def manifest(msg: Message, context: Context) -> Message:
+    def work(node: Node) -> RecordDict:
+        mods = node.data.modalities()
+        counts = {m: node.data.windows(m) for m in mods}
+        labelled = max((int((y >= 0).sum()) for _, _, y in counts.values()), default=0)
+        rec = ConfigRecord({
+            "node-id": node.node_id, "group": node.group, "role": node.role, "modalities": mods, "classes": node.data.classes(),
+            "windows": max((len(i) for i, _, _ in counts.values()), default=0), "labelled": labelled,
+        })  # fmt: skip
+        for m in mods:
+            spec = node.data.spec(m)
+            rec[f"spec.{m}"] = [float(spec.channels), float(spec.window), float(spec.rate_hz)]
+        return RecordDict({"manifest": rec})
+
+    return _handle(msg, context, "manifest", work)
+
+
+@app.train("pretrain")
+def pretrain(msg: Message, context: Context) -> Message:
+    def work(node: Node) -> RecordDict:
+        cfg = msg.content["config"]
+        pcfg = PretrainConfig(objective=str(cfg["objective"]), epochs=int(cfg["epochs"]), batch_size=int(cfg["batch-size"]), lr=float(cfg["lr"]))
+        out, metrics = RecordDict(), {}
+        for m in _modalities_in(msg, node, "encoder."):
+            enc, head = msg.content[f"encoder.{m}"].to_torch_state_dict(), msg.content[f"head.{m}"].to_torch_state_dict()
+            seed = int(cfg["seed"]) + 7919 * int(cfg["round"]) + 104729 * _stable(node.node_id + m)
+            states, n, terms = tasks.local_pretrain(m, enc, head, node.data, pcfg, torch.device("cpu"), seed, _tower(cfg))
+            out[f"encoder.{m}"], out[f"head.{m}"] = ArrayRecord(states["encoder"]), ArrayRecord(states["head"])
+            metrics[f"n.{m}"], metrics[f"loss.{m}"] = n, float(terms.get(f"{pcfg.objective}_loss", terms.get("reconstruction_loss", 0.0)))
+        out["metrics"] = MetricRecord(metrics)
+        return out
+
+    return _handle(msg, context, "pretrain", work)
+
+
+@app.query("collect")
+def collect(msg: Message, context: Context) -> Message:
+    def work(node: Node) -> RecordDict:
+        cfg = msg.content["config"]
+        mods = _modalities_in(msg, node, "encoder.")
+        states = {m: msg.content[f"encoder.{m}"].to_torch_state_dict() for m in mods}
+        versions = node.runtime.install_encoders(states, {m: node.data.spec(m) for m in mods}, _tower(cfg))
+        if cfg.get("signing-key") and node.key is None:
+            node.runtime.remember_key(str(cfg["signing-key-id"]), str(cfg["signing-key"]))
+        batches = []
+        if bool(cfg["upload"]):
+            packed = tasks.encode_and_pack(node.data, node.runtime.encoders(), node.node_id, str(cfg["campaign-id"]), str(cfg["dtype"]), encoder_versions=versions)
+            batches = [b.SerializeToString() for b in packed]
+        return RecordDict({"upload": ConfigRecord({"batches": batches} if batches else {}), "versions": ConfigRecord(versions)})
+
+    return _handle(msg, context, "collect", work)
+
+
+@app.train("apply")
+def apply(msg: Message, context: Context) -> Message:
+    def work(node: Node) -> RecordDict:
+        rec = msg.content["bundles"]
+        blobs = list(rec.get("bundles", []))
+        result = tasks.apply_bundles(blobs, node.keys(str(rec.get("signing-key-id", ""))), node.runtime)
+        for m, reason in result["rejected"].items():
+            log.warning("node %s refused the %s bundle: %s", node.node_id, m, reason)
+        return RecordDict({"applied": ConfigRecord(result["applied"]), "rejected": ConfigRecord(result["rejected"])})
+
+    return _handle(msg, context, "apply", work)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    def work(node: Node) -> RecordDict:
+        res = tasks.evaluate_local(node.data, node.runtime, torch.device("cpu"))
+        flat: dict = {}
+        for subset, m in res.items():
+            for k in ("accuracy", "macro_f1", "n", "confusion"):
+                flat[f"{subset}/{k}"] = m[k]
+        return RecordDict({"metrics": MetricRecord(flat)})
+
+    return _handle(msg, context, "evaluate", work)
+
+
+# --- plumbing ---------------------------------------------------------------------------------
+
+
+def _handle(msg: Message, context: Context, phase: str, work) -> Message:
+    """Resolve the node, inject a configured drop-out, run ``work``; a bad message gets an error record."""
+    node = node_for(context)
+    _maybe_vanish(node, msg, phase)
+    torch.set_num_threads(int(context.node_config.get("threads", context.run_config.get("client-threads", 1))))
+    try:
+        content = work(node)
+    except (CodecError, KeyError, ValueError, TypeError) as e:
+        log.warning("node %s: bad %s message: %s", node.node_id, phase, e)
+        content = RecordDict({"error": ConfigRecord({"reason": f"{type(e).__name__}: {e}", "phase": phase})})
+    return Message(content, reply_to=msg)
+
+
+def _maybe_vanish(node: Node, msg: Message, phase: str) -> None:
+    cfg = msg.content.config_records.get("config", ConfigRecord())
+    drop = node.drop_round(int(cfg.get("rounds", 1)))
+    if drop is None or PHASES.index(phase) < PHASES.index("pretrain"):
+        return
+    if phase != "pretrain" or int(cfg.get("round", 0)) >= drop:
+        if node.stall:
+            time.sleep(node.stall)
+        raise NodeVanished(f"node {node.node_id} dropped out in pretraining round {drop} (now: {phase})")
+
+
+def _modalities_in(msg: Message, node: Node, prefix: str) -> list[str]:
+    held = set(node.data.modalities())
+    named = sorted(k[len(prefix) :] for k in msg.content.array_records if k.startswith(prefix))
+    unknown = [m for m in named if m not in held]
+    if unknown:
+        raise ValueError(f"node {node.node_id} holds no {unknown[0]!r} (it holds {sorted(held)})")
+    return named
+
+
+def _tower(cfg: ConfigRecord) -> TowerConfig:
+    return TowerConfig.from_dict({k[6:].replace("-", "_"): int(v) for k, v in cfg.items() if k.startswith("tower.")})
+
+
+def _stable(text: str) -> int:
+    return zlib.crc32(text.encode()) % 10007
+
+
+def node_for(context: Context) -> Node:
+    nc, rc = context.node_config, context.run_config
+    if "store" in nc:
+        return _store_node(context.run_id, str(nc["node-id"]), str(nc["store"]), str(nc.get("group", "")), str(nc.get("role", "train")),
+                           str(nc.get("state-dir", "")), str(nc.get("signing-key", "")), str(nc.get("signing-key-id", "")))  # fmt: skip
+    if "partition-id" not in nc:
+        raise ValueError("node_config names neither a store (node-id, store) nor a partition-id")
+    get = lambda k, d: nc.get(k, rc.get(k, d))  # noqa: E731
+    cap = int(rc.get("max-windows-per-group", 0)) or (QUICK_MAX_WINDOWS if bool(rc.get("quick", False)) else 0)
+    return _virtual_node(
+        context.run_id, str(get("dataset", "hapt")), str(get("scenario", "sensor-bind")), int(get("seed", 0)),
+        int(nc["partition-id"]), int(nc["num-partitions"]), cap, str(rc.get("state-dir", "")),
+        str(get("signing-key", os.environ.get("EDGEBIND_SIGNING_KEY", ""))), str(get("signing-key-id", "")),
+        float(rc.get("dropout", 0.0)), str(rc.get("dropout-mode", "raise")), float(rc.get("round-timeout", 600.0)),
+    )  # fmt: skip
+
+
+@lru_cache(maxsize=4096)
+def _virtual_node(run_id, dataset, scenario, seed, pid, n, cap, state_dir, key, key_id, dropout, mode, timeout) -> Node:
+    spec, data = virtual_node(dataset, scenario, seed, pid, n, cap or None)
+    sc, _ = cached_split(dataset, scenario, seed)
+    drop = (sc, n, dropout, seed, pid) if dropout > 0 else None
+    root = Path(state_dir) / spec.node_id if state_dir else Path(tempfile.gettempdir()) / "edgebind-nodes" / f"run-{run_id}" / spec.node_id
+    return Node(spec.node_id, spec.group, spec.role, data, tasks.NodeRuntime(root), bytes.fromhex(key) if key else None, key_id,
+                drop, (timeout + 1.0) if mode == "stall" else 0.0)  # fmt: skip
+
+
+@lru_cache(maxsize=16)
+def _store_node(run_id, node_id, url, group, role, state_dir, key, key_id) -> Node:
+    from node_agent.store import open_store
+
+    store = open_store(url)
+    data = StoreNodeData(node_id, store)
+    root = Path(state_dir) if state_dir else Path(tempfile.gettempdir()) / "edgebind-nodes" / node_id
+    return Node(node_id, group or "+".join(data.modalities()), role, data, tasks.NodeRuntime(root, store=store),
+                bytes.fromhex(key) if key else None, key_id)  # fmt: skip
