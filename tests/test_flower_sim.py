@@ -1,0 +1,209 @@
+"""The real ServerApp and ClientApp: first against an in-process grid (no Ray,
+seconds: bounded waits, missing nodes, refused messages), then whole campaigns
+in Flower's simulation engine on HAPT (``slow``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity
+
+from common.data.dataset import WindowDataset
+from coordinator.server_app import app as server_app
+from coordinator.server_app import exchange
+from node_agent.client_app import app as client_app
+from node_agent.data import dropouts, fleet_layout, node_id_of
+
+
+@pytest.fixture(autouse=True)
+def flower_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))
+    monkeypatch.setenv("FLWR_TELEMETRY_ENABLED", "0")
+    monkeypatch.setenv("FLWR_DISABLE_UPDATE_CHECK", "1")
+    # Messages take their run and sender from the process's task identity, which a SuperLink sets.
+    for attr, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", SUPERLINK_NODE_ID)):
+        monkeypatch.setattr(TaskIdentity, attr, value)
+
+
+class InProcessGrid(Grid):
+    """A Grid that runs the ClientApp in this process: one Context per node, replies kept until pulled.
+
+    Nodes in ``silent`` never answer (a node that vanished without a word).
+    """
+
+    def __init__(self, contexts: dict[int, Context], silent: set[int] = frozenset()):
+        self.contexts, self.silent = contexts, set(silent)
+        self.replies: dict[str, Message] = {}
+        self.sent: list[str] = []
+
+    def set_run(self, run):  # pragma: no cover - not used by the ServerApp
+        pass
+
+    @property
+    def run(self):  # pragma: no cover
+        raise NotImplementedError
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):  # pragma: no cover
+        return Message(content, dst_node_id, message_type, group_id=group_id, ttl=ttl)
+
+    def get_node_ids(self):
+        return list(self.contexts)
+
+    def push_messages(self, messages):
+        ids = []
+        for msg in messages:
+            mid = uuid.uuid4().hex
+            msg.metadata.__dict__["_message_id"] = mid
+            ids.append(mid)
+            self.sent.append(msg.metadata.message_type)
+            node = msg.metadata.dst_node_id
+            if node in self.silent:
+                continue
+            try:
+                reply = client_app(msg, self.contexts[node])
+            except Exception as e:  # what the simulation engine does with a crashing ClientApp
+                reply = Message(Error(code=2, reason=f"{type(e).__name__}: {e}"), reply_to=msg)
+            reply.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+            self.replies[mid] = reply
+        return ids
+
+    def pull_messages(self, message_ids):
+        return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]
+
+    def send_and_receive(self, messages, *, timeout=None):  # pragma: no cover
+        return self.pull_messages(self.push_messages(messages))
+
+
+def synthetic_files(tmp_path: Path) -> tuple[str, str]:
+    """A small three-stream dataset (.npz) and a scenario (.toml) that binds through ``s``."""
+    rng = np.random.default_rng(0)
+    n, window = 360, 32
+    y = rng.integers(0, 3, n)
+    t = np.linspace(0, 2 * np.pi, window, dtype=np.float32)
+    X = {m: (np.sin((y[:, None] + 1 + k) * t)[:, :, None] * np.ones(3) + 0.3 * rng.normal(size=(n, window, 3))).astype(np.float32) for k, m in enumerate("sab")}
+    ds = WindowDataset(X=X, y=y, subject=np.repeat(np.arange(1, 13), 30), label_names=["x", "y", "z"], name="synth")
+    data = ds.save(tmp_path / "synth.npz")
+    scenario = tmp_path / "synth-bind.toml"
+    scenario.write_text(
+        'binding = "sensor"\nshared = "s"\n'
+        '[[group]]\nname = "sa"\nmodalities = ["s", "a"]\nshare = 0.3\nnodes = 2\n'
+        '[[group]]\nname = "sb"\nmodalities = ["s", "b"]\nshare = 0.3\nnodes = 2\n'
+        '[[group]]\nname = "lab"\nmodalities = ["a", "b"]\nshare = 0.1\nlabelled = 0.5\n'
+        '[validation]\nmodalities = ["a", "b"]\nshare = 0.1\n[test]\nmodalities = ["a", "b"]\nshare = 0.2\n'
+    )
+    return str(data), str(scenario)
+
+
+def in_process_campaign(tmp_path: Path, silent: set[int] = frozenset(), **config) -> tuple[dict, InProcessGrid]:
+    data, scenario = synthetic_files(tmp_path)
+    run_config = {
+        "dataset": data, "scenario": scenario, "seed": 0, "results-path": str(tmp_path / "out" / "results.json"),
+        "state-dir": str(tmp_path / "nodes"), "expected-nodes": 7, "discovery-timeout": 5.0, "round-timeout": 20.0,
+        "pretrain-rounds": 2, "local-epochs": 1, "align-epochs": 2, "head-steps": 20, "coordinator-threads": 1,
+        "signing-key": "11" * 32, **config,
+    }  # fmt: skip
+    contexts = {
+        100 + p: Context(run_id=1, node_id=100 + p, node_config={"partition-id": p, "num-partitions": 7}, state=RecordDict(), run_config=run_config)
+        for p in range(7)
+    }
+    grid = InProcessGrid(contexts, silent={100 + p for p in silent})
+    server_app(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config))
+    return json.loads((tmp_path / "out" / "results.json").read_text()), grid
+
+
+def test_campaign_on_an_in_process_grid(tmp_path):
+    res, grid = in_process_campaign(tmp_path)
+    assert res["state"] == "done" and res["missing_nodes"] == []
+    assert set(res["accuracy"]) == {"a", "b", "a+b"}
+    assert all(0 <= m["accuracy"] <= 1 and m["n"] > 0 for m in res["accuracy"].values())
+    assert set(res["nodes"]) == {"sa-000", "sa-001", "sb-000", "sb-001", "lab-000", "validation-000", "test-000"}
+    assert res["pairs"][0]["groups"] == ["sa", "sb"] and res["pairs"][0]["pairs"] > 0
+    assert res["phases"]["push"]["nodes_applied"] == 7
+    assert grid.sent.count("train.pretrain") == 2 * 5  # two rounds, five training nodes
+    assert {"discover", "manifest", "pretrain", "collect", "bind", "grow", "head", "push", "evaluate"} == set(res["phases"])
+    assert (tmp_path / "out" / "coordinator.db").exists()
+
+
+def test_a_silent_node_is_waited_for_only_round_timeout(tmp_path):
+    t0 = time.time()
+    res, _ = in_process_campaign(tmp_path, silent={1}, **{"round-timeout": 1.5})  # partition 1 is sa-001
+    assert res["state"] == "done"
+    assert res["missing"] == {"flower:101": {"phase": "manifest", "round": 0, "reason": "no reply within 1.5s"}}
+    assert time.time() - t0 < 120
+
+
+def test_a_node_dropping_out_mid_pretraining_is_named(tmp_path):
+    res, _ = in_process_campaign(tmp_path, dropout=0.2)
+    from common.data.scenarios import Scenario
+
+    sc = Scenario.load(res["config"]["scenario"])
+    plan = dropouts(sc, 7, 0.2, 0, 2)
+    layout = fleet_layout(sc, 7)
+    names = sorted(node_id_of(*layout[p][:2]) for p in plan)
+    assert res["state"] == "done" and res["missing_nodes"] == names and len(names) == 1
+    (gone,) = res["missing"].values()
+    assert gone["phase"] == "pretrain" and gone["round"] == plan[next(iter(plan))] and "dropped out" in gone["reason"]
+    assert res["accuracy"]
+
+
+def test_bad_messages_get_an_error_record_not_a_crash(tmp_path):
+    data, scenario = synthetic_files(tmp_path)
+    rc = {"dataset": data, "scenario": scenario, "state-dir": str(tmp_path / "nodes")}
+    ctx = Context(run_id=1, node_id=5, node_config={"partition-id": 0, "num-partitions": 7}, state=RecordDict(), run_config=rc)
+    grid = InProcessGrid({5: ctx})
+    cases = {
+        "train.pretrain": RecordDict({"config": ConfigRecord({"round": 1})}),  # no arrays, missing keys
+        "query.collect": RecordDict(),  # no config at all
+        "train.apply": RecordDict({"bundles": ConfigRecord({"bundles": [b"\x00not a bundle"]})}),
+        "evaluate": RecordDict(),  # nothing applied yet
+    }
+    for kind, content in cases.items():
+        replies, missing = exchange(grid, {5: Message(content, dst_node_id=5, message_type=kind)}, timeout=10)
+        assert not missing, kind
+        rd = replies[5].content
+        if kind == "train.apply":
+            assert "bundle-0" in rd["rejected"] and not rd["applied"]
+        else:
+            assert "error" in rd.config_records and rd["error"]["reason"], kind
+
+
+# --- whole campaigns in the simulation engine (Ray) ----------------------------------------------
+
+
+@pytest.mark.slow
+def test_fleet_campaign_on_hapt(tmp_path):
+    from simulations.fleet import run_fleet
+
+    t0 = time.time()
+    res = run_fleet("hapt", "sensor-bind", nodes=6, seed=0, out=tmp_path / "fleet", quick=True)
+    wall = time.time() - t0
+    assert res["state"] == "done" and res["missing_nodes"] == []
+    assert set(res["accuracy"]) == {"gravity", "lin_acc", "gravity+lin_acc"}
+    assert all(0 <= m["accuracy"] <= 1 and m["n"] > 0 for m in res["accuracy"].values())
+    assert res["fleet"]["nodes"] == 6 and len(res["nodes"]) == 6
+    assert res["phases"]["push"]["nodes_applied"] == 6
+    assert json.loads((tmp_path / "fleet" / "results.json").read_text())["accuracy"] == res["accuracy"]
+    print(f"fleet of 6 on HAPT (quick): {wall:.1f}s wall, phases {({k: v['seconds'] for k, v in res['phases'].items()})}")
+    if os.environ.get("CI"):
+        assert wall < 300
+
+
+@pytest.mark.slow
+def test_fleet_with_dropouts_names_the_missing_nodes(tmp_path):
+    from simulations.fleet import run_fleet
+
+    res = run_fleet("hapt", "sensor-bind", nodes=None, seed=0, out=tmp_path / "fleet", quick=True, dropout=0.2)
+    planned = res["fleet"]["planned_dropouts"]
+    assert len(planned) == 2  # round(0.2 * 9)
+    assert res["state"] == "done" and res["missing_nodes"] == sorted(planned)
+    assert all(res["missing"][n]["phase"] == "pretrain" and res["missing"][n]["round"] == r for n, r in planned.items())
+    assert res["accuracy"]["gravity+lin_acc"]["n"] > 0
