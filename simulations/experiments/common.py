@@ -53,7 +53,8 @@ def pretrain_encoders(
         enc = build_encoder(ds.spec(m), tower)
         t0 = time.time()
         terms = pretrain_encoder(enc, ds.X[m][rows], cfg, device, seed=seed * 1000 + k)
-        log.info("  encoder %-8s pretrained on %5d windows in %4.1fs (reconstruction %.3f)", m, len(rows), time.time() - t0, terms["reconstruction_loss"])
+        loss = ", ".join(f"{k} {v:.3f}" for k, v in terms.items())
+        log.info("  encoder %-8s pretrained on %5d windows in %4.1fs (%s)", m, len(rows), time.time() - t0, loss)
         for p in enc.parameters():
             p.requires_grad_(False)
         modules[m] = enc.eval()
