@@ -88,7 +88,7 @@ class CampaignConfig:
     pair_w_min: float = 0.1
     label_pairs_per_sample: int = 4
     embedding_dtype: str = "float16"
-    growth_plan: str = ""
+    growth_plan: str = ""  # a Babel GrowthPlan (shipped name or .toml) instead of MMBind's one stage
     # signing
     signing_key: str = ""
     signing_key_id: str = ""
@@ -437,18 +437,10 @@ def grow(
     cfg: AlignConfig,
     device: torch.device,
     seed: int,
-    plan: str = "",
     store=None,
     campaign_id: str | None = None,
 ) -> dict:
-    """Align adapters and prototype on the natural incomplete samples plus the pseudo-pairs.
-
-    This is MMBind's weighted multi-view contrastive stage (one stage named
-    ``mmbind``). A Babel growth plan is not wired into campaigns yet: naming
-    one is an error rather than a silent fall-back.
-    """
-    if plan:
-        raise NotImplementedError(f"growth plan {plan!r}: Babel plans are not wired into federated campaigns yet; leave growth-plan empty")
+    """MMBind's stage: align adapters and prototype on the natural incomplete samples plus the pseudo-pairs."""
     train = natural if pseudo is None else SampleSet.concat([natural, pseudo])
     t0 = time.time()
     if store is not None and campaign_id is not None:
@@ -466,6 +458,47 @@ def grow(
     if store is not None and campaign_id is not None:
         store.record_stage(campaign_id, 0, "mmbind", "done", metrics=out)
     return out
+
+
+def grow_plan(
+    model: AlignedModel,
+    plan: str,
+    groups: Mapping[str, GroupData],
+    cfg: AlignConfig,
+    device: torch.device,
+    seed: int,
+    store=None,
+    campaign_id: str | None = None,
+    checkpoint_dir=None,
+) -> dict:
+    """Babel: grow the aligned space along a GrowthPlan (``common.growth``), one binary stage per plan stage.
+
+    Each stage's source names a node group whose uploads pair its two
+    modalities (natural pairs); its towers must be in ``model``.
+    """
+    from common.growth import GrowthConfig, GrowthPlan, PairData
+    from common.growth import grow as grow_stages
+
+    gp = GrowthPlan.from_toml(plan)
+    sources = sorted({st.source for st in gp.stages})
+    absent = [s for s in sources if s not in groups]
+    if absent:
+        raise ValueError(f"plan {gp.name!r} grows on group {absent[0]!r}, which uploaded nothing (groups: {sorted(groups)})")
+    data = {s: PairData({m: groups[s].features[m] for m in groups[s].modalities if m in gp.modalities}) for s in sources}
+    gcfg = GrowthConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, seed=seed)
+    t0 = time.time()
+    result = grow_stages(model, gp, data, gcfg, device, checkpoint_dir=checkpoint_dir, resume=False)
+    stages = []
+    for rec in result.records:
+        w = np.array(rec.weights) if rec.weights else np.full((1, 2), np.nan)
+        row = {"stage": rec.stage, "steps": rec.steps, "seconds": rec.seconds, "last_losses": rec.losses[-1] if rec.losses else {},
+               "mean_weights": [float(np.nanmean(w[:, 0])), float(np.nanmean(w[:, 1]))]}  # fmt: skip
+        stages.append(row)
+        if store is not None and campaign_id is not None:
+            st = gp.stages[rec.index]
+            ck = f"{checkpoint_dir}/stage-{rec.index + 1}.pt" if checkpoint_dir is not None else ""
+            store.record_stage(campaign_id, rec.index, f"{st.connecting}<->{st.branch}@{st.source}", "done", metrics=row, checkpoint_path=ck)
+    return {"plan": gp.name, "stages": stages, "pairs": {s: len(d) for s, d in data.items()}, "seconds": time.time() - t0}
 
 
 def fit_head(model: AlignedModel, train: SampleSet, val: SampleSet, n_classes: int, cfg: HeadConfig, device: torch.device, seed: int) -> tuple[AlignedModel, FusionHead, dict]:

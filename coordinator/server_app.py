@@ -1,7 +1,8 @@
 """The coordinator's Flower ServerApp: one campaign, phase by phase.
 
 discover -> manifest -> pretrain (FedAvg per modality) -> collect -> bind ->
-grow -> head -> push -> evaluate. The learning is in ``coordinator.phases``;
+grow (MMBind's one stage, or a Babel growth plan) -> head -> push -> evaluate.
+The learning is in ``coordinator.phases``;
 this module only sends messages, waits for replies (never longer than
 ``discovery-timeout`` / ``round-timeout``), keeps the books and logs progress.
 A node that errs or does not answer in time is recorded as missing (with the
@@ -115,6 +116,7 @@ class Campaign:
         self.tower = TowerConfig()
         self.nodes: dict[int, NodeInfo] = {}  # flower id -> manifest
         self.missing: dict[str, dict] = {}  # node id -> phase, round, reason
+        self.refused: list[dict] = []  # nodes that answered with an error record (alive, but could not do it)
         self.results: dict = {"campaign_id": self.campaign_id, "config": {k: v for k, v in cfg.to_run_config().items() if k != "signing-key"}, "phases": {}}
         self.key, self.key_id, self.key_source = phases.signing_key(cfg.signing_key, cfg.signing_key_id, os.environ)
 
@@ -146,6 +148,7 @@ class Campaign:
             self.results["seconds"] = time.time() - t0
             self.results["missing"] = self.missing
             self.results["missing_nodes"] = sorted(self.missing)
+            self.results["refused"] = self.refused
             _write_json(self.results_path, self.results)
             self.store.close()
         log.info("campaign %s done in %.1fs; results in %s", self.campaign_id, self.results["seconds"], self.results_path)
@@ -177,7 +180,9 @@ class Campaign:
         for f, r in replies.items():
             if "error" in r.content.config_records:
                 who = self.nodes[f].node_id if f in self.nodes else f"flower:{f}"
-                log.warning("[%s] node %s refused the message: %s", phase, who, r.content["error"]["reason"])
+                reason = str(r.content["error"]["reason"])
+                self.refused.append({"node": who, "phase": phase, "round": rnd, "reason": reason})
+                log.warning("[%s] node %s refused the message: %s", phase, who, reason)
             else:
                 ok[f] = r
         return ok
@@ -231,6 +236,8 @@ class Campaign:
                     "batch-size": self.cfg.pretrain_batch_size, "lr": self.cfg.pretrain_lr, "seed": self.cfg.seed, **self._tower_cfg()}  # fmt: skip
             contents = {}
             for f, n in self.live("train").items():
+                if n.windows == 0:
+                    continue
                 rd = RecordDict({"config": ConfigRecord(base)})
                 for m in n.modalities:
                     rd[f"encoder.{m}"] = ArrayRecord(self.global_states[m]["encoder"])
@@ -280,6 +287,9 @@ class Campaign:
         sc = Scenario.load(self.cfg.scenario)
         self.binding = sc.binding
         self.groups = phases.group_data(self.store, self.campaign_id, list(self.live().values()))
+        if self.cfg.growth_plan:  # Babel grows on natural pairs: no pseudo-pairs
+            self.bound = phases.Bound(None, [])
+            return {"groups": {g: len(d) for g, d in self.groups.items()}, "pairs": 0, "skipped": f"growth plan {self.cfg.growth_plan}"}
         settings = phases.BindSettings(sc.binding, sc.shared, self.cfg.weighting(), self.cfg.bind_k, self.cfg.label_pairs_per_sample)
         self.bound = phases.bind(self.groups, settings, self.cfg.seed, self.device, self.store, self.campaign_id)
         for p in self.bound.info:
@@ -294,11 +304,15 @@ class Campaign:
         self.natural = SampleSet.concat([g.samples() for g in train])
         encoders = {m: s["encoder"] for m, s in self.global_states.items()}
         self.model = phases.new_model(self.specs, self.tower, self.cfg.seed, encoders)
-        out = phases.grow(self.model, self.natural, self.bound.samples, self.cfg.align(), self.device, self.cfg.seed, self.cfg.growth_plan, self.store, self.campaign_id)
-        ckpt = self.results_path.parent / "checkpoints" / "stage-0-mmbind.pt"
-        ckpt.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(self.model.state_dict(), ckpt)
-        self.store.record_stage(self.campaign_id, 0, "mmbind", "done", metrics=out, checkpoint_path=str(ckpt))
+        ckdir = self.results_path.parent / "checkpoints"
+        if self.cfg.growth_plan:
+            out = phases.grow_plan(self.model, self.cfg.growth_plan, self.groups, self.cfg.align(), self.device, self.cfg.seed, self.store, self.campaign_id, ckdir)
+            self.results["stages"] = out["stages"]
+            return {k: v for k, v in out.items() if k != "stages"}
+        out = phases.grow(self.model, self.natural, self.bound.samples, self.cfg.align(), self.device, self.cfg.seed, self.store, self.campaign_id)
+        ckdir.mkdir(parents=True, exist_ok=True)
+        torch.save(self.model.state_dict(), ckdir / "stage-0-mmbind.pt")
+        self.store.record_stage(self.campaign_id, 0, "mmbind", "done", metrics=out, checkpoint_path=str(ckdir / "stage-0-mmbind.pt"))
         return out
 
     def head(self) -> dict:
@@ -335,7 +349,7 @@ class Campaign:
         return {"bundles": len(bundles), "nodes_applied": applied, "nodes_refused": refused}
 
     def evaluate(self) -> dict:
-        replies = self.send("evaluate", "evaluate", {f: RecordDict() for f in self.live("test")})
+        replies = self.send("evaluate", "evaluate", {f: RecordDict() for f, n in self.live("test").items() if n.labelled > 0})
         per_node = {}
         for f, r in replies.items():
             flat = r.content["metrics"]

@@ -171,7 +171,9 @@ def _handle(msg: Message, context: Context, phase: str, work) -> Message:
     """Resolve the node, inject a configured drop-out, run ``work``; a bad message gets an error record."""
     node = node_for(context)
     _maybe_vanish(node, msg, phase)
-    torch.set_num_threads(int(context.node_config.get("threads", context.run_config.get("client-threads", 1))))
+    threads = int(context.node_config.get("threads", context.run_config.get("client-threads", 0) if "partition-id" in context.node_config else 0))
+    if threads > 0:  # a deployed node keeps torch's default unless its config says otherwise
+        torch.set_num_threads(threads)
     try:
         content = work(node)
     except (CodecError, KeyError, ValueError, TypeError) as e:

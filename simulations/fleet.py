@@ -38,7 +38,7 @@ def fleet_config(
     out: Path,
     quick: bool,
     dropout: float | None,
-    device: str | None,
+    device,
     **overrides,
 ) -> tuple[CampaignConfig, int, dict[str, int]]:
     """The campaign's run config, the number of virtual nodes, and the nodes planned to drop out (id -> round)."""
@@ -48,7 +48,7 @@ def fleet_config(
     base = {
         "dataset": str(dataset), "scenario": str(scenario), "seed": int(seed), "quick": bool(quick),
         "campaign-id": f"fleet-{sc.name}-{len(layout)}n-s{seed}", "results-path": str(out / "results.json"),
-        "store": str(out / "coordinator.db"), "state-dir": str(out / "nodes"), "device": device or "",
+        "store": str(out / "coordinator.db"), "state-dir": str(out / "nodes"), "device": str(device) if device else "",
         "expected-nodes": len(layout), "discovery-timeout": 120.0, "dropout": float(share),
         "coordinator-threads": 1,  # the virtual nodes share the cores; oversubscribed BLAS threads crawl
         "signing-key": secrets.token_hex(32), "signing-key-id": f"fleet-{secrets.token_hex(4)}",
@@ -68,7 +68,7 @@ def run_fleet(
     out: Path = Path("fleet-results"),
     quick: bool = False,
     dropout: float | None = None,
-    device: str | None = None,
+    device=None,
     cpus: int = 2,
     **overrides,
 ) -> dict:
@@ -77,7 +77,8 @@ def run_fleet(
     ``nodes`` rescales the scenario's groups to that many nodes (default: the
     scenario's own counts); ``dropout`` (default: the scenario's) is the share
     of nodes that vanish mid-pretraining; ``overrides`` are further run config
-    keys (``round_timeout=30``, ``dropout_mode="stall"``, ...).
+    keys (``round_timeout=30``, ``dropout_mode="stall"``, ...). ``device``
+    (a name or a torch.device) is the coordinator's; virtual nodes run on the CPU.
     """
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -234,8 +234,6 @@ def test_bind_grow_head_bundles_apply_and_evaluate(campaign, ds, sc):
     out = P.grow(model, natural, bound.samples, AlignConfig(epochs=2, batch_size=64), CPU, 0, store=store, campaign_id="c1")
     assert out["samples"] == len(natural) + info["pairs"] and np.isfinite(out["final_contrastive_loss"])
     assert store.stages("c1")[0].status == "done"
-    with pytest.raises(NotImplementedError, match="growth plan"):
-        P.grow(model, natural, None, AlignConfig(epochs=1), CPU, 0, plan="babel-hapt")
     labelled = natural.take(np.flatnonzero(natural.label >= 0))
     model, head, choice = P.fit_head(model, labelled, groups["validation"].samples(), 3, HeadConfig(steps=20, eval_every=5), CPU, 0)
     assert 0 <= choice["val_accuracy"] <= 1
@@ -318,3 +316,21 @@ def test_run_config_is_checked():
     assert (key, source) == (b"\xab" * 16, "env") and key_id.startswith("k-")
     with pytest.raises(ValueError, match="not hex"):
         P.signing_key("zz", "", {})
+
+
+def test_a_babel_plan_grows_stage_by_stage_on_node_groups(campaign, ds, sc, tmp_path):
+    pytest.importorskip("common.growth")
+    groups = P.group_data(campaign["store"], "c1", campaign["infos"])
+    plan = tmp_path / "synth-plan.toml"
+    plan.write_text('name = "synth-plan"\n[[stage]]\ntrunk = ["s", "a"]\nsource = "sa"\n[[stage]]\nbranch = "b"\nconnecting = "s"\nsource = "sb"\n')
+    model = P.new_model({m: ds.spec(m) for m in sc.modalities}, TOWER, 0, {m: s["encoder"] for m, s in campaign["glob"].items()})
+    before = {k: v.clone() for k, v in model.adapters["b"].state_dict().items()}
+    store = open_store("sqlite://")
+    store.create_campaign("g1", {})
+    out = P.grow_plan(model, str(plan), groups, AlignConfig(epochs=1, batch_size=32), CPU, 0, store, "g1", tmp_path / "ck")
+    assert out["pairs"] == {"sa": len(groups["sa"]), "sb": len(groups["sb"])}
+    assert [st["stage"]["source"] for st in out["stages"]] == ["sa", "sb"]
+    assert [r.name for r in store.stages("g1")] == ["s<->a@sa", "s<->b@sb"]
+    assert any(not torch.equal(before[k], v) for k, v in model.adapters["b"].state_dict().items())
+    with pytest.raises(ValueError, match="uploaded nothing"):
+        P.grow_plan(model, str(plan), {"sa": groups["sa"]}, AlignConfig(epochs=1), CPU, 0)
