@@ -207,3 +207,34 @@ def test_fleet_with_dropouts_names_the_missing_nodes(tmp_path):
     assert res["state"] == "done" and res["missing_nodes"] == sorted(planned)
     assert all(res["missing"][n]["phase"] == "pretrain" and res["missing"][n]["round"] == r for n, r in planned.items())
     assert res["accuracy"]["gravity+lin_acc"]["n"] > 0
+
+
+@pytest.mark.slow
+def test_federated_campaign_agrees_with_the_central_experiment(tmp_path):
+    """Same scenario, seeds and quick settings: the fleet (in-process transport, the real apps) lands
+    within the central MMBind experiment's spread over seeds on the test subjects' full subset."""
+    import torch
+
+    from common.data import load_dataset
+    from common.data.scenarios import Scenario
+    from simulations.experiments.mmbind import MMBindSettings, run_seed
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ds, sc = load_dataset("hapt"), Scenario.load("sensor-bind")
+        full = "gravity+lin_acc"
+        central = [run_seed(ds, sc, s, MMBindSettings.quick(), torch.device("cpu"), ("mmbind",))["methods"]["mmbind"]["subsets"][full]["accuracy"] for s in (0, 1)]
+        fleet = []
+        for s in (0, 1):
+            rc = {"dataset": "hapt", "scenario": "sensor-bind", "seed": s, "quick": True, "results-path": str(tmp_path / f"s{s}" / "results.json"),
+                  "state-dir": str(tmp_path / f"s{s}" / "nodes"), "expected-nodes": 9, "coordinator-threads": 1, "client-threads": 1}  # fmt: skip
+            ctxs = {100 + p: Context(run_id=10 + s, node_id=100 + p, node_config={"partition-id": p, "num-partitions": 9}, state=RecordDict(), run_config=rc) for p in range(9)}
+            server_app(InProcessGrid(ctxs), Context(run_id=10 + s, node_id=0, node_config={}, state=RecordDict(), run_config=rc))
+            fleet.append(json.loads((tmp_path / f"s{s}" / "results.json").read_text())["accuracy"][full]["accuracy"])
+    finally:
+        torch.set_num_threads(threads)
+    spread = max(np.std(central, ddof=1), np.std(fleet, ddof=1), 0.05)
+    print(f"{full} accuracy: central {central}, federated {fleet}")
+    assert abs(np.mean(fleet) - np.mean(central)) <= 2 * spread + 0.05
+    assert min(fleet) > 1 / 6 + 0.1  # well above chance on six classes
