@@ -334,3 +334,26 @@ def test_a_babel_plan_grows_stage_by_stage_on_node_groups(campaign, ds, sc, tmp_
     assert any(not torch.equal(before[k], v) for k, v in model.adapters["b"].state_dict().items())
     with pytest.raises(ValueError, match="uploaded nothing"):
         P.grow_plan(model, str(plan), {"sa": groups["sa"]}, AlignConfig(epochs=1), CPU, 0)
+
+
+def test_store_node_data_lines_up_modalities_by_span(ds):
+    from node_agent.data import StoreNodeData
+    from node_agent.store import open_store as open_node_store
+
+    st = open_node_store("sqlite://")
+    x = {m: ds.X[m][:5] for m in ("s", "a")}
+    for m in ("s", "a"):
+        ids = [f"{m}:phone:0:{i * 16}" for i in range(5)]
+        st.add_windows(m, ids, np.arange(5) * 10**9, x[m], labels=[0, -1, 2, -1, 1], subjects=[3] * 5)
+    data = StoreNodeData("n1", st, classes=["x", "y", "z"])
+    assert data.modalities() == ["a", "s"] and data.classes() == ["x", "y", "z"]
+    ids_s, xs, ys = data.windows("s")
+    ids_a, xa, _ = data.windows("a")
+    assert ids_s == ids_a == [f"phone:0:{i * 16}" for i in range(5)]
+    assert np.array_equal(xs, x["s"]) and ys.tolist() == [0, -1, 2, -1, 1]
+    assert data.spec("a").window == ds.X["a"].shape[1] and data.subjects("s").tolist() == [3] * 5
+    with pytest.raises(KeyError, match="holds no modality 'b'"):
+        data.windows("b")
+    enc = {m: tasks.build_encoder(data.spec(m), TOWER) for m in ("a", "s")}
+    batches = tasks.encode_and_pack(data, enc, "n1", "c9")
+    assert {b.modality for b in batches} == {"a", "s"} and list(batches[0].window_ids) == ids_s
