@@ -48,6 +48,7 @@ __all__ = [
     "node_specs",
     "parse_broker",
     "replay",
+    "replayed_windows",
     "sensor_topic",
     "window_frames",
 ]
@@ -56,6 +57,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PAYLOAD = 1 << 20
 RATE_TOLERANCE = 0.01  # a frame's rate may differ from its modality's by 1 %
+T0_NS = 1_700_000_000_000_000_000  # when a replayed recording starts (any fixed time will do)
 
 REJECT_REASONS = (
     "oversized",  # payload above max_payload
@@ -438,7 +440,7 @@ def window_frames(
     *,
     sensor_id: str = "replay",
     frame_len: int = 64,
-    t0_ns: int = 1_700_000_000_000_000_000,
+    t0_ns: int = T0_NS,
     seq0: int = 0,
 ) -> Iterator[pb.SensorFrame]:
     """(N, T, C) windows as the SensorFrames a sensor would send, ``frame_len`` samples each.
@@ -453,18 +455,39 @@ def window_frames(
     if x.ndim != 3:
         raise ValueError(f"windows of {modality!r} must be (N, T, C), got shape {x.shape}")
     n, t, c = x.shape
-    per = math.ceil(t / frame_len)
     dt_ns = 1e9 / rate_hz
+    ids, starts = replayed_windows(n, modality, t, rate_hz, sensor_id=sensor_id, frame_len=frame_len, t0_ns=t0_ns, seq0=seq0)
     for i in range(n):
-        first = seq0 + i * (per + 1)
-        start_ns = t0_ns + round(i * (t + frame_len) * dt_ns)
-        for k in range(per):
+        first = int(ids[i].split(":")[-2])
+        for k in range(math.ceil(t / frame_len)):
             chunk = x[i, k * frame_len : (k + 1) * frame_len]
             yield pb.SensorFrame(
                 node_id=node_id, sensor_id=sensor_id, modality=modality, seq=first + k,
-                timestamp_ns=start_ns + round(k * frame_len * dt_ns), rate_hz=rate_hz, channels=c,
+                timestamp_ns=starts[i] + round(k * frame_len * dt_ns), rate_hz=rate_hz, channels=c,
                 samples=chunk.reshape(-1).tolist(),
             )  # fmt: skip
+
+
+def replayed_windows(
+    n: int,
+    modality: str,
+    window: int,
+    rate_hz: float,
+    *,
+    sensor_id: str = "replay",
+    frame_len: int = 64,
+    t0_ns: int = T0_NS,
+    seq0: int = 0,
+) -> tuple[list[str], list[int]]:
+    """The ids and start times a node gives the ``n`` windows ``window_frames`` sends.
+
+    With them a replay can attach labels to those windows in the node's store
+    (labels do not travel in SensorFrames).
+    """
+    per = math.ceil(window / frame_len)
+    ids = [f"{modality}:{sensor_id}:{seq0 + i * (per + 1)}:0" for i in range(n)]
+    starts = [t0_ns + round(i * (window + frame_len) * 1e9 / rate_hz) for i in range(n)]
+    return ids, starts
 
 
 def replay(

@@ -21,6 +21,7 @@ from node_agent.ingest import (
     mosquitto_conf,
     node_specs,
     replay,
+    replayed_windows,
     sensor_topic,
     window_frames,
 )
@@ -129,7 +130,7 @@ def test_replayed_frames_cut_back_into_the_same_windows(ingest):
     for m in SPECS:
         w = ingest.store.windows(m)
         np.testing.assert_array_equal(w.data, x[m])
-        assert w.ids == [f"{m}:replay:{3 * i}:0" for i in range(4)]
+        assert w.ids == [f"{m}:replay:{3 * i}:0" for i in range(4)] == replayed_windows(4, m, 128, RATES[m])[0]
 
 
 # --- a real broker ----------------------------------------------------------------------

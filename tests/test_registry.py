@@ -122,3 +122,27 @@ def test_a_stored_bundle_that_does_not_parse_is_an_internal_error(store, stub):
         stub.LatestAdapters(pb.LatestAdaptersRequest(node_id="n1", modalities=["gyro"]), timeout=5)
     assert err.value.code() == grpc.StatusCode.INTERNAL
     assert "does not parse" in err.value.details()
+
+
+def test_coordinator_status_and_the_connection_flower_reads(tmp_path, monkeypatch, capsys):
+    from flwr.cli.flower_config import read_superlink_connection
+
+    from coordinator.cli import main, status, write_connection
+
+    db = tmp_path / "coord.db"
+    with open_store(db) as s:
+        s.upsert_node("n1", {"gyro": {}}, hardware="pi")
+        s.create_campaign("c1", {})
+        s.report_node_status("n1", "running", {"gyro": 1})
+        record(s, "gyro", 1)
+    got = status(str(db), ["c1"])
+    assert got["nodes"]["n1"]["adapters"] == {"gyro": 1} and got["nodes"]["n1"]["state"] == "running"
+    assert got["adapters"] == {"gyro": 1}
+    assert got["campaigns"]["c1"]["state"] == "created"
+    assert main(["status", "--store", str(db), "--campaign", "nope"]) == 2
+    assert "no campaign 'nope'" in capsys.readouterr().err
+
+    write_connection(tmp_path / "flwr", "127.0.0.1:9093")
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr"))
+    conn = read_superlink_connection()
+    assert (conn.name, conn.address, conn.insecure) == ("edgebind", "127.0.0.1:9093", True)

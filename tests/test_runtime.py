@@ -18,11 +18,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from common import codec
 from common.modalities import ModalitySpec
 from common.towers import ConceptAdapter, FusionHead, PrototypeNet, TowerConfig, build_encoder
+from coordinator import phases
 from coordinator.registry import serve
 from coordinator.store import open_store as open_coordinator_store
 from node_agent import tasks
 from node_agent.ingest import Publisher
-from node_agent.runtime import NodeRuntime, load_keys
+from node_agent.runtime import NodeRuntime, default_key_id, load_keys
 from node_agent.store import open_store
 from proto import edgebind_pb2 as pb
 from tests.test_ingest import Mosquitto, broker  # noqa: F401  (the real-broker fixture)
@@ -216,8 +217,8 @@ def test_load_keys(tmp_path):
     f = tmp_path / "keys.json"
     f.write_text(json.dumps({"k1": KEY.hex()}))
     assert load_keys(f, "ab" * 16, "k2") == {"k1": KEY, "k2": b"\xab" * 16}
-    with pytest.raises(ValueError, match="key id"):
-        load_keys(None, "ab")
+    assert load_keys(None, "ab" * 16) == {default_key_id(b"\xab" * 16): b"\xab" * 16}
+    assert default_key_id(b"\xab" * 16) == phases.signing_key("ab" * 16, "", {})[1]  # the coordinator's default id
 
 
 # --- with real servers ----------------------------------------------------------------
@@ -291,3 +292,32 @@ def test_encoder_directory_round_trip(tmp_path):
     assert list(got) == ["gyro"] and all(torch.equal(got["gyro"][k], sd[k]) for k in sd)
     with pytest.raises(FileNotFoundError, match="no encoder lin_acc.pt"):
         read_encoder_dir(tmp_path, ["gyro", "lin_acc"])
+
+
+# --- the command line ---------------------------------------------------------------------
+
+
+def test_cli_infer_and_status(rt, windows, tmp_path, capsys):
+    from node_agent.cli import main
+
+    rt.install(bundles_for(rt, 1))
+    npz = tmp_path / "w.npz"
+    np.savez(npz, X_gyro=windows["gyro"], X_lin_acc=windows["lin_acc"])
+    args = ["infer", "--state-dir", str(rt.root), "--node-id", "n1", "--npz", str(npz), "--signing-key", KEY.hex(), "--signing-key-id", KEY_ID]
+    assert main(args) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "# node n1, modalities gyro+lin_acc, adapters {'gyro': 1, 'lin_acc': 1}"
+    assert [line.split("\t")[0] for line in out[1 : 1 + N]] == [str(i) for i in range(N)]
+    assert {line.split("\t")[1] for line in out[1 : 1 + N]} <= set(CLASSES)
+
+    assert main(args + ["--json", "--modalities", "gyro"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(events) == N and all(e["modalities"] == ["gyro"] for e in events)
+
+    assert main(["infer", "--state-dir", str(rt.root), "--node-id", "n1", "--npz", str(npz)]) == 2  # no key: nothing loads
+    assert "no adapters" in capsys.readouterr().err
+
+    assert main(["status", "--store", str(tmp_path / "node.db"), "--state-dir", str(rt.root)]) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert st["adapters"] == {"gyro": 1, "lin_acc": 1} and set(st["encoders"]) == {"gyro", "lin_acc"}
+    assert st["store"]["adapters"] == {"gyro": 1, "lin_acc": 1}

@@ -1,0 +1,291 @@
+"""``edgebind-coordinator``: the SuperLink, the Registry service and the store; campaigns; status.
+
+    edgebind-coordinator up --dir coord/ [--superlink-port 9093] [--registry-port 9096]
+    edgebind-coordinator campaign --superlink 127.0.0.1:9093 --store coord/coordinator.db -c seed=1 -c quick=true
+    edgebind-coordinator status --store coord/coordinator.db [--campaign ID]
+
+Each subcommand is a thin wrapper over the function of the same name here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from coordinator.registry import serve
+from coordinator.store import open_store
+
+log = logging.getLogger("edgebind.coordinator")
+
+CONNECTION = "edgebind"  # the SuperLink connection `campaign` writes into $FLWR_HOME/config.toml
+
+
+def flower_env(flwr_home: str | Path) -> dict[str, str]:
+    """The environment for Flower's processes: our FLWR_HOME, no telemetry, no update check."""
+    return {**os.environ, "FLWR_HOME": str(Path(flwr_home).resolve()), "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_UPDATE_CHECK": "1"}  # fmt: skip
+
+
+def stop_process_group(proc: subprocess.Popen, grace: float = 20.0) -> None:
+    """SIGTERM a child started with ``start_new_session`` and everything it started; SIGKILL after ``grace``."""
+    try:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                log.warning("process %d ignored SIGTERM for %.0fs; killing it", proc.pid, grace)
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        else:  # its own children may outlive it
+            os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGINT or SIGTERM (the second one exits at once)."""
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: Any) -> None:
+        if stop.is_set():
+            raise SystemExit(128 + signum)
+        log.info("%s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _wait_listening(host: str, port: int, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=0.5).close()
+            return
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the SuperLink exited with status {proc.returncode} before listening on {host}:{port}") from None
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the SuperLink did not listen on {host}:{port} within {timeout:g}s") from None
+            time.sleep(0.2)
+
+
+def up(
+    workdir: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    superlink_port: int = 9093,
+    registry_port: int = 9096,
+    store: str = "",
+    ready_file: str = "",
+    start_timeout: float = 60.0,
+    stop: threading.Event | None = None,
+) -> int:
+    """Run the SuperLink (state in ``<workdir>/superlink.db``), the Registry and the store until ``stop``.
+
+    Port 0 means a free port. Once both listen, their addresses are logged and,
+    with ``ready_file``, written there as JSON (``superlink``, ``registry``,
+    ``store``, ``flwr_home``). Returns the SuperLink's exit status if it dies
+    on its own, else 0.
+    """
+    stop = stop or threading.Event()
+    root = Path(workdir).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    store_url = store or str(root / "coordinator.db")
+    port = superlink_port or _free_port(host)
+    cmd = ["flower-superlink", "--insecure", "--host", host, "--port", str(port),
+           "--database", str(root / "superlink.db"), "--disable-runtime-dependency-installation"]  # fmt: skip
+    write_connection(root / "flwr-home", f"{host}:{port}")  # so `FLWR_HOME=<dir>/flwr-home flwr ls` finds this SuperLink
+    with open_store(store_url) as st:
+        server, reg_port = serve(st, host=host, port=registry_port)
+        log_file = open(root / "superlink.log", "ab")
+        proc = subprocess.Popen(cmd, env=flower_env(root / "flwr-home"), stdout=log_file, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+        code = 0
+        try:
+            _wait_listening(host, port, proc, start_timeout)
+            info = {"superlink": f"{host}:{port}", "registry": f"{host}:{reg_port}", "store": store_url,
+                    "flwr_home": str(root / "flwr-home"), "superlink_log": str(root / "superlink.log")}  # fmt: skip
+            log.info("coordinator up: %s", json.dumps(info))
+            if ready_file:
+                tmp = Path(ready_file).with_suffix(".tmp")
+                tmp.write_text(json.dumps(info))
+                os.replace(tmp, ready_file)
+            print(json.dumps(info), flush=True)
+            while not stop.wait(1.0):
+                if proc.poll() is not None:
+                    code = proc.returncode
+                    log.error("the SuperLink exited with status %s (see %s)", code, root / "superlink.log")
+                    break
+        finally:
+            server.stop(5).wait()
+            stop_process_group(proc)
+            log_file.close()
+            log.info("coordinator stopped")
+    return code
+
+
+def write_connection(flwr_home: str | Path, superlink: str, name: str = CONNECTION) -> Path:
+    """Make ``name`` the default SuperLink connection (insecure, at ``superlink``) in ``$FLWR_HOME/config.toml``.
+
+    The file is edgebind's own: ``campaign`` keeps its FLWR_HOME apart from the user's ``~/.flwr``.
+    """
+    home = Path(flwr_home)
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / "config.toml"
+    path.write_text(
+        f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\naddress = {json.dumps(superlink)}\ninsecure = true\n'
+    )
+    return path
+
+
+def campaign(
+    superlink: str,
+    *,
+    app_dir: str | Path = ".",
+    run_config: Sequence[str] = (),
+    store: str = "",
+    flwr_home: str | Path = "",
+    stream: bool = True,
+    timeout: float | None = None,
+) -> int:
+    """Submit one campaign (a ServerApp run) to the SuperLink with ``flwr run``; return its exit status.
+
+    ``run_config`` items are ``key=value`` overrides of ``[tool.flwr.app.config]``
+    (TOML values: strings quoted); ``store`` sets the coordinator store the
+    ServerApp writes to. With ``stream`` the command follows the run's logs
+    until it ends.
+    """
+    if shutil.which("flwr") is None:
+        raise FileNotFoundError("the `flwr` command is not on PATH (pip install flwr)")
+    app = Path(app_dir).resolve()
+    if not (app / "pyproject.toml").exists():
+        raise FileNotFoundError(f"{app} is not a Flower app (no pyproject.toml)")
+    home = Path(flwr_home or Path.home() / ".edgebind" / "flwr").resolve()
+    write_connection(home, superlink)
+    overrides = list(run_config)
+    if store:
+        overrides.append(f"store={json.dumps(str(Path(store).resolve()) if '://' not in store else store)}")
+    cmd = ["flwr", "run", str(app), CONNECTION]
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"run config override {item!r} is not key=value")
+        cmd += ["--run-config", item]
+    if stream:
+        cmd.append("--stream")
+    log.info("submitting: %s", " ".join(cmd))
+    proc = subprocess.Popen(cmd, env=flower_env(home), start_new_session=True)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        log.error("flwr run did not finish within %gs", timeout)
+        return 124
+    finally:
+        stop_process_group(proc, grace=10)
+
+
+def status(store: str, campaign_ids: Sequence[str] = ()) -> dict[str, Any]:
+    """Nodes (what they hold, what they run), the newest adapter per modality, and the named campaigns."""
+    with open_store(store) as st:
+        nodes = {}
+        modalities: set[str] = set()
+        for n in st.nodes():
+            s = st.node_status(n.node_id)
+            modalities |= set(n.modalities)
+            nodes[n.node_id] = {
+                "modalities": sorted(n.modalities), "hardware": n.hardware, "state": s.state if s else "",
+                "adapters": s.adapter_versions if s else {}, "windows_uploaded": s.windows_uploaded if s else 0,
+                "last_seen_s_ago": round((time.time_ns() - n.last_seen_ns) / 1e9, 1),
+            }  # fmt: skip
+        adapters = {}
+        for m in sorted(modalities):
+            latest = st.latest_adapter(m)
+            if latest is not None:
+                adapters[m] = latest[0]
+        campaigns = {}
+        for cid in campaign_ids:
+            c = st.campaign(cid)
+            if c is None:
+                raise KeyError(f"no campaign {cid!r} in {store}")
+            campaigns[cid] = {
+                "state": c.state, "detail": c.detail[:500],
+                "stages": [{"name": s.name, "status": s.status} for s in st.stages(cid)],
+                "metrics": [{"node": m.node_id, "name": m.name, "subset": m.subset, "value": m.value} for m in st.metrics(cid)],
+            }  # fmt: skip
+    return {"nodes": nodes, "adapters": adapters, "campaigns": campaigns}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgebind-coordinator", description=__doc__.split("\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("up", help="run the SuperLink, the Registry service and the store")
+    p.add_argument("--dir", default="edgebind-coordinator", help="SuperLink database, store, logs")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--superlink-port", type=int, default=9093, help="0: a free port")
+    p.add_argument("--registry-port", type=int, default=9096, help="0: a free port")
+    p.add_argument("--store", default="", help="store URL or SQLite path (default <dir>/coordinator.db)")
+    p.add_argument("--ready-file", default="", help="write the addresses here as JSON once listening")
+
+    p = sub.add_parser("campaign", help="submit a campaign run (flwr run) to the SuperLink")
+    p.add_argument("--superlink", default="127.0.0.1:9093")
+    p.add_argument("--app", default=".", help="the Flower app directory (edgebind's checkout)")
+    p.add_argument("-c", "--run-config", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a run config value (repeatable), e.g. -c seed=1 -c 'scenario=\"sensor-bind\"'")  # fmt: skip
+    p.add_argument("--store", default="", help="the coordinator store the campaign writes to (as `up` uses)")
+    p.add_argument("--flwr-home", default="", help="default ~/.edgebind/flwr")
+    p.add_argument("--no-stream", action="store_true", help="submit and return instead of following the logs")
+    p.add_argument("--timeout", type=float, default=None, help="seconds to wait for the run")
+
+    p = sub.add_parser("status", help="nodes, adapter versions and campaigns in the store")
+    p.add_argument("--store", required=True)
+    p.add_argument("--campaign", action="append", default=[], help="show this campaign too (repeatable)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        if args.command == "up":
+            return up(args.dir, host=args.host, superlink_port=args.superlink_port, registry_port=args.registry_port,
+                      store=args.store, ready_file=args.ready_file, stop=stop_on_signals())  # fmt: skip
+        if args.command == "campaign":
+            return campaign(args.superlink, app_dir=args.app, run_config=args.run_config, store=args.store,
+                            flwr_home=args.flwr_home, stream=not args.no_stream, timeout=args.timeout)  # fmt: skip
+        if args.command == "status":
+            print(json.dumps(status(args.store, args.campaign), indent=2, sort_keys=True))
+            return 0
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError, TimeoutError, OSError) as e:
+        print(f"edgebind-coordinator {args.command}: {e}", file=sys.stderr)
+        return 2
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,495 @@
+"""``edgebind-node``: run a sensor node (ingest, Flower SuperNode, inference) and replay data to it.
+
+    edgebind-node ingest --node-id n1 --broker 127.0.0.1:1883 --store n1.db --modalities gyro,lin_acc
+    edgebind-node up     --node-id n1 --broker 127.0.0.1:1883 --store n1.db --modalities gyro,lin_acc \\
+                         --superlink 127.0.0.1:9093 --state-dir n1-state [--registry 127.0.0.1:9096]
+    edgebind-node infer  --state-dir n1-state --node-id n1 (--npz windows.npz | --store n1.db) [--publish BROKER]
+    edgebind-node status --store n1.db --state-dir n1-state
+    edgebind-node replay --broker 127.0.0.1:1883 --node-id n1 --dataset hapt --subjects 1,2 --modalities gyro,lin_acc
+
+Each subcommand is a thin wrapper over the function of the same name here,
+which tests and the local deployment call directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from node_agent.ingest import (
+    DEFAULT_MAX_PAYLOAD,
+    Ingest,
+    IngestStats,
+    Publisher,
+    client_id_for,
+    node_specs,
+    parse_broker,
+    replayed_windows,
+)
+from node_agent.ingest import replay as replay_windows
+from node_agent.runtime import Inference, NodeRuntime, load_keys
+from node_agent.store import open_store
+
+log = logging.getLogger("edgebind.node")
+
+STOP_GRACE = 20.0  # seconds a child gets between SIGTERM and SIGKILL
+
+
+# --- the library functions behind the subcommands ---------------------------------------
+
+
+def ingest(
+    node_id: str,
+    broker: str,
+    store: str,
+    modalities: Sequence[str],
+    *,
+    window: int = 128,
+    rate_hz: float = 50.0,
+    cut_every: float = 5.0,
+    max_payload: int = DEFAULT_MAX_PAYLOAD,
+    stop: threading.Event | None = None,
+) -> IngestStats:
+    """Take this node's sensor frames from MQTT into its store until ``stop`` is set."""
+    stop = stop or threading.Event()
+    with open_store(store) as st:
+        ing = Ingest(node_id, st, node_specs(modalities, window, rate_hz), parse_broker(broker), max_payload=max_payload)
+        return ing.run(stop, cut_every=cut_every)
+
+
+def node_config(
+    node_id: str,
+    store: str,
+    state_dir: str,
+    *,
+    group: str = "",
+    role: str = "",
+    signing_key: str = "",
+    signing_key_id: str = "",
+    threads: int = 1,
+) -> str:
+    """The SuperNode's ``--node-config`` for this node (read by ``node_agent.client_app``)."""
+    items: dict[str, Any] = {
+        "node-id": node_id, "store": str(Path(store).resolve()), "state-dir": str(Path(state_dir).resolve()),
+        "threads": threads,
+    }  # fmt: skip
+    for k, v in (("group", group), ("role", role), ("signing-key", signing_key), ("signing-key-id", signing_key_id)):
+        if v:
+            items[k] = v
+    return " ".join(f"{k}={json.dumps(v)}" for k, v in items.items())
+
+
+def up(
+    node_id: str,
+    broker: str,
+    store: str,
+    modalities: Sequence[str],
+    superlink: str,
+    state_dir: str,
+    *,
+    registry: str = "",
+    keys: dict[str, bytes] | None = None,
+    signing_key: str = "",
+    signing_key_id: str = "",
+    group: str = "",
+    role: str = "",
+    supernode_port: int = 0,
+    window: int = 128,
+    rate_hz: float = 50.0,
+    cut_every: float = 5.0,
+    threads: int = 1,
+    stop: threading.Event | None = None,
+) -> int:
+    """Ingest plus a Flower SuperNode for this node, until ``stop`` is set or the SuperNode exits.
+
+    A node that comes back after a reboot first asks the Registry (``registry``)
+    for adapters newer than the ones it holds. Returns the SuperNode's exit
+    status (0 when stopped by us).
+    """
+    stop = stop or threading.Event()
+    Path(state_dir).mkdir(parents=True, exist_ok=True)
+    keys = dict(keys or {})
+    if signing_key:
+        keys.update(load_keys(None, signing_key, signing_key_id))
+    with open_store(store) as st:
+        if registry:
+            _fetch_on_boot(NodeRuntime(state_dir, node_id, keys=keys, store=st), registry)
+        ing = Ingest(node_id, st, node_specs(modalities, window, rate_hz), parse_broker(broker))
+        ing.start()
+        cfg = node_config(node_id, store, state_dir, group=group, role=role, signing_key=signing_key,
+                          signing_key_id=signing_key_id, threads=threads)  # fmt: skip
+        cmd = ["flower-supernode", "--insecure", "--superlink", superlink,
+               "--port", str(supernode_port or _free_port()), "--node-config", cfg]  # fmt: skip
+        log.info("node %s: starting %s", node_id, " ".join(cmd[:6]))
+        proc = subprocess.Popen(cmd, env=_flower_env(), start_new_session=True)
+        code = 0
+        try:
+            while not stop.wait(cut_every):
+                ing.cut()
+                if proc.poll() is not None:
+                    code = proc.returncode
+                    log.error("node %s: the SuperNode exited with status %s", node_id, code)
+                    break
+        finally:
+            stop_process_group(proc)
+            ing.stop()
+            ing.cut()
+            log.info("node %s stopped; ingest: %s", node_id, ing.stats.as_dict())
+    return code
+
+
+def _fetch_on_boot(rt: NodeRuntime, registry: str) -> None:
+    if not rt.state_dir.encoder_versions():
+        log.info("node %s has no encoders yet: nothing to fetch from the registry", rt.node_id)
+        return
+    try:
+        result = rt.fetch_latest(registry)
+        rt.report_status(registry, state="booted")
+        log.info("node %s after boot: adapters %s (fetched %s)", rt.node_id, rt.adapter_versions, result["applied"])
+    except Exception as e:  # the registry being away must not keep the node from ingesting
+        log.warning("node %s could not reach the registry at %s: %s", rt.node_id, registry, e)
+
+
+def infer(
+    state_dir: str,
+    node_id: str,
+    *,
+    keys: dict[str, bytes] | None = None,
+    npz: str = "",
+    store: str = "",
+    modalities: Sequence[str] | None = None,
+    limit: int | None = None,
+    publish: str = "",
+    registry: str = "",
+) -> Inference:
+    """Run the node's runtime on windows from a ``.npz`` (``X_<modality>`` arrays) or from its store."""
+    if bool(npz) == bool(store):
+        raise ValueError("give windows from exactly one of --npz or --store")
+    st = open_store(store) if store else None
+    pub = None
+    try:
+        rt = NodeRuntime(state_dir, node_id, keys=keys, store=st)
+        if registry:
+            rt.fetch_latest(registry)
+        mods = list(modalities) if modalities else rt.modalities
+        if not mods:
+            raise RuntimeError(f"node {node_id} has no adapters in {state_dir} yet")
+        ids, windows = _windows_from_npz(npz, mods, limit) if npz else _windows_from_store(st, mods, limit)
+        if publish:
+            pub = Publisher(parse_broker(publish), client_id_for(node_id, "events"))
+            rt.publisher = pub
+        return rt.infer(windows, window_ids=ids)
+    finally:
+        if pub is not None:
+            pub.close()
+        if st is not None:
+            st.close()
+
+
+def _windows_from_npz(path: str, modalities: Sequence[str], limit: int | None) -> tuple[list[str], dict[str, np.ndarray]]:
+    with np.load(path, allow_pickle=False) as f:
+        missing = [m for m in modalities if f"X_{m}" not in f.files]
+        if missing:
+            raise KeyError(f"{path} has no X_{missing[0]} (it has {sorted(f.files)})")
+        windows = {m: np.asarray(f[f"X_{m}"][:limit], dtype=np.float32) for m in modalities}
+    n = len(next(iter(windows.values())))
+    return [str(i) for i in range(n)], windows
+
+
+def _windows_from_store(st: Any, modalities: Sequence[str], limit: int | None) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Windows that every modality has, lined up by span (the window id without its modality)."""
+    spans: dict[str, dict[str, str]] = {}
+    for m in modalities:
+        spans[m] = {wid[len(m) + 1 :]: wid for wid in st.windows(m).ids}
+    common = sorted(set.intersection(*(set(s) for s in spans.values())))[:limit]
+    if not common:
+        raise ValueError(f"the store holds no window that all of {list(modalities)} cover")
+    return common, {m: st.windows(m, ids=[spans[m][s] for s in common]).data for m in modalities}
+
+
+def status(store: str, state_dir: str = "") -> dict[str, Any]:
+    """The node's store counts and, with ``state_dir``, its encoder and adapter versions."""
+    with open_store(store) as st:
+        out: dict[str, Any] = {"store": st.stats()}
+    if state_dir:
+        from node_agent.tasks import NodeRuntime as StateDir
+
+        sd = StateDir(state_dir)
+        out["encoders"] = sd.encoder_versions()
+        out["adapters"] = sd.adapter_versions()
+    return out
+
+
+def replay(
+    broker: str,
+    node_id: str = "",
+    *,
+    dataset: str = "hapt",
+    subjects: Sequence[int] | None = None,
+    modalities: Sequence[str] | None = None,
+    scenario: str = "",
+    partition_id: int | None = None,
+    num_partitions: int | None = None,
+    seed: int = 0,
+    max_windows: int | None = None,
+    frame_len: int = 64,
+    sensor_id: str = "replay",
+    timeout: float = 300.0,
+    label_store: str = "",
+) -> dict[str, Any]:
+    """Publish a dataset's windows to a node over MQTT as its sensors would, waiting for every PUBACK.
+
+    Windows are chosen by ``subjects`` or, with ``scenario`` and ``partition_id``,
+    as the fleet simulator gives them to that node (``node_agent.data.node_spec_for``).
+    Labels do not travel in SensorFrames: with ``label_store`` (the node's
+    store) the windows are first registered there under the ids the node will
+    cut, with their labels (those the fleet lets that node see; all with
+    ``subjects``) and subjects; the frames that follow then add nothing twice.
+    """
+    from common.data import load_dataset
+
+    ds = load_dataset(dataset)
+    if scenario:
+        if partition_id is None:
+            raise ValueError("--scenario needs --partition-id (which node of the fleet)")
+        from common.data.scenarios import Scenario
+        from node_agent.data import node_spec_for
+
+        spec = node_spec_for(Scenario.load(scenario), ds, seed, partition_id, num_partitions)
+        rows, node_id, held, visible = spec.rows, node_id or spec.node_id, spec.modalities, spec.labelled
+    else:
+        if not subjects:
+            raise ValueError("give --subjects, or --scenario with --partition-id")
+        if not node_id:
+            raise ValueError("--node-id is required with --subjects")
+        rows, held = np.flatnonzero(np.isin(ds.subject, list(subjects))), ds.modalities
+        visible = np.ones(len(rows), dtype=bool)
+    mods = list(modalities) if modalities else list(held)
+    unknown = [m for m in mods if m not in held]
+    if unknown:
+        raise ValueError(f"modality {unknown[0]!r} is not among this node's {sorted(held)}")
+    rows, visible = rows[:max_windows], visible[:max_windows]
+    windows = {m: ds.X[m][rows] for m in mods}
+    rates = {m: ds.rates.get(m, 50.0) for m in mods}
+    labelled = 0
+    if label_store:
+        labels = np.where(visible, ds.y[rows], -1)
+        with open_store(label_store) as st:
+            for m in mods:
+                ids, starts = replayed_windows(len(rows), m, windows[m].shape[1], rates[m], sensor_id=sensor_id, frame_len=frame_len)
+                st.add_windows(m, ids, starts, windows[m], labels=labels, subjects=ds.subject[rows])
+        labelled = int((labels >= 0).sum())
+    with Publisher(parse_broker(broker), client_id_for(node_id, "replay")) as pub:
+        if not pub.wait_connected(30):
+            raise ConnectionError(f"no MQTT broker at {broker}")
+        sent = replay_windows(pub, node_id, windows, rates, sensor_id=sensor_id, frame_len=frame_len, timeout=timeout)
+    return {"node_id": node_id, "windows": len(rows), "frames": sent, "labelled": labelled,
+            "subjects": sorted(set(ds.subject[rows].tolist()))}  # fmt: skip
+
+
+# --- processes ------------------------------------------------------------------------------
+
+
+def _flower_env() -> dict[str, str]:
+    return {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_process_group(proc: subprocess.Popen, grace: float = STOP_GRACE) -> None:
+    """SIGTERM a child started with ``start_new_session`` and everything it started; SIGKILL after ``grace``."""
+    if proc.poll() is None:
+        _signal_group(proc, signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            log.warning("process %d ignored SIGTERM for %.0fs; killing it", proc.pid, grace)
+            _signal_group(proc, signal.SIGKILL)
+            proc.wait()
+    else:  # its own children may outlive it
+        _signal_group(proc, signal.SIGTERM)
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGINT or SIGTERM (the second one exits at once)."""
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: Any) -> None:
+        if stop.is_set():
+            raise SystemExit(128 + signum)
+        log.info("%s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
+# --- the command line ------------------------------------------------------------------------
+
+
+def _csv(text: str) -> list[str]:
+    return [t for t in (s.strip() for s in text.split(",")) if t]
+
+
+def _keys(args: argparse.Namespace) -> dict[str, bytes]:
+    return load_keys(args.keys or None, args.signing_key, args.signing_key_id)
+
+
+def _add_node(p: argparse.ArgumentParser, store: bool = True) -> None:
+    p.add_argument("--node-id", required=True)
+    p.add_argument("--broker", default="127.0.0.1:1883", help="MQTT broker host:port")
+    if store:
+        p.add_argument("--store", required=True, help="node store: a SQLite file path or a SQLAlchemy URL")
+    p.add_argument("--modalities", type=_csv, required=True, help="comma-separated, e.g. gyro,lin_acc")
+    p.add_argument("--window", type=int, default=128, help="samples per window")
+    p.add_argument("--rate", type=float, default=50.0, help="sampling rate (Hz) the sensors must send")
+    p.add_argument("--cut-every", type=float, default=5.0, help="seconds between window cuts")
+
+
+def _add_keys(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--keys", default="", help='JSON file {"key-id": "hex key"} of keys adapter bundles may be signed with')
+    p.add_argument("--signing-key", default=os.environ.get("EDGEBIND_SIGNING_KEY", ""), help="hex key (default $EDGEBIND_SIGNING_KEY)")
+    p.add_argument("--signing-key-id", default=os.environ.get("EDGEBIND_SIGNING_KEY_ID", ""))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgebind-node", description=__doc__.split("\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("ingest", help="take sensor frames from MQTT into the node store")
+    _add_node(p)
+    p.add_argument("--max-payload", type=int, default=DEFAULT_MAX_PAYLOAD)
+
+    p = sub.add_parser("up", help="ingest plus a Flower SuperNode with this node's config")
+    _add_node(p)
+    _add_keys(p)
+    p.add_argument("--superlink", required=True, help="SuperLink host:port")
+    p.add_argument("--state-dir", required=True, help="where encoders and adapters live")
+    p.add_argument("--registry", default="", help="Registry host:port to fetch newer adapters from at boot")
+    p.add_argument("--group", default="")
+    p.add_argument("--role", default="")
+    p.add_argument("--supernode-port", type=int, default=0, help="SuperNode's local API port (0: a free one)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads for the ClientApp")
+
+    p = sub.add_parser("infer", help="run the runtime on windows and print predictions")
+    p.add_argument("--state-dir", required=True)
+    p.add_argument("--node-id", required=True)
+    _add_keys(p)
+    p.add_argument("--npz", default="", help="a .npz with X_<modality> arrays (windows x time x channels)")
+    p.add_argument("--store", default="", help="take windows from the node store instead")
+    p.add_argument("--modalities", type=_csv, default=None)
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--publish", default="", metavar="BROKER", help="publish events on edgebind/<node>/events")
+    p.add_argument("--registry", default="", help="fetch newer adapters first")
+    p.add_argument("--json", action="store_true", help="print one JSON event per window")
+
+    p = sub.add_parser("status", help="store counts and adapter versions")
+    p.add_argument("--store", required=True)
+    p.add_argument("--state-dir", default="")
+
+    p = sub.add_parser("replay", help="publish a dataset's windows over MQTT as a node's sensors would")
+    p.add_argument("--broker", default="127.0.0.1:1883")
+    p.add_argument("--node-id", default="", help="default with --scenario: the fleet's name for that node")
+    p.add_argument("--dataset", default="hapt", help="'hapt' or a .npz path")
+    p.add_argument("--subjects", type=lambda s: [int(x) for x in _csv(s)], default=None, help="e.g. 1,2")
+    p.add_argument("--modalities", type=_csv, default=None, help="default: all the node holds")
+    p.add_argument("--scenario", default="", help="take the windows the fleet gives --partition-id")
+    p.add_argument("--partition-id", type=int, default=None)
+    p.add_argument("--num-partitions", type=int, default=None, help="fleet size (default: the scenario's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-windows", type=int, default=None)
+    p.add_argument("--frame-len", type=int, default=64, help="samples per SensorFrame")
+    p.add_argument("--sensor-id", default="replay")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the broker's PUBACKs")
+    p.add_argument("--label-store", default="", help="the node's store: register the windows there with their labels first")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        if args.command == "ingest":
+            stats = ingest(args.node_id, args.broker, args.store, args.modalities, window=args.window,
+                           rate_hz=args.rate, cut_every=args.cut_every, max_payload=args.max_payload,
+                           stop=stop_on_signals())  # fmt: skip
+            print(json.dumps(stats.as_dict()))
+            return 0
+        if args.command == "up":
+            return up(args.node_id, args.broker, args.store, args.modalities, args.superlink, args.state_dir,
+                      registry=args.registry, keys=load_keys(args.keys or None), signing_key=args.signing_key,
+                      signing_key_id=args.signing_key_id, group=args.group, role=args.role,
+                      supernode_port=args.supernode_port, window=args.window, rate_hz=args.rate,
+                      cut_every=args.cut_every, threads=args.threads, stop=stop_on_signals())  # fmt: skip
+        if args.command == "infer":
+            out = infer(args.state_dir, args.node_id, keys=_keys(args), npz=args.npz, store=args.store,
+                        modalities=args.modalities, limit=args.limit, publish=args.publish,
+                        registry=args.registry)  # fmt: skip
+            _print_inference(out, args.node_id, args.json)
+            return 0
+        if args.command == "status":
+            print(json.dumps(status(args.store, args.state_dir), indent=2, sort_keys=True))
+            return 0
+        if args.command == "replay":
+            t0 = time.monotonic()
+            res = replay(args.broker, args.node_id, dataset=args.dataset, subjects=args.subjects,
+                         modalities=args.modalities, scenario=args.scenario, partition_id=args.partition_id,
+                         num_partitions=args.num_partitions, seed=args.seed, max_windows=args.max_windows,
+                         frame_len=args.frame_len, sensor_id=args.sensor_id, timeout=args.timeout,
+                         label_store=args.label_store)  # fmt: skip
+            res["seconds"] = round(time.monotonic() - t0, 2)
+            print(json.dumps(res))
+            return 0
+    except (ValueError, KeyError, FileNotFoundError, ConnectionError, RuntimeError, TimeoutError) as e:
+        print(f"edgebind-node {args.command}: {e}", file=sys.stderr)
+        return 2
+    raise AssertionError(args.command)
+
+
+def _print_inference(out: Inference, node_id: str, as_json: bool) -> None:
+    if as_json:
+        for e in out.events(node_id):
+            print(json.dumps(e))
+        return
+    labels = out.labels()
+    print(f"# node {node_id}, modalities {'+'.join(out.modalities)}, adapters {out.adapter_versions}")
+    for i, wid in enumerate(out.window_ids):
+        print(f"{wid}\t{labels[i] if labels else '-'}")
+    if labels:
+        names, counts = np.unique(labels, return_counts=True)
+        print("# " + ", ".join(f"{n}: {c}" for n, c in zip(names, counts)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
