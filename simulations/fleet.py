@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 import sys
 import time
@@ -131,6 +132,9 @@ def _simulate(run_config: dict, num_nodes: int, app_dir: Path, cpus: int) -> Non
     from coordinator.server_app import app as server_app
     from node_agent.client_app import app as client_app
 
+    # Ray starts its workers at nice 15; here they are the campaign's main work (the virtual
+    # nodes), and on a shared machine niced actors starve. An explicit setting wins.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     run_id = generate_rand_int_from_bytes(RUN_ID_NUM_BYTES)
     run = Run.create_empty(run_id=run_id)
     run.primary_task_id = generate_rand_int_from_bytes(TASK_ID_NUM_BYTES)
