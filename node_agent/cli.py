@@ -110,13 +110,16 @@ def up(
     rate_hz: float = 50.0,
     cut_every: float = 5.0,
     threads: int = 1,
+    events: bool = False,
     stop: threading.Event | None = None,
 ) -> int:
     """Ingest plus a Flower SuperNode for this node, until ``stop`` is set or the SuperNode exits.
 
     A node that comes back after a reboot first asks the Registry (``registry``)
-    for adapters newer than the ones it holds. Returns the SuperNode's exit
-    status (0 when stopped by us).
+    for adapters newer than the ones it holds. With ``events``, every new
+    window is run through the runtime (with whatever adapters the ClientApp
+    last swapped in) and its prediction published on ``edgebind/<node>/events``.
+    Returns the SuperNode's exit status (0 when stopped by us).
     """
     stop = stop or threading.Event()
     Path(state_dir).mkdir(parents=True, exist_ok=True)
@@ -124,10 +127,14 @@ def up(
     if signing_key:
         keys.update(load_keys(None, signing_key, signing_key_id))
     with open_store(store) as st:
+        rt = NodeRuntime(state_dir, node_id, keys=keys, store=st)
         if registry:
-            _fetch_on_boot(NodeRuntime(state_dir, node_id, keys=keys, store=st), registry)
+            _fetch_on_boot(rt, registry)
         ing = Ingest(node_id, st, node_specs(modalities, window, rate_hz), parse_broker(broker))
         ing.start()
+        if events:
+            rt.publisher = Publisher(parse_broker(broker), client_id_for(node_id, "events"))
+        published: set[str] = set()
         cfg = node_config(node_id, store, state_dir, group=group, role=role, signing_key=signing_key,
                           signing_key_id=signing_key_id, threads=threads)  # fmt: skip
         cmd = ["flower-supernode", "--insecure", "--superlink", superlink,
@@ -138,6 +145,11 @@ def up(
         try:
             while not stop.wait(cut_every):
                 ing.cut()
+                if events:
+                    try:
+                        _publish_new(rt, st, list(modalities), published)
+                    except Exception:  # inference trouble must not stop ingest or the SuperNode
+                        log.exception("node %s: publishing predictions failed", node_id)
                 if proc.poll() is not None:
                     code = proc.returncode
                     log.error("node %s: the SuperNode exited with status %s", node_id, code)
@@ -146,8 +158,28 @@ def up(
             stop_process_group(proc)
             ing.stop()
             ing.cut()
+            if rt.publisher is not None:
+                rt.publisher.close(timeout=10)
             log.info("node %s stopped; ingest: %s", node_id, ing.stats.as_dict())
     return code
+
+
+def _publish_new(rt: NodeRuntime, st: Any, modalities: list[str], published: set[str], chunk: int = 256) -> int:
+    """Predictions for windows not yet published, over every modality that has an adapter."""
+    rt.refresh()
+    mods = [m for m in modalities if m in rt.modalities]
+    if not mods:
+        return 0
+    try:
+        ids, windows = _windows_from_store(st, mods, None)
+    except ValueError:  # no window that all of them cover yet
+        return 0
+    new = [i for i, w in enumerate(ids) if w not in published]
+    for lo in range(0, len(new), chunk):
+        rows = new[lo : lo + chunk]
+        rt.infer({m: x[rows] for m, x in windows.items()}, window_ids=[ids[i] for i in rows])
+    published.update(ids[i] for i in new)
+    return len(new)
 
 
 def _fetch_on_boot(rt: NodeRuntime, registry: str) -> None:
@@ -213,7 +245,8 @@ def _windows_from_store(st: Any, modalities: Sequence[str], limit: int | None) -
     spans: dict[str, dict[str, str]] = {}
     for m in modalities:
         spans[m] = {wid[len(m) + 1 :]: wid for wid in st.windows(m).ids}
-    common = sorted(set.intersection(*(set(s) for s in spans.values())))[:limit]
+    shared = set.intersection(*(set(s) for s in spans.values()))
+    common = [span for span in spans[modalities[0]] if span in shared][:limit]  # in the store's order
     if not common:
         raise ValueError(f"the store holds no window that all of {list(modalities)} cover")
     return common, {m: st.windows(m, ids=[spans[m][s] for s in common]).data for m in modalities}
@@ -397,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--role", default="")
     p.add_argument("--supernode-port", type=int, default=0, help="SuperNode's local API port (0: a free one)")
     p.add_argument("--threads", type=int, default=1, help="torch threads for the ClientApp")
+    p.add_argument("--events", action="store_true", help="publish a prediction for every new window on edgebind/<node>/events")
 
     p = sub.add_parser("infer", help="run the runtime on windows and print predictions")
     p.add_argument("--state-dir", required=True)
@@ -451,7 +485,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       registry=args.registry, keys=load_keys(args.keys or None), signing_key=args.signing_key,
                       signing_key_id=args.signing_key_id, group=args.group, role=args.role,
                       supernode_port=args.supernode_port, window=args.window, rate_hz=args.rate,
-                      cut_every=args.cut_every, threads=args.threads, stop=stop_on_signals())  # fmt: skip
+                      cut_every=args.cut_every, threads=args.threads, events=args.events,
+                      stop=stop_on_signals())  # fmt: skip
         if args.command == "infer":
             out = infer(args.state_dir, args.node_id, keys=_keys(args), npz=args.npz, store=args.store,
                         modalities=args.modalities, limit=args.limit, publish=args.publish,

@@ -42,7 +42,7 @@ from node_agent.ingest import Publisher, events_topic
 from proto import edgebind_pb2 as pb
 from proto import edgebind_pb2_grpc as pb_grpc
 
-__all__ = ["Inference", "NodeRuntime", "load_keys", "read_encoder_dir"]
+__all__ = ["Inference", "NodeRuntime", "default_key_id", "load_keys", "read_encoder_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +64,14 @@ def load_keys(path: str | Path | None = None, hexkey: str = "", key_id: str = ""
             raise ValueError(f"{path}: expected a JSON object of key id -> hex key")
         keys.update({str(k): bytes.fromhex(str(v)) for k, v in raw.items()})
     if hexkey:
-        if not key_id:
-            raise ValueError("a signing key needs a key id")
-        keys[key_id] = bytes.fromhex(hexkey)
+        key = bytes.fromhex(hexkey)
+        keys[key_id or default_key_id(key)] = key
     return keys
+
+
+def default_key_id(key: bytes) -> str:
+    """The id the coordinator gives a key configured without one (``coordinator.phases.signing_key``)."""
+    return "k-" + hashlib.sha256(b"edgebind-key-id" + key).hexdigest()[:12]
 
 
 def read_encoder_dir(path: str | Path, modalities: Sequence[str] | None = None) -> dict[str, dict[str, torch.Tensor]]:
@@ -156,6 +160,7 @@ class NodeRuntime:
         self._keys = dict(keys or {})
         self._lock = threading.Lock()
         self._loaded: _Loaded | None = None
+        self._refused: tuple[str, tuple[str, ...]] | None = None
         self.rejected: Counter[str] = Counter()
         self.swaps = 0
         self.refresh()
@@ -198,13 +203,22 @@ class NodeRuntime:
         as ``corrupt`` or by the signature's reason) and the current model kept.
         """
         with self._lock:
-            state = self.state_dir.state()
+            try:
+                state = self.state_dir.state()
+            except (OSError, ValueError) as e:
+                self.rejected["corrupt"] += 1
+                log.error("node %s cannot read %s: %s; keeping its current adapters", self.node_id, self.root / "state.json", e)
+                return False
             key = json.dumps({k: state.get(k) for k in ("encoders", "adapters", "tower")}, sort_keys=True)
             if self._loaded is not None and self._loaded.key == key:
+                return False
+            attempt = (key, tuple(sorted(self.keys())))
+            if attempt == self._refused:  # refused already: count it once, not on every inference
                 return False
             try:
                 loaded = self._load(state, key)
             except _Refused as e:
+                self._refused = attempt
                 self.rejected[e.reason] += 1
                 log.error("node %s keeps its current adapters: %s", self.node_id, e)
                 return False

@@ -184,7 +184,8 @@ def test_a_truncated_bundle_file_is_never_loaded(rt, windows):
     after = rt.infer(windows)  # the running runtime refuses the swap and keeps v1
     assert after.adapter_versions == {"gyro": 1, "lin_acc": 1}
     np.testing.assert_array_equal(after.fused, before.fused)
-    assert rt.rejected["corrupt"] == 1
+    rt.infer(windows)
+    assert rt.rejected["corrupt"] == 1  # counted once, not once per inference
 
     rebooted = NodeRuntime(rt.root, "n1", keys={KEY_ID: KEY})  # a reboot loads nothing rather than half a bundle
     assert rebooted.adapter_versions == {} and rebooted.rejected["corrupt"] == 1
@@ -321,3 +322,34 @@ def test_cli_infer_and_status(rt, windows, tmp_path, capsys):
     st = json.loads(capsys.readouterr().out)
     assert st["adapters"] == {"gyro": 1, "lin_acc": 1} and set(st["encoders"]) == {"gyro", "lin_acc"}
     assert st["store"]["adapters"] == {"gyro": 1, "lin_acc": 1}
+
+
+def test_up_publishes_a_prediction_for_every_new_window_once(rt, windows):
+    from node_agent.cli import _publish_new
+    from node_agent.ingest import Ingest, sensor_topic, window_frames
+
+    class Sink:
+        def __init__(self):
+            self.events = []
+
+        def publish(self, topic, payload):
+            self.events.append((topic, json.loads(payload)))
+
+    ing = Ingest("n1", rt.store, SPECS)
+    published: set[str] = set()
+    rt.publisher = Sink()
+    feed = lambda lo, hi: [ing.handle(sensor_topic("n1", m), f.SerializeToString()) for m in SPECS  # noqa: E731
+                           for f in window_frames("n1", m, windows[m][lo:hi], 50.0, seq0=3 * lo)]  # fmt: skip
+    feed(0, 3)
+    ing.cut()
+    assert _publish_new(rt, rt.store, list(SPECS), published) == 0  # no adapters yet
+    rt.install(bundles_for(rt, 1))
+    assert _publish_new(rt, rt.store, list(SPECS), published) == 3
+    feed(3, N)
+    ing.cut()
+    assert _publish_new(rt, rt.store, list(SPECS), published) == N - 3
+    assert _publish_new(rt, rt.store, list(SPECS), published) == 0
+    ids = [e["window_id"] for _, e in rt.publisher.events]
+    assert ids == [f"replay:{3 * i}:0" for i in range(N)]
+    assert {t for t, _ in rt.publisher.events} == {"edgebind/n1/events"}
+    assert all(e["modalities"] == ["gyro", "lin_acc"] for _, e in rt.publisher.events)
