@@ -38,7 +38,8 @@ METHODS = ("lower_bound", "unimodal", "incomplete", "imagebind", "mmbind", "uppe
 @dataclass
 class MMBindSettings:
     tower: TowerConfig = field(default_factory=TowerConfig)
-    pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(epochs=8))
+    pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(epochs=6))
+    pretrain_windows: int | None = 3000  # at most this many (seeded) windows per encoder: CPU budget
     align: AlignConfig = field(default_factory=lambda: AlignConfig(epochs=30))
     head: HeadConfig = field(default_factory=HeadConfig)
     weighting: PairWeighting = field(default_factory=PairWeighting)
@@ -91,7 +92,10 @@ def prepare(ds: WindowDataset, sc: Scenario, seed: int, st: MMBindSettings, devi
             by_mod.setdefault(m, []).append(rows[g.name])
     for m in sc.modalities:  # a modality only the test nodes hold still needs an encoder
         by_mod.setdefault(m, [rows[g.name] for g in train_groups])
-    enc = pretrain_encoders(ds, {m: np.concatenate(v) for m, v in by_mod.items()}, st.tower, st.pretrain, device, seed)
+    pool = {m: np.concatenate(v) for m, v in by_mod.items()}
+    if st.pretrain_windows:
+        pool = {m: np.sort(rng.choice(r, size=st.pretrain_windows, replace=False)) if len(r) > st.pretrain_windows else r for m, r in pool.items()}
+    enc = pretrain_encoders(ds, pool, st.tower, st.pretrain, device, seed)
     all_mods = sc.modalities
     feats = {name: enc.features(ds, rows[name], all_mods, device) for name in sp.parts}
     return SeedData(sp, feats, rows, labels), enc
