@@ -25,7 +25,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +131,6 @@ class _Loaded:
     model: AlignedModel
     heads: dict[str, tuple[FusionHead, list[str]]]  # modality -> the head its bundle carried
     versions: dict[str, int]
-    bundle_versions: dict[str, int] = field(default_factory=dict)
 
 
 class NodeRuntime:

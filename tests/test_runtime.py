@@ -7,7 +7,6 @@ import json
 import os
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -26,7 +25,7 @@ from node_agent.ingest import Publisher
 from node_agent.runtime import NodeRuntime, default_key_id, load_keys
 from node_agent.store import open_store
 from proto import edgebind_pb2 as pb
-from tests.test_ingest import Mosquitto, broker  # noqa: F401  (the real-broker fixture)
+from tests.test_ingest import broker  # noqa: F401  (the real-broker fixture)
 
 KEY, KEY_ID = b"s" * 32, "k1"
 TOWER = TowerConfig(width=8, feature_dim=16, adapter_hidden=32, embed_dim=16, prototype_hidden=32)
