@@ -234,14 +234,14 @@ class Campaign:
         for rnd in range(1, self.cfg.pretrain_rounds + 1):
             base = {"round": rnd, "rounds": self.cfg.pretrain_rounds, "epochs": self.cfg.local_epochs, "objective": self.cfg.pretrain_objective,
                     "batch-size": self.cfg.pretrain_batch_size, "lr": self.cfg.pretrain_lr, "seed": self.cfg.seed, **self._tower_cfg()}  # fmt: skip
+            arrays = {m: {part: ArrayRecord(st) for part, st in self.global_states[m].items()} for m in held}  # shared by all messages
             contents = {}
             for f, n in self.live("train").items():
                 if n.windows == 0:
                     continue
                 rd = RecordDict({"config": ConfigRecord(base)})
                 for m in n.modalities:
-                    rd[f"encoder.{m}"] = ArrayRecord(self.global_states[m]["encoder"])
-                    rd[f"head.{m}"] = ArrayRecord(self.global_states[m]["head"])
+                    rd[f"encoder.{m}"], rd[f"head.{m}"] = arrays[m]["encoder"], arrays[m]["head"]
                 contents[f] = rd
             replies = self.send("pretrain", "train.pretrain", contents, rnd)
             round_loss = {}
@@ -263,11 +263,12 @@ class Campaign:
         base = {"campaign-id": self.campaign_id, "dtype": self.cfg.embedding_dtype, "signing-key-id": self.key_id, **self._tower_cfg()}
         if self.key_source == "generated":
             base["signing-key"] = self.key.hex()  # in-band: see the module docstring
+        encoders = {m: ArrayRecord(st["encoder"]) for m, st in self.global_states.items()}
         contents = {}
         for f, n in self.live().items():
             rd = RecordDict({"config": ConfigRecord({**base, "upload": n.role != "test"})})
             for m in n.modalities:
-                rd[f"encoder.{m}"] = ArrayRecord(self.global_states[m]["encoder"])
+                rd[f"encoder.{m}"] = encoders[m]
             contents[f] = rd
         replies = self.send("collect", "query.collect", contents)
         uploads, versions = [], {}
