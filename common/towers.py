@@ -21,7 +21,7 @@ class TowerConfig:
     """Sizes of one modality's tower (small enough for a Raspberry Pi)."""
 
     width: int = 32
-    feature_dim: int = 128
+    feature_dim: int = 96  # what a node uploads per window: 96 x fp16 is 8x smaller than a raw 128 x 3 float32 window
     adapter_hidden: int = 256
     embed_dim: int = 128
     prototype_hidden: int = 256
