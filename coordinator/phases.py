@@ -71,8 +71,8 @@ class CampaignConfig:
     client_threads: int = 1
     # schedule
     pretrain_objective: str = "contrastive"
-    pretrain_rounds: int = 4
-    local_epochs: int = 3
+    pretrain_rounds: int = 3  # x local-epochs = the central experiments' 6 pretraining epochs
+    local_epochs: int = 2
     pretrain_batch_size: int = 128
     pretrain_lr: float = 2e-3
     align_epochs: int = 30
@@ -93,7 +93,7 @@ class CampaignConfig:
     signing_key: str = ""
     signing_key_id: str = ""
 
-    QUICK = {"pretrain_rounds": 2, "local_epochs": 1, "align_epochs": 4, "head_steps": 120}
+    QUICK = {"pretrain_rounds": 2, "local_epochs": 1, "align_epochs": 4, "head_steps": 60}  # as MMBindSettings.quick()
 
     @classmethod
     def keys(cls) -> list[str]:

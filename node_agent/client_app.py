@@ -43,7 +43,7 @@ from node_agent.data import NodeData, StoreNodeData, cached_split, dropouts, vir
 
 log = logging.getLogger("edgebind.node")
 
-QUICK_MAX_WINDOWS = 240  # per group, as the central experiments' --quick
+QUICK_MAX_WINDOWS = 160  # per group, as the central experiments' --quick
 PHASES = ("manifest", "pretrain", "collect", "apply", "evaluate")
 
 app = ClientApp()

@@ -310,7 +310,7 @@ def test_run_config_is_checked():
         P.CampaignConfig.from_run_config({"seed": "zero"})
     with pytest.raises(ValueError, match="bounded"):
         P.CampaignConfig.from_run_config({"round-timeout": 0.0})
-    quick = P.CampaignConfig.from_run_config({"quick": True, "align-epochs": 99, "seed": 3})
+    quick = P.CampaignConfig.from_run_config({"quick": True, "align-epochs": 99, "seed": 3})  # quick wins
     assert (quick.align_epochs, quick.pretrain_rounds, quick.seed) == (4, 2, 3)
     key, key_id, source = P.signing_key("", "", {"EDGEBIND_SIGNING_KEY": "ab" * 16})
     assert (key, source) == (b"\xab" * 16, "env") and key_id.startswith("k-")
@@ -357,3 +357,14 @@ def test_store_node_data_lines_up_modalities_by_span(ds):
     enc = {m: tasks.build_encoder(data.spec(m), TOWER) for m in ("a", "s")}
     batches = tasks.encode_and_pack(data, enc, "n1", "c9")
     assert {b.modality for b in batches} == {"a", "s"} and list(batches[0].window_ids) == ids_s
+
+
+def test_the_schedules_match_the_central_experiments():
+    from node_agent.client_app import QUICK_MAX_WINDOWS
+    from simulations.experiments.mmbind import MMBindSettings
+
+    for cfg, st in ((P.CampaignConfig(), MMBindSettings()), (P.CampaignConfig.from_run_config({"quick": True}), MMBindSettings.quick())):
+        assert cfg.pretrain_rounds * cfg.local_epochs == st.pretrain.epochs
+        assert (cfg.align_epochs, cfg.head_steps, cfg.pretrain_objective) == (st.align.epochs, st.head.steps, st.pretrain.objective)
+        assert (cfg.bind_k, cfg.label_pairs_per_sample, cfg.weighting()) == (st.k, st.label_pairs_per_sample, st.weighting)
+    assert QUICK_MAX_WINDOWS == MMBindSettings.quick().max_windows_per_group
