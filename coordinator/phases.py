@@ -439,12 +439,16 @@ def grow(
     seed: int,
     store=None,
     campaign_id: str | None = None,
+    index: int = 0,
 ) -> dict:
-    """MMBind's stage: align adapters and prototype on the natural incomplete samples plus the pseudo-pairs."""
+    """MMBind's stage: align adapters and prototype on the natural incomplete samples plus the pseudo-pairs.
+
+    ``index`` is the stage's place in the campaign (after a Babel plan's stages).
+    """
     train = natural if pseudo is None else SampleSet.concat([natural, pseudo])
     t0 = time.time()
     if store is not None and campaign_id is not None:
-        store.record_stage(campaign_id, 0, "mmbind", "running")
+        store.record_stage(campaign_id, index, "mmbind", "running")
     history = align(model, train, cfg, device, seed)
     out = {
         "stage": "mmbind",
@@ -456,7 +460,7 @@ def grow(
         "seconds": time.time() - t0,
     }
     if store is not None and campaign_id is not None:
-        store.record_stage(campaign_id, 0, "mmbind", "done", metrics=out)
+        store.record_stage(campaign_id, index, "mmbind", "done", metrics=out)
     return out
 
 

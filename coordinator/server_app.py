@@ -288,9 +288,6 @@ class Campaign:
         sc = Scenario.load(self.cfg.scenario)
         self.binding = sc.binding
         self.groups = phases.group_data(self.store, self.campaign_id, list(self.live().values()))
-        if self.cfg.growth_plan:  # Babel grows on natural pairs: no pseudo-pairs
-            self.bound = phases.Bound(None, [])
-            return {"groups": {g: len(d) for g, d in self.groups.items()}, "pairs": 0, "skipped": f"growth plan {self.cfg.growth_plan}"}
         settings = phases.BindSettings(sc.binding, sc.shared, self.cfg.weighting(), self.cfg.bind_k, self.cfg.label_pairs_per_sample)
         self.bound = phases.bind(self.groups, settings, self.cfg.seed, self.device, self.store, self.campaign_id)
         for p in self.bound.info:
@@ -306,14 +303,19 @@ class Campaign:
         encoders = {m: s["encoder"] for m, s in self.global_states.items()}
         self.model = phases.new_model(self.specs, self.tower, self.cfg.seed, encoders)
         ckdir = self.results_path.parent / "checkpoints"
+        babel = {}
         if self.cfg.growth_plan:
-            out = phases.grow_plan(self.model, self.cfg.growth_plan, self.groups, self.cfg.align(), self.device, self.cfg.seed, self.store, self.campaign_id, ckdir)
-            self.results["stages"] = out["stages"]
-            return {k: v for k, v in out.items() if k != "stages"}
-        out = phases.grow(self.model, self.natural, self.bound.samples, self.cfg.align(), self.device, self.cfg.seed, self.store, self.campaign_id)
+            # Babel grows the trunk stage by stage on the groups' natural pairs; MMBind's
+            # alignment below then binds, through the pseudo-pairs, what no node holds together.
+            babel = phases.grow_plan(self.model, self.cfg.growth_plan, self.groups, self.cfg.align(), self.device, self.cfg.seed, self.store, self.campaign_id, ckdir)
+            self.results["stages"] = babel["stages"]
+        index = len(babel.get("stages", []))
+        out = phases.grow(self.model, self.natural, self.bound.samples, self.cfg.align(), self.device, self.cfg.seed, self.store, self.campaign_id, index)
+        if babel:
+            out = {"babel": {k: v for k, v in babel.items() if k != "stages"}, **out}
         ckdir.mkdir(parents=True, exist_ok=True)
-        torch.save(self.model.state_dict(), ckdir / "stage-0-mmbind.pt")
-        self.store.record_stage(self.campaign_id, 0, "mmbind", "done", metrics=out, checkpoint_path=str(ckdir / "stage-0-mmbind.pt"))
+        torch.save(self.model.state_dict(), ckdir / f"stage-{index}-mmbind.pt")
+        self.store.record_stage(self.campaign_id, index, "mmbind", "done", metrics=out, checkpoint_path=str(ckdir / f"stage-{index}-mmbind.pt"))
         return out
 
     def head(self) -> dict:

@@ -128,7 +128,7 @@ def encode_and_pack(
                     modality=m,
                     window_ids=ids[sl],
                     embeddings=feats[sl],
-                    labels=labels[sl],
+                    labels=labels[sl] if (labels[sl] >= 0).any() else None,  # an unlabelled batch sends no label column
                     subjects=None if subj is None else subj[sl],
                     dtype=dtype,
                     encoder_version=(encoder_versions or {}).get(m, ""),
