@@ -117,6 +117,7 @@ class Campaign:
         self.nodes: dict[int, NodeInfo] = {}  # flower id -> manifest
         self.missing: dict[str, dict] = {}  # node id -> phase, round, reason
         self.refused: list[dict] = []  # nodes that answered with an error record (alive, but could not do it)
+        self.node_compute = 0.0  # seconds of learning work the nodes report in the current phase
         self.results: dict = {"campaign_id": self.campaign_id, "config": {k: v for k, v in cfg.to_run_config().items() if k != "signing-key"}, "phases": {}}
         self.key, self.key_id, self.key_source = phases.signing_key(cfg.signing_key, cfg.signing_key_id, os.environ)
 
@@ -158,8 +159,10 @@ class Campaign:
         self.store.set_campaign_state(self.campaign_id, name)
         log.info("[%s] ...", name)
         t = time.time()
+        self.node_compute = 0.0
         figures = step() or {}
         figures["seconds"] = round(time.time() - t, 3)
+        figures["node_compute_seconds"] = round(self.node_compute, 3)  # summed over nodes: work, not orchestration
         self.results["phases"][name] = figures
         log.info("[%s] done in %.1fs %s", name, figures["seconds"], _brief(figures))
 
@@ -185,6 +188,8 @@ class Campaign:
                 log.warning("[%s] node %s refused the message: %s", phase, who, reason)
             else:
                 ok[f] = r
+                if "timing" in r.content.metric_records:
+                    self.node_compute += float(r.content["timing"]["compute-seconds"])
         return ok
 
     # --- phases ----------------------------------------------------------------------

@@ -174,8 +174,10 @@ def _handle(msg: Message, context: Context, phase: str, work) -> Message:
     threads = int(context.node_config.get("threads", context.run_config.get("client-threads", 0) if "partition-id" in context.node_config else 0))
     if threads > 0:  # a deployed node keeps torch's default unless its config says otherwise
         torch.set_num_threads(threads)
+    t0 = time.perf_counter()
     try:
         content = work(node)
+        content["timing"] = MetricRecord({"compute-seconds": time.perf_counter() - t0})  # the learning work, for the books
     except (CodecError, KeyError, ValueError, TypeError) as e:
         log.warning("node %s: bad %s message: %s", node.node_id, phase, e)
         content = RecordDict({"error": ConfigRecord({"reason": f"{type(e).__name__}: {e}", "phase": phase})})
