@@ -290,6 +290,7 @@ def replay(
     store) the windows are first registered there under the ids the node will
     cut, with their labels (those the fleet lets that node see; all with
     ``subjects``) and subjects; the frames that follow then add nothing twice.
+    ``max_windows`` keeps at most that many, evenly spread over the node's windows.
     """
     from common.data import load_dataset
 
@@ -313,7 +314,9 @@ def replay(
     unknown = [m for m in mods if m not in held]
     if unknown:
         raise ValueError(f"modality {unknown[0]!r} is not among this node's {sorted(held)}")
-    rows, visible = rows[:max_windows], visible[:max_windows]
+    if max_windows is not None and max_windows < len(rows):  # spread over the recording: a prefix is one subject's first activities
+        keep = np.unique(np.linspace(0, len(rows) - 1, max(max_windows, 0)).round().astype(np.int64))
+        rows, visible = rows[keep], visible[keep]
     windows = {m: ds.X[m][rows] for m in mods}
     rates = {m: ds.rates.get(m, 50.0) for m in mods}
     labelled = 0
@@ -458,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partition-id", type=int, default=None)
     p.add_argument("--num-partitions", type=int, default=None, help="fleet size (default: the scenario's)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-windows", type=int, default=None)
+    p.add_argument("--max-windows", type=int, default=None, help="at most this many windows, evenly spread over the node's")
     p.add_argument("--frame-len", type=int, default=64, help="samples per SensorFrame")
     p.add_argument("--sensor-id", default="replay")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the broker's PUBACKs")
