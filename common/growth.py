@@ -839,10 +839,13 @@ def retrieval_recall(
     feats_b: Mapping[str, np.ndarray],
     ks: Sequence[int] = (1, 5),
     block: int = 1024,
+    labels: np.ndarray | None = None,
 ) -> dict:
     """Cross-modal retrieval between two aligned towers; each argument is ``{modality: features}`` of paired rows.
 
-    Returns recall@k in each direction and their mean (``R@k``).
+    Returns recall@k in each direction and their mean (``R@k``). With
+    ``labels`` (one per row) also ``label@1``: how often the top match has the
+    query's label, the semantic counterpart of recall@1.
     """
     if len(feats_a) != 1 or len(feats_b) != 1:
         raise ValueError("retrieval_recall takes one {modality: features} mapping per side")
@@ -853,9 +856,20 @@ def retrieval_recall(
     ab = recall_at_k(z[a], z[b], ks, block)
     ba = recall_at_k(z[b], z[a], ks, block)
     out: dict = {f"R@{k}": (ab[f"R@{k}"] + ba[f"R@{k}"]) / 2 for k in ks}
+    if labels is not None:
+        y = torch.as_tensor(np.asarray(labels))
+        hits = [float((y[_top1(z[q], z[g], block)] == y).float().mean()) for q, g in ((a, b), (b, a))]
+        out["label@1"] = sum(hits) / 2
+        ab["label@1"], ba["label@1"] = hits
     out[f"{a}_to_{b}"] = ab
     out[f"{b}_to_{a}"] = ba
     return out
+
+
+@torch.no_grad()
+def _top1(za: np.ndarray, zb: np.ndarray, block: int) -> torch.Tensor:
+    za, zb = torch.as_tensor(za), torch.as_tensor(zb)
+    return torch.cat([(za[i : i + block] @ zb.T).argmax(1) for i in range(0, len(za), block)])
 
 
 def pairs(modalities: Sequence[str]) -> list[tuple[str, str]]:

@@ -1,0 +1,498 @@
+"""The Babel experiment: grow one embedding space stage by stage on real data.
+
+Per seed: a subject-disjoint split of the plan's scenario; one frozen
+self-supervised encoder per modality, pretrained on the training groups'
+unlabelled windows; encoder features of every group (what nodes upload). Then
+several ways to align the same features, each from the same untrained adapters:
+
+- ``babel``: the plan, stage by stage (adaptive weights, EMA prototype, distillation);
+- ``babel_reordered``: the same stages in another valid order (order invariance);
+- ``babel_no_ema_kd`` (and ``babel_no_ema``, ``babel_no_kd``): the ablation (forgetting);
+- ``joint``: the reference point, one stage-free MultiViewContrastive training on
+  natural multi-modal samples of the same subjects (data no party really holds);
+- ``unaligned``: the untrained adapters (what alignment starts from).
+
+Each is scored the same way: one few-label fusion head for any subset of
+modalities (trained on the labelled group's windows as single modalities and
+all together, its step chosen on validation subjects), test accuracy and
+macro-F1 of the chosen model for every subset; cross-modal retrieval recall@1
+and @5 on test subjects for every pair of modalities, and after every stage.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.data import load_dataset
+from common.data.dataset import WindowDataset
+from common.data.scenarios import Scenario, split
+from common.evaluate import HeadConfig, evaluate_subsets, fit_head, subsets
+from common.growth import GrowthConfig, GrowthPlan, PairData, StageRecord, embed, grow, pairs, retrieval_recall
+from common.losses import MultiViewContrastive
+from common.pretrain import PretrainConfig
+from common.samples import SampleSet
+from common.towers import AlignedModel, TowerConfig
+from simulations.experiments.common import Encoders, fmt, mean_std, pretrain_encoders, seed_everything, write_json
+
+log = logging.getLogger("edgebind")
+
+GROWN = ("babel", "babel_reordered", "babel_no_ema_kd", "babel_no_ema", "babel_no_kd")
+VARIANTS = ("unaligned", *GROWN, "joint")
+
+
+@dataclass
+class BabelSettings:
+    tower: TowerConfig = field(default_factory=TowerConfig)
+    pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(epochs=4))
+    pretrain_windows: int | None = 2500  # per modality, drawn from the training groups' unlabelled windows
+    growth: GrowthConfig = field(default_factory=lambda: GrowthConfig(epochs=15))
+    joint_epochs: int = 15
+    head: HeadConfig = field(default_factory=lambda: HeadConfig(mode="linear"))
+    max_windows_per_group: int | None = None  # subsample every group (quick runs)
+    projection_points: int = 200  # test windows per modality in the t-SNE plots
+    tsne_iterations: int = 1000
+    single_ablations: bool = True  # also EMA alone off and distillation alone off (besides both off)
+
+    @classmethod
+    def quick(cls) -> BabelSettings:
+        return cls(
+            pretrain=PretrainConfig(epochs=1),
+            pretrain_windows=300,
+            growth=GrowthConfig(epochs=3, batch_size=128),
+            joint_epochs=3,
+            head=_short_head(HeadConfig(mode="linear")),
+            max_windows_per_group=300,
+            projection_points=40,
+            tsne_iterations=250,
+            single_ablations=False,
+        )
+
+
+def _short_head(h: HeadConfig) -> HeadConfig:
+    names = {f.name for f in fields(h)}
+    if "steps" in names:
+        return replace(h, steps=60, **({"eval_every": 20} if "eval_every" in names else {}))
+    return replace(h, epochs=5)
+
+
+@dataclass
+class SeedData:
+    rows: dict[str, np.ndarray]  # group -> dataset rows it holds (after subsampling)
+    labelled: dict[str, np.ndarray]  # group -> bool per row: label visible to the learner
+    feats: dict[str, dict[str, np.ndarray]]  # group -> modality -> encoder features
+    subjects: dict[str, list[int]]
+
+
+def prepare(ds: WindowDataset, sc: Scenario, plan: GrowthPlan, seed: int, st: BabelSettings, device: torch.device) -> tuple[SeedData, Encoders]:
+    """Split, pretrain the encoders on unlabelled training windows, and compute every group's features."""
+    sp = split(sc, ds, seed)
+    rng = np.random.default_rng(seed)
+    rows, labelled = {}, {}
+    for name, part in sp.parts.items():
+        r, lab = part.rows, part.labelled
+        cap = st.max_windows_per_group
+        if cap is not None and len(r) > cap:
+            keep = np.sort(rng.choice(len(r), size=cap, replace=False))
+            r, lab = r[keep], lab[keep]
+            if part.group.labelled > 0 and not lab.any():
+                lab[: min(len(lab), 30)] = True  # a quick run must keep a few labels
+        rows[name], labelled[name] = r, lab
+    mods = plan.modalities
+    by_mod: dict[str, list[np.ndarray]] = {m: [] for m in mods}
+    for part in sp.by_role("train"):
+        for m in part.modalities:
+            if m in by_mod:
+                by_mod[m].append(rows[part.group.name][~labelled[part.group.name]])
+    pre_rows = {}
+    for m, chunks in by_mod.items():
+        r = np.concatenate(chunks) if chunks else np.empty(0, np.int64)
+        if st.pretrain_windows is not None and len(r) > st.pretrain_windows:
+            r = np.sort(rng.choice(r, size=st.pretrain_windows, replace=False))
+        pre_rows[m] = r
+    enc = pretrain_encoders(ds, pre_rows, st.tower, st.pretrain, device, seed)
+    # Stage sources get every plan modality too (only the joint reference reads the ones they do not hold),
+    # as do the labelled, validation and test groups; other groups are not used.
+    sources = {s.source for s in plan.stages}
+    feats = {}
+    for name, part in sp.parts.items():
+        if part.group.role != "train" or name in sources or labelled[name].any():
+            feats[name] = enc.features(ds, rows[name], mods, device)
+    return SeedData(rows, labelled, feats, {k: p.subjects for k, p in sp.parts.items()}), enc
+
+
+def _fresh(enc: Encoders, ds: WindowDataset, mods: list[str], st: BabelSettings, seed: int) -> AlignedModel:
+    torch.manual_seed(seed)
+    model = AlignedModel({m: ds.spec(m) for m in mods}, st.tower)
+    for m in mods:
+        model.encoders[m].load_state_dict(enc.modules[m].state_dict())
+    return model.eval()
+
+
+def joint_align(model: AlignedModel, feats: dict[str, np.ndarray], cfg: GrowthConfig, epochs: int, device: torch.device) -> list[float]:
+    """The stage-free reference: adapters and prototype trained at once on natural multi-modal samples."""
+    loss_fn = MultiViewContrastive(cfg.temperature)
+    params = list(model.adapters.parameters()) + list(model.prototype.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    x = {m: torch.from_numpy(v).to(device) for m, v in feats.items()}
+    n = len(next(iter(x.values())))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    losses = []
+    model.to(device)
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=gen).to(device)
+        total, steps = 0.0, 0
+        for i in range(0, n, cfg.batch_size):
+            rows = order[i : i + cfg.batch_size]
+            if len(rows) < min(cfg.min_batch, n):
+                continue
+            z = model.embed_features({m: v[rows] for m, v in x.items()})
+            masks = {m: torch.ones(len(rows), dtype=torch.bool, device=device) for m in z}
+            loss = loss_fn(z, masks)["contrastive_loss"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total, steps = total + float(loss.detach()), steps + 1
+        losses.append(total / max(steps, 1))
+    model.eval()
+    return losses
+
+
+def retrieval_all(model: AlignedModel, feats: dict[str, np.ndarray], mods: list[str], labels: np.ndarray | None = None) -> dict[str, dict]:
+    return {f"{a}-{b}": retrieval_recall(model, {a: feats[a]}, {b: feats[b]}, labels=labels) for a, b in pairs(mods)}
+
+
+def few_label(model: AlignedModel, sd: SeedData, ds: WindowDataset, lab_groups: list[str], val: str, test: str, mods: list[str], head: HeadConfig, device, seed: int) -> dict:
+    """One fusion head for any subset: trained on labelled windows as each single modality and as all together."""
+
+    def views(feats: dict[str, np.ndarray], y: np.ndarray) -> SampleSet:
+        sets = [SampleSet.natural({m: feats[m]}, y) for m in mods]
+        if len(mods) > 1:
+            sets.append(SampleSet.natural({m: feats[m] for m in mods}, y))
+        return SampleSet.concat(sets)
+
+    train_sets = []
+    for g in lab_groups:
+        r = np.flatnonzero(sd.labelled[g])
+        train_sets.append(views({m: sd.feats[g][m][r] for m in mods}, ds.y[sd.rows[g][r]]))
+    train = SampleSet.concat(train_sets)
+    val_set = views(sd.feats[val], ds.y[sd.rows[val]])
+    test_set = SampleSet.natural({m: sd.feats[test][m] for m in mods}, ds.y[sd.rows[test]])
+    chosen_model, h, choice = fit_head(model, train, val_set, ds.n_classes, head, device, seed=seed, features=True)
+    res = evaluate_subsets(chosen_model, h, test_set, device, features=True)
+    return {"subsets": res, "validation": {k: v for k, v in choice.items() if k != "val_history"}}
+
+
+def run_seed(ds: WindowDataset, sc: Scenario, plan: GrowthPlan, alt: GrowthPlan, seed: int, st: BabelSettings, device: torch.device, out: Path | None) -> dict:
+    seed_everything(seed)
+    t0 = time.time()
+    sd, enc = prepare(ds, sc, plan, seed, st, device)
+    mods = plan.modalities
+    sources = sorted({s.source for s in plan.stages})
+    (val,) = [g.name for g in sc.groups if g.role == "validation"]
+    (test,) = [g.name for g in sc.groups if g.role == "test"]
+    lab_groups = [g.name for g in sc.groups if g.role == "train" and sd.labelled[g.name].any() and set(mods) <= set(sd.feats[g.name])]
+    if not lab_groups:
+        raise ValueError(f"scenario {sc.name!r}: no training group with labels holds every modality of plan {plan.name!r} ({', '.join(mods)})")
+    data = {s: PairData({m: sd.feats[s][m] for m in sc.group(s).modalities if m in mods}, labels=ds.y[sd.rows[s]]) for s in sources}
+    test_feats = sd.feats[test]
+    test_y = ds.y[sd.rows[test]]
+    init = _fresh(enc, ds, mods, st, seed)
+    timing = {"prepare": time.time() - t0}
+    res: dict = {"seed": seed, "subjects": sd.subjects, "pairs_per_source": {s: len(d) for s, d in data.items()}, "variants": {}}
+
+    def score(name: str, model: AlignedModel, extra: dict | None = None) -> dict:
+        t1 = time.time()
+        r = {"few_label": few_label(model, sd, ds, lab_groups, val, test, mods, st.head, device, seed), "retrieval": retrieval_all(model, test_feats, mods, test_y)}
+        r.update(extra or {})
+        full = "+".join(sorted(mods))
+        r1 = np.mean([v["R@1"] for v in r["retrieval"].values()])
+        l1 = np.mean([v["label@1"] for v in r["retrieval"].values()])
+        log.info("  %-16s test %s acc %.3f macro-F1 %.3f; mean retrieval recall@1 %.4f label@1 %.3f (%.1fs)", name, full,
+                 r["few_label"]["subsets"][full]["accuracy"], r["few_label"]["subsets"][full]["macro_f1"], r1, l1, time.time() - t1)
+        res["variants"][name] = r
+        return r
+
+    score("unaligned", init)
+    runs = {
+        "babel": (plan, st.growth),
+        "babel_reordered": (alt, st.growth),
+        "babel_no_ema_kd": (plan, replace(st.growth, ema=False, kd=False)),
+    }
+    if st.single_ablations:
+        runs["babel_no_ema"] = (plan, replace(st.growth, ema=False))
+        runs["babel_no_kd"] = (plan, replace(st.growth, kd=False))
+    grown = {}
+    for name, (p, cfg) in runs.items():
+        t1 = time.time()
+        model = copy.deepcopy(init)
+        cfg = replace(cfg, seed=seed)
+
+        def after_stage(rec: StageRecord, m: AlignedModel, p=p) -> dict:
+            aligned = p.trunk_before(rec.index + 1)
+            return {"test_retrieval": {k: {q: v[q] for q in ("R@1", "R@5", "label@1")} for k, v in retrieval_all(m, test_feats, aligned, test_y).items()}}
+
+        result = grow(model, p, data, cfg, device, progress=after_stage)
+        timing[name] = time.time() - t1
+        grown[name] = result
+        stages = [{"stage": r.stage, "steps": r.steps, "seconds": r.seconds, "mean_weights": np.mean(r.weights, axis=0).tolist(),
+                   "last_losses": r.losses[-1], "test_retrieval": r.metrics["test_retrieval"]} for r in result.records]
+        score(name, model, {"plan": p.name, "stages": stages, "forgetting": forgetting(p, result.records)})
+    t1 = time.time()
+    joint = copy.deepcopy(init)
+    natural = {m: np.concatenate([sd.feats[s][m] for s in sources]) for m in mods}
+    jl = joint_align(joint, natural, replace(st.growth, seed=seed), st.joint_epochs, device)
+    timing["joint"] = time.time() - t1
+    score("joint", joint, {"samples": len(natural[mods[0]]), "last_loss": jl[-1]})
+    if out is not None:
+        t1 = time.time()
+        files = plot_weights(grown["babel"].records, out) + plot_projections(init, grown["babel"].model, test_feats, ds.y[sd.rows[test]], ds.label_names, mods, st.projection_points, st.tsne_iterations, seed, out)
+        res["files"] = [f.name for f in files]
+        timing["plots"] = time.time() - t1
+    res["seconds"] = {k: round(v, 2) for k, v in timing.items()} | {"total": round(time.time() - t0, 2)}
+    return res
+
+
+def forgetting(plan: GrowthPlan, records: list[StageRecord]) -> dict:
+    """The trunk pair's test retrieval right after stage 1 and after the last stage."""
+    a, b = sorted(plan.stages[0].pair)
+    key = f"{a}-{b}"
+    first = records[0].metrics["test_retrieval"][key]
+    last = records[-1].metrics["test_retrieval"][key]
+    return {"pair": key, **{f"after_stage1_{k}": first[k] for k in first}, **{f"after_last_{k}": last[k] for k in last},
+            **{f"drop_{k}": first[k] - last[k] for k in first}}
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_weights(records: list[StageRecord], out: Path) -> list[Path]:
+    """Adaptive weights w_a<-b and w_b<-a per step, one PNG per stage."""
+    plt = _pyplot()
+    files = []
+    out.mkdir(parents=True, exist_ok=True)
+    for r in records:
+        w = np.asarray(r.weights)
+        a, b = r.stage["connecting"], r.stage["branch"]
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        steps = np.arange(1, len(w) + 1)
+        k = max(1, len(w) // 30)
+        smooth = lambda v: np.convolve(v, np.ones(k) / k, mode="valid")  # noqa: E731
+        for col, label, c in ((0, f"w {a}<-{b}", "tab:blue"), (1, f"w {b}<-{a}", "tab:orange")):
+            ax.plot(steps, w[:, col], color=c, alpha=0.25, lw=0.8)
+            ax.plot(steps[k - 1 :], smooth(w[:, col]), color=c, lw=1.8, label=label)
+        ax.axhline(0.5, color="grey", lw=0.6, ls=":")
+        ax.set(xlabel="step", ylabel="weight", title=f"stage {r.index + 1}: {a} <-> {b} on {r.stage['source']!r}", ylim=(0, 1))
+        ax.legend(loc="best")
+        fig.tight_layout()
+        path = out / f"weights_stage{r.index + 1}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        files.append(path)
+    return files
+
+
+def plot_projections(before: AlignedModel, after: AlignedModel, feats: dict[str, np.ndarray], y: np.ndarray, label_names: list[str], mods: list[str], n: int, iterations: int, seed: int, out: Path) -> list[Path]:
+    """t-SNE of the same test windows' embeddings in every modality, before and after alignment."""
+    from sklearn.manifold import TSNE
+
+    plt = _pyplot()
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(len(y), size=min(n, len(y)), replace=False))
+    files = []
+    for tag, model in (("before", before), ("after", after)):
+        z = embed(model, {m: feats[m][rows] for m in mods})
+        pts = np.concatenate([z[m] for m in mods])
+        who = np.repeat(np.arange(len(mods)), len(rows))
+        lab = np.tile(y[rows], len(mods))
+        xy = TSNE(2, perplexity=min(30.0, max(5.0, len(pts) / 8)), init="pca", max_iter=iterations, random_state=seed).fit_transform(pts)
+        fig, axes = plt.subplots(1, 2, figsize=(11, 5))
+        markers = "o^sDvP"
+        for i, m in enumerate(mods):
+            sel = who == i
+            axes[0].scatter(xy[sel, 0], xy[sel, 1], s=9, alpha=0.7, label=m)
+            for c in np.unique(lab):
+                s2 = sel & (lab == c)
+                axes[1].scatter(xy[s2, 0], xy[s2, 1], s=9, alpha=0.7, marker=markers[i % len(markers)], color=f"C{c}",
+                                label=(label_names[c] if label_names and i == 0 else None))
+        axes[0].set_title(f"{tag} alignment: colour = modality")
+        axes[1].set_title(f"{tag} alignment: colour = activity, marker = modality")
+        axes[0].legend(markerscale=2)
+        axes[1].legend(markerscale=2, fontsize=7)
+        for ax in axes:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        fig.tight_layout()
+        path = out / f"projection_{tag}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        files.append(path)
+    return files
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def summarise(per_seed: list[dict], plan: GrowthPlan) -> dict:
+    mods = plan.modalities
+    subs = ["+".join(s) for s in subsets(mods)]
+    prs = [f"{a}-{b}" for a, b in pairs(mods)]
+    variants = [v for v in VARIANTS if all(v in s["variants"] for s in per_seed)]
+    out: dict = {"variants": {}}
+    for v in variants:
+        runs = [s["variants"][v] for s in per_seed]
+        out["variants"][v] = {
+            "few_label": {k: {mt: mean_std([r["few_label"]["subsets"][k][mt] for r in runs]) for mt in ("accuracy", "macro_f1")} for k in subs},
+            "retrieval": {p: {k: mean_std([r["retrieval"][p][k] for r in runs]) for k in ("R@1", "R@5", "label@1")} for p in prs},
+        }
+        if "forgetting" in runs[0]:
+            out["variants"][v]["forgetting"] = {"pair": runs[0]["forgetting"]["pair"]} | {
+                k: mean_std([r["forgetting"][k] for r in runs]) for k in runs[0]["forgetting"] if k != "pair"}
+
+    def diff(a: str, b: str, get) -> dict:
+        return mean_std([get(s["variants"][a]) - get(s["variants"][b]) for s in per_seed])
+
+    out["order_invariance"] = {
+        "plans": [plan.name, per_seed[0]["variants"]["babel_reordered"]["plan"]],
+        "accuracy_difference": {k: diff("babel", "babel_reordered", lambda r, k=k: r["few_label"]["subsets"][k]["accuracy"]) for k in subs},
+        "recall_at_1_difference": {p: diff("babel", "babel_reordered", lambda r, p=p: r["retrieval"][p]["R@1"]) for p in prs},
+        "label_at_1_difference": {p: diff("babel", "babel_reordered", lambda r, p=p: r["retrieval"][p]["label@1"]) for p in prs},
+    }
+    out["forgetting"] = {v: out["variants"][v]["forgetting"] for v in GROWN if v in out["variants"] and v != "babel_reordered"}
+    never = [p for p in prs if not any(set(p.split("-")) == set(s.pair) for s in plan.stages)]
+    out["never_paired"] = {p: {v: out["variants"][v]["retrieval"][p] for v in variants} for p in never}
+    return out
+
+
+def format_table(result: dict) -> str:
+    s = result["summary"]
+    vs = list(s["variants"])
+    short = {"unaligned": "unaligned", "babel": "babel", "babel_reordered": "reordered", "babel_no_ema_kd": "no EMA+KD",
+             "babel_no_ema": "no EMA", "babel_no_kd": "no KD", "joint": "joint"}
+    w = 15
+    head = lambda first: f"{first:<30}" + "".join(f"{short.get(v, v):>{w}}" for v in vs)  # noqa: E731
+    lines = [f"Babel on {result['dataset']}, plan {result['plan']['name']} (scenario {result['scenario']}), {result['seeds']} seed(s); mean ± std over seeds",
+             "few-label test accuracy (one head for every subset, its step chosen on validation subjects):", head("subset")]
+    for k in next(iter(s["variants"].values()))["few_label"]:
+        lines.append(f"{k:<30}" + "".join(f"{fmt(s['variants'][v]['few_label'][k]['accuracy']):>{w}}" for v in vs))
+    for metric, what in (("R@1", "recall@1"), ("R@5", "recall@5"), ("label@1", "top match has the query's activity")):
+        lines.append(f"test cross-modal retrieval, {what} (mean of both directions):")
+        lines.append(head("pair"))
+        for p in next(iter(s["variants"].values()))["retrieval"]:
+            tag = " (never paired)" if p in s["never_paired"] else ""
+            lines.append(f"{(p + tag):<30}" + "".join(f"{fmt(s['variants'][v]['retrieval'][p][metric]):>{w}}" for v in vs))
+    lines.append("forgetting: the trunk pair's test retrieval right after stage 1 -> after the last stage:")
+    for v, f in s["forgetting"].items():
+        lines.append(f"  {short.get(v, v):<10} {f['pair']:<14} recall@1 {f['after_stage1_R@1']['mean']:.4f} -> {f['after_last_R@1']['mean']:.4f}"
+                     f"   label@1 {f['after_stage1_label@1']['mean']:.3f} -> {f['after_last_label@1']['mean']:.3f} (drop {fmt(f['drop_label@1'])})")
+    oi = s["order_invariance"]
+    acc = [abs(d["mean"]) for d in oi["accuracy_difference"].values()]
+    rec = [abs(d["mean"]) for d in oi["label_at_1_difference"].values()]
+    lines.append(f"order invariance ({oi['plans'][0]} vs {oi['plans'][1]}): mean |accuracy difference| over subsets {np.mean(acc):.3f}, "
+                 f"mean |label@1 difference| over pairs {np.mean(rec):.3f}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def run(dataset: str, plan: str, seeds: int, out: Path, quick: bool, device: torch.device, scenario: str | None = None, settings: BabelSettings | None = None) -> dict:
+    """Run the Babel experiment; write ``out/results.json`` and the PNGs, print a table, return the results.
+
+    ``results.json`` holds ``settings``, ``plan`` and ``alternative_plan``,
+    ``per_seed`` (every variant's ``few_label`` subsets, ``retrieval`` per
+    pair, per-stage ``test_retrieval``, ``forgetting``) and ``summary`` (mean
+    and std over seeds, ``order_invariance``, ``forgetting``, ``never_paired``).
+    """
+    out = Path(out)
+    _ensure_logging()
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        # the per-step work is small: one intra-op thread avoids the stalls of spinning
+        # threads when other processes share the cores, and costs little otherwise
+        torch.set_num_threads(1)
+    try:
+        return _run(dataset, plan, seeds, out, quick, device, scenario, settings)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(dataset: str, plan: str, seeds: int, out: Path, quick: bool, device: torch.device, scenario: str | None, settings: BabelSettings | None) -> dict:
+    t0 = time.time()
+    gp = GrowthPlan.from_toml(plan)
+    sc_name = scenario or gp.scenario
+    if not sc_name:
+        raise ValueError(f"plan {gp.name!r} names no scenario; pass one")
+    sc = Scenario.load(sc_name)
+    alt = gp.reordered()
+    available = {g.name: set(g.modalities) for g in sc.groups if g.role == "train"}
+    gp.validate(available)
+    alt.validate(available)
+    for g in sc.groups:
+        if g.role != "train" and not set(gp.modalities) <= set(g.modalities):
+            raise ValueError(f"scenario {sc.name!r}: the {g.role} group holds {g.modalities}, not every modality of plan {gp.name!r} ({gp.modalities})")
+    ds = load_dataset(dataset)
+    sc.check_dataset(ds)
+    st = settings or (BabelSettings.quick() if quick else BabelSettings())
+    log.info("Babel experiment: dataset %s (%d windows, %d subjects), plan %s [%s], reordered [%s], scenario %s, %d seed(s)%s, device %s",
+             ds.name, len(ds), len(ds.subjects), gp.name, "; ".join(s.describe() for s in gp.stages), "; ".join(s.describe() for s in alt.stages),
+             sc.name, seeds, " [quick]" if quick else "", device)
+    per_seed = []
+    for seed in range(seeds):
+        log.info("seed %d/%d", seed + 1, seeds)
+        per_seed.append(run_seed(ds, sc, gp, alt, seed, st, device, out if seed == 0 else None))
+        log.info("seed %d done in %.0fs", seed + 1, per_seed[-1]["seconds"]["total"])
+    result = {
+        "experiment": "babel",
+        "dataset": ds.name,
+        "scenario": sc.name,
+        "plan": gp.to_dict(),
+        "alternative_plan": alt.to_dict(),
+        "modalities": gp.modalities,
+        "seeds": seeds,
+        "quick": quick,
+        "device": str(device),
+        "protocol": ("subject-disjoint split per seed; frozen self-supervised encoders; adapters and prototype aligned on encoder features; "
+                     "one linear fusion head per variant on the labelled group's few labels, its step chosen on validation subjects; "
+                     "test figures of the chosen model; retrieval on every test window of the pair (gallery = all test windows); mean and sample std over seeds"),
+        "settings": _settings_dict(st),
+        "summary": summarise(per_seed, gp),
+        "per_seed": per_seed,
+        "files": per_seed[0].get("files", []),
+        "seconds": round(time.time() - t0, 1),
+    }
+    write_json(out / "results.json", result)
+    print(format_table(result))
+    log.info("wrote %s in %.0fs", out / "results.json", result["seconds"])
+    return result
+
+
+def _settings_dict(st: BabelSettings) -> dict:
+    from dataclasses import asdict
+
+    return {k: (asdict(v) if hasattr(v, "__dataclass_fields__") else v) for k, v in vars(st).items()}
+
+
+def _ensure_logging() -> None:
+    lg = logging.getLogger("edgebind")
+    if not lg.hasHandlers():
+        h = logging.StreamHandler()
+        h.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        lg.addHandler(h)
+    if lg.getEffectiveLevel() > logging.INFO:
+        lg.setLevel(logging.INFO)

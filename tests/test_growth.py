@@ -1,0 +1,387 @@
+"""Babel growth: plans, adaptive weights, EMA, distillation, checkpoints, retrieval, and a quick real run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from common.growth import (
+    GrowthConfig,
+    GrowthPlan,
+    PairData,
+    Stage,
+    StageTrainer,
+    adaptive_weights,
+    combine,
+    ema_update,
+    embed,
+    grow,
+    latest_checkpoint,
+    load_checkpoint,
+    recall_at_k,
+    retrieval_recall,
+    shipped_plans,
+)
+from common.losses import symmetric_info_nce
+from common.modalities import inertial
+from common.samples import SampleSet
+from common.towers import AlignedModel, TowerConfig
+
+TOWER = TowerConfig(width=8, feature_dim=16, adapter_hidden=32, embed_dim=16, prototype_hidden=32)
+SOURCES = {"s1": {"gyro", "lin_acc"}, "s2": {"gyro", "gravity"}}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one intra-op thread, so that other processes on the cores cannot stall the spin-waits."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def model_of(mods=("gyro", "lin_acc", "gravity"), seed: int = 0) -> AlignedModel:
+    torch.manual_seed(seed)
+    return AlignedModel({m: inertial(m) for m in mods}, TOWER)
+
+
+def plan_of(*stages: Stage) -> GrowthPlan:
+    return GrowthPlan(list(stages), name="t")
+
+
+def paired(n: int, mods: tuple[str, str], seed: int) -> PairData:
+    """Two modalities that share a latent: pairs are learnable."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, 6))
+    feats = {m: (z @ rng.normal(size=(6, 16)) + 0.1 * rng.normal(size=(n, 16))).astype(np.float32) for m in mods}
+    return PairData(feats)
+
+
+def data_of(n: int = 96) -> dict[str, PairData]:
+    return {"s1": paired(n, ("gyro", "lin_acc"), 1), "s2": paired(n, ("gyro", "gravity"), 2)}
+
+
+# --------------------------------------------------------------------------- plans
+
+
+def test_plan_validation_refuses_bad_plans_before_training():
+    good = plan_of(Stage("s1", "gyro", "lin_acc"), Stage("s2", "gyro", "gravity"))
+    good.validate(SOURCES)
+    assert good.modalities == ["gyro", "lin_acc", "gravity"]
+    assert good.trunk_before(1) == ["gyro", "lin_acc"]
+    with pytest.raises(ValueError, match="connecting modality 'gravity' is not aligned yet"):
+        plan_of(Stage("s1", "gyro", "lin_acc"), Stage("s2", "gravity", "acc")).validate()
+    with pytest.raises(ValueError, match="branch modality 'lin_acc' is already in the trunk"):
+        plan_of(Stage("s1", "gyro", "lin_acc"), Stage("s1", "gyro", "lin_acc")).validate()
+    with pytest.raises(ValueError, match="'acc' is held by no source or party"):
+        plan_of(Stage("s1", "gyro", "lin_acc"), Stage("s2", "gyro", "acc")).validate(SOURCES)
+    with pytest.raises(ValueError, match="source 's1' holds gyro, lin_acc, not 'gravity'"):
+        plan_of(Stage("s1", "gyro", "lin_acc"), Stage("s1", "gyro", "gravity")).validate(SOURCES)
+    with pytest.raises(ValueError, match="no source named 's9'"):
+        plan_of(Stage("s9", "gyro", "lin_acc")).validate(SOURCES)
+    with pytest.raises(ValueError, match="has no stage"):
+        plan_of().validate(SOURCES)
+    with pytest.raises(ValueError, match="enhance stage aligns two towers of one modality"):
+        plan_of(Stage("s1", "gyro", "lin_acc", kind="enhance")).validate(SOURCES)
+    # a second tower of a modality is held wherever the modality is
+    plan_of(Stage("s1", "gyro", "lin_acc"), Stage("s1", "gyro", "gyro#2", kind="enhance")).validate(SOURCES)
+
+
+def test_grow_validates_before_training():
+    model = model_of()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    bad = plan_of(Stage("s1", "gyro", "lin_acc"), Stage("s2", "lin_acc", "gravity"))
+    with pytest.raises(ValueError, match="s2.*holds gravity, gyro, not 'lin_acc'"):
+        grow(model, bad, data_of(), GrowthConfig(epochs=1))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_shipped_plans_load_from_toml_and_round_trip(tmp_path):
+    assert {"hapt-gyro-trunk", "hapt-gyro-trunk-reversed"} <= set(shipped_plans())
+    p = GrowthPlan.from_toml("hapt-gyro-trunk")
+    assert [s.pair for s in p.stages] == [("gyro", "lin_acc"), ("gyro", "gravity")]
+    assert [s.source for s in p.stages] == ["stage1", "stage2"]
+    r = GrowthPlan.from_toml("hapt-gyro-trunk-reversed")
+    assert [s.pair for s in r.stages] == [("gyro", "gravity"), ("gyro", "lin_acc")]
+    assert [s.pair for s in p.reordered().stages] == [s.pair for s in r.stages]
+    assert GrowthPlan.from_dict(p.to_dict()).to_dict() == p.to_dict()
+    f = tmp_path / "mine.toml"
+    f.write_text('name = "mine"\n[[stage]]\ntrunk = ["a", "b"]\nsource = "x"\n[[stage]]\nbranch = "c"\nconnecting = "a"\nsource = "y"\n')
+    assert [s.pair for s in GrowthPlan.from_toml(f).stages] == [("a", "b"), ("a", "c")]
+    f.write_text('[[stage]]\ntrunk = ["a", "b"]\nsource = "x"\n[[stage]]\nbranch = "c"\nsource = "y"\n')
+    with pytest.raises(ValueError, match="stage 2: needs branch and connecting"):
+        GrowthPlan.from_toml(f)
+    with pytest.raises(ValueError, match="no shipped plan 'nope'"):
+        GrowthPlan.from_toml("nope")
+
+
+# --------------------------------------------------------------------------- adaptive weights
+
+
+def _stage_losses(model: AlignedModel, seed: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    fa, fb = torch.randn(32, 16, generator=g), torch.randn(32, 16, generator=g)
+    z = model.embed_features({"gyro": fa, "lin_acc": fb})
+    t = symmetric_info_nce(z["gyro"], z["lin_acc"], 0.07)
+    return t["a_from_b_loss"], t["b_from_a_loss"]
+
+
+def _groups(model: AlignedModel):
+    norm = list(model.adapters["gyro"].parameters()) + list(model.adapters["lin_acc"].parameters())
+    return norm, list(model.prototype.parameters())
+
+
+def test_adaptive_weights_are_finite_sum_to_one_and_leave_no_grad():
+    model = model_of()
+    norm, extra = _groups(model)
+    l_ab, l_ba = _stage_losses(model)
+    w_ab, w_ba, g_ab, g_ba = adaptive_weights(l_ab, l_ba, norm, extra)
+    assert torch.isfinite(w_ab) and torch.isfinite(w_ba)
+    assert 0 < float(w_ab) < 1 and float(w_ab + w_ba) == pytest.approx(1.0, abs=1e-6)
+    assert len(g_ab) == len(g_ba) == len(norm) + len(extra)
+    assert all(p.grad is None for p in model.parameters())  # the probe touched no .grad
+    # w = 1/||g|| over the two adapters, normalised
+    n_ab = torch.sqrt(sum((g**2).sum() for g in g_ab[: len(norm)]))
+    n_ba = torch.sqrt(sum((g**2).sum() for g in g_ba[: len(norm)]))
+    assert float(w_ab) == pytest.approx(float((1 / n_ab) / (1 / n_ab + 1 / n_ba)), rel=1e-5)
+
+
+def test_zero_gradient_norm_falls_back_to_equal_weights():
+    p = torch.nn.Parameter(torch.ones(3))
+    l_ab = (p * 0).sum()
+    l_ba = (p**2).sum()
+    w_ab, w_ba, _, _ = adaptive_weights(l_ab, l_ba, [p])
+    assert float(w_ab) == float(w_ba) == 0.5
+
+
+def test_update_is_the_weighted_sum_of_the_two_directions_gradients():
+    model = model_of()
+    norm, extra = _groups(model)
+    params = norm + extra
+    # separately computed reference: each direction on its own graph
+    ref_ab = torch.autograd.grad(_stage_losses(model)[0], params)
+    ref_ba = torch.autograd.grad(_stage_losses(model)[1], params)
+    l_ab, l_ba = _stage_losses(model)
+    w_ab, w_ba, g_ab, g_ba = adaptive_weights(l_ab, l_ba, norm, extra)
+    upd = combine(w_ab, w_ba, g_ab, g_ba)
+    for u, a, b in zip(upd, ref_ab, ref_ba):
+        torch.testing.assert_close(u, (w_ab * a + w_ba * b) / 2, rtol=1e-5, atol=1e-7)
+    # and it is the gradient of the weighted loss (w held fixed)
+    l_ab, l_ba = _stage_losses(model)
+    direct = torch.autograd.grad((w_ab * l_ab + w_ba * l_ba) / 2, params)
+    for u, d in zip(upd, direct):
+        torch.testing.assert_close(u, d, rtol=1e-5, atol=1e-7)
+
+
+def test_trainer_step_applies_that_update_and_trains_only_its_towers():
+    model = model_of()
+    st = Stage("s1", "gyro", "lin_acc")
+    cfg = GrowthConfig(lr=1e-2, weight_decay=0.0, ema=False, kd=False)
+    trainer = StageTrainer(model, st, cfg, "cpu")
+    frozen = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(("encoders.", "adapters.gravity"))}
+    g = torch.Generator().manual_seed(3)
+    fa, fb = torch.randn(32, 16, generator=g), torch.randn(32, 16, generator=g)
+    # expected: one AdamW step on the combined gradient, computed on a copy
+    import copy
+
+    twin = copy.deepcopy(model)
+    z = twin.embed_features({"gyro": fa, "lin_acc": fb})
+    t = symmetric_info_nce(z["gyro"], z["lin_acc"], cfg.temperature)
+    norm, extra = _groups(twin)
+    w_ab, w_ba, g_ab, g_ba = adaptive_weights(t["a_from_b_loss"], t["b_from_a_loss"], norm, extra)
+    opt = torch.optim.AdamW(norm + extra, lr=cfg.lr, weight_decay=0.0)
+    for p, u in zip(norm + extra, combine(w_ab, w_ba, g_ab, g_ba)):
+        p.grad = u
+    opt.step()
+    terms = trainer.step(fa, fb)
+    assert float(terms["w_ab"]) == pytest.approx(float(w_ab))
+    assert trainer.record.weights == [[pytest.approx(float(w_ab)), pytest.approx(float(w_ba))]]
+    for (k, v), (_, v2) in zip(model.state_dict().items(), twin.state_dict().items()):
+        torch.testing.assert_close(v, v2, rtol=1e-5, atol=1e-6, msg=k)
+    for k, v in frozen.items():
+        assert torch.equal(model.state_dict()[k], v), k
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_distillation_term_pulls_the_connecting_tower_back():
+    """With distillation, the connecting tower's embeddings drift less during a growth stage."""
+    data = data_of(128)
+    plan1 = plan_of(Stage("s1", "gyro", "lin_acc"))
+    base = model_of()
+    grow(base, plan1, {"s1": data["s1"]}, GrowthConfig(epochs=3, batch_size=32))
+    x = data["s1"].features["gyro"]
+    z0 = embed(base, {"gyro": x})["gyro"]
+    drift = {}
+    for kd in (False, True):
+        import copy
+
+        m = copy.deepcopy(base)
+        tr = StageTrainer(m, Stage("s2", "gyro", "gravity"), GrowthConfig(epochs=4, batch_size=32, kd=kd, kd_weight=10.0, ema=False), "cpu", trunk=["gyro", "lin_acc"], index=1)
+        rec = tr.run(data["s2"])
+        assert ("kd_loss" in rec.losses[-1]) == kd
+        drift[kd] = float(1 - (embed(m, {"gyro": x})["gyro"] * z0).sum(1).mean())
+    assert drift[True] < 0.5 * drift[False]
+
+
+# --------------------------------------------------------------------------- EMA
+
+
+def test_ema_arithmetic_on_a_tiny_module():
+    ema, online = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        ema.weight.fill_(1.0)
+        ema.bias.fill_(0.0)
+        online.weight.fill_(3.0)
+        online.bias.fill_(-2.0)
+    ema_update(ema, online, 0.9)
+    torch.testing.assert_close(ema.weight, torch.full((1, 2), 0.9 * 1 + 0.1 * 3))
+    torch.testing.assert_close(ema.bias, torch.tensor([0.1 * -2.0]))
+    ema_update(ema, online, 0.9)
+    torch.testing.assert_close(ema.weight, torch.full((1, 2), 0.9 * 1.2 + 0.1 * 3))
+
+
+def test_growth_stage_ends_with_the_ema_prototype():
+    import copy
+
+    base = model_of()
+    data = data_of(64)
+    st = Stage("s2", "gyro", "gravity")
+    cfg = GrowthConfig(epochs=1, batch_size=32, kd=False, ema=True, ema_momentum=0.5)
+    m = copy.deepcopy(base)
+    tr = StageTrainer(m, st, cfg, "cpu", trunk=["gyro", "lin_acc"], index=1)
+    expected = copy.deepcopy(base.prototype)
+    fa = torch.from_numpy(data["s2"].features["gyro"])
+    fb = torch.from_numpy(data["s2"].features["gravity"])
+    for i in (0, 32):
+        tr.step(fa[i : i + 32], fb[i : i + 32])
+        ema_update(expected, m.prototype, 0.5)
+    online = copy.deepcopy(m.prototype.state_dict())
+    tr.finish()
+    for k, v in m.prototype.state_dict().items():
+        torch.testing.assert_close(v, expected.state_dict()[k])
+        assert not torch.equal(v, online[k])
+    assert all(p.requires_grad for p in m.parameters())  # finish() restores what was trainable
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def test_checkpoint_round_trip_and_resume_equals_an_uninterrupted_run(tmp_path):
+    plan = plan_of(Stage("s1", "gyro", "lin_acc"), Stage("s2", "gyro", "gravity"))
+    data = data_of(80)
+    cfg = GrowthConfig(epochs=2, batch_size=32, seed=5)
+
+    full = model_of()
+    res_full = grow(full, plan, data, cfg, checkpoint_dir=tmp_path / "a")
+    assert [p.name for p in sorted((tmp_path / "a").glob("*.pt"))] == ["stage-1.pt", "stage-2.pt"]
+
+    # interrupted after stage 1: only its checkpoint exists
+    part = model_of()
+    grow(part, plan_of(plan.stages[0]), {"s1": data["s1"]}, cfg, checkpoint_dir=tmp_path / "tmp")
+    ck, state = load_checkpoint(tmp_path / "tmp" / "stage-1.pt")
+    assert state["stage"] == 1 and state["aligned"] == ["gyro", "lin_acc"]
+    assert isinstance(state["plan"], GrowthPlan) and isinstance(state["config"], GrowthConfig)
+    assert len(state["weight_history"]["1"]) == res_full.records[0].steps
+    for k, v in part.state_dict().items():  # the round trip gives the same model
+        torch.testing.assert_close(ck.state_dict()[k], v)
+
+    # resume from a copy of the full run's stage-1 checkpoint
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "stage-1.pt").write_bytes((tmp_path / "a" / "stage-1.pt").read_bytes())
+    resumed = model_of(seed=99)  # different init: the checkpoint must override it
+    resumed.encoders.load_state_dict(full.encoders.state_dict())
+    res = grow(resumed, plan, data, cfg, checkpoint_dir=tmp_path / "b")
+    assert res.resumed_from == 1 and len(res.records) == 2
+    assert latest_checkpoint(tmp_path / "b").name == "stage-2.pt"
+    for k, v in full.state_dict().items():
+        assert torch.equal(resumed.state_dict()[k], v), k
+    assert res.records[1].weights == res_full.records[1].weights
+    assert res.records[0].weights == res_full.records[0].weights
+
+    with pytest.raises(ValueError, match="other growth settings"):
+        grow(model_of(), plan, data, GrowthConfig(epochs=3, batch_size=32, seed=5), checkpoint_dir=tmp_path / "b")
+
+
+# --------------------------------------------------------------------------- pair weights and retrieval
+
+
+def test_pair_weights_multiply_the_loss_and_pseudo_pairs_feed_a_stage():
+    feats = {"gyro": np.random.default_rng(0).normal(size=(10, 16)).astype(np.float32), "lin_acc": np.random.default_rng(1).normal(size=(8, 16)).astype(np.float32)}
+    s = SampleSet(sources=feats, index={"gyro": np.array([0, 1, 2, 3, -1]), "lin_acc": np.array([5, 4, -1, 0, 1])}, weight=np.array([1.0, 0.5, 1.0, 0.0, 1.0]), label=np.full(5, -1))
+    pd = PairData.from_samples(s, ["gyro", "lin_acc"])
+    assert len(pd) == 3
+    np.testing.assert_array_equal(pd.weights, [1.0, 0.5, 0.0])
+    np.testing.assert_array_equal(pd.features["lin_acc"][1], feats["lin_acc"][4])
+    with pytest.raises(ValueError, match="weights must be"):
+        PairData({"a": np.zeros((2, 3))}, weights=np.array([0.5, 2.0]))
+    # the trainer's loss is the pair-weighted InfoNCE
+    model = model_of()
+    tr = StageTrainer(model, Stage("p", "gyro", "lin_acc"), GrowthConfig(), "cpu")
+    fa, fb = torch.randn(4, 16), torch.randn(4, 16)
+    w = torch.tensor([1.0, 0.5, 1.0, 0.0])
+    with torch.no_grad():
+        z = model.embed_features({"gyro": fa, "lin_acc": fb})
+        expected = symmetric_info_nce(z["gyro"], z["lin_acc"], 0.07, w)
+        unweighted = symmetric_info_nce(z["gyro"], z["lin_acc"], 0.07)
+    out = tr.step(fa, fb, w)
+    assert out["a_from_b_loss"].item() == pytest.approx(expected["a_from_b_loss"].item(), rel=1e-6)
+    assert out["a_from_b_loss"].item() != pytest.approx(unweighted["a_from_b_loss"].item(), rel=1e-3)
+
+
+def test_recall_at_k_on_a_constructed_case():
+    # query i is e_i, so its scores are column i of zb; own-row ranks are 0, 1 (a tie does not count), 1, 0
+    za = torch.eye(4)
+    zb = torch.tensor([[1.0, 0, 0, 0], [0.9, 0.5, 0, 0], [0.8, 0.6, 0.4, 0], [0.7, 0.5, 0.45, 0.3]])
+    for block in (1, 3, 1024):
+        assert recall_at_k(za, zb, ks=(1, 2), block=block) == {"R@1": 0.5, "R@2": 1.0}
+    # identical embeddings retrieve perfectly; a shuffled gallery at chance
+    x = torch.nn.functional.normalize(torch.randn(50, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    assert recall_at_k(x, x, ks=(1,), block=7)["R@1"] == 1.0
+    assert recall_at_k(x, x[torch.arange(49, -1, -1)], ks=(1,))["R@1"] < 0.2
+
+
+def test_retrieval_recall_between_towers_and_embed_shapes():
+    model = model_of()
+    x = np.random.default_rng(0).normal(size=(30, 16)).astype(np.float32)
+    # the same features through two towers with identical adapters retrieve each other perfectly
+    model.adapters["lin_acc"].load_state_dict(model.adapters["gyro"].state_dict())
+    r = retrieval_recall(model, {"gyro": x}, {"lin_acc": x}, ks=(1, 5), block=8)
+    assert r["R@1"] == 1.0 and r["gyro_to_lin_acc"]["R@5"] == 1.0
+    z = embed(model, {"gyro": x, "gravity": x[:7]}, batch_size=4)
+    assert z["gyro"].shape == (30, 16) and z["gravity"].shape == (7, 16)
+    np.testing.assert_allclose(np.linalg.norm(z["gyro"], axis=1), 1.0, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- the experiment
+
+
+@pytest.mark.slow
+def test_quick_experiment_writes_results_and_plots(tmp_path):
+    from simulations.experiments.babel import run
+
+    res = run("hapt", "hapt-gyro-trunk", 1, tmp_path, True, torch.device("cpu"))
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk["experiment"] == "babel" and on_disk["seeds"] == 1
+    s = on_disk["summary"]
+    for v in ("unaligned", "babel", "babel_reordered", "babel_no_ema_kd", "joint"):
+        assert v in s["variants"], v
+        fl = s["variants"][v]["few_label"]
+        assert set(fl) == {"gravity", "gyro", "lin_acc", "gravity+gyro", "gravity+lin_acc", "gyro+lin_acc", "gravity+gyro+lin_acc"}
+        assert 0 <= fl["gyro"]["accuracy"]["mean"] <= 1 and "macro_f1" in fl["gyro"]
+        assert set(s["variants"][v]["retrieval"]) == {"gravity-gyro", "gravity-lin_acc", "gyro-lin_acc"}
+        assert {"R@1", "R@5"} <= set(s["variants"][v]["retrieval"]["gravity-lin_acc"])
+    assert "gravity-lin_acc" in s["never_paired"]
+    assert {"babel", "babel_no_ema_kd"} <= set(s["forgetting"])
+    f = s["forgetting"]["babel"]
+    assert f["pair"] == "gyro-lin_acc" and {"after_stage1_R@1", "after_last_R@1", "drop_R@1"} <= set(f)
+    assert set(s["order_invariance"]) >= {"accuracy_difference", "recall_at_1_difference"}
+    stages = on_disk["per_seed"][0]["variants"]["babel"]["stages"]
+    assert len(stages) == 2 and "gyro-lin_acc" in stages[0]["test_retrieval"]
+    for name in ("weights_stage1.png", "weights_stage2.png", "projection_before.png", "projection_after.png"):
+        assert (tmp_path / name).stat().st_size > 1000, name
+    assert set(on_disk["files"]) >= {"weights_stage1.png", "projection_after.png"}
+    assert res["summary"]["variants"].keys() == s["variants"].keys()
