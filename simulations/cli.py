@@ -16,7 +16,7 @@ import torch
 
 def _setup(args) -> torch.device:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
-    for noisy in ("flwr", "ray", "urllib3", "matplotlib", "sentence_transformers", "httpx"):
+    for noisy in ("flwr", "ray", "urllib3", "matplotlib", "sentence_transformers", "httpx", "alembic", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -169,7 +169,7 @@ def make_plots(campaign: dict, ref: dict, ds, out: Path, seed: int) -> list[Path
         _m, state = load_checkpoint(ck)
         files += plot_weights(state["records"], out)
     before, after, feats, labels, mods = _final_model(campaign_dir, campaign)
-    files += plot_projections(before, after, feats, labels, ds.label_names, mods, 300, seed, out)
+    files += plot_projections(before, after, feats, labels, ds.label_names, mods, n=300, iterations=500, seed=seed, out=out)
     plt = _pyplot()
     table = results_table(campaign, ref)
     methods = ["edgebind (federated MMBind+Babel)", "unimodal (central)", "upper bound (central, natural pairs)"]

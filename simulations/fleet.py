@@ -162,7 +162,7 @@ def _simulate(run_config: dict, num_nodes: int, app_dir: Path, cpus: int) -> Non
 
 def _ensure_logging() -> None:
     root = logging.getLogger("edgebind")
-    if not root.handlers:
+    if not root.handlers and not logging.getLogger().handlers:
         h = logging.StreamHandler(sys.stderr)
         h.setFormatter(logging.Formatter("%(asctime)s edgebind | %(message)s", "%H:%M:%S"))
         root.addHandler(h)
