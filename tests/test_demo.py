@@ -1,0 +1,32 @@
+"""The main job: the demo's quick form runs a whole simulated campaign on HAPT and writes its report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from simulations.demo import demo
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_quick_writes_a_report(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr"))
+    result = demo(out=tmp_path, device=torch.device("cpu"), quick=True)
+    table = result["table"]
+    assert set(table) == {"gravity", "lin_acc", "gravity+lin_acc"}
+    fed = "edgebind (federated MMBind+Babel)"
+    for subset, row in table.items():
+        assert fed in row and 0.0 <= row[fed]["accuracy"] <= 1.0
+    assert "upper bound (central, natural pairs)" in table["gravity+lin_acc"]
+    assert "unimodal (central)" in table["lin_acc"]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["campaign"]["missing_nodes"] == []
+    assert [s["stage"]["branch"] for s in saved["campaign"]["stages"]] == ["lin_acc", "gravity"]
+    for name in ("report.md", "accuracy_vs_incompleteness.png", "projection_before.png", "projection_after.png", "weights_stage1.png", "weights_stage2.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    report = (tmp_path / "report.md").read_text()
+    assert "![accuracy_vs_incompleteness.png](accuracy_vs_incompleteness.png)" in report
+    assert "gravity+lin_acc" in capsys.readouterr().out
