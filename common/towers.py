@@ -169,6 +169,15 @@ class FusionHead(nn.Module):
         return self.net(fuse(embeddings, masks))
 
 
+def head_for_state(state: dict[str, torch.Tensor], dim: int) -> FusionHead:
+    """A FusionHead shaped like ``state`` (linear, or one hidden layer), for loading a pushed head."""
+    if "net.weight" in state:
+        return FusionHead(dim, int(state["net.weight"].shape[0]))
+    if "net.0.weight" in state and "net.2.weight" in state:
+        return FusionHead(dim, int(state["net.2.weight"].shape[0]), hidden=int(state["net.0.weight"].shape[0]))
+    raise ValueError(f"head state has unexpected keys {sorted(state)[:4]}")
+
+
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 

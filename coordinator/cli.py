@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from common.processes import free_port, stop_on_signals, stop_process_group
 from coordinator.registry import serve
 from coordinator.store import open_store
 
@@ -36,44 +36,6 @@ def flower_env(flwr_home: str | Path) -> dict[str, str]:
     """The environment for Flower's processes: our FLWR_HOME, no telemetry, no update check."""
     return {**os.environ, "FLWR_HOME": str(Path(flwr_home).resolve()), "FLWR_TELEMETRY_ENABLED": "0",
             "FLWR_DISABLE_UPDATE_CHECK": "1"}  # fmt: skip
-
-
-def stop_process_group(proc: subprocess.Popen, grace: float = 20.0) -> None:
-    """SIGTERM a child started with ``start_new_session`` and everything it started; SIGKILL after ``grace``."""
-    try:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                log.warning("process %d ignored SIGTERM for %.0fs; killing it", proc.pid, grace)
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        else:  # its own children may outlive it
-            os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-
-
-def stop_on_signals() -> threading.Event:
-    """An event set by SIGINT or SIGTERM (the second one exits at once)."""
-    stop = threading.Event()
-
-    def handler(signum: int, _frame: Any) -> None:
-        if stop.is_set():
-            raise SystemExit(128 + signum)
-        log.info("%s: stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-    return stop
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def _wait_listening(host: str, port: int, proc: subprocess.Popen, timeout: float) -> None:
@@ -112,7 +74,7 @@ def up(
     root = Path(workdir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     store_url = store or str(root / "coordinator.db")
-    port = superlink_port or _free_port(host)
+    port = superlink_port or free_port(host)
     cmd = ["flower-superlink", "--insecure", "--host", host, "--port", str(port),
            "--database", str(root / "superlink.db"), "--disable-runtime-dependency-installation"]  # fmt: skip
     write_connection(root / "flwr-home", f"{host}:{port}")  # so `FLWR_HOME=<dir>/flwr-home flwr ls` finds this SuperLink

@@ -17,7 +17,6 @@ import argparse
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -28,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from common.processes import free_port, stop_on_signals, stop_process_group
 from node_agent.ingest import (
     DEFAULT_MAX_PAYLOAD,
     Ingest,
@@ -44,7 +44,6 @@ from node_agent.store import open_store
 
 log = logging.getLogger("edgebind.node")
 
-STOP_GRACE = 20.0  # seconds a child gets between SIGTERM and SIGKILL
 
 
 # --- the library functions behind the subcommands ---------------------------------------
@@ -138,7 +137,7 @@ def up(
         cfg = node_config(node_id, store, state_dir, group=group, role=role, signing_key=signing_key,
                           signing_key_id=signing_key_id, threads=threads)  # fmt: skip
         cmd = ["flower-supernode", "--insecure", "--superlink", superlink,
-               "--port", str(supernode_port or _free_port()), "--node-config", cfg]  # fmt: skip
+               "--port", str(supernode_port or free_port()), "--node-config", cfg]  # fmt: skip
         log.info("node %s: starting %s", node_id, " ".join(cmd[:6]))
         proc = subprocess.Popen(cmd, env=_flower_env(), start_new_session=True)
         code = 0
@@ -340,53 +339,6 @@ def replay(
 
 def _flower_env() -> dict[str, str]:
     return {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def stop_process_group(proc: subprocess.Popen, grace: float = STOP_GRACE) -> None:
-    """SIGTERM a child started with ``start_new_session`` and everything it started; SIGKILL after ``grace``."""
-    if proc.poll() is None:
-        _signal_group(proc, signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            log.warning("process %d ignored SIGTERM for %.0fs; killing it", proc.pid, grace)
-            _signal_group(proc, signal.SIGKILL)
-            proc.wait()
-    else:  # its own children may outlive it
-        _signal_group(proc, signal.SIGTERM)
-
-
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def stop_on_signals() -> threading.Event:
-    """An event set by SIGINT or SIGTERM (the second one exits at once)."""
-    stop = threading.Event()
-
-    def handler(signum: int, _frame: Any) -> None:
-        if stop.is_set():
-            raise SystemExit(128 + signum)
-        log.info("%s: stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-    return stop
-
-
-# --- the command line ------------------------------------------------------------------------
 
 
 def _csv(text: str) -> list[str]:

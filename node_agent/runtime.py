@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from common.codec import BundleRejected, CodecError, bundle_to_states, parse_message, verify_bundle
 from common.modalities import ModalitySpec
-from common.towers import AlignedModel, ConceptAdapter, FusionHead, PrototypeNet, TowerConfig
+from common.towers import AlignedModel, ConceptAdapter, FusionHead, PrototypeNet, TowerConfig, head_for_state
 from node_agent import tasks
 from node_agent.ingest import Publisher, events_topic
 from proto import edgebind_pb2 as pb
@@ -267,7 +267,7 @@ class NodeRuntime:
                 st = bundle_to_states(bundles[m])
                 model.adapters[m].load_state_dict(st.adapter)
                 if st.head is not None:
-                    head = _head_for(st.head, tower.embed_dim)
+                    head = head_for_state(st.head, tower.embed_dim)
                     head.load_state_dict(st.head)
                     heads[m] = (head.eval().to(self.device), list(st.head_classes))
             model.prototype.load_state_dict(bundle_to_states(bundles[newest]).prototype)
@@ -415,15 +415,6 @@ def _parse_bundle(raw: bytes) -> pb.AdapterBundle:
         raise _Refused("malformed", str(e)) from e
 
 
-def _head_for(state: Mapping[str, torch.Tensor], dim: int) -> FusionHead:
-    """A FusionHead shaped like ``state`` (linear, or one hidden layer)."""
-    if "net.weight" in state:
-        return FusionHead(dim, int(state["net.weight"].shape[0]))
-    if "net.0.weight" in state and "net.2.weight" in state:
-        return FusionHead(dim, int(state["net.2.weight"].shape[0]), hidden=int(state["net.0.weight"].shape[0]))
-    raise ValueError(f"head state has unexpected keys {sorted(state)[:4]}")
-
-
 def _check_fits(bundle: pb.AdapterBundle, tower: TowerConfig) -> None:
     """Refuse (``bad-shape``) a bundle whose tensors do not fit this node's towers."""
     try:
@@ -431,6 +422,6 @@ def _check_fits(bundle: pb.AdapterBundle, tower: TowerConfig) -> None:
         ConceptAdapter(tower.feature_dim, tower.adapter_hidden, tower.embed_dim).load_state_dict(st.adapter)
         PrototypeNet(tower.embed_dim, tower.prototype_hidden).load_state_dict(st.prototype)
         if st.head is not None:
-            _head_for(st.head, tower.embed_dim).load_state_dict(st.head)
+            head_for_state(st.head, tower.embed_dim).load_state_dict(st.head)
     except (CodecError, ValueError, RuntimeError) as e:
         raise _Refused("bad-shape", f"bundle {bundle.modality!r} v{bundle.version} does not fit: {e}") from e

@@ -29,7 +29,7 @@ from common.evaluate import metrics, predict, subsets
 from common.modalities import ModalitySpec
 from common.pretrain import PretrainConfig, embed_windows, make_pretrain_head, pretrain_encoder
 from common.samples import SampleSet
-from common.towers import AlignedModel, ConceptAdapter, FusionHead, PrototypeNet, TowerConfig, build_encoder
+from common.towers import AlignedModel, ConceptAdapter, FusionHead, PrototypeNet, TowerConfig, build_encoder, head_for_state
 from node_agent.data import NodeData
 from proto import edgebind_pb2 as pb
 
@@ -276,16 +276,7 @@ def _check_fits(bundle: pb.AdapterBundle, tower: TowerConfig) -> None:
     _load(ConceptAdapter(tower.feature_dim, tower.adapter_hidden, tower.embed_dim), st.adapter, f"{bundle.modality!r} adapter")
     _load(PrototypeNet(tower.embed_dim, tower.prototype_hidden), st.prototype, "prototype")
     if st.head is not None:
-        _load(_head_for(st.head, tower.embed_dim), st.head, "head")
-
-
-def _head_for(state: Mapping[str, torch.Tensor], dim: int) -> FusionHead:
-    """A FusionHead shaped like ``state`` (linear, or one hidden layer)."""
-    if "net.weight" in state:
-        return FusionHead(dim, int(state["net.weight"].shape[0]))
-    if "net.0.weight" in state and "net.2.weight" in state:
-        return FusionHead(dim, int(state["net.2.weight"].shape[0]), hidden=int(state["net.0.weight"].shape[0]))
-    raise ValueError(f"head state has unexpected keys {sorted(state)[:4]}")
+        _load(head_for_state(st.head, tower.embed_dim), st.head, "head")
 
 
 # --- evaluate ------------------------------------------------------------------------------
@@ -311,7 +302,7 @@ def runtime_model(runtime_state: NodeRuntime, modalities: Sequence[str]) -> tupl
     model.prototype.load_state_dict(top.prototype)
     if top.head is None:
         raise ValueError(f"bundle {newest!r} v{bundles[newest].version} carries no head")
-    head = _head_for(top.head, tower.embed_dim)
+    head = head_for_state(top.head, tower.embed_dim)
     head.load_state_dict(top.head)
     return model.eval(), head.eval(), list(top.head_classes)
 

@@ -1,0 +1,56 @@
+"""Child processes and signals, shared by the command-line tools (standard library only)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import threading
+from typing import Any
+
+log = logging.getLogger("edgebind")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` right now (tests and local deployments listen on 127.0.0.1 only)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def stop_process_group(proc: subprocess.Popen, grace: float = 20.0) -> None:
+    """SIGTERM a child started with ``start_new_session`` and everything it started; SIGKILL after ``grace``."""
+    if proc.poll() is None:
+        signal_group(proc, signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            log.warning("process %d ignored SIGTERM for %.0fs; killing it", proc.pid, grace)
+            signal_group(proc, signal.SIGKILL)
+            proc.wait()
+    else:  # its own children may outlive it
+        signal_group(proc, signal.SIGTERM)
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGINT or SIGTERM (the second one exits at once)."""
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: Any) -> None:
+        if stop.is_set():
+            raise SystemExit(128 + signum)
+        log.info("%s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop
