@@ -282,27 +282,31 @@ def run(dataset: str, scenario: str, seeds: int, out: Path, quick: bool, device:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; known: {', '.join(METHODS)}")
+    if seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {seeds}")
     st = settings or (MMBindSettings.quick() if quick else MMBindSettings())
     log.info("MMBind experiment: dataset %s (%d windows, %d subjects), scenario %s, %d seed(s)%s, device %s",
              ds.name, len(ds), len(ds.subjects), sc.name, seeds, " [quick]" if quick else "", device)
-    per_seed = []
+    (tp,) = [g for g in sc.groups if g.role == "test"]
+    full = "+".join(sorted(tp.modalities))
+    per_seed: list[dict] = []
     for seed in range(seeds):
         log.info("seed %d/%d", seed + 1, seeds)
         per_seed.append(run_seed(ds, sc, seed, st, device, methods))
-    (tp,) = [g for g in sc.groups if g.role == "test"]
-    full = "+".join(sorted(tp.modalities))
-    result = {
-        "experiment": "mmbind",
-        "dataset": ds.name,
-        "scenario": sc.name,
-        "test_modalities": full,
-        "seeds": seeds,
-        "quick": quick,
-        "protocol": "subject-disjoint split per seed; head epoch chosen on validation subjects; final chosen model's test figures; mean and sample std over seeds",
-        "summary": summarise(per_seed, full),
-        "per_seed": per_seed,
-    }
-    write_json(Path(out) / "results.json", result)
+        # written after every seed, so a long run that is stopped keeps the seeds it finished
+        result = {
+            "experiment": "mmbind",
+            "dataset": ds.name,
+            "scenario": sc.name,
+            "test_modalities": full,
+            "seeds": len(per_seed),
+            "seeds_planned": seeds,
+            "quick": quick,
+            "protocol": "subject-disjoint split per seed; head step chosen on validation subjects; final chosen model's test figures; mean and sample std over seeds",
+            "summary": summarise(per_seed, full),
+            "per_seed": per_seed,
+        }
+        write_json(Path(out) / "results.json", result)
     print(format_table(result))
     return result
 
