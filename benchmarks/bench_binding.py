@@ -60,6 +60,31 @@ def _blocked_matmul(torch, q, g, qb: int, gb: int) -> None:
             torch.matmul(qq, gg.T, out=buf[: len(qq) * len(gg)].view(len(qq), len(gg)))
 
 
+def ab_worker(args: argparse.Namespace, torch, bind, qb: int, gb: int) -> None:
+    """bind() and the baseline in turns on fresh query slices against the full gallery.
+
+    Per query, bind's work does not depend on the other queries, so a slice
+    costs the same per row as the full run; taking turns in one process puts
+    both under the same load from whatever else the machine is doing.
+    """
+    gen = torch.Generator().manual_seed(args.seed)
+    g = torch.randn(args.n, args.dim, generator=gen)
+    bind(g[:2048], g[:4096], k=args.k, max_block_bytes=args.max_block_bytes)  # warm-up
+    tot = {"bind": [0.0, 0.0], "matmul": [0.0, 0.0]}
+    for r in range(args.ab_rounds):
+        q = torch.randn(args.ab_queries, args.dim, generator=gen)
+        order = ("matmul", "bind") if r % 2 == 0 else ("bind", "matmul")
+        for kind in order:
+            c0, t0 = time.process_time(), time.perf_counter()
+            if kind == "bind":
+                bind(q, g, k=args.k, max_block_bytes=args.max_block_bytes)
+            else:
+                _blocked_matmul(torch, q, g, qb, gb)
+            tot[kind][0] += time.perf_counter() - t0
+            tot[kind][1] += time.process_time() - c0
+    print(json.dumps({kind: {"wall": w, "cpu": c} for kind, (w, c) in tot.items()} | {"load": os.getloadavg()[0]}))
+
+
 def worker(args: argparse.Namespace) -> None:
     import torch
     import torch.nn.functional as F
@@ -68,6 +93,11 @@ def worker(args: argparse.Namespace) -> None:
     from common.binding import bind, choose_block_sizes
 
     torch.set_num_threads(args.threads)
+    if args.worker == "ab":
+        qb, gb = choose_block_sizes(args.n, args.n, args.dim, args.k, args.max_block_bytes)
+        if args.baseline_block:
+            qb, gb = (int(v) for v in args.baseline_block.lower().split("x"))
+        return ab_worker(args, torch, bind, qb, gb)
     n = args.dense_n if args.worker in ("bind-dense", "dense") else args.n
     q, g = _inputs(torch, n, args.dim, args.seed)
     qb, gb = choose_block_sizes(n, n, args.dim, args.k, args.max_block_bytes)
@@ -114,7 +144,7 @@ def worker(args: argparse.Namespace) -> None:
 
 def measure(kind: str, args: argparse.Namespace, save: str | None = None) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind]
-    for name in ("n", "dim", "k", "threads", "dense_n", "seed", "max_block_bytes"):
+    for name in ("n", "dim", "k", "threads", "dense_n", "seed", "max_block_bytes", "ab_queries", "ab_rounds"):
         cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     if args.baseline_block:
         cmd += ["--baseline-block", args.baseline_block]
@@ -150,7 +180,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-block-bytes", type=int, default=64 * MB)
     p.add_argument("--baseline-block", default="", help="QxG block of the matmul baseline (default: bind's)")
     p.add_argument("--repeats", type=int, default=1, help="alternate bind and baseline this many times; best of each")
-    p.add_argument("--worker", choices=["bind", "matmul", "bind-dense", "dense"], help=argparse.SUPPRESS)
+    p.add_argument("--ab-queries", type=int, default=8192, help="query rows per turn of the interleaved comparison (0: skip it)")
+    p.add_argument("--ab-rounds", type=int, default=4)
+    p.add_argument("--worker", choices=["bind", "matmul", "bind-dense", "dense", "ab"], help=argparse.SUPPRESS)
     p.add_argument("--save", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -167,6 +199,14 @@ def main(argv: list[str] | None = None) -> None:
     print(_line("blocked bare matmul (baseline)", mm))
     print(f"  ratio bind / matmul:   wall {bd['wall'] / mm['wall']:.3f}   cpu {bd['cpu'] / mm['cpu']:.3f}   (goal <= 1.25)")
     print(f"  peak beyond inputs / 512 MB:   bind {bd['peak_extra_bytes'] / (512 * MB):.3f}   matmul {mm['peak_extra_bytes'] / (512 * MB):.3f}", flush=True)
+    if args.ab_queries:
+        ab = measure("ab", args)
+        b, m = ab["bind"], ab["matmul"]
+        print(
+            f"  taking turns in one process ({args.ab_rounds} x {args.ab_queries} query rows vs all {args.n}, load avg {ab['load']:.1f}):"
+            f"  bind {b['wall']:.1f} s, matmul {m['wall']:.1f} s;  ratio wall {b['wall'] / m['wall']:.3f}   cpu {b['cpu'] / m['cpu']:.3f}",
+            flush=True,
+        )
 
     with tempfile.TemporaryDirectory() as tmp:
         dn = {kind: _best([measure(kind, args, save=os.path.join(tmp, kind + ".pt"))]) for kind in ("dense", "bind-dense")}

@@ -52,21 +52,31 @@ class BoundPairs(NamedTuple):
 # --- sensor binding -----------------------------------------------------------
 
 
-def _check_embeddings(x: torch.Tensor, side: str, max_block_bytes: int) -> None:
+def _check_embeddings(x: torch.Tensor, side: str, max_block_bytes: int) -> torch.Tensor | None:
+    """Shape and value checks; returns the row norms (None for non-float input)."""
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"bind: {side} must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 2:
         raise ValueError(f"bind: {side} must be 2-D (rows x dim), got shape {tuple(x.shape)}")
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"bind: {side} is empty (shape {tuple(x.shape)})")
-    if not (x.is_floating_point() or x.is_complex()):
-        return
     if x.is_complex():
         raise ValueError(f"bind: {side} must be real, got {x.dtype}")
-    rows = max(1, min(max_block_bytes, 4 * 2**20) // (2 * x.shape[1]))
-    bad = x.shape[0] - sum(int(torch.isfinite(x[r : r + rows]).all(dim=1).sum()) for r in range(0, x.shape[0], rows))
+    if not x.is_floating_point():
+        return None
+    # The norm of a row is finite when the row is, and costs one pass; only
+    # rows whose norm is not get the element-wise check.
+    norm = torch.linalg.vector_norm(x.detach(), dim=1)
+    suspect = torch.nonzero(~torch.isfinite(norm)).squeeze(1)
+    if suspect.numel() == 0:
+        return norm
+    rows = max(1, min(max_block_bytes, 4 * 2**20) // (8 * x.shape[1]))
+    bad = sum(
+        int((~torch.isfinite(x.index_select(0, suspect[r : r + rows]))).any(dim=1).sum()) for r in range(0, suspect.numel(), rows)
+    )
     if bad:
         raise ValueError(f"bind: {side} has {bad} of {x.shape[0]} rows with NaN or Inf embeddings")
+    raise ValueError(f"bind: {side} has {suspect.numel()} rows whose norm overflows {x.dtype}; rescale the embeddings")
 
 
 def _compute_dtype(query: torch.Tensor, gallery: torch.Tensor) -> torch.dtype:
@@ -130,7 +140,7 @@ def bind(
     ``faiss.IndexFlatIP`` instead (it keeps a normalised copy of the gallery).
     Thread count is whatever the caller set with ``torch.set_num_threads``.
     """
-    _check_embeddings(query, "query", max_block_bytes)
+    q_norm = _check_embeddings(query, "query", max_block_bytes)
     _check_embeddings(gallery, "gallery", max_block_bytes)
     n, d = query.shape
     m, d_g = gallery.shape
@@ -155,7 +165,7 @@ def bind(
     device = torch.device(device) if device is not None else query.device
     if index == "faiss":
         return _bind_faiss(query, gallery, k, qb, gb)
-    return _bind_blocked(query, gallery, k, qb, gb, device, dtype)
+    return _bind_blocked(query, gallery, k, qb, gb, device, dtype, q_norm)
 
 
 def _rows_topk(cand: torch.Tensor, kk: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,7 +188,7 @@ def _rows_topk(cand: torch.Tensor, kk: int) -> tuple[torch.Tensor, torch.Tensor]
 
 
 @torch.no_grad()
-def _bind_blocked(query, gallery, k, qb, gb, device, dtype) -> BindResult:
+def _bind_blocked(query, gallery, k, qb, gb, device, dtype, q_norm) -> BindResult:
     n, m = query.shape[0], gallery.shape[0]
     # Only the gallery is normalised inside the loop: scaling a query row by a
     # positive constant does not change its ranking, so queries are scaled
@@ -190,10 +200,18 @@ def _bind_blocked(query, gallery, k, qb, gb, device, dtype) -> BindResult:
         g = _normalise_rows(gallery[g0 : g0 + gb].to(device=device, dtype=dtype))
         ng = g.shape[0]
         kk = min(k, ng)
+        # A ragged block (the last one) is padded to whole chunks with columns
+        # that score -inf, so that it too takes the cheap path in _rows_topk.
+        pad = -ng % _CHUNK if ng > _CHUNK and ng + (-ng % _CHUNK) <= gb else 0
+        if pad:
+            g = torch.cat([g, g.new_zeros(pad, g.shape[1])])
+        width = ng + pad
         for q0 in range(0, n, qb):
             q = query[q0 : q0 + qb].to(device=device, dtype=dtype)
             nq = q.shape[0]
-            s = _block_scores(q, g, buf[: nq * ng].view(nq, ng))
+            s = _block_scores(q, g, buf[: nq * width].view(nq, width))
+            if pad:
+                s[:, ng:] = -math.inf
             run_val, run_idx = best_val[q0 : q0 + nq], best_idx[q0 : q0 + nq]
             # Rows whose block maximum cannot enter their running top-k skip the
             # rest; after a few gallery blocks that is nearly all rows.
@@ -215,10 +233,9 @@ def _bind_blocked(query, gallery, k, qb, gb, device, dtype) -> BindResult:
                 run_val[rows], pos = torch.cat([old_v, v], dim=1).topk(k, dim=1)
                 run_idx[rows] = torch.cat([old_j, j + g0], dim=1).gather(1, pos)
     del buf
-    norm = torch.cat(
-        [torch.linalg.vector_norm(query[r : r + qb].to(device=device, dtype=dtype), dim=1) for r in range(0, n, qb)]
-    ).clamp_min(1e-12)
-    sim = (best_val / norm[:, None]).clamp_(-1.0, 1.0)
+    if q_norm is None:  # integer input
+        q_norm = torch.cat([torch.linalg.vector_norm(query[r : r + qb].to(dtype), dim=1) for r in range(0, n, qb)])
+    sim = (best_val / q_norm.to(device=device, dtype=dtype).clamp_min(1e-12)[:, None]).clamp_(-1.0, 1.0)
     return BindResult(index=best_idx.to(query.device), similarity=sim.to(query.device))
 
 

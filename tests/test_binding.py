@@ -168,6 +168,8 @@ def test_bind_names_side_and_rows_with_nan_or_inf():
     g[5, 0] = float("-inf")
     with pytest.raises(ValueError, match=r"gallery has 1 of 8 rows with NaN or Inf"):
         bind(q, g)
+    with pytest.raises(ValueError, match=r"gallery has 8 rows whose norm overflows"):
+        bind(q, torch.full((8, 4), 3e38))
 
 
 def test_bind_rejects_bad_settings():
@@ -240,7 +242,7 @@ def test_bind_20k_by_20k_stays_in_its_memory_budget(monkeypatch):
     can_measure = rss0 is not None and _reset_peak_rss()
     res = bind(q, g, k=1, max_block_bytes=budget)
     peak = _rss_kib("VmHWM")
-    assert sum(seen) == n * m, "the recorded blocks do not cover all pairs"
+    assert n * m <= sum(seen) < 1.01 * n * m, "the recorded blocks do not cover all pairs (once)"
     assert max(seen) * 4 <= budget
     if can_measure and peak is not None:
         assert (peak - rss0) * 1024 < 8 * budget + 32 * 2**20, f"peak RSS grew by {(peak - rss0) / 1024:.0f} MB"
