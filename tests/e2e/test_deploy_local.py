@@ -1,0 +1,130 @@
+"""``edgebind-sim deploy-local`` end to end: real mosquitto, SuperLink, Registry and node agents on 127.0.0.1.
+
+One quick campaign over sensor-bind's five groups (two unlabelled training
+groups bound through the gyroscope, the labelled group, validation and test):
+every node must ingest its replayed windows, the training and validation nodes
+must upload embeddings, MMBind must bind pairs, and every node must hold, report
+and run the adapters the campaign pushed; afterwards no process it started may
+still run. Fewer nodes than groups is refused before anything starts.
+
+Needs mosquitto (skipped without it, except with CI=true, where it fails).
+Takes about five minutes on a loaded 2-core machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from itertools import combinations
+from pathlib import Path
+
+import pytest
+
+from simulations.deploy_local import deploy_local, find_mosquitto, process_running
+
+NODES = 5  # one per sensor-bind group; three cannot run a campaign (see simulations/deploy_local.py)
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture
+def flower_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "flwr-home"
+    home.mkdir()
+    monkeypatch.setenv("FLWR_HOME", str(home))
+    monkeypatch.setenv("FLWR_TELEMETRY_ENABLED", "0")
+    monkeypatch.setenv("FLWR_DISABLE_UPDATE_CHECK", "1")
+    return home
+
+
+@pytest.fixture
+def mosquitto() -> str:
+    exe = find_mosquitto()
+    if exe is None:
+        if _in_ci():
+            pytest.fail("mosquitto is not installed, and CI=true requires the end-to-end deployment to run", pytrace=False)
+        pytest.skip("mosquitto is not installed (apt-get install -y mosquitto)")
+    return exe
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    """Live processes whose command line names ``text`` (the deployment's folder), as 'pid: command'."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if text in cmd and state not in ("Z", "X"):
+            found.append(f"{entry}: {cmd[:200]}")
+    return found
+
+
+def test_fewer_nodes_than_groups_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    out = tmp_path / "deploy"
+    with pytest.raises(ValueError, match=r"needs at least 5 nodes, one per group.*--nodes 5"):
+        deploy_local(nodes=3, dataset="hapt", scenario="sensor-bind", out=out, quick=True)
+    assert not out.exists()
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(900)
+def test_deploy_local_runs_a_whole_campaign_and_stops_everything(tmp_path: Path, flower_env: Path, mosquitto: str) -> None:
+    out = tmp_path / "deploy"
+    error: BaseException | None = None
+    try:
+        summary = deploy_local(nodes=NODES, dataset="hapt", scenario="sensor-bind", out=out, quick=True)
+    except Exception as e:  # check for stray processes first, then fail
+        error = e
+
+    written = json.loads((out / "summary.json").read_text())
+    started = written["processes"]
+    running = [p for p in started if process_running(p["pid"], p["start"])]
+    assert not running, f"processes deploy-local started still run: {running}"
+    strays = _processes_mentioning(str(out))
+    assert not strays, f"processes working in {out} still run: {strays}"
+    names = {p["name"] for p in started}
+    assert {"mosquitto", "coordinator", "campaign"} <= names
+    assert sum(n.startswith("node ") and "/" not in n for n in names) == NODES
+    assert all((out / "logs" / f"replay-{n[5:]}.log").exists() for n in names if n.startswith("node ") and "/" not in n)
+    if error is not None:
+        raise error
+    assert summary["state"] == "done"
+    assert written["state"] == "done" and written["campaign_id"] == summary["campaign_id"]
+
+    nodes = {n["node_id"]: n for n in summary["nodes"]}
+    assert len(nodes) == NODES
+    assert len({tuple(n["modalities"]) for n in nodes.values()}) == 3  # gyro+lin_acc, gravity+gyro, gravity+lin_acc
+    assert sorted(n["role"] for n in nodes.values()) == ["test", "train", "train", "train", "validation"]
+    for nid, n in nodes.items():
+        assert n["windows_ingested"] > 0 and n["windows_ingested"] == n["windows_replayed"], nid
+        assert n["adapters"] and set(n["adapters"]) == set(n["modalities"]), nid
+        assert all(v >= 1 for v in n["adapters"].values()), (nid, n["adapters"])
+        assert n["registry"]["adapter_versions"] == n["adapters"], nid  # reported at push, read back from the Registry
+        assert n["loaded"]["adapter_versions"] == n["adapters"], nid  # the running agent predicts with them
+        assert n["loaded"]["predictions"] > 0, nid
+        assert set(n["encoders"]) == set(n["modalities"]), nid
+        if n["role"] == "test":
+            assert n["embeddings_uploaded"] == {}, nid  # test nodes never upload
+        else:
+            assert sum(n["embeddings_uploaded"].values()) > 0, nid
+    assert [n["labelled_windows"] > 0 for n in nodes.values() if n["role"] == "train"].count(True) == 1  # only the labelled group
+
+    assert summary["embeddings"]["batches"] > 0 and sum(summary["embeddings"]["windows"].values()) > 0
+    assert summary["pairs"]["total"] > 0
+    assert [sorted(p["groups"]) for p in summary["pairs"]["by_groups"] if p["pairs"] > 0] == [["gyro-gravity", "gyro-linacc"]]
+    assert summary["stages"] and all(s["status"] == "done" for s in summary["stages"])
+    assert set(summary["adapters"]) == {"gravity", "gyro", "lin_acc"}
+
+    (test_node,) = [n for n in nodes.values() if n["role"] == "test"]
+    mods = sorted(test_node["modalities"])
+    subsets = {"+".join(c) for k in range(1, len(mods) + 1) for c in combinations(mods, k)}
+    assert subsets <= set(summary["accuracy"]), (subsets, summary["accuracy"])
+    for subset in subsets:
+        m = summary["accuracy"][subset]
+        assert 0.0 <= m["accuracy"] <= 1.0 and m["n"] > 0 and m["nodes"] == [test_node["node_id"]], (subset, m)
