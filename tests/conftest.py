@@ -20,6 +20,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
+
+# One torch thread per test process: the suite also runs Ray workers, brokers and
+# servers beside it, and oversubscribed BLAS threads spin rather than work.
+torch.set_num_threads(int(os.environ.get("EDGEBIND_TEST_THREADS", "1")))
 
 PG_SH = Path(__file__).resolve().parents[1] / ".ci" / "pg.sh"
 

@@ -144,7 +144,7 @@ def test_sensor_pseudo_pairs_bind_through_the_shared_modality(model):
 
 def test_align_then_head_learns_and_selects_on_validation(model):
     rng = np.random.default_rng(1)
-    _, y, draw = _clustered_features(rng, 30, 3, noise=0.5)
+    _, y, draw = _clustered_features(rng, 30, 3, dim=model.cfg.feature_dim, noise=0.5)
     natural = SampleSet.natural({"gyro": draw(), "lin_acc": draw()}, np.where(rng.random(len(y)) < 0.3, y, -1))
     hist = align(model, natural, AlignConfig(epochs=8, batch_size=32), CPU, seed=0)
     assert hist[-1]["contrastive_loss"] < hist[0]["contrastive_loss"]
