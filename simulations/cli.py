@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=run)
 
     p = sub.add_parser("deploy-local", help="mosquitto + coordinator + SuperNodes on 127.0.0.1, one whole campaign")
-    p.add_argument("--nodes", type=int, default=3)
+    p.add_argument("--nodes", type=int, default=5, help="one per scenario group at least (5 for sensor-bind)")
     p.add_argument("--dataset", default="hapt")
     p.add_argument("--scenario", default="sensor-bind")
     p.add_argument("--out", type=Path, default=None)
@@ -128,10 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     device = _setup(args)
     try:
         args.func(args, device)
-    except (ValueError, KeyError, FileNotFoundError) as e:
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"edgebind-sim: error: {msg}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("edgebind-sim: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 
