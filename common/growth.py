@@ -22,9 +22,7 @@ import logging
 import os
 import re
 import time
-import tomllib
 from dataclasses import asdict, dataclass, field, fields
-from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -33,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.config import load_toml, shipped
 from common.losses import symmetric_info_nce
 from common.samples import SampleSet
 from common.towers import AlignedModel, ModelCard
@@ -237,23 +236,12 @@ class GrowthPlan:
     @classmethod
     def from_toml(cls, name_or_path: str | Path) -> GrowthPlan:
         """A shipped plan by name (``hapt-gyro-trunk``) or a TOML file by path."""
-        path = Path(name_or_path)
-        if path.suffix == ".toml":
-            if not path.exists():
-                raise FileNotFoundError(f"plan file {path} does not exist")
-            text, name = path.read_text(), path.stem
-        else:
-            name = str(name_or_path)
-            res = resources.files("simulations") / "plans" / f"{name}.toml"
-            if not res.is_file():
-                raise ValueError(f"no shipped plan {name!r}; shipped: {', '.join(shipped_plans()) or 'none'}")
-            text = res.read_text()
-        return cls.from_dict(tomllib.loads(text), name=name)
+        table, name = load_toml("plans", "plan", name_or_path)
+        return cls.from_dict(table, name=name)
 
 
 def shipped_plans() -> list[str]:
-    folder = resources.files("simulations") / "plans"
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+    return shipped("plans")
 
 
 # --------------------------------------------------------------------------- data and settings

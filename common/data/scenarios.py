@@ -7,13 +7,12 @@ no subject is ever in two groups (validation and test included).
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
+from common.config import load_toml, shipped
 from common.data.dataset import WindowDataset
 
 ROLES = ("train", "validation", "test")
@@ -127,24 +126,12 @@ class Scenario:
     @classmethod
     def load(cls, name_or_path: str | Path) -> Scenario:
         """A shipped scenario by name (``sensor-bind``) or a TOML file by path."""
-        path = Path(name_or_path)
-        if path.suffix == ".toml":
-            if not path.exists():
-                raise FileNotFoundError(f"scenario file {path} does not exist")
-            text = path.read_text()
-            name = path.stem
-        else:
-            name = str(name_or_path)
-            res = resources.files("simulations") / "scenarios" / f"{name}.toml"
-            if not res.is_file():
-                raise ValueError(f"no shipped scenario {name!r}; shipped: {', '.join(shipped_scenarios())}")
-            text = res.read_text()
-        return cls.from_dict(tomllib.loads(text), name=name)
+        table, name = load_toml("scenarios", "scenario", name_or_path)
+        return cls.from_dict(table, name=name)
 
 
 def shipped_scenarios() -> list[str]:
-    folder = resources.files("simulations") / "scenarios"
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+    return shipped("scenarios")
 
 
 @dataclass
