@@ -3,13 +3,25 @@
 The subscriber keeps a persistent session (MQTT 3.1.1, ``clean_session=False``,
 a client id derived from the node id) and takes QoS 1, so a frame the broker
 accepted is delivered again after a broker restart or a network gap until the
-node acknowledges it; paho acknowledges only after ``on_message`` returns, that
-is after the frame is in the store. Redelivered frames are stored once: the
+node acknowledges it. The client acknowledges by hand (paho's ``manual_ack``):
+the PUBACK goes out only once the frame is in the store (or was there already),
+or once the frame is known to be bad. Redelivered frames are stored once: the
 store keys frames by (sensor, modality, seq).
 
 Every payload is checked (size, protobuf, topic, node, modality, channels,
 rate, finite values) before it touches the store; a bad one is logged, counted
-under a reason and dropped, and never stops the subscriber.
+under a reason, acknowledged and dropped (sending it again would not make it
+good), and never stops the subscriber.
+
+A store that fails to write a good frame (a locked database, a full disk: any
+error but the store's ``ValueError`` for bad input) is a different matter: the
+frame is counted under ``store_errors`` and *not* acknowledged, and the
+subscriber drops its connection. The broker resends a persistent session's
+unacknowledged messages only when the client reconnects (mosquitto never
+resends them on the same connection), so paho's reconnect (after its reconnect
+delay, a natural back-off for a busy store) brings the frame back. Frames that
+arrive on the dropped connection after the failure are neither stored nor
+acknowledged, so they too come back, in their order, after the failed one.
 
 ``Publisher`` and ``replay`` play the sensor's side: they publish a dataset's
 windows as SensorFrames and wait for the broker's PUBACKs.
@@ -20,6 +32,7 @@ from __future__ import annotations
 import getpass
 import logging
 import math
+import socket
 import threading
 import time
 from collections import Counter
@@ -43,6 +56,7 @@ __all__ = [
     "IngestStats",
     "Publisher",
     "REJECT_REASONS",
+    "StoreWriteError",
     "client_id_for",
     "mosquitto_conf",
     "node_specs",
@@ -135,11 +149,13 @@ def mosquitto_conf(port: int, data_dir: str, host: str = "127.0.0.1") -> str:
 
 @dataclass
 class IngestStats:
-    """What the subscriber did with every message: stored, stored before, or rejected (by reason)."""
+    """What the subscriber did with every message: stored, stored before, rejected (by reason),
+    or left for the broker to deliver again because the store failed to write it."""
 
     accepted: int = 0
     duplicate: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
+    store_errors: int = 0  # good frames the store failed to write (not acknowledged: the broker resends them)
     windows: Counter[str] = field(default_factory=Counter)  # modality -> windows cut
     connects: int = 0
 
@@ -148,6 +164,7 @@ class IngestStats:
             "accepted": self.accepted,
             "duplicate": self.duplicate,
             "rejected": dict(self.rejected),
+            "store_errors": self.store_errors,
             "windows": dict(self.windows),
             "connects": self.connects,
         }
@@ -157,6 +174,10 @@ class _Rejected(Exception):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason, self.detail = reason, detail
+
+
+class StoreWriteError(RuntimeError):
+    """The store failed to write a good frame (the cause is chained); the frame is not stored."""
 
 
 class Ingest:
@@ -194,13 +215,19 @@ class Ingest:
         self.stats = IngestStats()
         self._lock = threading.Lock()
         self._connected = threading.Event()
+        self._redeliver = False  # a store write failed on this connection: ack nothing more on it
         self._client: mqtt.Client | None = None
         self._channels = {m: s.channels for m, s in self.specs.items()}
 
     # --- one message --------------------------------------------------------------
 
     def handle(self, topic: str, payload: bytes) -> str:
-        """Check and store one payload; return ``accepted``, ``duplicate`` or the reject reason."""
+        """Check and store one payload; return ``accepted``, ``duplicate`` or the reject reason.
+
+        Raises ``StoreWriteError`` (counted under ``store_errors``) if the store
+        fails to write a good frame for any reason but bad input; the frame is
+        then not stored, and must come again.
+        """
         try:
             frame, samples = self._check(topic, payload)
             try:
@@ -209,6 +236,13 @@ class Ingest:
                 )
             except ValueError as e:
                 raise _Rejected("store", str(e)) from e
+            except Exception as e:  # the database, not the frame: locked, disk full, connection gone, ...
+                with self._lock:
+                    self.stats.store_errors += 1
+                raise StoreWriteError(
+                    f"store failed to write frame {frame.seq} of {frame.sensor_id!r}/{frame.modality!r}: "
+                    f"{type(e).__name__}: {e}"
+                ) from e
         except _Rejected as r:
             with self._lock:
                 self.stats.rejected[r.reason] += 1
@@ -283,6 +317,7 @@ class Ingest:
             client_id=self.client_id,
             clean_session=False,
             protocol=mqtt.MQTTv311,
+            manual_ack=True,  # PUBACK only once the frame is stored (see _on_message)
         )
         c.reconnect_delay_set(min_delay=1, max_delay=5)
         c.on_connect = self._on_connect
@@ -329,6 +364,7 @@ class Ingest:
         if reason.is_failure:
             log.warning("node %s: broker refused the connection: %s", self.node_id, reason)
             return
+        self._redeliver = False  # a new connection: the broker resends what was left unacknowledged
         client.subscribe(sensor_topic(self.node_id, "+"), qos=1)
         with self._lock:
             self.stats.connects += 1
@@ -343,13 +379,41 @@ class Ingest:
         if reason.is_failure:
             log.warning("node %s lost the broker (%s); reconnecting", self.node_id, reason)
 
-    def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        # Runs on paho's network thread; the client acknowledges by hand (manual_ack=True).
+        if self._redeliver:  # after a failed write on this connection: leave it to the broker to resend, in order
+            log.debug("node %s: left message %d on %r for redelivery", self.node_id, msg.mid, msg.topic)
+            return
         try:
             self.handle(msg.topic, msg.payload)
-        except Exception:  # never let one message kill paho's network thread
+        except StoreWriteError as e:
+            self._redeliver = True
+            log.warning(
+                "node %s: %s; not acknowledged, reconnecting so that the broker delivers it again", self.node_id, e
+            )
+            self._drop_connection(client)
+            return
+        except Exception:  # a bug on one message: count it, and never let it kill paho's network thread
             with self._lock:
                 self.stats.rejected["internal"] += 1
             log.exception("node %s: unexpected error on a message on %r", self.node_id, msg.topic)
+        # Stored, stored before, or bad (sending it again would not help): the broker may forget it.
+        client.ack(msg.mid, msg.qos)
+
+    def _drop_connection(self, client: mqtt.Client) -> None:
+        """Cut the connection as a network gap would, so that paho reconnects and the broker resends.
+
+        ``disconnect()`` would not do: it ends paho's loop for good. Shutting the
+        socket down makes paho's next read see the connection lost, and its loop
+        reconnects (after the reconnect delay) with the same persistent session.
+        """
+        sock = client.socket()
+        if sock is None:  # already gone; paho reconnects anyway
+            return
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError as e:  # not connected any more: nothing to cut
+            log.debug("node %s: shutting the broker socket down: %s", self.node_id, e)
 
 
 # --- the sensor's side -------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""node_agent.ingest: every reject path, and a real mosquitto on 127.0.0.1 (duplicates, restarts)."""
+"""node_agent.ingest: every reject path, and a real mosquitto on 127.0.0.1 (duplicates, restarts, store failures)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -13,11 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from node_agent.ingest import (
     REJECT_REASONS,
     Ingest,
     Publisher,
+    StoreWriteError,
     mosquitto_conf,
     node_specs,
     replay,
@@ -111,6 +114,39 @@ def test_bad_input_is_rejected_counted_and_changes_nothing(ingest, reason, topic
     assert reason in REJECT_REASONS
     assert ingest.stats.rejected == {reason: 1}
     assert _snapshot(ingest.store) == before
+
+
+def _locked() -> OperationalError:
+    return OperationalError("INSERT INTO frames ...", {}, sqlite3.OperationalError("database is locked"))
+
+
+def _flaky(store: NodeStore, seq: int, failures: int) -> Callable[..., bool]:
+    """``store.add_frame`` that raises a 'database is locked' OperationalError for the first
+    ``failures`` attempts to write frame ``seq``; ``calls`` records every attempt's seq."""
+    real = store.add_frame
+    left = [failures]
+
+    def add_frame(sensor_id, modality, s, *a, **kw):
+        add_frame.calls.append(s)
+        if s == seq and left[0] > 0:
+            left[0] -= 1
+            raise _locked()
+        return real(sensor_id, modality, s, *a, **kw)
+
+    add_frame.calls = []
+    return add_frame
+
+
+def test_a_store_failure_is_counted_and_raised_not_rejected(ingest, monkeypatch):
+    monkeypatch.setattr(ingest.store, "add_frame", _flaky(ingest.store, seq=0, failures=1))
+    payload = _frame().SerializeToString()
+    with pytest.raises(StoreWriteError, match="database is locked") as e:
+        ingest.handle(sensor_topic(NODE, "gyro"), payload)
+    assert isinstance(e.value.__cause__, OperationalError)
+    assert ingest.store.frames("gyro") == []
+    assert (ingest.stats.store_errors, ingest.stats.accepted, dict(ingest.stats.rejected)) == (1, 0, {})
+    assert ingest.stats.as_dict()["store_errors"] == 1
+    assert ingest.handle(sensor_topic(NODE, "gyro"), payload) == "accepted"  # once the store is back
 
 
 def test_a_repeated_seq_with_other_samples_keeps_the_first(ingest):
@@ -282,3 +318,27 @@ def test_broker_restart_and_offline_node_lose_nothing(tmp_path, broker, node):
     for m in SPECS:
         assert [f.seq for f in node.store.frames(m)] == [f.seq for f in frames[m]]
         np.testing.assert_array_equal(node.store.windows(m).data, x[m])
+
+
+@pytest.mark.e2e
+def test_a_frame_the_store_failed_to_write_is_delivered_again_and_stored_once(broker, node, monkeypatch):
+    """A store error (database locked) on a good frame must not acknowledge it: the node
+    reconnects, the broker resends it, and it is stored once the store works again."""
+    frames = [_frame(seq=k, timestamp_ns=10**18 + k * 1_280_000_000) for k in range(4)]
+    flaky = _flaky(node.store, seq=1, failures=2)
+    monkeypatch.setattr(node.store, "add_frame", flaky)
+    connects = node.stats.connects
+    with Publisher(broker.address, "test-store-error") as pub:
+        assert pub.wait_connected(10)
+        for f in frames:
+            pub.publish(sensor_topic(NODE, "gyro"), f.SerializeToString())
+        pub.flush(10)
+    _wait(lambda: node.stats.accepted == 4, timeout=30, what="all 4 frames stored after two failed writes")
+    assert node.stats.store_errors == 2
+    assert node.stats.connects >= connects + 2  # one reconnect per failed write
+    assert flaky.calls.count(1) == 3  # two failed writes, then the one that stored it
+    assert sum(node.stats.rejected.values()) == 0
+    assert [f.seq for f in node.store.frames("gyro")] == [0, 1, 2, 3]  # each once, in order
+    # frames after the failed one were left for redelivery too, so they are written after it, in order
+    # (frame 0 may come again as a duplicate if its PUBACK was lost with the dropped connection)
+    assert [k for k in flaky.calls if k != 0] == [1, 1, 1, 2, 3]
