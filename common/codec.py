@@ -170,6 +170,7 @@ class DecodedBatch:
     subjects: np.ndarray | None  # (N,) int64
     dtype: str  # wire dtype of the embeddings
     encoder_version: str
+    group: str = ""  # the scenario group of the windows; "" = the node's announced group
 
     def __len__(self) -> int:
         return len(self.window_ids)
@@ -187,6 +188,7 @@ def encode_embeddings(
     subjects: Sequence[int] | np.ndarray | None = None,
     dtype: str = "float16",
     encoder_version: str = "",
+    group: str = "",
 ) -> pb.EmbeddingBatch:
     """Pack (N, d) embeddings and their per-window metadata into an EmbeddingBatch."""
     msg = pb.EmbeddingBatch(
@@ -200,6 +202,7 @@ def encode_embeddings(
         subjects=_ints(subjects),
         embeddings=tensor_to_proto(embeddings, name=modality, dtype=dtype),
         encoder_version=encoder_version,
+        group=group,
     )
     _check_batch(msg, tuple(msg.embeddings.shape))
     return msg
@@ -233,6 +236,7 @@ def decode_embeddings(
         subjects=np.asarray(msg.subjects, dtype=np.int64) if len(msg.subjects) else None,
         dtype=_NAMES[msg.embeddings.dtype],
         encoder_version=msg.encoder_version,
+        group=msg.group,
     )
 
 

@@ -13,7 +13,7 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from itertools import combinations
 from typing import Any
@@ -226,13 +226,15 @@ def collect(
     uploads: Iterable[tuple[str, bytes]],
     known_modalities: Sequence[str],
     expected_dim: int | None = None,
+    groups: Mapping[str, Container[str]] | None = None,
 ) -> CollectReport:
     """Check and store uploaded EmbeddingBatches, given as (sender node id, serialised batch).
 
     A batch stored before (same node, campaign and batch id) is counted as a
     duplicate and changes nothing; a batch that does not decode, names another
-    node or campaign, or has an unknown modality or the wrong dimension is
-    rejected with its reason and nothing is stored for it.
+    node or campaign, has an unknown modality or the wrong dimension, or (with
+    ``groups``: node id -> the groups it may upload) names a group its node
+    did not announce, is rejected with its reason and nothing is stored for it.
     """
     rep = CollectReport()
     for sender, blob in uploads:
@@ -244,11 +246,13 @@ def collect(
                 raise CodecError(f"batch {d.batch_id!r} from {sender!r} claims node {d.node_id!r}")
             if d.campaign_id != campaign_id:
                 raise CodecError(f"batch {d.batch_id!r} from {sender!r} is for campaign {d.campaign_id!r}, not {campaign_id!r}")
+            if groups is not None and d.group and d.group not in groups.get(sender, ()):
+                raise CodecError(f"batch {d.batch_id!r} from {sender!r} is for group {d.group!r}, which that node did not announce")
             x, scales = _wire_array(msg, d)
             new = store.add_embedding_batch(
                 node_id=d.node_id, campaign_id=campaign_id, batch_id=d.batch_id, modality=d.modality,
                 window_ids=d.window_ids, embeddings=x, labels=d.labels, subjects=d.subjects,
-                encoder_version=d.encoder_version, scales=scales, timestamps_ns=d.timestamps_ns,
+                encoder_version=d.encoder_version, scales=scales, timestamps_ns=d.timestamps_ns, group=d.group,
             )  # fmt: skip
         except (CodecError, ValueError) as e:
             rep.rejected.append(f"{sender}: {e}")
@@ -274,8 +278,23 @@ def _wire_array(msg: pb.EmbeddingBatch, d) -> tuple[np.ndarray, np.ndarray | Non
 
 
 @dataclass
+class NodePart:
+    """Windows of one scenario group on a node, as its manifest announced them."""
+
+    group: str
+    role: str
+    windows: int = 0
+    labelled: int = 0
+
+
+@dataclass
 class NodeInfo:
-    """What a node said about itself in its manifest."""
+    """What a node said about itself in its manifest.
+
+    ``group`` and ``role`` are the node's own; ``parts`` lists every group it
+    holds windows of (a node may also hold held-out validation or test
+    subjects), its own first. Left empty, it is just the node's own group.
+    """
 
     node_id: str
     group: str
@@ -284,6 +303,25 @@ class NodeInfo:
     windows: int = 0
     labelled: int = 0
     flower_id: int = 0
+    parts: list[NodePart] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.parts:
+            self.parts = [NodePart(self.group, self.role, self.windows, self.labelled)]
+        roles = [p.role for p in self.parts]
+        if len(set(roles)) != len(roles):
+            raise ValueError(f"node {self.node_id!r}: more than one part with the same role ({roles})")
+
+    @property
+    def roles(self) -> list[str]:
+        return [p.role for p in self.parts]
+
+    def part(self, role: str) -> NodePart | None:
+        return next((p for p in self.parts if p.role == role), None)
+
+    def group_of(self, batch_group: str) -> str:
+        """The group a batch belongs to: the one it names, else the node's own."""
+        return batch_group or self.group
 
 
 @dataclass
@@ -311,19 +349,31 @@ class GroupData:
 
 
 def group_data(store, campaign_id: str, nodes: Sequence[NodeInfo], roles: Sequence[str] = ("train", "validation")) -> dict[str, GroupData]:
-    """Each group's natural samples, windows in the order the nodes uploaded them."""
+    """Each group's natural samples, windows in the order the nodes uploaded them.
+
+    A node contributes to every group it holds a part of whose role is in
+    ``roles``; each uploaded window goes to the group its batch named.
+    """
     groups: dict[str, list[NodeInfo]] = {}
+    role_of: dict[str, str] = {}
     for n in nodes:
-        if n.role in roles:
-            groups.setdefault(n.group, []).append(n)
+        for p in n.parts:
+            if p.role in roles:
+                groups.setdefault(p.group, []).append(n)
+                if role_of.setdefault(p.group, p.role) != p.role:
+                    raise ValueError(f"group {p.group!r} is announced with roles {role_of[p.group]!r} and {p.role!r}")
     out = {}
     for name, members in groups.items():
         mods = sorted(members[0].modalities)
         if any(sorted(n.modalities) != mods for n in members):
             raise ValueError(f"group {name!r}: its nodes hold different modalities: {[n.modalities for n in members]}")
         ids = [n.node_id for n in members]
+        by_id = {n.node_id: n for n in members}
         emb = {m: store.embeddings(campaign_id, m, node_ids=ids) for m in mods}
-        pos = {m: {key: i for i, key in enumerate(zip(e.node_ids.tolist(), e.window_ids.tolist()))} for m, e in emb.items()}
+        pos = {}
+        for m, e in emb.items():
+            rows = zip(e.node_ids.tolist(), e.groups.tolist(), e.window_ids.tolist())
+            pos[m] = {(nid, w): i for i, (nid, g, w) in enumerate(rows) if by_id[nid].group_of(g) == name}
         first = pos[mods[0]]
         common = [key for key in first if all(key in pos[m] for m in mods[1:])]
         if not common:
@@ -336,7 +386,7 @@ def group_data(store, campaign_id: str, nodes: Sequence[NodeInfo], roles: Sequen
             labels = e.labels[sel] if labels is None else np.maximum(labels, e.labels[sel])
         node_ids = np.array([k[0] for k in common])
         window_ids = np.array([k[1] for k in common])
-        out[name] = GroupData(name, members[0].role, mods, node_ids, window_ids, feats, labels)
+        out[name] = GroupData(name, role_of[name], mods, node_ids, window_ids, feats, labels)
     return out
 
 

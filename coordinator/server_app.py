@@ -42,8 +42,10 @@ from common.modalities import ModalitySpec
 from common.samples import SampleSet
 from common.towers import TowerConfig
 from coordinator import phases
-from coordinator.phases import CampaignConfig, NodeInfo
+from coordinator.phases import CampaignConfig, NodeInfo, NodePart
 from coordinator.store import open_store
+
+UPLOAD_ROLES = ("train", "validation")  # whose windows' features go to the coordinator; test windows never do
 
 log = logging.getLogger("edgebind.campaign")
 
@@ -168,7 +170,7 @@ class Campaign:
 
     # --- messaging -------------------------------------------------------------------
     def live(self, role: str | None = None) -> dict[int, NodeInfo]:
-        return {f: n for f, n in self.nodes.items() if n.node_id not in self.missing and (role is None or n.role == role)}
+        return {f: n for f, n in self.nodes.items() if n.node_id not in self.missing and (role is None or role in n.roles)}
 
     def send(self, phase: str, kind: str, contents: dict[int, RecordDict], rnd: int = 0) -> dict[int, Message]:
         """One exchange; nodes that fail are recorded missing, nodes that refuse are logged."""
@@ -218,15 +220,17 @@ class Campaign:
         for f, r in sorted(replies.items()):
             m = r.content["manifest"]
             mods = sorted(m["modalities"])
-            self.nodes[f] = NodeInfo(str(m["node-id"]), str(m["group"]), str(m["role"]), mods, int(m["windows"]), int(m["labelled"]), f)
+            self.nodes[f] = NodeInfo(str(m["node-id"]), str(m["group"]), str(m["role"]), mods, int(m["windows"]), int(m["labelled"]), f, _parts(m))
             for mod in mods:
                 ch, win, rate = m[f"spec.{mod}"]
                 self.specs.setdefault(mod, ModalitySpec(mod, channels=int(ch), rate_hz=float(rate), window=int(win)))
             classes = classes or list(m["classes"])
-            self.store.upsert_node(str(m["node-id"]), {mod: asdict(self.specs[mod]) for mod in mods}, hardware=f"group={m['group']} role={m['role']}")
+            held = " ".join(f"{p.group}:{p.role}" for p in self.nodes[f].parts)
+            self.store.upsert_node(str(m["node-id"]), {mod: asdict(self.specs[mod]) for mod in mods}, hardware=f"parts={held}")
         self.classes = classes
-        roles = Counter(n.role for n in self.nodes.values())
-        self.results["nodes"] = {n.node_id: {"group": n.group, "role": n.role, "modalities": n.modalities, "windows": n.windows, "labelled": n.labelled}
+        roles = Counter(r for n in self.nodes.values() for r in n.roles)
+        self.results["nodes"] = {n.node_id: {"group": n.group, "role": n.role, "modalities": n.modalities, "windows": n.windows, "labelled": n.labelled,
+                                             "parts": [asdict(p) for p in n.parts]}
                                  for n in sorted(self.nodes.values(), key=lambda n: n.node_id)}  # fmt: skip
         return {"nodes": len(self.nodes), "roles": dict(roles), "modalities": sorted(self.specs)}
 
@@ -242,7 +246,7 @@ class Campaign:
             arrays = {m: {part: ArrayRecord(st) for part, st in self.global_states[m].items()} for m in held}  # shared by all messages
             contents = {}
             for f, n in self.live("train").items():
-                if n.windows == 0:
+                if n.part("train").windows == 0:
                     continue
                 rd = RecordDict({"config": ConfigRecord(base)})
                 for m in n.modalities:
@@ -269,9 +273,11 @@ class Campaign:
         if self.key_source == "generated":
             base["signing-key"] = self.key.hex()  # in-band: see the module docstring
         encoders = {m: ArrayRecord(st["encoder"]) for m, st in self.global_states.items()}
-        contents = {}
+        contents, allowed = {}, {}
         for f, n in self.live().items():
-            rd = RecordDict({"config": ConfigRecord({**base, "upload": n.role != "test"})})
+            upload = [r for r in n.roles if r in UPLOAD_ROLES]  # test windows stay on the node
+            allowed[n.node_id] = {p.group for p in n.parts if p.role in upload}
+            rd = RecordDict({"config": ConfigRecord({**base, "upload-roles": upload})})
             for m in n.modalities:
                 rd[f"encoder.{m}"] = encoders[m]
             contents[f] = rd
@@ -286,7 +292,7 @@ class Campaign:
         for m, c in versions.items():
             if len(c) > 1:
                 log.warning("[collect] nodes report different %s encoder versions %s", m, dict(c))
-        rep = phases.collect(self.store, self.campaign_id, uploads, sorted(self.specs), expected_dim=self.tower.feature_dim)
+        rep = phases.collect(self.store, self.campaign_id, uploads, sorted(self.specs), expected_dim=self.tower.feature_dim, groups=allowed)
         return {**rep.to_dict(), "nodes": len(replies)}
 
     def bind(self) -> dict:
@@ -357,7 +363,8 @@ class Campaign:
         return {"bundles": len(bundles), "nodes_applied": applied, "nodes_refused": refused}
 
     def evaluate(self) -> dict:
-        replies = self.send("evaluate", "evaluate", {f: RecordDict() for f, n in self.live("test").items() if n.labelled > 0})
+        ask = RecordDict({"config": ConfigRecord({"role": "test"})})
+        replies = self.send("evaluate", "evaluate", {f: ask for f, n in self.live("test").items() if n.part("test").labelled > 0})
         per_node = {}
         for f, r in replies.items():
             flat = r.content["metrics"]
@@ -379,6 +386,16 @@ class Campaign:
 
     def _tower_cfg(self) -> dict:
         return {f"tower.{k.replace('_', '-')}": int(v) for k, v in self.tower.to_dict().items()}
+
+
+def _parts(manifest: ConfigRecord) -> list[NodePart]:
+    """The parts a manifest announces (``part.group``, ``part.role``, ``part.windows``, ``part.labelled``)."""
+    if "part.group" not in manifest:
+        return []
+    cols = [list(manifest[f"part.{k}"]) for k in ("group", "role", "windows", "labelled")]
+    if len({len(c) for c in cols}) != 1:
+        raise ValueError(f"manifest of {manifest.get('node-id')!r}: the part.* lists differ in length")
+    return [NodePart(str(g), str(r), int(w), int(lab)) for g, r, w, lab in zip(*cols)]
 
 
 def _brief(figures: dict) -> str:

@@ -162,6 +162,7 @@ class _BatchRow(_Base):
     campaign_id: Mapped[str] = mapped_column(String, ForeignKey(_CAMPAIGN_FK))
     batch_id: Mapped[str] = mapped_column(String)
     modality: Mapped[str] = mapped_column(String)
+    group_name: Mapped[str] = mapped_column(String, default="")  # "" = the node's announced group
     n_rows: Mapped[int] = mapped_column(Integer)
     dim: Mapped[int] = mapped_column(Integer)
     encoder_version: Mapped[str] = mapped_column(String)
@@ -279,10 +280,12 @@ class Embeddings:
     """One modality's embeddings in a campaign, one row per window, ordered by (node, batch id, row).
 
     ``x`` is (N, d) float32 (int8 batches dequantised); ``labels``, ``subjects``
-    and ``timestamps_ns`` are (N,) int64 with -1 where a batch gave none.
+    and ``timestamps_ns`` are (N,) int64 with -1 where a batch gave none;
+    ``groups`` is the scenario group each batch named ("" where none).
     """
 
     node_ids: np.ndarray
+    groups: np.ndarray
     window_ids: np.ndarray
     x: np.ndarray
     labels: np.ndarray
@@ -308,6 +311,7 @@ class EmbeddingBatchRecord:
     subjects: np.ndarray | None
     timestamps_ns: np.ndarray | None
     encoder_version: str
+    group: str = ""
 
     def dequantised(self) -> np.ndarray:
         """The embeddings as float32 (int8 times its per-column scales)."""
@@ -501,18 +505,22 @@ class CoordinatorStore(SqlStore):
         encoder_version: str = "",
         scales: np.ndarray | Sequence[float] | None = None,
         timestamps_ns: np.ndarray | Sequence[int] | None = None,
+        group: str = "",
     ) -> bool:
         """Store a node's (N, d) embeddings once; False (and nothing changed) if the batch is already stored.
 
         ``embeddings`` is float16, float32 or int8; int8 needs ``scales``, one per
         column (value = q * scale). ``labels`` are -1 for unlabelled. Every batch
         of a (campaign, modality) has the same d. The campaign must exist; the
-        node need not be registered.
+        node need not be registered. ``group`` is the scenario group of the
+        windows when the node holds several ("" = the node's own).
         """
         for what, v in (("node_id", node_id), ("campaign_id", campaign_id), ("batch_id", batch_id)):
             _name(what, v)
         _name("modality", modality)
         _text("encoder_version", encoder_version)
+        if _text("group", group):
+            _name("group", group)  # bounded like every other name
         x = np.asarray(embeddings)
         where = f"embedding batch {batch_id!r} of {node_id!r}"
         if x.dtype.name not in EMBEDDING_DTYPES:
@@ -546,7 +554,7 @@ class CoordinatorStore(SqlStore):
         ts = _per_row(f"{where}: timestamps_ns", timestamps_ns, n, lo=0)
         dtype, shape, blob = pack_array(x)
         row = dict(
-            node_id=node_id, campaign_id=campaign_id, batch_id=batch_id, modality=modality, n_rows=n, dim=d,
+            node_id=node_id, campaign_id=campaign_id, batch_id=batch_id, modality=modality, group_name=group, n_rows=n, dim=d,
             encoder_version=encoder_version, window_ids=json.dumps(ids), dtype=dtype, shape=shape, data=blob,
             scales=scale_blob, labels=_int64_blob(y), subjects=_int64_blob(subj), timestamps_ns=_int64_blob(ts),
             received_ns=time.time_ns(),
@@ -588,6 +596,7 @@ class CoordinatorStore(SqlStore):
             subjects=None if r.subjects is None else _int64_from(r.subjects, r.n_rows),
             timestamps_ns=None if r.timestamps_ns is None else _int64_from(r.timestamps_ns, r.n_rows),
             encoder_version=r.encoder_version,
+            group=r.group_name or "",
         )
 
     def embeddings(self, campaign_id: str, modality: str, node_ids: Sequence[str] | None = None) -> Embeddings:
@@ -601,9 +610,10 @@ class CoordinatorStore(SqlStore):
             records = [self._record(r) for r in s.scalars(q.order_by(_BatchRow.node_id, _BatchRow.batch_id))]
         if not records:
             empty = np.zeros(0, np.int64)
-            return Embeddings(_str_array([]), _str_array([]), np.zeros((0, 0), np.float32), empty, empty, empty)
+            return Embeddings(_str_array([]), _str_array([]), _str_array([]), np.zeros((0, 0), np.float32), empty, empty, empty)
         return Embeddings(
             node_ids=_str_array([b.node_id for b in records for _ in b.window_ids]),
+            groups=_str_array([b.group for b in records for _ in b.window_ids]),
             window_ids=_str_array([w for b in records for w in b.window_ids]),
             x=np.concatenate([b.dequantised() for b in records]),
             labels=np.concatenate([b.labels for b in records]),

@@ -78,13 +78,20 @@ def node_config(
     signing_key: str = "",
     signing_key_id: str = "",
     threads: int = 1,
+    validation_subjects: Sequence[int] = (),
+    test_subjects: Sequence[int] = (),
 ) -> str:
-    """The SuperNode's ``--node-config`` for this node (read by ``node_agent.client_app``)."""
+    """The SuperNode's ``--node-config`` for this node (read by ``node_agent.client_app``).
+
+    ``validation_subjects`` / ``test_subjects``: the windows of these subjects
+    are held out, as a validation or test part of the node, from its own group.
+    """
     items: dict[str, Any] = {
         "node-id": node_id, "store": str(Path(store).resolve()), "state-dir": str(Path(state_dir).resolve()),
         "threads": threads,
     }  # fmt: skip
-    for k, v in (("group", group), ("role", role), ("signing-key", signing_key), ("signing-key-id", signing_key_id)):
+    held = {"validation-subjects": ",".join(map(str, validation_subjects)), "test-subjects": ",".join(map(str, test_subjects))}
+    for k, v in (("group", group), ("role", role), ("signing-key", signing_key), ("signing-key-id", signing_key_id), *held.items()):
         if v:
             items[k] = v
     return " ".join(f"{k}={json.dumps(v)}" for k, v in items.items())
@@ -104,6 +111,8 @@ def up(
     signing_key_id: str = "",
     group: str = "",
     role: str = "",
+    validation_subjects: Sequence[int] = (),
+    test_subjects: Sequence[int] = (),
     supernode_port: int = 0,
     window: int = 128,
     rate_hz: float = 50.0,
@@ -134,8 +143,8 @@ def up(
         if events:
             rt.publisher = Publisher(parse_broker(broker), client_id_for(node_id, "events"))
         published: set[str] = set()
-        cfg = node_config(node_id, store, state_dir, group=group, role=role, signing_key=signing_key,
-                          signing_key_id=signing_key_id, threads=threads)  # fmt: skip
+        cfg = node_config(node_id, store, state_dir, group=group, role=role, signing_key=signing_key, signing_key_id=signing_key_id,
+                          threads=threads, validation_subjects=validation_subjects, test_subjects=test_subjects)  # fmt: skip
         cmd = ["flower-supernode", "--insecure", "--superlink", superlink,
                "--port", str(supernode_port or free_port()), "--node-config", cfg]  # fmt: skip
         log.info("node %s: starting %s", node_id, " ".join(cmd[:6]))
@@ -345,6 +354,13 @@ def _csv(text: str) -> list[str]:
     return [t for t in (s.strip() for s in text.split(",")) if t]
 
 
+def _subjects(text: str) -> list[int]:
+    try:
+        return [int(x) for x in _csv(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated subject numbers, got {text!r}") from None
+
+
 def _keys(args: argparse.Namespace) -> dict[str, bytes]:
     return load_keys(args.keys or None, args.signing_key, args.signing_key_id)
 
@@ -382,7 +398,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", required=True, help="where encoders and adapters live")
     p.add_argument("--registry", default="", help="Registry host:port to fetch newer adapters from at boot")
     p.add_argument("--group", default="")
-    p.add_argument("--role", default="")
+    p.add_argument("--role", default="", help="the node's own role: train (default), validation or test")
+    p.add_argument("--validation-subjects", type=_subjects, default=[], metavar="1,2",
+                   help="hold these subjects' windows out as a validation part (labels for choosing the head)")
+    p.add_argument("--test-subjects", type=_subjects, default=[], metavar="1,2",
+                   help="hold these subjects' windows out as a test part (never uploaded, only evaluated)")
     p.add_argument("--supernode-port", type=int, default=0, help="SuperNode's local API port (0: a free one)")
     p.add_argument("--threads", type=int, default=1, help="torch threads for the ClientApp")
     p.add_argument("--events", action="store_true", help="publish a prediction for every new window on edgebind/<node>/events")
@@ -407,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--broker", default="127.0.0.1:1883")
     p.add_argument("--node-id", default="", help="default with --scenario: the fleet's name for that node")
     p.add_argument("--dataset", default="hapt", help="'hapt' or a .npz path")
-    p.add_argument("--subjects", type=lambda s: [int(x) for x in _csv(s)], default=None, help="e.g. 1,2")
+    p.add_argument("--subjects", type=_subjects, default=None, help="e.g. 1,2")
     p.add_argument("--modalities", type=_csv, default=None, help="default: all the node holds")
     p.add_argument("--scenario", default="", help="take the windows the fleet gives --partition-id")
     p.add_argument("--partition-id", type=int, default=None)
@@ -439,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return up(args.node_id, args.broker, args.store, args.modalities, args.superlink, args.state_dir,
                       registry=args.registry, keys=load_keys(args.keys or None), signing_key=args.signing_key,
                       signing_key_id=args.signing_key_id, group=args.group, role=args.role,
-                      supernode_port=args.supernode_port, window=args.window, rate_hz=args.rate,
+                      validation_subjects=args.validation_subjects, test_subjects=args.test_subjects, supernode_port=args.supernode_port, window=args.window, rate_hz=args.rate,
                       cut_every=args.cut_every, threads=args.threads, events=args.events,
                       stop=stop_on_signals())  # fmt: skip
         if args.command == "infer":

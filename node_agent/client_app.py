@@ -2,22 +2,29 @@
 
 Messages (``message_type`` -> content in, content out):
 
-- ``query.manifest``: nothing -> ``manifest`` (node id, group, role, modalities, counts)
+- ``query.manifest``: nothing -> ``manifest`` (node id, group, role, modalities, counts,
+  and ``part.group``/``part.role``/``part.windows``/``part.labelled`` per part)
 - ``train.pretrain``: ``config`` (round, epochs, batch-size, lr, seed, tower.*) and
   ``encoder.<m>`` / ``head.<m>`` arrays -> the trained arrays and ``metrics``
-  (``n.<m>``, ``loss.<m>``)
-- ``query.collect``: ``config`` (campaign-id, dtype, upload, tower.*, signing-key-id,
+  (``n.<m>``, ``loss.<m>``); trained on the node's ``train`` part only
+- ``query.collect``: ``config`` (campaign-id, dtype, upload-roles, tower.*, signing-key-id,
   optional in-band signing-key) and ``encoder.<m>`` -> ``upload`` (``batches``:
-  serialised EmbeddingBatches) and ``versions`` (encoder version per modality)
+  serialised EmbeddingBatches of the parts whose role is in upload-roles, each
+  naming its group) and ``versions`` (encoder version per modality)
 - ``train.apply``: ``bundles`` (serialised signed AdapterBundles) -> ``applied``, ``rejected``
-- ``evaluate``: nothing -> ``metrics`` (``<subset>/accuracy``, ``/macro_f1``, ``/n``, ``/confusion``)
+- ``evaluate``: ``config`` (role, default test) -> ``metrics`` (``<subset>/accuracy``,
+  ``/macro_f1``, ``/n``, ``/confusion``) on that part's labelled windows
 
 A message the node cannot use gets a reply with an ``error`` record (the
 reason), never an exception. Who the node is comes from ``context.node_config``:
 a deployed node names its store (``node-id``, ``store``, optional ``group``,
-``role``, ``state-dir``, ``signing-key``); a simulated node has Flower's
+``role``, ``state-dir``, ``signing-key``, and ``validation-subjects`` /
+``test-subjects``, whose windows it holds out as parts of their own: a node can
+hold its own training windows and the validation and test subjects of its
+modalities, subject-disjoint); a simulated node has Flower's
 ``partition-id``/``num-partitions`` and takes dataset, scenario and seed from
-the run config (see ``node_agent.data.node_spec_for``).
+the run config (see ``node_agent.data.node_spec_for``). The batches a node
+hands over are written to its store's upload ledger.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import os
 import tempfile
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -39,7 +46,7 @@ from common.codec import CodecError
 from common.pretrain import PretrainConfig
 from common.towers import TowerConfig
 from node_agent import tasks
-from node_agent.data import NodeData, StoreNodeData, cached_split, dropouts, virtual_node
+from node_agent.data import NodeData, NodePart, StoreNodeData, cached_split, dropouts, node_parts, virtual_node
 
 log = logging.getLogger("edgebind.node")
 
@@ -64,6 +71,17 @@ class Node:
     key_id: str
     dropout: tuple | None = None  # (scenario, nodes, share, seed, partition id) when drop-outs are simulated
     stall: float = 0.0
+    parts: list[NodePart] = field(default_factory=list)  # the node's own windows first, then held-out subjects
+
+    def __post_init__(self) -> None:
+        if not self.parts:
+            self.parts = [NodePart(self.group, self.role, self.data)]
+
+    def part(self, role: str) -> NodePart:
+        for p in self.parts:
+            if p.role == role:
+                return p
+        raise ValueError(f"node {self.node_id} holds no {role} windows (it holds {', '.join(f'{p.group}:{p.role}' for p in self.parts)})")
 
     def drop_round(self, rounds: int) -> int | None:
         """The pretraining round in which this node vanishes, if it is one of the fleet's drop-outs."""
@@ -88,11 +106,13 @@ class Node:
 def manifest(msg: Message, context: Context) -> Message:
     def work(node: Node) -> RecordDict:
         mods = node.data.modalities()
-        counts = {m: node.data.windows(m) for m in mods}
-        labelled = max((int((y >= 0).sum()) for _, _, y in counts.values()), default=0)
+        windows, labelled = _counts(node.data, mods)
+        per_part = [_counts(p.data, mods) for p in node.parts]
         rec = ConfigRecord({
             "node-id": node.node_id, "group": node.group, "role": node.role, "modalities": mods, "classes": node.data.classes(),
-            "windows": max((len(i) for i, _, _ in counts.values()), default=0), "labelled": labelled,
+            "windows": windows, "labelled": labelled,
+            "part.group": [p.group for p in node.parts], "part.role": [p.role for p in node.parts],
+            "part.windows": [w for w, _ in per_part], "part.labelled": [n for _, n in per_part],
         })  # fmt: skip
         for m in mods:
             spec = node.data.spec(m)
@@ -100,6 +120,12 @@ def manifest(msg: Message, context: Context) -> Message:
         return RecordDict({"manifest": rec})
 
     return _handle(msg, context, "manifest", work)
+
+
+def _counts(data: NodeData, mods: list[str]) -> tuple[int, int]:
+    """(windows, labelled windows) of ``data``: the most any one modality has."""
+    ys = [data.windows(m)[2] for m in mods]
+    return max((len(y) for y in ys), default=0), max((int((y >= 0).sum()) for y in ys), default=0)
 
 
 @app.train("pretrain")
@@ -111,7 +137,7 @@ def pretrain(msg: Message, context: Context) -> Message:
         for m in _modalities_in(msg, node, "encoder."):
             enc, head = msg.content[f"encoder.{m}"].to_torch_state_dict(), msg.content[f"head.{m}"].to_torch_state_dict()
             seed = int(cfg["seed"]) + 7919 * int(cfg["round"]) + 104729 * _stable(node.node_id + m)
-            states, n, terms = tasks.local_pretrain(m, enc, head, node.data, pcfg, torch.device("cpu"), seed, _tower(cfg))
+            states, n, terms = tasks.local_pretrain(m, enc, head, node.part("train").data, pcfg, torch.device("cpu"), seed, _tower(cfg))
             out[f"encoder.{m}"], out[f"head.{m}"] = ArrayRecord(states["encoder"]), ArrayRecord(states["head"])
             metrics[f"n.{m}"], metrics[f"loss.{m}"] = n, float(terms.get(f"{pcfg.objective}_loss", terms.get("reconstruction_loss", 0.0)))
         out["metrics"] = MetricRecord(metrics)
@@ -130,9 +156,14 @@ def collect(msg: Message, context: Context) -> Message:
         if cfg.get("signing-key") and node.key is None:
             node.runtime.remember_key(str(cfg["signing-key-id"]), str(cfg["signing-key"]))
         batches = []
-        if bool(cfg["upload"]):
-            packed = tasks.encode_and_pack(node.data, node.runtime.encoders(), node.node_id, str(cfg["campaign-id"]), str(cfg["dtype"]), encoder_versions=versions)
-            batches = [b.SerializeToString() for b in packed]
+        for role in cfg["upload-roles"]:  # the coordinator names the roles whose windows it takes; test windows stay here
+            part = node.part(str(role))
+            packed = tasks.encode_and_pack(part.data, node.runtime.encoders(), node.node_id, str(cfg["campaign-id"]), str(cfg["dtype"]),
+                                           encoder_versions=versions, group=part.group)  # fmt: skip
+            batches += [b.SerializeToString() for b in packed]
+            if node.runtime.store is not None:  # the node's upload ledger: what it handed over, per campaign
+                for b in packed:
+                    node.runtime.store.record_upload(b.campaign_id, b.batch_id, b.modality, len(b.window_ids))
         return RecordDict({"upload": ConfigRecord({"batches": batches} if batches else {}), "versions": ConfigRecord(versions)})
 
     return _handle(msg, context, "collect", work)
@@ -154,7 +185,8 @@ def apply(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     def work(node: Node) -> RecordDict:
-        res = tasks.evaluate_local(node.data, node.runtime, torch.device("cpu"))
+        cfg = msg.content.config_records.get("config", ConfigRecord())
+        res = tasks.evaluate_local(node.part(str(cfg.get("role", "test"))).data, node.runtime, torch.device("cpu"))
         flat: dict = {}
         for subset, m in res.items():
             for k in ("accuracy", "macro_f1", "n", "confusion"):
@@ -215,8 +247,9 @@ def _stable(text: str) -> int:
 def node_for(context: Context) -> Node:
     nc, rc = context.node_config, context.run_config
     if "store" in nc:
+        holdouts = tuple((r, str(nc.get(f"{r}-subjects", ""))) for r in ("validation", "test"))
         return _store_node(context.run_id, str(nc["node-id"]), str(nc["store"]), str(nc.get("group", "")), str(nc.get("role", "train")),
-                           str(nc.get("state-dir", "")), str(nc.get("signing-key", "")), str(nc.get("signing-key-id", "")))  # fmt: skip
+                           str(nc.get("state-dir", "")), str(nc.get("signing-key", "")), str(nc.get("signing-key-id", "")), holdouts)  # fmt: skip
     if "partition-id" not in nc:
         raise ValueError("node_config names neither a store (node-id, store) nor a partition-id")
     get = lambda k, d: nc.get(k, rc.get(k, d))  # noqa: E731
@@ -240,11 +273,21 @@ def _virtual_node(run_id, dataset, scenario, seed, pid, n, cap, state_dir, key, 
 
 
 @lru_cache(maxsize=16)
-def _store_node(run_id, node_id, url, group, role, state_dir, key, key_id) -> Node:
+def _store_node(run_id, node_id, url, group, role, state_dir, key, key_id, holdouts=()) -> Node:
+    """A deployed node: its store, and the subjects it holds out (``(role, "1,2,3")`` pairs) as parts of their own."""
     from node_agent.store import open_store
 
+    subjects = {r: _subject_list(f"{r}-subjects", v) for r, v in holdouts}
     store = open_store(url)
     data = StoreNodeData(node_id, store)
+    group = group or "+".join(data.modalities())
     root = Path(state_dir) if state_dir else Path(tempfile.gettempdir()) / "edgebind-nodes" / node_id
-    return Node(node_id, group or "+".join(data.modalities()), role, data, tasks.NodeRuntime(root, store=store),
-                bytes.fromhex(key) if key else None, key_id)  # fmt: skip
+    return Node(node_id, group, role, data, tasks.NodeRuntime(root, store=store), bytes.fromhex(key) if key else None, key_id,
+                parts=node_parts(data, group, role, subjects))  # fmt: skip
+
+
+def _subject_list(key: str, text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise ValueError(f"node config {key}={text!r}: expected comma-separated subject numbers") from None

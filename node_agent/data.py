@@ -142,6 +142,74 @@ def span_id(window_id: str, modality: str) -> str:
     return window_id[len(prefix) :] if window_id.startswith(prefix) else window_id
 
 
+# --- parts: a node's own windows and held-out subjects --------------------------------------
+
+
+@dataclass
+class NodePart:
+    """Windows of one scenario group on a node: its own (``train`` and the like), or held-out subjects."""
+
+    group: str
+    role: str
+    data: NodeData
+
+
+class SubjectSubset:
+    """The windows of a NodeData whose subject is (``keep=True``) or is not (``keep=False``) in ``subjects``."""
+
+    def __init__(self, base: NodeData, subjects: set[int], keep: bool):
+        self.base, self.node_id, self.chosen, self.keep = base, base.node_id, set(subjects), keep
+
+    def _mask(self, modality: str) -> np.ndarray:
+        subj = self.base.subjects(modality)
+        if subj is None:
+            raise ValueError(f"node {self.node_id!r}: its {modality!r} windows carry no subject, so subjects {sorted(self.chosen)} cannot be held out")
+        return np.isin(subj, list(self.chosen)) == self.keep
+
+    def modalities(self) -> list[str]:
+        return self.base.modalities()
+
+    def spec(self, modality: str) -> ModalitySpec:
+        return self.base.spec(modality)
+
+    def windows(self, modality: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+        ids, x, y = self.base.windows(modality)
+        sel = np.flatnonzero(self._mask(modality))
+        return [ids[i] for i in sel], x[sel], y[sel]
+
+    def subjects(self, modality: str) -> np.ndarray | None:
+        subj = self.base.subjects(modality)
+        return None if subj is None else subj[self._mask(modality)]
+
+    def classes(self) -> list[str]:
+        return self.base.classes()
+
+
+def node_parts(data: NodeData, group: str, role: str, holdouts: dict[str, list[int]] | None = None) -> list[NodePart]:
+    """The node's own part (every window of no held-out subject) and one part per held-out role.
+
+    ``holdouts`` maps a role (``validation``, ``test``) to its subjects; that
+    part's group is named after the role, as in a scenario. The node's own
+    part comes first; it may be empty (a node holding only held-out subjects).
+    """
+    holdouts = {r: sorted(set(s)) for r, s in (holdouts or {}).items() if s}
+    if not holdouts:
+        return [NodePart(group, role, data)]
+    for r in holdouts:
+        if r not in ("validation", "test"):
+            raise ValueError(f"node {data.node_id!r}: subjects can be held out for validation or test, not {r!r}")
+        if r == role:
+            raise ValueError(f"node {data.node_id!r} is itself a {role} node; it cannot also hold out {role} subjects")
+    seen: dict[int, str] = {}
+    for r, subs in holdouts.items():
+        for s in subs:
+            if s in seen:
+                raise ValueError(f"node {data.node_id!r}: subject {s} is held out for both {seen[s]} and {r}")
+            seen[s] = r
+    parts = [NodePart(group, role, SubjectSubset(data, set(seen), keep=False))]
+    return parts + [NodePart(r, r, SubjectSubset(data, set(subs), keep=True)) for r, subs in holdouts.items()]
+
+
 # --- a fleet of virtual nodes ------------------------------------------------------------
 
 
@@ -346,12 +414,15 @@ def virtual_node(dataset: str, scenario: str, seed: int, partition_id: int, num_
 __all__ = [
     "DatasetNodeData",
     "NodeData",
+    "NodePart",
     "NodeSpec",
+    "SubjectSubset",
     "StoreNodeData",
     "dropouts",
     "fleet_layout",
     "group_node_counts",
     "group_rows",
+    "node_parts",
     "node_spec_for",
     "virtual_node",
 ]

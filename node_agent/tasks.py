@@ -103,11 +103,13 @@ def encode_and_pack(
     encoder_versions: Mapping[str, str] | None = None,
     with_subjects: bool = False,
     device: torch.device | None = None,
+    group: str = "",
 ) -> list[pb.EmbeddingBatch]:
     """Encoder features of every window of every modality held, as EmbeddingBatches.
 
-    Batch ids are ``<modality>-<index>``: the same data gives the same ids, so
-    a repeated upload is stored once. Labels go with the rows (-1 where none).
+    Batch ids are ``<modality>-<index>`` (``<group>.<modality>-<index>`` when
+    the batches name their ``group``): the same data gives the same ids, so a
+    repeated upload is stored once. Labels go with the rows (-1 where none).
     """
     if batch_rows < 1:
         raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
@@ -124,7 +126,7 @@ def encode_and_pack(
                 encode_embeddings(
                     node_id=node_id,
                     campaign_id=campaign_id,
-                    batch_id=f"{m}-{b:05d}",
+                    batch_id=f"{group}.{m}-{b:05d}" if group else f"{m}-{b:05d}",
                     modality=m,
                     window_ids=ids[sl],
                     embeddings=feats[sl],
@@ -132,6 +134,7 @@ def encode_and_pack(
                     subjects=None if subj is None else subj[sl],
                     dtype=dtype,
                     encoder_version=(encoder_versions or {}).get(m, ""),
+                    group=group,
                 )
             )
     return out

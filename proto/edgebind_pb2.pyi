@@ -52,7 +52,7 @@ class Tensor(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[Tensor.DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ..., scale: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class EmbeddingBatch(_message.Message):
-    __slots__ = ("node_id", "campaign_id", "batch_id", "modality", "window_ids", "timestamps_ns", "labels", "subjects", "embeddings", "encoder_version")
+    __slots__ = ("node_id", "campaign_id", "batch_id", "modality", "window_ids", "timestamps_ns", "labels", "subjects", "embeddings", "encoder_version", "group")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +63,7 @@ class EmbeddingBatch(_message.Message):
     SUBJECTS_FIELD_NUMBER: _ClassVar[int]
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     ENCODER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     campaign_id: str
     batch_id: str
@@ -73,7 +74,8 @@ class EmbeddingBatch(_message.Message):
     subjects: _containers.RepeatedScalarFieldContainer[int]
     embeddings: Tensor
     encoder_version: str
-    def __init__(self, node_id: _Optional[str] = ..., campaign_id: _Optional[str] = ..., batch_id: _Optional[str] = ..., modality: _Optional[str] = ..., window_ids: _Optional[_Iterable[str]] = ..., timestamps_ns: _Optional[_Iterable[int]] = ..., labels: _Optional[_Iterable[int]] = ..., subjects: _Optional[_Iterable[int]] = ..., embeddings: _Optional[_Union[Tensor, _Mapping]] = ..., encoder_version: _Optional[str] = ...) -> None: ...
+    group: str
+    def __init__(self, node_id: _Optional[str] = ..., campaign_id: _Optional[str] = ..., batch_id: _Optional[str] = ..., modality: _Optional[str] = ..., window_ids: _Optional[_Iterable[str]] = ..., timestamps_ns: _Optional[_Iterable[int]] = ..., labels: _Optional[_Iterable[int]] = ..., subjects: _Optional[_Iterable[int]] = ..., embeddings: _Optional[_Union[Tensor, _Mapping]] = ..., encoder_version: _Optional[str] = ..., group: _Optional[str] = ...) -> None: ...
 
 class AdapterBundle(_message.Message):
     __slots__ = ("modality", "version", "campaign_id", "encoder_version", "tensors", "created_ns", "key_id", "signature", "prototype", "head_tensors", "head_classes")

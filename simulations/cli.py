@@ -106,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=run)
 
     p = sub.add_parser("deploy-local", help="mosquitto + coordinator + SuperNodes on 127.0.0.1, one whole campaign")
-    p.add_argument("--nodes", type=int, default=5, help="one per scenario group at least (5 for sensor-bind)")
+    p.add_argument("--nodes", type=int, default=3,
+                   help="node agents: one per training group at least, validation and test subjects held out on a node with their "
+                        "modalities (3 for sensor-bind and label-bind, 4 for babel-hapt)")  # fmt: skip
     p.add_argument("--dataset", default="hapt")
     p.add_argument("--scenario", default="sensor-bind")
     p.add_argument("--out", type=Path, default=None)

@@ -1,6 +1,6 @@
 """``edgebind-sim deploy-local``: the whole system as real processes on 127.0.0.1, for one campaign.
 
-    edgebind-sim deploy-local --nodes 5 --dataset hapt --scenario sensor-bind [--quick] [--out DIR]
+    edgebind-sim deploy-local --nodes 3 --dataset hapt --scenario sensor-bind [--quick] [--out DIR]
 
 What runs, all on 127.0.0.1 with free ports:
 
@@ -13,22 +13,24 @@ What runs, all on 127.0.0.1 with free ports:
   adapters;
 - a replay per node, publishing that node's windows over MQTT as its sensors
   would (``node_agent.cli.replay``, what ``edgebind-node replay`` runs, called
-  here rather than in five processes that would mostly import torch), with
+  here rather than in a process per node that would mostly import torch), with
   ``label_store`` for the nodes that may see labels (SensorFrames carry none);
 - ``edgebind-coordinator campaign``: one whole campaign (``flwr run``).
 
 All but the replays are processes of their own.
 
-Nodes. A campaign needs one node per group of the scenario: for ``sensor-bind``
-the two unlabelled training groups bound through the gyroscope (gyro+lin_acc,
-gyro+gravity), the labelled training group (lin_acc+gravity), a validation node
-(the head's step is chosen there) and a test node (the only one asked to
-evaluate). A node plays one role in a campaign, so validation and test cannot
-share a node and binding needs two training groups: ``--nodes`` must be at least
-the scenario's number of groups (5 for sensor-bind, 4 for label-bind, 6 for
-babel-hapt), and fewer is refused with that explanation before anything starts.
-With more, the groups are rescaled exactly as the fleet simulator does
-(``node_agent.data.fleet_layout``), and node ``p`` holds the windows of the
+Nodes. Every training group of the scenario needs a node of its own: for
+``sensor-bind`` the two unlabelled groups bound through the gyroscope
+(gyro+lin_acc, gyro+gravity) and the labelled group (lin_acc+gravity). The
+validation and test subjects (the head's step is chosen on the first, only the
+second is scored) are held out on a node that already holds their modalities,
+here the labelled node, as parts of their own (``edgebind-node up
+--validation-subjects/--test-subjects``): test windows never leave that node.
+So ``sensor-bind`` and ``label-bind`` run on 3 nodes, ``babel-hapt`` on 4, and
+fewer is refused with that explanation before anything starts. With more nodes
+the held-out parts move to nodes of their own, and from one node per group on
+the groups are rescaled exactly as the fleet simulator does
+(``node_agent.data.fleet_layout``): node ``p`` holds the windows of the
 simulator's partition ``p``.
 
 After the campaign every node is checked three ways: the adapter versions in its
@@ -107,16 +109,24 @@ class Timeouts:
 
 
 @dataclass
+class PartPlan:
+    """Windows of one fleet partition that a node holds: its own group's, or held-out subjects'."""
+
+    partition_id: int
+    group: str
+    role: str
+    subjects: list[int]
+    labels_visible: bool  # replay registers the windows' labels (and subjects) in the node's store
+
+
+@dataclass
 class NodePlan:
     """One node of the deployment: who it is, what it holds, where its files go."""
 
     node_id: str
-    partition_id: int
-    group: str
-    role: str
+    parts: list[PartPlan]  # its own group first, then held-out validation/test subjects
+    fleet: int  # the size of the fleet layout the partition ids refer to
     modalities: list[str]
-    subjects: list[int]
-    labels_visible: bool  # replay registers the windows' labels in the node's store
     store: Path
     state_dir: Path
     flwr_home: Path
@@ -124,6 +134,21 @@ class NodePlan:
     replay_log: Path
     window: int = 128
     rate_hz: float = 50.0
+
+    @property
+    def group(self) -> str:
+        return self.parts[0].group
+
+    @property
+    def role(self) -> str:
+        return "+".join(p.role for p in self.parts)
+
+    @property
+    def subjects(self) -> list[int]:
+        return sorted(s for p in self.parts for s in p.subjects)
+
+    def held_out(self, role: str) -> list[int]:
+        return [s for p in self.parts[1:] if p.role == role for s in p.subjects]
 
 
 # --- processes ---------------------------------------------------------------------------------
@@ -380,32 +405,73 @@ def _script(name: str) -> str:
 
 
 def plan_nodes(scenario: str, dataset: str, nodes: int, seed: int, out: Path) -> tuple[list[NodePlan], Any]:
-    """The deployment's nodes (the fleet simulator's partitions of ``scenario`` over ``nodes`` nodes)."""
+    """The deployment's nodes: the fleet simulator's partitions of ``scenario``, held-out parts merged as ``node_layout`` says."""
     from common.data import load_dataset
     from common.data.scenarios import split
     from node_agent.data import node_spec_for
 
     sc = check_fleet(scenario, nodes)
+    fleet, layout = node_layout(sc, nodes)
     ds = load_dataset(dataset)
     sp = split(sc, ds, seed)
     plans = []
-    for p in range(nodes):
-        spec = node_spec_for(sc, ds, seed, p, nodes, split_=sp)
-        if len(spec.rows) == 0:
-            raise ValueError(f"node {spec.node_id} of {sc.name!r} over {nodes} nodes holds no window; use fewer nodes")
-        specs = {m: ds.spec(m) for m in spec.modalities}
-        shapes = {(s.window, s.rate_hz) for s in specs.values()}
+    for pids in layout:
+        specs = [node_spec_for(sc, ds, seed, p, fleet, split_=sp) for p in pids]
+        for spec in specs:
+            if len(spec.rows) == 0:
+                raise ValueError(f"node {spec.node_id} of {sc.name!r} over {nodes} nodes holds no window; use fewer nodes")
+        node_id, mods = specs[0].node_id, list(specs[0].modalities)
+        shapes = {(ds.spec(m).window, ds.spec(m).rate_hz) for m in mods}
         if len(shapes) != 1:
-            raise ValueError(f"node {spec.node_id}: its modalities differ in window or rate ({shapes}); `edgebind-node up` takes one of each")
+            raise ValueError(f"node {node_id}: its modalities differ in window or rate ({shapes}); `edgebind-node up` takes one of each")
         window, rate = shapes.pop()
-        root = out / "nodes" / spec.node_id
+        root = out / "nodes" / node_id
+        parts = [PartPlan(p, s.group, s.role, list(s.subjects), bool(s.labelled.any())) for p, s in zip(pids, specs)]
         plans.append(NodePlan(
-            node_id=spec.node_id, partition_id=p, group=spec.group, role=spec.role, modalities=list(spec.modalities),
-            subjects=list(spec.subjects), labels_visible=bool(spec.labelled.any()), store=root / "store.db",
-            state_dir=root / "state", flwr_home=root / "flwr-home", log=out / "logs" / f"node-{spec.node_id}.log",
-            replay_log=out / "logs" / f"replay-{spec.node_id}.log", window=int(window), rate_hz=float(rate),
+            node_id=node_id, parts=parts, fleet=fleet, modalities=mods, store=root / "store.db",
+            state_dir=root / "state", flwr_home=root / "flwr-home", log=out / "logs" / f"node-{node_id}.log",
+            replay_log=out / "logs" / f"replay-{node_id}.log", window=int(window), rate_hz=float(rate),
         ))  # fmt: skip
     return plans, sc
+
+
+def node_layout(sc, nodes: int) -> tuple[int, list[list[int]]]:
+    """(fleet size, the fleet's partition ids each node holds, its own first).
+
+    From one node per scenario group on, node ``p`` is partition ``p`` of a
+    fleet of ``nodes``. With fewer, the fleet has one partition per group and
+    the validation and test groups are held out on a node whose own group
+    holds the same modalities (a labelled training group first), or share one
+    node of their own; ``nodes`` above that minimum gives held-out groups
+    nodes of their own again, validation first.
+    """
+    groups = sc.groups
+    if nodes >= len(groups):
+        return nodes, [[p] for p in range(nodes)]
+    hosts = [[i] for i, g in enumerate(groups) if g.role == "train"]
+    for i, g in enumerate(groups):
+        if g.role == "train":
+            continue
+        same = [h for h in hosts if set(groups[h[0]].modalities) == set(g.modalities) and not any(groups[j].role == g.role for j in h)]
+        same.sort(key=lambda h: (groups[h[0]].role != "train", not groups[h[0]].labelled))
+        if same:
+            same[0].append(i)
+        else:
+            hosts.append([i])
+    if nodes < len(hosts):
+        raise ValueError(_too_few(sc, nodes, len(hosts)))
+    while len(hosts) < nodes:
+        host = next(h for h in hosts if len(h) > 1)  # a node holding held-out subjects gives one group a node of its own
+        hosts.append([host.pop(1)])
+    return len(groups), sorted(hosts)
+
+
+def _too_few(sc, nodes: int, need: int) -> str:
+    groups = ", ".join(f"{g.name} ({g.role}: {'+'.join(sorted(g.modalities))})" for g in sc.groups)
+    why = "binding pairs two training groups through " + repr(sc.shared) if sc.binding == "sensor" else "label binding pairs two labelled training groups"
+    return (f"--nodes {nodes}: scenario {sc.name!r} needs at least {need} nodes. Its groups are {groups}; every training group "
+            f"needs a node of its own ({why}), and the validation and test subjects are held out on a node that holds their "
+            f"modalities, or on one of their own: run with --nodes {need} or more")
 
 
 def check_fleet(scenario: str, nodes: int):
@@ -413,14 +479,7 @@ def check_fleet(scenario: str, nodes: int):
     from common.data.scenarios import Scenario
 
     sc = Scenario.load(scenario)
-    groups = [f"{g.name} ({g.role}: {'+'.join(sorted(g.modalities))})" for g in sc.groups]
-    if nodes < len(sc.groups):
-        raise ValueError(
-            f"--nodes {nodes}: scenario {sc.name!r} needs at least {len(sc.groups)} nodes, one per group: "
-            f"{', '.join(groups)}. A node plays one role in a campaign (the head's step is chosen on validation "
-            f"nodes, only test nodes evaluate, {'binding pairs two training groups through ' + repr(sc.shared) if sc.binding == 'sensor' else 'label binding pairs two labelled training groups'}), "
-            f"so these groups cannot share nodes: run with --nodes {len(sc.groups)} or more"
-        )
+    node_layout(sc, nodes)
     return sc
 
 
@@ -483,8 +542,9 @@ class Deployment:
         self.say(f"out: {self.out}")
         self.plans, self.sc = plan_nodes(self.scenario, self.dataset, self.n, self.seed, self.out)
         for p in self.plans:
-            self.say(f"node {p.node_id}: {p.role:<10} {'+'.join(p.modalities):<16} subjects {','.join(map(str, p.subjects))}"
-                     f"{'  (sees labels)' if p.labels_visible else ''}")  # fmt: skip
+            held = "".join(f"; holds out {q.role} subjects {','.join(map(str, q.subjects))}" for q in p.parts[1:])
+            self.say(f"node {p.node_id}: {p.parts[0].role:<10} {'+'.join(p.modalities):<16} subjects {','.join(map(str, p.parts[0].subjects))}"
+                     f"{'  (sees labels)' if p.parts[0].labels_visible else ''}{held}")  # fmt: skip
         self.app_dir = Path(__file__).resolve().parents[1]
         if "[tool.flwr.app" not in _read(self.app_dir / "pyproject.toml"):
             raise FileNotFoundError(f"{self.app_dir} holds no Flower app (pyproject.toml with [tool.flwr.app]): run from an edgebind checkout (pip install -e .)")
@@ -547,7 +607,10 @@ class Deployment:
             cmd = [_script("edgebind-node"), "up", "--node-id", p.node_id, "--broker", self.broker, "--store", str(p.store),
                    "--modalities", ",".join(p.modalities), "--window", str(p.window), "--rate", str(p.rate_hz),
                    "--cut-every", "1" if self.quick else "2", "--superlink", self.superlink, "--state-dir", str(p.state_dir),
-                   "--registry", self.registry, "--group", p.group, "--role", p.role, "--threads", "1", "--events"]  # fmt: skip
+                   "--registry", self.registry, "--group", p.group, "--role", p.parts[0].role, "--threads", "1", "--events"]  # fmt: skip
+            for role in ("validation", "test"):
+                if p.held_out(role):
+                    cmd += [f"--{role}-subjects", ",".join(map(str, p.held_out(role)))]
             self.nodes[p.node_id] = self.sup.start(f"node {p.node_id}", cmd, p.log, self.env(FLWR_HOME=str(p.flwr_home), OMP_NUM_THREADS="1"))
         self.say(f"{len(self.plans)} node agents starting (ingest + SuperNode each)")
         deadline = time.monotonic() + self.t.coordinator
@@ -617,9 +680,6 @@ class Deployment:
         self.say(f"replaying up to {self.windows} windows to each of {len(self.plans)} nodes over MQTT")
         logger = logging.getLogger("node_agent")
         for p in self.plans:
-            args = {"dataset": self.dataset, "scenario": self.scenario, "partition_id": p.partition_id, "num_partitions": self.n,
-                    "seed": self.seed, "max_windows": self.windows, "frame_len": FRAME_LEN, "timeout": self.t.replay,
-                    "label_store": str(p.store) if p.labels_visible else ""}  # fmt: skip
             p.replay_log.parent.mkdir(parents=True, exist_ok=True)
             handler = logging.FileHandler(p.replay_log)
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -628,10 +688,15 @@ class Deployment:
             logger.propagate = False  # to the replay's log only, not the console
             logger.addHandler(handler)
             t_node = time.monotonic()
+            results = []
             try:
-                with open(p.replay_log, "a") as f:
-                    f.write(f"### {time.strftime('%H:%M:%S')} replay {self.broker} {p.node_id} {json.dumps(args)}\n")
-                res = replay(self.broker, p.node_id, **args)
+                for part in p.parts:  # each part as a sensor of its own, so that the streams do not mix
+                    args = {"dataset": self.dataset, "scenario": self.scenario, "partition_id": part.partition_id, "num_partitions": p.fleet,
+                            "seed": self.seed, "max_windows": self.windows, "frame_len": FRAME_LEN, "timeout": self.t.replay,
+                            "sensor_id": f"replay-p{part.partition_id}", "label_store": str(p.store) if part.labels_visible else ""}  # fmt: skip
+                    with open(p.replay_log, "a") as f:
+                        f.write(f"### {time.strftime('%H:%M:%S')} replay {self.broker} {p.node_id} {json.dumps(args)}\n")
+                    results.append(replay(self.broker, p.node_id, **args))
             except (ValueError, KeyError, OSError, RuntimeError, TimeoutError) as e:  # ConnectionError is an OSError
                 logger.error("replay to %s failed: %s: %s", p.node_id, type(e).__name__, e)
                 raise DeployError(f"the replay to node {p.node_id} failed: {type(e).__name__}: {e}", [p.replay_log, self.mosquitto.log]) from e
@@ -640,7 +705,9 @@ class Deployment:
                 handler.close()
                 logger.setLevel(level)
                 logger.propagate = propagate
-            res["seconds"] = round(time.monotonic() - t_node, 2)
+            res = {"node_id": p.node_id, "windows": sum(r["windows"] for r in results), "labelled": sum(r["labelled"] for r in results),
+                   "frames": dict(sum((Counter(r["frames"]) for r in results), Counter())),
+                   "subjects": sorted({s for r in results for s in r["subjects"]}), "seconds": round(time.monotonic() - t_node, 2)}  # fmt: skip
             with open(p.replay_log, "a") as f:
                 f.write(json.dumps(res) + "\n")
             self.replayed[p.node_id] = res
@@ -815,16 +882,23 @@ class Deployment:
         res = self.results
         cstat = coordinator_status(self.coordinator_info["store"], [self.campaign_id])["campaigns"][self.campaign_id]
         arrived: dict[str, dict[str, int]] = {}  # node -> modality -> embeddings the coordinator stored
+        by_group: dict[str, dict[str, int]] = {}  # node -> group -> windows stored (most of any modality)
+        own = {p.node_id: p.group for p in self.plans}
         with open_store(self.coordinator_info["store"]) as cs:
             for m in sorted({m for p in self.plans for m in p.modalities}):
-                for nid, k in Counter(cs.embeddings(self.campaign_id, m).node_ids.tolist()).items():
+                e = cs.embeddings(self.campaign_id, m)
+                for nid, k in Counter(e.node_ids.tolist()).items():
                     arrived.setdefault(str(nid), {})[m] = int(k)
+                for (nid, g), k in Counter(zip(e.node_ids.tolist(), e.groups.tolist())).items():
+                    g = g or own.get(nid, "")
+                    by_group.setdefault(str(nid), {})[g] = max(by_group.get(str(nid), {}).get(g, 0), int(k))
         collect = res["phases"].get("collect", {})
         nodes = []
         for p in self.plans:
             g, e = self.ingested[p.node_id], self.events.get(p.node_id, {})
             nodes.append({
                 "node_id": p.node_id, "group": p.group, "role": p.role, "modalities": p.modalities, "subjects": p.subjects,
+                "parts": [{"group": q.group, "role": q.role, "subjects": q.subjects} for q in p.parts],
                 "windows_replayed": g["expected"], "windows_ingested": g["windows"], "frames_ingested": g["frames"],
                 "labelled_windows": g["labelled"], "embeddings_uploaded": arrived.get(p.node_id, {}),
                 "encoders": g.get("encoders", {}), "adapters": self.expected[p.node_id], "registry": self.registry_status[p.node_id],
@@ -837,7 +911,7 @@ class Deployment:
             "state": "done", "scenario": self.sc.name, "dataset": self.dataset, "seed": self.seed, "quick": self.quick,
             "windows_per_node": self.windows, "campaign_id": self.campaign_id, "campaign_seconds": round(res.get("seconds", 0.0), 1),
             "addresses": {"broker": self.broker, "superlink": self.superlink, "registry": self.registry},
-            "nodes": nodes,
+            "nodes": nodes, "uploads_by_group": by_group,
             "embeddings": {"batches": int(collect.get("stored", 0)), "windows": {m: int(v) for m, v in collect.get("windows", {}).items()},
                            "bytes": int(collect.get("bytes", 0))},
             "pairs": {"total": sum(x["pairs"] for x in pairs), "by_groups": pairs},
@@ -888,11 +962,11 @@ def _read(path: Path) -> str:
 def format_summary(s: dict[str, Any]) -> str:
     lines = [f"deploy-local: {s['scenario']} on {s['dataset']}, {len(s['nodes'])} nodes, campaign {s['campaign_id']} "
              f"({s['campaign_seconds']:.0f} s of {sum(s['steps'].values()):.0f} s)"]  # fmt: skip
-    lines.append(f"{'node':<18}{'role':<11}{'modalities':<16}{'windows':>9}{'labels':>7}{'uploaded':>9}  {'adapters':<22}{'loaded (predictions)'}")
+    lines.append(f"{'node':<18}{'role':<22}{'modalities':<16}{'windows':>9}{'labels':>7}{'uploaded':>9}  {'adapters':<22}{'loaded (predictions)'}")
     for n in s["nodes"]:
         ad = " ".join(f"{m}:v{v}" for m, v in sorted(n["adapters"].items()))
         ok = "yes" if n["loaded"]["adapter_versions"] == n["adapters"] else "NO"
-        lines.append(f"{n['node_id']:<18}{n['role']:<11}{'+'.join(n['modalities']):<16}{n['windows_ingested']:>5}/{n['windows_replayed']:<3}"
+        lines.append(f"{n['node_id']:<18}{n['role']:<22}{'+'.join(n['modalities']):<16}{n['windows_ingested']:>5}/{n['windows_replayed']:<3}"
                      f"{n['labelled_windows']:>7}{sum(n['embeddings_uploaded'].values()):>9}  {ad:<22}{ok} ({n['loaded']['predictions']})")  # fmt: skip
     e = s["embeddings"]
     lines.append(f"embeddings uploaded: {e['batches']} batches, {' '.join(f'{m}={v}' for m, v in sorted(e['windows'].items()))} windows, {e['bytes'] / 1024:.0f} KiB")
@@ -995,4 +1069,4 @@ def _hurry(sup: Supervisor):
     return handler
 
 
-__all__ = ["DeployError", "Timeouts", "check_fleet", "deploy_local", "find_mosquitto", "format_summary", "plan_nodes", "process_running"]
+__all__ = ["DeployError", "Timeouts", "check_fleet", "deploy_local", "find_mosquitto", "format_summary", "node_layout", "plan_nodes", "process_running"]

@@ -176,6 +176,59 @@ def test_bad_messages_get_an_error_record_not_a_crash(tmp_path):
             assert "error" in rd.config_records and rd["error"]["reason"], kind
 
 
+def test_three_deployed_nodes_one_holding_out_validation_and_test_subjects(tmp_path):
+    """sensor-bind on three store-backed nodes (HAPT): the labelled node holds the validation and test
+    subjects out as parts of their own. Its test windows never leave it, and only they are scored."""
+    from common.data import load_dataset
+    from coordinator.store import open_store as open_coordinator_store
+    from node_agent.data import node_spec_for
+    from node_agent.store import open_store
+    from simulations.deploy_local import plan_nodes
+
+    ds = load_dataset("hapt")
+    plans, sc = plan_nodes("sensor-bind", "hapt", 3, 0, tmp_path)
+    contexts, test_windows = {}, 0
+    rc = {"dataset": "hapt", "scenario": "sensor-bind", "seed": 0, "results-path": str(tmp_path / "out" / "results.json"),
+          "expected-nodes": 3, "discovery-timeout": 5.0, "round-timeout": 120.0, "pretrain-rounds": 1, "local-epochs": 1,
+          "align-epochs": 2, "head-steps": 20, "coordinator-threads": 1, "signing-key": "22" * 32}  # fmt: skip
+    for i, plan in enumerate(plans):
+        store = tmp_path / plan.node_id / "store.db"
+        store.parent.mkdir(parents=True)
+        with open_store(store) as st:
+            for part in plan.parts:
+                spec = node_spec_for(sc, ds, 0, part.partition_id, plan.fleet)
+                rows, visible = spec.rows[::12], spec.labelled[::12]  # a slice of each part keeps it quick
+                if part.role == "train" and part.labels_visible:
+                    visible[:12] = True
+                labels = np.where(visible, ds.y[rows], -1)
+                test_windows += len(rows) if part.role == "test" else 0
+                for m in plan.modalities:
+                    ids = [f"{m}:p{part.partition_id}:{r}:0" for r in rows]
+                    st.add_windows(m, ids, np.arange(len(rows)) * 10**9, ds.X[m][rows], labels=labels, subjects=ds.subject[rows])
+        nc = {"node-id": plan.node_id, "store": str(store), "state-dir": str(tmp_path / plan.node_id / "state"), "group": plan.group,
+              "role": plan.parts[0].role, "validation-subjects": ",".join(map(str, plan.held_out("validation"))),
+              "test-subjects": ",".join(map(str, plan.held_out("test"))), "signing-key": rc["signing-key"]}  # fmt: skip
+        contexts[200 + i] = Context(run_id=3, node_id=200 + i, node_config=nc, state=RecordDict(), run_config=rc)
+    server_app(InProcessGrid(contexts), Context(run_id=3, node_id=0, node_config={}, state=RecordDict(), run_config=rc))
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+
+    assert res["state"] == "done" and res["missing_nodes"] == [] and res["refused"] == []
+    host = next(n for n in plans if len(n.parts) == 3)
+    parts = res["nodes"][host.node_id]["parts"]
+    assert [(q["group"], q["role"]) for q in parts] == [("labelled", "train"), ("validation", "validation"), ("test", "test")]
+    assert all(q["windows"] > 0 for q in parts) and parts[1]["labelled"] == parts[1]["windows"]
+    assert sorted(res["pairs"][0]["groups"]) == ["gyro-gravity", "gyro-linacc"] and res["pairs"][0]["pairs"] > 0
+    assert res["validation"] and res["phases"]["head"]["validation"] == parts[1]["windows"]
+    assert {m["n"] for m in res["accuracy"].values()} == {test_windows}  # the test part, all of it, nothing else
+    assert all(m["nodes"] == [host.node_id] for m in res["accuracy"].values())
+    with open_coordinator_store(tmp_path / "out" / "coordinator.db") as cs:
+        e = cs.embeddings(res["campaign_id"], "lin_acc", node_ids=[host.node_id])
+        assert set(e.groups.tolist()) == {"labelled", "validation"}  # the test part stayed on the node
+    with open_store(tmp_path / host.node_id / "store.db") as st:
+        sent = st.uploaded(res["campaign_id"])
+    assert sent and {b.split(".")[0] for b in sent} == {"labelled", "validation"}  # the node's upload ledger
+
+
 # --- whole campaigns in the simulation engine (Ray) ----------------------------------------------
 
 

@@ -218,6 +218,39 @@ def test_group_data_rebuilds_natural_samples(campaign, ds):
     assert (groups["lab"].labels >= 0).any()
 
 
+def test_a_node_holding_out_subjects_uploads_each_part_under_its_group(campaign, ds, sc):
+    """One node holding the labelled group's windows and the validation subjects' (as a part of its own):
+    each window lands in the group its batch names; a group the node did not announce is refused."""
+    from node_agent.data import DatasetNodeData, node_parts
+
+    by_group = {s.group: s for s in campaign["specs"]}
+    lab, val = by_group["lab"], by_group["validation"]
+    rows = np.concatenate([lab.rows, val.rows])
+    both = DatasetNodeData("host", ds, rows, list(lab.modalities), np.concatenate([lab.labelled, val.labelled]))
+    parts = node_parts(both, "lab", "train", {"validation": val.subjects})
+    assert [(q.group, q.role) for q in parts] == [("lab", "train"), ("validation", "validation")]
+    assert [len(q.data.windows("a")[0]) for q in parts] == [len(lab.rows), len(val.rows)]
+    rt = campaign["runtimes"][lab.node_id]
+    uploads = [("host", b.SerializeToString()) for q in parts for b in tasks.encode_and_pack(q.data, rt.encoders(), "host", "c3", group=q.group)]
+    store = open_store("sqlite://")
+    store.create_campaign("c3", {})
+    rep = P.collect(store, "c3", uploads, sc.modalities, expected_dim=TOWER.feature_dim, groups={"host": {"lab", "validation"}})
+    assert rep.stored == len(uploads) and not rep.rejected
+    info = P.NodeInfo("host", "lab", "train", list(lab.modalities), parts=[P.NodePart("lab", "train"), P.NodePart("validation", "validation")])
+    groups = P.group_data(store, "c3", [info])
+    assert {g: (d.role, len(d)) for g, d in groups.items()} == {"lab": ("train", len(lab.rows)), "validation": ("validation", len(val.rows))}
+    assert np.array_equal(np.sort([int(w.split(":")[1]) for w in groups["validation"].window_ids]), np.sort(val.rows))
+    assert P.group_data(store, "c3", [info], roles=("train",)).keys() == {"lab"}
+    (test_part,) = node_parts(both, "lab", "train", {"test": val.subjects})[1:]
+    blob = tasks.encode_and_pack(test_part.data, rt.encoders(), "host", "c3", group="test")[0].SerializeToString()
+    refused = P.collect(store, "c3", [("host", blob)], sc.modalities, groups={"host": {"lab", "validation"}})
+    assert refused.stored == 0 and "group 'test', which that node did not announce" in refused.rejected[0]
+    with pytest.raises(ValueError, match="subject .* held out for both"):
+        node_parts(both, "lab", "train", {"validation": val.subjects, "test": val.subjects[:1]})
+    with pytest.raises(ValueError, match="itself a validation node"):
+        node_parts(both, "validation", "validation", {"validation": val.subjects})
+
+
 def test_bind_grow_head_bundles_apply_and_evaluate(campaign, ds, sc):
     store, runtimes = campaign["store"], campaign["runtimes"]
     groups = P.group_data(store, "c1", campaign["infos"])

@@ -76,6 +76,7 @@ EXAMPLES: list[Message] = [
         subjects=[9, 9],
         embeddings=pb.Tensor(name="acc", dtype=pb.Tensor.FLOAT32, shape=[2, 1], data=bytes(8)),
         encoder_version="enc-1",
+        group="validation",
     ),
     _bundle(),
     pb.ModalityInfo(name="acc", channels=3, rate_hz=50.0, window=128, n_windows=10, n_labelled=2),

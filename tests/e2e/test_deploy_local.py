@@ -1,11 +1,13 @@
 """``edgebind-sim deploy-local`` end to end: real mosquitto, SuperLink, Registry and node agents on 127.0.0.1.
 
-One quick campaign over sensor-bind's five groups (two unlabelled training
-groups bound through the gyroscope, the labelled group, validation and test):
-every node must ingest its replayed windows, the training and validation nodes
-must upload embeddings, MMBind must bind pairs, and every node must hold, report
-and run the adapters the campaign pushed; afterwards no process it started may
-still run. Fewer nodes than groups is refused before anything starts.
+One quick campaign of sensor-bind on three nodes with three modality sets: the
+two unlabelled training groups bound through the gyroscope, and the labelled
+(lin_acc, gravity) node, which also holds the validation and test subjects out
+as parts of their own. Every node must ingest its replayed windows and upload
+embeddings (never the test part's), MMBind must bind pairs, the labelled node
+must score its test subjects, and every node must hold, report and run the
+adapters the campaign pushed; afterwards no process it started may still run.
+Too few nodes is refused before anything starts.
 
 Needs mosquitto (skipped without it, except with CI=true, where it fails).
 Takes about five minutes on a loaded 2-core machine.
@@ -20,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from simulations.deploy_local import deploy_local, find_mosquitto, process_running
+from simulations.deploy_local import deploy_local, find_mosquitto, node_layout, process_running
 
-NODES = 5  # one per sensor-bind group; three cannot run a campaign (see simulations/deploy_local.py)
+NODES = 3  # sensor-bind's three modality sets; validation and test held out on the labelled node
 
 
 def _in_ci() -> bool:
@@ -65,11 +67,26 @@ def _processes_mentioning(text: str) -> list[str]:
     return found
 
 
-def test_fewer_nodes_than_groups_is_refused_before_anything_starts(tmp_path: Path) -> None:
+def test_too_few_nodes_is_refused_before_anything_starts(tmp_path: Path) -> None:
     out = tmp_path / "deploy"
-    with pytest.raises(ValueError, match=r"needs at least 5 nodes, one per group.*--nodes 5"):
-        deploy_local(nodes=3, dataset="hapt", scenario="sensor-bind", out=out, quick=True)
+    with pytest.raises(ValueError, match=r"needs at least 3 nodes.*every training group needs a node of its own.*--nodes 3"):
+        deploy_local(nodes=2, dataset="hapt", scenario="sensor-bind", out=out, quick=True)
     assert not out.exists()
+
+
+def test_node_layout_holds_validation_and_test_out_on_a_node_with_their_modalities() -> None:
+    from common.data.scenarios import Scenario
+
+    sensor, label, babel = (Scenario.load(n) for n in ("sensor-bind", "label-bind", "babel-hapt"))
+    # groups in scenario order; a fleet of one partition per group below one node per group
+    assert node_layout(sensor, 3) == (5, [[0], [1], [2, 3, 4]])  # labelled (lin_acc+gravity) also holds validation and test
+    assert node_layout(sensor, 4) == (5, [[0], [1], [2, 4], [3]])  # one more node: validation gets its own
+    assert node_layout(sensor, 5) == (5, [[p] for p in range(5)])
+    assert node_layout(label, 3) == (4, [[0], [1], [2, 3]])  # no training group holds acc+gyro: validation and test share one
+    assert node_layout(babel, 4) == (6, [[0], [1], [2], [3, 4, 5]])
+    for sc, need in ((sensor, 3), (label, 3), (babel, 4)):
+        with pytest.raises(ValueError, match=rf"needs at least {need} nodes"):
+            node_layout(sc, need - 1)
 
 
 @pytest.mark.e2e
@@ -100,7 +117,11 @@ def test_deploy_local_runs_a_whole_campaign_and_stops_everything(tmp_path: Path,
     nodes = {n["node_id"]: n for n in summary["nodes"]}
     assert len(nodes) == NODES
     assert len({tuple(n["modalities"]) for n in nodes.values()}) == 3  # gyro+lin_acc, gravity+gyro, gravity+lin_acc
-    assert sorted(n["role"] for n in nodes.values()) == ["test", "train", "train", "train", "validation"]
+    assert sorted(n["role"] for n in nodes.values()) == ["train", "train", "train+validation+test"]
+    (host,) = [n for n in nodes.values() if len(n["parts"]) == 3]
+    assert [q["group"] for q in host["parts"]] == ["labelled", "validation", "test"]
+    held = [set(q["subjects"]) for q in host["parts"]]
+    assert not (held[0] & held[1] or held[0] & held[2] or held[1] & held[2])  # subject-disjoint parts
     for nid, n in nodes.items():
         assert n["windows_ingested"] > 0 and n["windows_ingested"] == n["windows_replayed"], nid
         assert n["adapters"] and set(n["adapters"]) == set(n["modalities"]), nid
@@ -109,11 +130,8 @@ def test_deploy_local_runs_a_whole_campaign_and_stops_everything(tmp_path: Path,
         assert n["loaded"]["adapter_versions"] == n["adapters"], nid  # the running agent predicts with them
         assert n["loaded"]["predictions"] > 0, nid
         assert set(n["encoders"]) == set(n["modalities"]), nid
-        if n["role"] == "test":
-            assert n["embeddings_uploaded"] == {}, nid  # test nodes never upload
-        else:
-            assert sum(n["embeddings_uploaded"].values()) > 0, nid
-    assert [n["labelled_windows"] > 0 for n in nodes.values() if n["role"] == "train"].count(True) == 1  # only the labelled group
+        assert sum(n["embeddings_uploaded"].values()) > 0, nid
+    assert [nid for nid, n in nodes.items() if n["labelled_windows"] > 0] == [host["node_id"]]  # the unlabelled groups see no label
 
     assert summary["embeddings"]["batches"] > 0 and sum(summary["embeddings"]["windows"].values()) > 0
     assert summary["pairs"]["total"] > 0
@@ -121,7 +139,10 @@ def test_deploy_local_runs_a_whole_campaign_and_stops_everything(tmp_path: Path,
     assert summary["stages"] and all(s["status"] == "done" for s in summary["stages"])
     assert set(summary["adapters"]) == {"gravity", "gyro", "lin_acc"}
 
-    (test_node,) = [n for n in nodes.values() if n["role"] == "test"]
+    # the host uploaded its own and its validation windows, never its test part's
+    test_windows = summary["uploads_by_group"][host["node_id"]]
+    assert set(test_windows) == {"labelled", "validation"}, test_windows
+    (test_node,) = [n for n in nodes.values() if "test" in n["role"]]
     mods = sorted(test_node["modalities"])
     subsets = {"+".join(c) for k in range(1, len(mods) + 1) for c in combinations(mods, k)}
     assert subsets <= set(summary["accuracy"]), (subsets, summary["accuracy"])
