@@ -1,8 +1,8 @@
 """How a simulated campaign's cost grows with the fleet: 10, 100, 1000 virtual nodes on this machine.
 
 Each size runs one whole campaign (``simulations.fleet.run_fleet``, the real
-ServerApp and ClientApp in Flower's simulation engine, quick schedule) in a
-child process, and prints per phase: wall seconds, the learning work the nodes
+ServerApp and ClientApp in Flower's simulation engine, quick schedule, every
+window of HAPT spread over the nodes) in a child process, and prints per phase: wall seconds, the learning work the nodes
 report (CPU-seconds summed over nodes), and the coordinator's own learning
 (bind, grow, head). The orchestration share is what is left of the wall time
 once the learning work, spread over the engine's CPUs, is taken out. Figures
@@ -28,8 +28,9 @@ CHILD = """
 import json, sys
 from pathlib import Path
 from simulations.fleet import run_fleet
+# quick schedule, but every window of the dataset (quick alone would cap each group at 160)
 res = run_fleet("hapt", sys.argv[1], int(sys.argv[2]), 0, Path(sys.argv[3]), True, 0.0, None, cpus=int(sys.argv[4]),
-                max_windows_per_group=0, round_timeout=1800.0, discovery_timeout=600.0)
+                max_windows_per_group=10**9, round_timeout=1800.0, discovery_timeout=600.0)
 print("RESULT " + json.dumps({"phases": res["phases"], "missing": res.get("missing_nodes", []), "state": res.get("state")}))
 """
 

@@ -33,10 +33,14 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def experiment_mmbind(args, device) -> dict:
-    from simulations.experiments.mmbind import METHODS, run
+    from dataclasses import replace
+
+    from simulations.experiments.mmbind import METHODS, MMBindSettings, run
 
     methods = tuple(args.methods.split(",")) if args.methods else METHODS
-    return run(args.dataset, args.scenario, args.seeds, args.out or Path("runs") / f"mmbind-{Path(args.scenario).stem}", args.quick, device, methods=methods)
+    st = replace(MMBindSettings.quick() if args.quick else MMBindSettings(), finetune_encoders=args.finetune_encoders)
+    return run(args.dataset, args.scenario, args.seeds, args.out or Path("runs") / f"mmbind-{Path(args.scenario).stem}", args.quick, device,
+               methods=methods, settings=st)  # fmt: skip
 
 
 def experiment_babel(args, device) -> dict:
@@ -83,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--scenario", default="sensor-bind", help="shipped scenario name or a .toml path")
     p.add_argument("--methods", default="", help="comma-separated subset of methods (default: all)")
+    p.add_argument("--finetune-encoders", action="store_true",
+                   help="train the few-label step end to end on raw windows (default: frozen encoders, as a federated campaign)")
     p.set_defaults(func=experiment_mmbind)
     p = ex.add_parser("babel", help="Babel expandable alignment")
     _common(p)

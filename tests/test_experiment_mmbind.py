@@ -51,6 +51,13 @@ def test_label_bind_on_a_generic_npz(tmp_path):
     res = _check_results(out, ["unimodal", "incomplete", "mmbind", "upper_bound"], "acc+gyro")
     # label binding pairs same-class windows only
     assert res["per_seed"][0]["pairs"][0]["pair_accuracy"] == 1.0
+    assert res["few_label_step"] == "frozen encoders, on features"
+    # the same, with the few-label step end to end on raw windows (pseudo-pairs as raw windows too)
+    assert main(["experiment", "mmbind", "--dataset", str(path), "--scenario", "label-bind", "--seeds", "1", "--quick", "--out", str(out / "e2e"),
+                 "--methods", "unimodal,mmbind,upper_bound", "--finetune-encoders"]) == 0
+    tuned = _check_results(out / "e2e", ["unimodal", "mmbind", "upper_bound"], "acc+gyro")
+    assert tuned["few_label_step"] == "end to end on raw windows (encoders fine-tuned)"
+    assert tuned["per_seed"][0]["pairs"] == res["per_seed"][0]["pairs"]  # same split, same encoders, same pairs
 
 
 def test_bad_input_is_refused_before_training(tmp_path, capsys):

@@ -2,9 +2,16 @@
 modality (or through labels) and compare against the baselines on held-out
 subjects.
 
-Every method uses the same split, the same frozen self-supervised encoders,
-the same few labelled windows and the same head procedure (epoch chosen on
-validation subjects); the test figures are those of the chosen model.
+Every method uses the same split, the same self-supervised encoders, the same
+few labelled windows and the same head procedure (step chosen on validation
+subjects); the test figures are those of the chosen model.
+
+By default the encoders stay frozen after pretraining and only the adapters,
+the prototype net and the head learn, as in a federated campaign, where the
+coordinator sees encoder features, never windows. With ``finetune_encoders``
+(``--finetune-encoders``) the few-label step trains every method end to end on
+the raw labelled windows (pseudo-pairs too, where the head sees them), as the
+lower bound does from scratch: the comparison the MMBind paper makes.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ class MMBindSettings:
     k: int = 1
     label_pairs_per_sample: int = 4
     max_windows_per_group: int | None = None  # subsample for quick runs
+    finetune_encoders: bool = False  # few-label step end to end on raw windows (else frozen encoders, on features)
 
     @classmethod
     def quick(cls) -> MMBindSettings:
@@ -118,21 +126,25 @@ def eval_set(sd: SeedData, ds: WindowDataset, role: str, raw: bool = False) -> S
     return SampleSet.natural({m: ds.X[m][rows] if raw else sd.feats[name][m] for m in part.modalities}, ds.y[rows])
 
 
-def raw_labelled(sd: SeedData, ds: WindowDataset, groups: list[str], modalities: list[str]) -> SampleSet:
-    """The labelled raw windows of the training groups, in the given modalities."""
+def raw_labelled(sd: SeedData, ds: WindowDataset, groups: list[str], modalities: list[str], with_all: bool = False) -> SampleSet:
+    """The labelled raw windows of the training groups, in the given modalities (of all of them: ``with_all``)."""
     sets = []
     for g in groups:
         lab = np.flatnonzero(sd.train_labels[g] >= 0)
-        mods = [m for m in sd.split.parts[g].modalities if m in modalities]
+        mods = [m for m in (modalities if with_all else sd.split.parts[g].modalities) if m in modalities]
         if len(lab) and mods:
             sets.append(SampleSet.natural({m: ds.X[m][sd.rows[g][lab]] for m in mods}, sd.train_labels[g][lab]))
     return SampleSet.concat(sets)
 
 
-def pseudo_pairs(sd: SeedData, sc: Scenario, ds: WindowDataset, st: MMBindSettings, seed: int, device) -> tuple[SampleSet | None, list[dict]]:
-    """Pseudo-pairs between every two training groups that hold different modalities."""
+def pseudo_pairs(sd: SeedData, sc: Scenario, ds: WindowDataset, st: MMBindSettings, seed: int, device) -> tuple[SampleSet | None, list[dict], SampleSet | None]:
+    """Pseudo-pairs between every two training groups that hold different modalities.
+
+    Returns the pairs as feature samples, what was bound, and (label binding
+    with ``st.finetune_encoders``) the same pairs as raw-window samples.
+    """
     groups = [p.group for p in sd.split.by_role("train")]
-    sets, info = [], []
+    sets, info, raw_sets = [], [], []
     for ga, gb in combinations(groups, 2):
         if set(ga.modalities) == set(gb.modalities):
             continue
@@ -151,6 +163,10 @@ def pseudo_pairs(sd: SeedData, sc: Scenario, ds: WindowDataset, st: MMBindSettin
             pairs = PseudoPairs(ia[lp.i], ib[lp.j], lp.similarity, lp.weight)
             samples = pseudo_pair_samples(a, b, pairs)
             samples.label = la[pairs.i]  # label binding pairs same-class windows: the class is known
+        if st.finetune_encoders and sc.binding == "label" and len(pairs):  # only label-bound pairs train the head
+            raw = pseudo_pair_samples({m: ds.X[m][sd.rows[ga.name]] for m in ga.modalities}, {m: ds.X[m][sd.rows[gb.name]] for m in gb.modalities}, pairs)
+            raw.label = samples.label
+            raw_sets.append(raw)
         info.append({
             "groups": [ga.name, gb.name],
             "pairs": len(pairs),
@@ -160,7 +176,7 @@ def pseudo_pairs(sd: SeedData, sc: Scenario, ds: WindowDataset, st: MMBindSettin
         })
         if len(pairs):
             sets.append(samples)
-    return (SampleSet.concat(sets) if sets else None), info
+    return (SampleSet.concat(sets) if sets else None), info, (SampleSet.concat(raw_sets) if raw_sets else None)
 
 
 def _fresh(enc: Encoders, ds: WindowDataset, mods: list[str], st: MMBindSettings, seed: int) -> AlignedModel:
@@ -182,7 +198,11 @@ def run_seed(ds: WindowDataset, sc: Scenario, seed: int, st: MMBindSettings, dev
     all_mods = sc.modalities
     natural = natural_samples(sd, train_groups)
     labelled = natural.take(np.flatnonzero(natural.label >= 0))
-    pseudo, pair_info = pseudo_pairs(sd, sc, ds, st, seed, device)
+    pseudo, pair_info, pseudo_raw = pseudo_pairs(sd, sc, ds, st, seed, device)
+    tune = st.finetune_encoders
+    if tune:  # the few-label step on raw windows, every tower trainable
+        v_raw, t_raw = eval_set(sd, ds, "validation", raw=True), eval_set(sd, ds, "test", raw=True)
+        labelled_raw = raw_labelled(sd, ds, train_groups, all_mods)
     n_classes = ds.n_classes
     out: dict = {"seed": seed, "subjects": {k: p.subjects for k, p in sd.split.parts.items()}, "pairs": pair_info, "methods": {}}
     for p in pair_info:
@@ -208,7 +228,10 @@ def run_seed(ds: WindowDataset, sc: Scenario, seed: int, st: MMBindSettings, dev
             per = {}
             for m in test_mods:
                 model = _fresh(enc, ds, [m], st, seed)
-                per[m] = finish(f"unimodal:{m}", model, labelled.restrict([m]), v=val.restrict([m]), t=test.restrict([m]))
+                if tune:
+                    per[m] = finish(f"unimodal:{m}", model, labelled_raw.restrict([m]), features=False, v=v_raw.restrict([m]), t=t_raw.restrict([m]))
+                else:
+                    per[m] = finish(f"unimodal:{m}", model, labelled.restrict([m]), v=val.restrict([m]), t=test.restrict([m]))
             best = max(per, key=lambda m: per[m]["validation"]["val_macro_f1"])  # chosen on validation
             out["methods"][method] = {"per_modality": per, "chosen": best, "subsets": {k: v for m in per for k, v in per[m]["subsets"].items()}}
         else:
@@ -230,13 +253,16 @@ def run_seed(ds: WindowDataset, sc: Scenario, seed: int, st: MMBindSettings, dev
             t1 = time.time()
             align(model, train, cfg, device, seed)
             log.debug("  %s aligned in %.1fs", method, time.time() - t1)
-            head_train = labelled
+            head_train = labelled_raw if tune else labelled
             if method == "mmbind" and sc.binding == "label" and pseudo is not None:
-                head_train = SampleSet.concat([labelled, pseudo])
+                head_train = SampleSet.concat([head_train, pseudo_raw if tune else pseudo])
             if method == "upper_bound":
-                head_train = natural_samples(sd, train_groups, with_all=True)
-                head_train = head_train.take(np.flatnonzero(head_train.label >= 0))
-            out["methods"][method] = finish(method, model, head_train)
+                if tune:
+                    head_train = raw_labelled(sd, ds, train_groups, all_mods, with_all=True)
+                else:
+                    head_train = natural_samples(sd, train_groups, with_all=True)
+                    head_train = head_train.take(np.flatnonzero(head_train.label >= 0))
+            out["methods"][method] = finish(method, model, head_train, features=not tune, **({"v": v_raw, "t": t_raw} if tune else {}))
     out["seconds"] = time.time() - t0
     return out
 
@@ -302,6 +328,7 @@ def run(dataset: str, scenario: str, seeds: int, out: Path, quick: bool, device:
             "seeds": len(per_seed),
             "seeds_planned": seeds,
             "quick": quick,
+            "few_label_step": "end to end on raw windows (encoders fine-tuned)" if st.finetune_encoders else "frozen encoders, on features",
             "protocol": "subject-disjoint split per seed; head step chosen on validation subjects; final chosen model's test figures; mean and sample std over seeds",
             "summary": summarise(per_seed, full),
             "per_seed": per_seed,
