@@ -46,7 +46,16 @@ def experiment_mmbind(args, device) -> dict:
 def experiment_babel(args, device) -> dict:
     from simulations.experiments.babel import run
 
-    return run(args.dataset, args.plan, args.seeds, args.out or Path("runs") / f"babel-{Path(args.plan).stem}", args.quick, device, scenario=args.scenario)
+    kd_weights = None
+    if args.kd_weights:
+        try:
+            kd_weights = [float(w) for w in args.kd_weights.split(",") if w.strip()]
+        except ValueError:
+            raise ValueError(f"--kd-weights takes comma-separated numbers, got {args.kd_weights!r}") from None
+        if not kd_weights:
+            raise ValueError("--kd-weights names no weight")
+    return run(args.dataset, args.plan, args.seeds, args.out or Path("runs") / f"babel-{Path(args.plan).stem}", args.quick, device, scenario=args.scenario,
+               kd_weights=kd_weights)
 
 
 def demo(args, device) -> dict:
@@ -94,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--plan", default="hapt-gyro-trunk", help="shipped plan name or a .toml path")
     p.add_argument("--scenario", default=None, help="scenario whose groups the plan's stages use (default: the plan's)")
+    p.add_argument("--kd-weights", default="",
+                   help="comma-separated candidate distillation weights (e.g. 1,3,10,30): choose one on validation subjects "
+                        "(mean validation label@1 over pairs) before the test figures (default: the configured kd_weight)")  # fmt: skip
     p.set_defaults(func=experiment_babel)
 
     p = sub.add_parser("demo", help="the main job: a small simulated fleet on HAPT, with a report")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -385,3 +386,73 @@ def test_quick_experiment_writes_results_and_plots(tmp_path):
         assert (tmp_path / name).stat().st_size > 1000, name
     assert set(on_disk["files"]) >= {"weights_stage1.png", "projection_after.png"}
     assert res["summary"]["variants"].keys() == s["variants"].keys()
+
+
+def test_kd_weight_choice_takes_the_best_mean_and_ties_go_to_the_smaller_weight():
+    from simulations.experiments.babel import choose_kd_weight
+
+    assert choose_kd_weight([{1.0: 0.5, 3.0: 0.6, 10.0: 0.55}, {1.0: 0.5, 3.0: 0.4, 10.0: 0.55}])[0] == 10.0
+    assert choose_kd_weight([{30.0: 0.5, 3.0: 0.5, 10.0: 0.4}])[0] == 3.0
+    chosen, means = choose_kd_weight([{1.0: 0.2, 3.0: 0.3}, {1.0: 0.4, 3.0: 0.3}])
+    assert chosen == 1.0 and means == pytest.approx({1.0: 0.3, 3.0: 0.3})
+
+
+def test_candidate_growth_is_the_plain_growth_and_reads_validation_features_only():
+    from simulations.experiments.babel import grow_candidates
+
+    plan = plan_of(Stage("s1", "gyro", "lin_acc"), Stage("s2", "gyro", "gravity"))
+    cfg = GrowthConfig(epochs=2, batch_size=32, replay=32)
+    val = paired(40, ("gyro", "lin_acc"), 3).features | {"gravity": paired(40, ("gravity", "x"), 4).features["gravity"]}
+    val_y = np.arange(40) % 4
+    init = model_of()
+    cands = grow_candidates(plan, data_of(), init, val, val_y, [0.5, 20.0], cfg, "cpu")
+    assert [c.kd_weight for c in cands] == [0.5, 20.0] and all(len(c.snapshots) == 2 for c in cands)
+    for c in cands:
+        assert set(c.validation) == {"score", "retrieval", "forgetting"}
+        assert c.validation["score"] == pytest.approx(np.mean([v["label@1"] for v in c.validation["retrieval"].values()]))
+        assert all("val_retrieval" in r.metrics and "test_retrieval" not in r.metrics for r in c.result.records)
+        # the candidate is exactly what a plain growth with that weight gives, so the experiment reuses it
+        plain = copy.deepcopy(init)
+        grow(plain, plan, data_of(), GrowthConfig(epochs=2, batch_size=32, replay=32, kd_weight=c.kd_weight), "cpu")
+        for a, b in zip(plain.state_dict().values(), c.result.model.state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        for a, b in zip(c.snapshots[-1].state_dict().values(), c.result.model.state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not all(torch.equal(a, b) for a, b in zip(cands[0].result.model.state_dict().values(), cands[1].result.model.state_dict().values()))
+
+
+def _keys(obj) -> set[str]:
+    if isinstance(obj, dict):
+        return set(obj) | {k for v in obj.values() for k in _keys(v)}
+    if isinstance(obj, list):
+        return {k for v in obj for k in _keys(v)}
+    return set()
+
+
+@pytest.mark.slow
+def test_quick_experiment_chooses_the_distillation_weight_on_validation(tmp_path, capsys):
+    from simulations.cli import main
+
+    assert main(["experiment", "babel", "--plan", "hapt-gyro-trunk", "--seeds", "1", "--quick", "--kd-weights", "10,3", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    sel = res["kd_selection"]
+    assert sel["candidates"] == [3.0, 10.0] and sel["chosen"] in sel["candidates"] and "validation label@1" in sel["criterion"]
+    (seed,) = sel["per_seed"]
+    scores = {float(w): v["score"] for w, v in seed["validation"].items()}
+    assert set(scores) == {3.0, 10.0}
+    best = max(scores.values())
+    assert sel["chosen"] == min(w for w, s in scores.items() if s == best)  # the argmax, ties to the smaller weight
+    assert sel["mean_validation_score"]["3"]["mean"] == scores[3.0]
+    # nothing of the test group in the selection: only validation figures, validation subjects disjoint from the test ones
+    assert not any("test" in k for k in _keys(sel["per_seed"]))
+    subjects = res["per_seed"][0]["subjects"]
+    test_group = next(g for g in subjects if g == "test" or g.startswith("test"))
+    assert seed["validation_subjects"] == subjects[seed["validation_group"]] and not set(seed["validation_subjects"]) & set(subjects[test_group])
+    # every variant that distils used the chosen weight; the test figures are reported as before
+    assert res["settings"]["growth"]["kd_weight"] == sel["chosen"]
+    for v in ("babel", "babel_reordered", "babel_no_ema_kd", "joint"):
+        assert v in res["summary"]["variants"], v
+    stages = res["per_seed"][0]["variants"]["babel"]["stages"]
+    assert len(stages) == 2 and all("test_retrieval" in s and "val_retrieval" in s for s in stages)
+    assert {"babel", "babel_no_ema_kd"} <= set(res["summary"]["forgetting"])
+    assert "chosen on VALIDATION" in capsys.readouterr().out

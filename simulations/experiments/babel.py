@@ -17,6 +17,24 @@ modalities (trained on the labelled group's windows as single modalities and
 all together, its step chosen on validation subjects), test accuracy and
 macro-F1 of the chosen model for every subset; cross-modal retrieval recall@1
 and @5 on test subjects for every pair of modalities, and after every stage.
+
+The distillation weight (``GrowthConfig.kd_weight``) can be chosen on
+validation subjects instead of taken from the configuration: with
+``kd_weights`` (``--kd-weights 1,3,10,30``), per seed and after the shared
+``prepare``, the ``babel`` plan is grown once per candidate weight from the same
+untrained adapters, and each grown model is scored on the validation group's
+features only. The criterion is the **mean over every pair of modalities of
+validation label@1 retrieval** (``retrieval_recall`` with the validation
+labels: how often the top cross-modal match, among every validation window,
+shows the query's activity; mean of both directions). It rewards what
+distillation is for: the trunk pair kept aligned while later stages add
+modalities, without holding the new pairs back. One weight is chosen for all
+seeds: the best mean of that score over seeds, ties going to the smaller
+weight. Every variant that uses distillation (``babel``, ``babel_reordered``,
+``babel_no_ema``) then runs with the chosen weight and is scored on test
+subjects as above; the ``babel`` run of the chosen weight is the selection's
+own (same seed, same start, same settings), so it is not grown twice. No
+test-subject figure is computed before the choice is made.
 """
 
 from __future__ import annotations
@@ -24,6 +42,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -34,7 +53,7 @@ from common.data import load_dataset
 from common.data.dataset import WindowDataset
 from common.data.scenarios import Scenario, split
 from common.evaluate import HeadConfig, evaluate_subsets, fit_head, subsets
-from common.growth import GrowthConfig, GrowthPlan, PairData, StageRecord, embed, grow, pairs, retrieval_recall
+from common.growth import GrowthConfig, GrowthPlan, GrowthResult, PairData, StageRecord, embed, grow, pairs, retrieval_recall
 from common.losses import MultiViewContrastive
 from common.pretrain import PretrainConfig
 from common.samples import SampleSet
@@ -189,22 +208,96 @@ def few_label(model: AlignedModel, sd: SeedData, ds: WindowDataset, lab_groups: 
     return {"subsets": res, "validation": {k: v for k, v in choice.items() if k != "val_history"}}
 
 
-def run_seed(ds: WindowDataset, sc: Scenario, plan: GrowthPlan, alt: GrowthPlan, seed: int, st: BabelSettings, device: torch.device, out: Path | None) -> dict:
+KD_CRITERION = ("mean over every pair of modalities of validation label@1 retrieval of the grown babel model "
+                "(top cross-modal match among every validation window has the query's activity; mean of both directions); "
+                "validation subjects only")
+
+
+def _group_of(sc: Scenario, role: str) -> str:
+    (name,) = [g.name for g in sc.groups if g.role == role]
+    return name
+
+
+def _stage_data(ds: WindowDataset, sc: Scenario, plan: GrowthPlan, sd: SeedData) -> dict[str, PairData]:
+    """Each stage source's paired features (the only data growth trains on)."""
+    mods = plan.modalities
+    return {s: PairData({m: sd.feats[s][m] for m in sc.group(s).modalities if m in mods}, labels=ds.y[sd.rows[s]])
+            for s in sorted({s.source for s in plan.stages})}
+
+
+@dataclass
+class Candidate:
+    """The babel plan grown with one candidate distillation weight, and its validation figures."""
+
+    kd_weight: float
+    result: GrowthResult
+    snapshots: list[AlignedModel]  # the model right after each stage (to score the chosen one on test later)
+    validation: dict  # score, retrieval per pair, forgetting of the trunk pair (validation subjects only)
+    seconds: float
+
+
+def grow_candidates(plan: GrowthPlan, data: dict[str, PairData], init: AlignedModel, val_feats: dict[str, np.ndarray],
+                    val_y: np.ndarray, weights: Sequence[float], cfg: GrowthConfig, device: torch.device) -> list[Candidate]:
+    """Grow ``plan`` from ``init`` once per distillation weight; score each on validation features only.
+
+    Takes the validation group's features and labels and nothing of the test
+    group, so no test figure can enter the choice.
+    """
+    mods = plan.modalities
+    out = []
+    for w in weights:
+        t1 = time.time()
+        model = copy.deepcopy(init)
+        snaps: list[AlignedModel] = []
+
+        def after_stage(rec: StageRecord, m: AlignedModel, snaps=snaps) -> dict:
+            snaps.append(copy.deepcopy(m))
+            aligned = plan.trunk_before(rec.index + 1)
+            return {"val_retrieval": {k: {q: v[q] for q in ("R@1", "R@5", "label@1")} for k, v in retrieval_all(m, val_feats, aligned, val_y).items()}}
+
+        result = grow(model, plan, data, replace(cfg, kd_weight=float(w)), device, progress=after_stage)
+        retr = {k: {q: v[q] for q in ("R@1", "R@5", "label@1")} for k, v in retrieval_all(model, val_feats, mods, val_y).items()}
+        score = float(np.mean([v["label@1"] for v in retr.values()]))
+        a, b = sorted(plan.stages[0].pair)
+        first, last = result.records[0].metrics["val_retrieval"][f"{a}-{b}"], result.records[-1].metrics["val_retrieval"][f"{a}-{b}"]
+        fg = {"pair": f"{a}-{b}", "after_stage1_label@1": first["label@1"], "after_last_label@1": last["label@1"],
+              "drop_label@1": first["label@1"] - last["label@1"]}
+        out.append(Candidate(float(w), result, snaps, {"score": score, "retrieval": retr, "forgetting": fg}, time.time() - t1))
+        log.info("  kd_weight %-8g validation: mean label@1 over pairs %.4f (trunk %s label@1 %.3f -> %.3f) (%.1fs)",
+                 w, score, fg["pair"], fg["after_stage1_label@1"], fg["after_last_label@1"], out[-1].seconds)
+    return out
+
+
+def choose_kd_weight(per_seed_scores: list[dict[float, float]]) -> tuple[float, dict[float, float]]:
+    """The weight with the best mean validation score over seeds; ties (within 1e-9) go to the smaller weight."""
+    weights = sorted(per_seed_scores[0])
+    means = {w: float(np.mean([s[w] for s in per_seed_scores])) for w in weights}
+    best = max(means.values())
+    return next(w for w in weights if means[w] >= best - 1e-9), means
+
+
+def run_seed(ds: WindowDataset, sc: Scenario, plan: GrowthPlan, alt: GrowthPlan, seed: int, st: BabelSettings, device: torch.device, out: Path | None,
+             prepared: tuple[SeedData, Encoders, float] | None = None, chosen: Candidate | None = None) -> dict:
+    """One seed's variants. ``prepared`` (seed data, encoders, seconds) skips ``prepare``; ``chosen`` is the babel run to reuse."""
     seed_everything(seed)
     t0 = time.time()
-    sd, enc = prepare(ds, sc, plan, seed, st, device)
+    if prepared is None:
+        sd, enc = prepare(ds, sc, plan, seed, st, device)
+        prep_seconds = time.time() - t0
+    else:
+        sd, enc, prep_seconds = prepared
     mods = plan.modalities
     sources = sorted({s.source for s in plan.stages})
-    (val,) = [g.name for g in sc.groups if g.role == "validation"]
-    (test,) = [g.name for g in sc.groups if g.role == "test"]
+    val = _group_of(sc, "validation")
+    test = _group_of(sc, "test")
     lab_groups = [g.name for g in sc.groups if g.role == "train" and sd.labelled[g.name].any() and set(mods) <= set(sd.feats[g.name])]
     if not lab_groups:
         raise ValueError(f"scenario {sc.name!r}: no training group with labels holds every modality of plan {plan.name!r} ({', '.join(mods)})")
-    data = {s: PairData({m: sd.feats[s][m] for m in sc.group(s).modalities if m in mods}, labels=ds.y[sd.rows[s]]) for s in sources}
+    data = _stage_data(ds, sc, plan, sd)
     test_feats = sd.feats[test]
     test_y = ds.y[sd.rows[test]]
     init = _fresh(enc, ds, mods, st, seed)
-    timing = {"prepare": time.time() - t0}
+    timing = {"prepare": prep_seconds}
     res: dict = {"seed": seed, "subjects": sd.subjects, "pairs_per_source": {s: len(d) for s, d in data.items()}, "variants": {}}
 
     def score(name: str, model: AlignedModel, extra: dict | None = None) -> dict:
@@ -238,11 +331,21 @@ def run_seed(ds: WindowDataset, sc: Scenario, plan: GrowthPlan, alt: GrowthPlan,
             aligned = p.trunk_before(rec.index + 1)
             return {"test_retrieval": {k: {q: v[q] for q in ("R@1", "R@5", "label@1")} for k, v in retrieval_all(m, test_feats, aligned, test_y).items()}}
 
-        result = grow(model, p, data, cfg, device, progress=after_stage)
+        if name == "babel" and chosen is not None:
+            # the selection already grew this very run (same start, same settings); score its stages on test now
+            if chosen.kd_weight != cfg.kd_weight:
+                raise ValueError(f"the reused babel run has kd_weight {chosen.kd_weight}, the settings {cfg.kd_weight}")
+            result, model = chosen.result, chosen.result.model
+            for rec, snap in zip(result.records, chosen.snapshots):
+                rec.metrics.update(after_stage(rec, snap))
+            timing["babel_reused_from_selection"] = chosen.seconds
+        else:
+            result = grow(model, p, data, cfg, device, progress=after_stage)
         timing[name] = time.time() - t1
         grown[name] = result
         stages = [{"stage": r.stage, "steps": r.steps, "seconds": r.seconds, "mean_weights": np.mean(r.weights, axis=0).tolist(),
-                   "last_losses": r.losses[-1], "test_retrieval": r.metrics["test_retrieval"]} for r in result.records]
+                   "last_losses": r.losses[-1], "test_retrieval": r.metrics["test_retrieval"]}
+                  | ({"val_retrieval": r.metrics["val_retrieval"]} if "val_retrieval" in r.metrics else {}) for r in result.records]
         score(name, model, {"plan": p.name, "stages": stages, "forgetting": forgetting(p, result.records)})
     t1 = time.time()
     joint = copy.deepcopy(init)
@@ -386,8 +489,15 @@ def format_table(result: dict) -> str:
              "babel_no_ema": "no EMA", "babel_no_kd": "no KD", "joint": "joint"}
     w = 15
     head = lambda first: f"{first:<30}" + "".join(f"{short.get(v, v):>{w}}" for v in vs)  # noqa: E731
-    lines = [f"Babel on {result['dataset']}, plan {result['plan']['name']} (scenario {result['scenario']}), {result['seeds']} seed(s); mean ± std over seeds",
-             "few-label test accuracy (one head for every subset, its step chosen on validation subjects):", head("subset")]
+    lines = [f"Babel on {result['dataset']}, plan {result['plan']['name']} (scenario {result['scenario']}), {result['seeds']} seed(s); mean ± std over seeds"]
+    sel = result.get("kd_selection")
+    if sel:
+        scores = ", ".join(f"{w:g}: {fmt(sel['mean_validation_score'][f'{w:g}'])}" for w in sel["candidates"])
+        lines.append(f"distillation weight {sel['chosen']:g}, chosen on VALIDATION subjects (never test) from {', '.join(f'{w:g}' for w in sel['candidates'])} "
+                     f"by mean validation label@1 over pairs, one weight for every seed (ties to the smaller); validation score per weight: {scores}")
+    else:
+        lines.append(f"distillation weight {result['settings']['growth']['kd_weight']:g} (configured, not selected)")
+    lines += ["few-label test accuracy (one head for every subset, its step chosen on validation subjects):", head("subset")]
     for k in next(iter(s["variants"].values()))["few_label"]:
         lines.append(f"{k:<30}" + "".join(f"{fmt(s['variants'][v]['few_label'][k]['accuracy']):>{w}}" for v in vs))
     for metric, what in (("R@1", "recall@1"), ("R@5", "recall@5"), ("label@1", "top match has the query's activity")):
@@ -411,13 +521,22 @@ def format_table(result: dict) -> str:
 # --------------------------------------------------------------------------- entry point
 
 
-def run(dataset: str, plan: str, seeds: int, out: Path, quick: bool, device: torch.device, scenario: str | None = None, settings: BabelSettings | None = None) -> dict:
+def run(dataset: str, plan: str, seeds: int, out: Path, quick: bool, device: torch.device, scenario: str | None = None, settings: BabelSettings | None = None,
+        kd_weights: Sequence[float] | None = None) -> dict:
     """Run the Babel experiment; write ``out/results.json`` and the PNGs, print a table, return the results.
 
     ``results.json`` holds ``settings``, ``plan`` and ``alternative_plan``,
     ``per_seed`` (every variant's ``few_label`` subsets, ``retrieval`` per
     pair, per-stage ``test_retrieval``, ``forgetting``) and ``summary`` (mean
     and std over seeds, ``order_invariance``, ``forgetting``, ``never_paired``).
+
+    With ``kd_weights`` (candidate distillation weights) the weight is chosen
+    on validation subjects first (see the module docstring) and
+    ``kd_selection`` records ``criterion``, ``rule``, ``candidates``,
+    ``per_seed`` validation figures per candidate (``score``, ``retrieval``,
+    ``forgetting``; validation subjects only), ``mean_validation_score`` and
+    ``chosen``; ``settings.growth.kd_weight`` is then the chosen weight.
+    Without it the configured ``kd_weight`` is used, as before.
     """
     out = Path(out)
     _ensure_logging()
@@ -427,13 +546,24 @@ def run(dataset: str, plan: str, seeds: int, out: Path, quick: bool, device: tor
         # threads when other processes share the cores, and costs little otherwise
         torch.set_num_threads(1)
     try:
-        return _run(dataset, plan, seeds, out, quick, device, scenario, settings)
+        return _run(dataset, plan, seeds, out, quick, device, scenario, settings, kd_weights)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(dataset: str, plan: str, seeds: int, out: Path, quick: bool, device: torch.device, scenario: str | None, settings: BabelSettings | None) -> dict:
+def _check_kd_weights(kd_weights: Sequence[float] | None) -> list[float] | None:
+    if kd_weights is None:
+        return None
+    ws = sorted({float(w) for w in kd_weights})
+    if not ws or any(not np.isfinite(w) or w < 0 for w in ws):
+        raise ValueError(f"kd_weights must be one or more finite weights >= 0, got {list(kd_weights)}")
+    return ws
+
+
+def _run(dataset: str, plan: str, seeds: int, out: Path, quick: bool, device: torch.device, scenario: str | None, settings: BabelSettings | None,
+         kd_weights: Sequence[float] | None = None) -> dict:
     t0 = time.time()
+    kd_weights = _check_kd_weights(kd_weights)
     gp = GrowthPlan.from_toml(plan)
     sc_name = scenario or gp.scenario
     if not sc_name:
@@ -453,10 +583,14 @@ def _run(dataset: str, plan: str, seeds: int, out: Path, quick: bool, device: to
              ds.name, len(ds), len(ds.subjects), gp.name, "; ".join(s.describe() for s in gp.stages), "; ".join(s.describe() for s in alt.stages),
              sc.name, seeds, " [quick]" if quick else "", device)
     per_seed = []
-    for seed in range(seeds):
-        log.info("seed %d/%d", seed + 1, seeds)
-        per_seed.append(run_seed(ds, sc, gp, alt, seed, st, device, out if seed == 0 else None))
-        log.info("seed %d done in %.0fs", seed + 1, per_seed[-1]["seconds"]["total"])
+    selection = None
+    if kd_weights is None:
+        for seed in range(seeds):
+            log.info("seed %d/%d", seed + 1, seeds)
+            per_seed.append(run_seed(ds, sc, gp, alt, seed, st, device, out if seed == 0 else None))
+            log.info("seed %d done in %.0fs", seed + 1, per_seed[-1]["seconds"]["total"])
+    else:
+        selection, st = _select_and_run(ds, sc, gp, alt, seeds, st, device, out, kd_weights, per_seed)
     result = {
         "experiment": "babel",
         "dataset": ds.name,
@@ -471,6 +605,7 @@ def _run(dataset: str, plan: str, seeds: int, out: Path, quick: bool, device: to
                      "one linear fusion head per variant on the labelled group's few labels, its step chosen on validation subjects; "
                      "test figures of the chosen model; retrieval on every test window of the pair (gallery = all test windows); mean and sample std over seeds"),
         "settings": _settings_dict(st),
+        **({"kd_selection": selection} if selection is not None else {}),
         "summary": summarise(per_seed, gp),
         "per_seed": per_seed,
         "files": per_seed[0].get("files", []),
@@ -480,6 +615,46 @@ def _run(dataset: str, plan: str, seeds: int, out: Path, quick: bool, device: to
     print(format_table(result))
     log.info("wrote %s in %.0fs", out / "results.json", result["seconds"])
     return result
+
+
+def _select_and_run(ds: WindowDataset, sc: Scenario, gp: GrowthPlan, alt: GrowthPlan, seeds: int, st: BabelSettings, device: torch.device, out: Path,
+                    kd_weights: list[float], per_seed: list[dict]) -> tuple[dict, BabelSettings]:
+    """Choose the distillation weight on validation subjects over every seed, then run every variant with it (appends to ``per_seed``)."""
+    val, test = _group_of(sc, "validation"), _group_of(sc, "test")
+    prepared, cands, sel_seeds = [], [], []
+    for seed in range(seeds):
+        log.info("seed %d/%d: choosing the distillation weight among %s on validation subjects", seed + 1, seeds, ", ".join(f"{w:g}" for w in kd_weights))
+        seed_everything(seed)
+        t0 = time.time()
+        sd, enc = prepare(ds, sc, gp, seed, st, device)
+        prepared.append((sd, enc, time.time() - t0))
+        init = _fresh(enc, ds, gp.modalities, st, seed)
+        t1 = time.time()
+        cs = grow_candidates(gp, _stage_data(ds, sc, gp, sd), init, sd.feats[val], ds.y[sd.rows[val]], kd_weights, replace(st.growth, seed=seed), device)
+        cands.append({c.kd_weight: c for c in cs})
+        sel_seeds.append({"seed": seed, "validation_group": val, "validation_subjects": sd.subjects[val], "validation_windows": int(len(sd.rows[val])),
+                          "seconds": round(time.time() - t1, 2), "validation": {f"{c.kd_weight:g}": c.validation for c in cs}})
+    chosen, means = choose_kd_weight([{w: c.validation["score"] for w, c in cs.items()} for cs in cands])
+    log.info("distillation weight %g chosen on validation subjects (mean validation label@1 over pairs and seeds: %s)",
+             chosen, ", ".join(f"{w:g} {m:.4f}" for w, m in means.items()))
+    selection = {
+        "criterion": KD_CRITERION,
+        "rule": "one weight for every seed: the best mean validation score over seeds; ties (within 1e-9) go to the smaller weight",
+        "data": f"validation group {val!r} only; the test group {test!r} is not read before the choice",
+        "candidates": kd_weights,
+        "per_seed": sel_seeds,
+        "mean_validation_score": {f"{w:g}": mean_std([s["validation"][f"{w:g}"]["score"] for s in sel_seeds]) for w in kd_weights},
+        "chosen": chosen,
+    }
+    st = replace(st, growth=replace(st.growth, kd_weight=chosen))
+    for seed in range(seeds):
+        log.info("seed %d/%d with kd_weight %g", seed + 1, seeds, chosen)
+        r = run_seed(ds, sc, gp, alt, seed, st, device, out if seed == 0 else None, prepared=prepared[seed], chosen=cands[seed][chosen])
+        r["seconds"]["kd_selection"] = sel_seeds[seed]["seconds"]
+        per_seed.append(r)
+        log.info("seed %d done in %.0fs", seed + 1, r["seconds"]["total"])
+        prepared[seed] = cands[seed] = None  # free the seed's features and candidate models
+    return selection, st
 
 
 def _settings_dict(st: BabelSettings) -> dict:
