@@ -218,12 +218,19 @@ class Campaign:
         self.specs: dict[str, ModalitySpec] = {}
         classes: list[str] = []
         for f, r in sorted(replies.items()):
-            m = r.content["manifest"]
-            mods = sorted(m["modalities"])
-            self.nodes[f] = NodeInfo(str(m["node-id"]), str(m["group"]), str(m["role"]), mods, int(m["windows"]), int(m["labelled"]), f, _parts(m))
-            for mod in mods:
-                ch, win, rate = m[f"spec.{mod}"]
-                self.specs.setdefault(mod, ModalitySpec(mod, channels=int(ch), rate_hz=float(rate), window=int(win)))
+            try:  # one malformed manifest costs that node, not the campaign
+                m = r.content["manifest"]
+                mods = sorted(m["modalities"])
+                info = NodeInfo(str(m["node-id"]), str(m["group"]), str(m["role"]), mods, int(m["windows"]), int(m["labelled"]), f, _parts(m))
+                specs = {mod: ModalitySpec(mod, channels=int(m[f"spec.{mod}"][0]), rate_hz=float(m[f"spec.{mod}"][2]), window=int(m[f"spec.{mod}"][1]))
+                         for mod in mods}  # fmt: skip
+            except (KeyError, ValueError, TypeError, IndexError) as e:
+                self.missing[f"flower:{f}"] = {"phase": "manifest", "round": 0, "reason": f"bad manifest: {type(e).__name__}: {e}"}
+                log.warning("[manifest] node flower:%s sent a bad manifest (%s: %s); leaving it out", f, type(e).__name__, e)
+                continue
+            self.nodes[f] = info
+            for mod, spec in specs.items():
+                self.specs.setdefault(mod, spec)
             classes = classes or list(m["classes"])
             held = " ".join(f"{p.group}:{p.role}" for p in self.nodes[f].parts)
             self.store.upsert_node(str(m["node-id"]), {mod: asdict(self.specs[mod]) for mod in mods}, hardware=f"parts={held}")

@@ -103,7 +103,7 @@ def synthetic_files(tmp_path: Path) -> tuple[str, str]:
     return str(data), str(scenario)
 
 
-def in_process_campaign(tmp_path: Path, silent: set[int] = frozenset(), **config) -> tuple[dict, InProcessGrid]:
+def in_process_campaign(tmp_path: Path, silent: set[int] = frozenset(), grid_cls: type[InProcessGrid] = InProcessGrid, **config) -> tuple[dict, InProcessGrid]:
     data, scenario = synthetic_files(tmp_path)
     run_config = {
         "dataset": data, "scenario": scenario, "seed": 0, "results-path": str(tmp_path / "out" / "results.json"),
@@ -115,7 +115,7 @@ def in_process_campaign(tmp_path: Path, silent: set[int] = frozenset(), **config
         100 + p: Context(run_id=1, node_id=100 + p, node_config={"partition-id": p, "num-partitions": 7}, state=RecordDict(), run_config=run_config)
         for p in range(7)
     }
-    grid = InProcessGrid(contexts, silent={100 + p for p in silent})
+    grid = grid_cls(contexts, silent={100 + p for p in silent})
     server_app(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config))
     return json.loads((tmp_path / "out" / "results.json").read_text()), grid
 
@@ -139,6 +139,25 @@ def test_a_silent_node_is_waited_for_only_round_timeout(tmp_path):
     assert res["state"] == "done"
     assert res["missing"] == {"flower:101": {"phase": "manifest", "round": 0, "reason": "no reply within 1.5s"}}
     assert time.time() - t0 < 120
+
+
+class CorruptManifestGrid(InProcessGrid):
+    """Node 101's manifest announces one part but two roles: malformed, as a buggy or hostile node might send."""
+
+    def push_messages(self, messages):
+        ids = super().push_messages(messages)
+        for mid, msg in zip(ids, messages):
+            if msg.metadata.message_type == "query.manifest" and msg.metadata.dst_node_id == 101 and mid in self.replies:
+                self.replies[mid].content["manifest"]["part.role"] = ["train", "test"]
+        return ids
+
+
+def test_a_malformed_manifest_costs_that_node_not_the_campaign(tmp_path):
+    res, _ = in_process_campaign(tmp_path, grid_cls=CorruptManifestGrid)
+    assert res["state"] == "done" and res["accuracy"]
+    assert list(res["missing"]) == ["flower:101"] and res["missing"]["flower:101"]["phase"] == "manifest"
+    assert "bad manifest" in res["missing"]["flower:101"]["reason"] and "part." in res["missing"]["flower:101"]["reason"]
+    assert "sa-001" not in res["nodes"]
 
 
 def test_a_node_dropping_out_mid_pretraining_is_named(tmp_path):
