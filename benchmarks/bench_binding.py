@@ -26,23 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 MB = 2**20
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def _inputs(torch, n: int, dim: int, seed: int):
     gen = torch.Generator().manual_seed(seed)
     q = torch.randn(n, dim, generator=gen)
@@ -91,6 +74,7 @@ def worker(args: argparse.Namespace) -> None:
 
     sys.path.insert(0, str(ROOT))
     from common.binding import bind, choose_block_sizes
+    from common.processes import reset_peak_rss, status_kib
 
     torch.set_num_threads(args.threads)
     if args.worker == "ab":
@@ -117,14 +101,14 @@ def worker(args: argparse.Namespace) -> None:
     q, g = q_full[:2048], g_full[:4096]
     run()
     q, g = q_full, g_full
-    rss0 = _status_kib("VmRSS")
-    reset = _reset_peak()
-    hwm0 = _status_kib("VmHWM")
+    rss0 = status_kib("VmRSS")
+    reset = reset_peak_rss()
+    hwm0 = status_kib("VmHWM")
     load0 = os.getloadavg()[0]
     c0, t0 = time.process_time(), time.perf_counter()
     out = run()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    peak = _status_kib("VmHWM")
+    peak = status_kib("VmHWM")
     if args.save and out is not None:
         torch.save(out, args.save)
     print(

@@ -46,12 +46,9 @@ GOALS = {"float16": (6.0, 0.99), "int8": (12.0, 0.95)}
 
 def vm_status() -> dict[str, int]:
     """VmHWM and VmRSS of this process, in KiB."""
-    out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(("VmHWM:", "VmRSS:")):
-            key, value = line.split(":")
-            out[key] = int(value.split()[0])
-    return out
+    from common.processes import status_kib
+
+    return {k: v for k in ("VmHWM", "VmRSS") if (v := status_kib(k)) is not None}
 
 
 def load():

@@ -1,4 +1,5 @@
-"""Child processes and signals, shared by the command-line tools (standard library only)."""
+"""Child processes, signals, logging set-up and /proc memory figures, shared by the command-line tools,
+benchmarks and tests (standard library only)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 from typing import Any
 
@@ -54,3 +56,34 @@ def stop_on_signals() -> threading.Event:
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
     return stop
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """The command-line tools' logging: INFO (DEBUG with ``verbose``) to stderr, with time and logger name."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def status_kib(field: str) -> int | None:
+    """A memory figure of this process from /proc/self/status (``VmRSS``, ``VmHWM``...) in KiB, or None where unknown."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (VmHWM) to its current RSS; False where the kernel does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from common.processes import free_port, stop_on_signals, stop_process_group
+from common.processes import free_port, setup_logging, stop_on_signals, stop_process_group
 from coordinator.registry import serve
 from coordinator.store import open_store
 
@@ -228,11 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(args.verbose)
     try:
         if args.command == "up":
             return up(args.dir, host=args.host, superlink_port=args.superlink_port, registry_port=args.registry_port,

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from common.processes import free_port, stop_on_signals, stop_process_group
+from common.processes import free_port, setup_logging, stop_on_signals, stop_process_group
 from node_agent.ingest import (
     DEFAULT_MAX_PAYLOAD,
     Ingest,
@@ -444,11 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(args.verbose)
     try:
         if args.command == "ingest":
             stats = ingest(args.node_id, args.broker, args.store, args.modalities, window=args.window,

@@ -155,10 +155,10 @@ def collect(msg: Message, context: Context) -> Message:
         versions = node.runtime.install_encoders(states, {m: node.data.spec(m) for m in mods}, _tower(cfg))
         if cfg.get("signing-key") and node.key is None:
             node.runtime.remember_key(str(cfg["signing-key-id"]), str(cfg["signing-key"]))
-        batches = []
-        for role in cfg["upload-roles"]:  # the coordinator names the roles whose windows it takes; test windows stay here
-            part = node.part(str(role))
-            packed = tasks.encode_and_pack(part.data, node.runtime.encoders(), node.node_id, str(cfg["campaign-id"]), str(cfg["dtype"]),
+        batches, parts = [], [node.part(str(role)) for role in cfg["upload-roles"]]  # the roles the coordinator takes; test stays here
+        encoders = node.runtime.encoders() if parts else {}
+        for part in parts:
+            packed = tasks.encode_and_pack(part.data, encoders, node.node_id, str(cfg["campaign-id"]), str(cfg["dtype"]),
                                            encoder_versions=versions, group=part.group)  # fmt: skip
             batches += [b.SerializeToString() for b in packed]
             if node.runtime.store is not None:  # the node's upload ledger: what it handed over, per campaign

@@ -160,8 +160,8 @@ class SubjectSubset:
     def __init__(self, base: NodeData, subjects: set[int], keep: bool):
         self.base, self.node_id, self.chosen, self.keep = base, base.node_id, set(subjects), keep
 
-    def _mask(self, modality: str) -> np.ndarray:
-        subj = self.base.subjects(modality)
+    def _mask(self, modality: str, subj: np.ndarray | None = None) -> np.ndarray:
+        subj = self.base.subjects(modality) if subj is None else subj
         if subj is None:
             raise ValueError(f"node {self.node_id!r}: its {modality!r} windows carry no subject, so subjects {sorted(self.chosen)} cannot be held out")
         return np.isin(subj, list(self.chosen)) == self.keep
@@ -179,7 +179,7 @@ class SubjectSubset:
 
     def subjects(self, modality: str) -> np.ndarray | None:
         subj = self.base.subjects(modality)
-        return None if subj is None else subj[self._mask(modality)]
+        return None if subj is None else subj[self._mask(modality, subj)]
 
     def classes(self) -> list[str]:
         return self.base.classes()

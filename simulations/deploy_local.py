@@ -236,14 +236,14 @@ class Supervisor:
             known = dict(self.seen)
         found = {}
         for root, name in roots:
-            todo = list(kids.get(root, []))
-            while todo:
-                pid = todo.pop()
+            pending = list(kids.get(root, []))
+            while pending:
+                pid = pending.pop()
                 st = stats.get(pid)
                 if st is None or pid == os.getpid():
                     continue
                 found[(pid, st[4])] = known.get((pid, st[4])) or f"{name}/{_cmd_name(pid)}"
-                todo += kids.get(pid, [])
+                pending += kids.get(pid, [])
         with self._lock:
             for key, name in found.items():
                 self.seen.setdefault(key, name)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from common import binding
+from common.processes import reset_peak_rss, status_kib
 from common.binding import (
     WEIGHT_RULES,
     BindResult,
@@ -25,15 +26,6 @@ from common.binding import (
 )
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small blocks on a shared machine run faster and steadier on one thread; restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _dense_topk(q: torch.Tensor, g: torch.Tensor, k: int):
@@ -203,26 +195,6 @@ def test_block_sizes_respect_the_budget():
             assert binding._block_bytes(qb, gb, d, k, 4) <= budget
 
 
-def _rss_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def test_bind_20k_by_20k_stays_in_its_memory_budget(monkeypatch):
     """Every score block fits the budget, the blocks cover all N x M pairs, and
     the process's peak RSS grows by far less than one dense N x M matrix (1.6 GB)."""
@@ -238,10 +210,10 @@ def test_bind_20k_by_20k_stays_in_its_memory_budget(monkeypatch):
         return real(qb, gb, out)
 
     monkeypatch.setattr(binding, "_block_scores", recording)
-    rss0 = _rss_kib("VmRSS")
-    can_measure = rss0 is not None and _reset_peak_rss()
+    rss0 = status_kib("VmRSS")
+    can_measure = rss0 is not None and reset_peak_rss()
     res = bind(q, g, k=1, max_block_bytes=budget)
-    peak = _rss_kib("VmHWM")
+    peak = status_kib("VmHWM")
     assert n * m <= sum(seen) < 1.01 * n * m, "the recorded blocks do not cover all pairs (once)"
     assert max(seen) * 4 <= budget
     if can_measure and peak is not None:

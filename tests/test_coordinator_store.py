@@ -70,7 +70,7 @@ class CoordinatorStoreSuite:
 
     def store_factory(self) -> CoordinatorStore:
         """A new handle on this test's database (the same database each call, where reopenable)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must say how to open its backend (store_factory)")
 
     @pytest.fixture(autouse=True)
     def _close_opened(self) -> Iterator[None]:

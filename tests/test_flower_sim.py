@@ -50,7 +50,7 @@ class InProcessGrid(Grid):
 
     @property
     def run(self):  # pragma: no cover
-        raise NotImplementedError
+        raise AttributeError("InProcessGrid holds no Flower Run: the ServerApp under test never reads grid.run")
 
     def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):  # pragma: no cover
         return Message(content, dst_node_id, message_type, group_id=group_id, ttl=ttl)

@@ -36,15 +36,6 @@ TOWER = TowerConfig(width=8, feature_dim=16, adapter_hidden=32, embed_dim=16, pr
 SOURCES = {"s1": {"gyro", "lin_acc"}, "s2": {"gyro", "gravity"}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread, so that other processes on the cores cannot stall the spin-waits."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def model_of(mods=("gyro", "lin_acc", "gravity"), seed: int = 0) -> AlignedModel:
     torch.manual_seed(seed)
     return AlignedModel({m: inertial(m) for m in mods}, TOWER)

@@ -57,15 +57,6 @@ SCENARIO = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one BLAS thread is faster than two fighting over a shared CI box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def ds() -> WindowDataset:
     return synthetic()
