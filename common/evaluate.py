@@ -1,8 +1,8 @@
 """Few-label heads and metrics.
 
 The head (and, when fine-tuning, the towers) is trained on the few labelled
-windows; the epoch is chosen on validation subjects only; the test figures are
-those of that chosen model. The test set never takes part in any choice.
+windows; the stage and step are chosen on validation subjects only; the test
+figures are those of that chosen model. The test set never takes part in any choice.
 """
 
 from __future__ import annotations
@@ -22,18 +22,35 @@ from common.towers import AlignedModel, FusionHead
 
 @dataclass
 class HeadConfig:
-    mode: str = "finetune"  # "linear": frozen towers; "finetune": towers train too
-    steps: int = 400
+    """The few-label step: a linear probe first, then (``finetune``) the towers too, at lower rates.
+
+    Each stage keeps its best validation check; fine-tuning only replaces the
+    probe where it does better on validation. Modality dropout trains every
+    subset of a sample's modalities, so a head fit on (A, B) also serves A alone.
+    """
+
+    mode: str = "finetune"  # "linear": frozen towers; "finetune": adapters and prototype (and encoders on raw windows) train too
+    steps: int = 400  # linear-probe steps
+    finetune_steps: int = 300
     eval_every: int = 20  # validation checks; the best one is kept
     batch_size: int = 64
-    lr: float = 1e-2
-    tower_lr: float = 3e-4
-    weight_decay: float = 1e-4
+    lr: float = 1e-2  # head, while probing
+    head_finetune_lr: float = 1e-3
+    tower_lr: float = 3e-4  # adapters and prototype
+    encoder_lr: float = 3e-4  # encoders, when the step sees raw windows
+    weight_decay: float = 1e-3
     hidden: int = 0
+    modality_dropout: float = 0.3  # chance that a multi-modal sample trains on a random proper subset
+    augment: bool = True  # augment raw windows while fine-tuning (see common.pretrain.augment)
+    finetune_lr_scales: tuple[float, ...] = (1.0,)  # fine-tuning runs once per scale of the tower/encoder rates; validation keeps the best
 
     def __post_init__(self) -> None:
         if self.mode not in ("linear", "finetune"):
             raise ValueError(f"head mode must be 'linear' or 'finetune', got {self.mode!r}")
+        if self.steps < 1 or self.finetune_steps < 0 or self.eval_every < 1:
+            raise ValueError(f"head steps must be >= 1 (fine-tune steps >= 0), got {self.steps}, {self.finetune_steps}")
+        if not 0 <= self.modality_dropout <= 1:
+            raise ValueError(f"modality_dropout must be in [0, 1], got {self.modality_dropout}")
 
 
 def metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
@@ -44,12 +61,12 @@ def metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
 
 
 def embed_batch(model: AlignedModel, batch, features: bool = False) -> dict[str, torch.Tensor]:
-    """Aligned embeddings of a batch, laid out per sample with the batch's masks.
+    """Head inputs of a batch (encoder features beside aligned embeddings), laid out per sample with the batch's masks.
 
     With ``features`` the batch holds encoder features (what nodes upload),
     not raw windows, and only the adapters and prototype run.
     """
-    out = model.embed_features(batch.inputs) if features else model(batch.inputs)
+    out = model.head_inputs(batch.inputs, features=features)
     return {m: scatter(z, batch.masks[m]) for m, z in out.items()}
 
 
@@ -63,6 +80,39 @@ def predict(model: AlignedModel, head: FusionHead, samples: SampleSet, device: t
     return np.concatenate(preds) if preds else np.empty(0, dtype=np.int64)
 
 
+def drop_modalities(masks: dict[str, torch.Tensor], p: float, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """With probability ``p``, a sample holding several modalities keeps only a random non-empty proper subset."""
+    mods = sorted(masks)
+    if p <= 0 or len(mods) < 2:
+        return masks
+    present = torch.stack([masks[m] for m in mods]).cpu()  # (M, B)
+    keep = torch.rand(present.shape, generator=generator) < 0.5
+    dropped = present & keep
+    empty = ~dropped.any(0)
+    pick = torch.multinomial(present.T.float(), 1, generator=generator).squeeze(1)  # one present modality
+    dropped[:, empty] = torch.nn.functional.one_hot(pick[empty], len(mods)).T.bool() & present[:, empty]
+    use = (torch.rand(present.shape[1], generator=generator) < p) & (present.sum(0) > 1)
+    out = torch.where(use[None, :], dropped, present).to(next(iter(masks.values())).device)
+    return {m: out[k] for k, m in enumerate(mods)}
+
+
+def _augmented(inputs: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    from common.pretrain import augment
+
+    return {m: augment(x, generator) for m, x in inputs.items()}
+
+
+@torch.no_grad()
+def _fit_scalers(model: AlignedModel, head: FusionHead, train: SampleSet, device: torch.device, features: bool) -> None:
+    model.eval()
+    rows: dict[str, list[torch.Tensor]] = {}
+    for b in train.batches(512, device):
+        for m, x in model.head_inputs(b.inputs, features=features).items():
+            rows.setdefault(m, []).append(x)
+    for m, xs in rows.items():
+        head.scalers[m].fit(torch.cat(xs))
+
+
 def fit_head(
     model: AlignedModel,
     train: SampleSet,
@@ -73,8 +123,11 @@ def fit_head(
     seed: int = 0,
     features: bool = False,
 ) -> tuple[AlignedModel, FusionHead, dict]:
-    """Train a fusion head on ``train`` (labelled rows only); choose the epoch by validation macro-F1.
+    """Train a fusion head on ``train`` (labelled rows only); every choice is made by validation macro-F1.
 
+    A linear probe on the frozen towers comes first; with ``cfg.mode ==
+    "finetune"`` the towers then train too (adapters and prototype; encoders
+    as well when the samples are raw windows), starting from the best probe.
     Returns copies of the chosen model and head, and a record of the choice.
     """
     labelled = train.take(np.flatnonzero(train.label >= 0))
@@ -84,43 +137,61 @@ def fit_head(
         raise ValueError("fit_head: validation samples must all be labelled")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
     model = copy.deepcopy(model).to(device)
-    head = FusionHead(model.cfg.embed_dim, n_classes, cfg.hidden).to(device)
-    groups = [{"params": head.parameters(), "lr": cfg.lr}]
-    if cfg.mode == "finetune":
-        tuned = [p for n, p in model.named_parameters() if not (features and n.startswith("encoders."))]
-        groups.append({"params": tuned, "lr": cfg.tower_lr})
-        for p in tuned:
-            p.requires_grad_(True)
-    else:
-        for p in model.parameters():
-            p.requires_grad_(False)
-    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-    best = {"epoch": -1, "val_macro_f1": -1.0}
-    best_state = None
+    mods = sorted(set(labelled.modalities) | set(val.modalities))
+    head = FusionHead({m: model.head_dim for m in mods}, n_classes, cfg.hidden).to(device)
+    _fit_scalers(model, head, labelled, device, features)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    best = {"stage": "probe", "step": 0, "val_macro_f1": -1.0, "val_accuracy": 0.0}
+    best_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(head.state_dict()))
     history = []
     batch = min(cfg.batch_size, len(labelled))
-    for step in range(1, cfg.steps + 1):
-        model.train(cfg.mode == "finetune")
-        head.train()
-        b = labelled.batch(rng.choice(len(labelled), size=batch, replace=False), device)
-        logits = head(embed_batch(model, b, features), b.masks)
-        loss = F.cross_entropy(logits, b.label)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step % cfg.eval_every and step != cfg.steps:
-            continue
-        m = metrics(val.label, predict(model, head, val, device, features=features))
-        history.append(m["macro_f1"])
-        if m["macro_f1"] > best["val_macro_f1"]:
-            # "epoch" counts validation checks: the model kept is the one after step epoch*eval_every
-            best = {"epoch": step // cfg.eval_every, "step": step, "val_macro_f1": m["macro_f1"], "val_accuracy": m["accuracy"]}
-            best_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(head.state_dict()))
+
+    def run(stage: str, steps: int, opt: torch.optim.Optimizer, tune_towers: bool) -> None:
+        nonlocal best, best_state
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
+        for step in range(1, steps + 1):
+            model.train(tune_towers)
+            head.train()
+            b = labelled.batch(rng.choice(len(labelled), size=batch, replace=False), device)
+            inputs = _augmented(b.inputs, gen) if tune_towers and cfg.augment and not features else b.inputs
+            x = model.head_inputs(inputs, features=features)
+            masks = drop_modalities(b.masks, cfg.modality_dropout, gen)
+            logits = head({m: scatter(z, b.masks[m]) for m, z in x.items()}, masks)
+            loss = F.cross_entropy(logits, b.label)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if step % cfg.eval_every and step != steps:
+                continue
+            m = metrics(val.label, predict(model, head, val, device, features=features))
+            history.append({"stage": stage, "step": step, "val_macro_f1": m["macro_f1"]})
+            if m["macro_f1"] > best["val_macro_f1"]:
+                best = {"stage": stage, "step": step, "val_macro_f1": m["macro_f1"], "val_accuracy": m["accuracy"]}
+                best_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(head.state_dict()))
+
+    run("probe", cfg.steps, torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay), False)
+    probe = best_state
+    for scale in cfg.finetune_lr_scales if cfg.mode == "finetune" and cfg.finetune_steps else ():
+        model.load_state_dict(probe[0])  # every fine-tuning run starts from the best probe
+        head.load_state_dict(probe[1])
+        groups = [{"params": list(head.parameters()), "lr": cfg.head_finetune_lr}]
+        groups.append({"params": [p for n, p in model.named_parameters() if not n.startswith("encoders.")], "lr": cfg.tower_lr * scale})
+        if not features:
+            groups.append({"params": [p for n, p in model.named_parameters() if n.startswith("encoders.")], "lr": cfg.encoder_lr * scale})
+        for g in groups[1:]:
+            for p in g["params"]:
+                p.requires_grad_(True)
+        run(f"finetune x{scale:g}", cfg.finetune_steps, torch.optim.AdamW(groups, weight_decay=cfg.weight_decay), True)
     model.load_state_dict(best_state[0])
     head.load_state_dict(best_state[1])
+    for p in model.parameters():
+        p.requires_grad_(False)
     best["val_history"] = history
-    return model, head, best
+    return model.eval(), head.eval(), best
 
 
 def subsets(modalities: list[str]) -> list[tuple[str, ...]]:

@@ -58,13 +58,16 @@ class InertialEncoder(nn.Module):
             _block(3 * w, cfg.feature_dim, 3, 2),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def sequence(self, x: torch.Tensor) -> torch.Tensor:
+        """The feature sequence before pooling: (batch, feature_dim, time / 16)."""
         if x.ndim != 3 or x.shape[-1] != self.spec.channels:
             raise ValueError(
                 f"encoder for {self.spec.name!r} takes (batch, time, {self.spec.channels}) windows, got {tuple(x.shape)}"
             )
-        h = self.net(x.transpose(1, 2))
-        return h.mean(dim=-1)
+        return self.net(x.transpose(1, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.sequence(x).mean(dim=-1)
 
 
 ENCODER_FAMILIES: dict[str, type[nn.Module]] = {"inertial": InertialEncoder}
@@ -136,6 +139,19 @@ class AlignedModel(nn.Module):
     def forward(self, inputs: dict[str, torch.Tensor], normalize: bool = True) -> dict[str, torch.Tensor]:
         return self.embed_features(self.features(inputs), normalize=normalize)
 
+    def head_inputs(self, inputs: dict[str, torch.Tensor], features: bool = False) -> dict[str, torch.Tensor]:
+        """Per modality, what a FusionHead reads: encoder features beside the aligned embedding.
+
+        ``inputs`` are raw windows, or encoder features with ``features``.
+        """
+        feats = inputs if features else self.features(inputs)
+        return head_inputs(feats, self.embed_features(feats))
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one modality's head input."""
+        return self.cfg.feature_dim + self.cfg.embed_dim
+
     def encode(self, inputs: dict[str, torch.Tensor], normalize: bool = True) -> dict[str, torch.Tensor]:
         return self.forward(inputs, normalize=normalize)
 
@@ -158,24 +174,85 @@ def fuse(embeddings: dict[str, torch.Tensor], masks: dict[str, torch.Tensor] | N
     return (zs * w).sum(0) / count
 
 
-class FusionHead(nn.Module):
-    """A classifier on the fused embedding of whatever subset of modalities is present."""
+def head_inputs(feats: dict[str, torch.Tensor], embeddings: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What a head reads per modality: the encoder features and the aligned embedding, side by side.
 
-    def __init__(self, dim: int, n_classes: int, hidden: int = 0):
+    Alignment keeps what the streams share; the features keep what each adds.
+    """
+    return {m: torch.cat([feats[m], embeddings[m]], dim=-1) for m in embeddings}
+
+
+class Standardise(nn.Module):
+    """Fixed per-dimension centring and scaling, measured once on training inputs (kept in the state dict)."""
+
+    def __init__(self, dim: int):
         super().__init__()
-        self.net = nn.Linear(dim, n_classes) if hidden == 0 else nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, n_classes))
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
 
-    def forward(self, embeddings: dict[str, torch.Tensor], masks: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        return self.net(fuse(embeddings, masks))
+    @torch.no_grad()
+    def fit(self, x: torch.Tensor) -> Standardise:
+        self.mean.copy_(x.mean(0))
+        self.std.copy_(x.std(0, unbiased=False).clamp_min(1e-4) if len(x) > 1 else torch.ones_like(self.std))
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
 
 
-def head_for_state(state: dict[str, torch.Tensor], dim: int) -> FusionHead:
-    """A FusionHead shaped like ``state`` (linear, or one hidden layer), for loading a pushed head."""
-    if "net.weight" in state:
-        return FusionHead(dim, int(state["net.weight"].shape[0]))
-    if "net.0.weight" in state and "net.2.weight" in state:
-        return FusionHead(dim, int(state["net.2.weight"].shape[0]), hidden=int(state["net.0.weight"].shape[0]))
-    raise ValueError(f"head state has unexpected keys {sorted(state)[:4]}")
+class FusionHead(nn.Module):
+    """Late fusion over whatever subset of modalities is present.
+
+    Each modality has its own classifier on its standardised head input
+    (``head_inputs``); a sample's logits are the mean over its present
+    modalities. For linear classifiers this is one linear head on the
+    concatenation, yet every single modality is served on its own, and a
+    missing modality is absent, never zero-filled.
+    """
+
+    def __init__(self, dims: dict[str, int], n_classes: int, hidden: int = 0):
+        super().__init__()
+        if not dims:
+            raise ValueError("FusionHead needs at least one modality")
+        self.n_classes = n_classes
+        self.scalers = nn.ModuleDict({m: Standardise(d) for m, d in dims.items()})
+
+        def classifier(d: int) -> nn.Module:
+            return nn.Linear(d, n_classes) if hidden == 0 else nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, n_classes))
+
+        self.heads = nn.ModuleDict({m: classifier(d) for m, d in dims.items()})
+
+    @property
+    def modalities(self) -> list[str]:
+        return sorted(self.heads)
+
+    def per_modality(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        unknown = [m for m in inputs if m not in self.heads]
+        if unknown:
+            raise KeyError(f"this head was trained for {', '.join(self.modalities)}, not {unknown[0]!r}")
+        return {m: self.heads[m](self.scalers[m](x)) for m, x in inputs.items()}
+
+    def forward(self, inputs: dict[str, torch.Tensor], masks: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        return fuse(self.per_modality(inputs), masks)
+
+
+def head_for_state(state: dict[str, torch.Tensor]) -> FusionHead:
+    """A FusionHead shaped like ``state`` (per modality: linear, or one hidden layer), for loading a pushed head."""
+    dims, hidden, classes = {}, 0, None
+    for key, v in state.items():
+        parts = key.split(".")
+        if parts[0] == "scalers" and len(parts) == 3 and parts[2] == "mean":
+            dims[parts[1]] = int(v.shape[0])
+        elif parts[0] == "heads" and parts[-1] == "weight":
+            if len(parts) == 3:
+                classes = int(v.shape[0])
+            elif len(parts) == 4 and parts[2] == "0":
+                hidden = int(v.shape[0])
+            elif len(parts) == 4 and parts[2] == "2":
+                classes = int(v.shape[0])
+    if not dims or classes is None:
+        raise ValueError(f"head state has unexpected keys {sorted(state)[:4]}")
+    return FusionHead(dims, classes, hidden=hidden)
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:

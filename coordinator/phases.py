@@ -71,8 +71,8 @@ class CampaignConfig:
     client_threads: int = 1
     # schedule
     pretrain_objective: str = "contrastive"
-    pretrain_rounds: int = 3  # x local-epochs = the central experiments' 6 pretraining epochs
-    local_epochs: int = 2
+    pretrain_rounds: int = 5  # x local-epochs = the central experiments' 20 pretraining epochs
+    local_epochs: int = 4
     pretrain_batch_size: int = 128
     pretrain_lr: float = 2e-3
     align_epochs: int = 30
@@ -81,6 +81,7 @@ class CampaignConfig:
     align_temperature: float = 0.1
     head_mode: str = "finetune"
     head_steps: int = 400
+    head_finetune_steps: int = 300
     # binding
     bind_k: int = 1
     pair_rule: str = "linear"
@@ -93,7 +94,7 @@ class CampaignConfig:
     signing_key: str = ""
     signing_key_id: str = ""
 
-    QUICK = {"pretrain_rounds": 2, "local_epochs": 1, "align_epochs": 4, "head_steps": 60}  # as MMBindSettings.quick()
+    QUICK = {"pretrain_rounds": 2, "local_epochs": 1, "align_epochs": 4, "head_steps": 60, "head_finetune_steps": 40}  # as MMBindSettings.quick()
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -139,7 +140,7 @@ class CampaignConfig:
         return AlignConfig(epochs=self.align_epochs, batch_size=self.align_batch_size, lr=self.align_lr, temperature=self.align_temperature)
 
     def head(self) -> HeadConfig:
-        return HeadConfig(mode=self.head_mode, steps=self.head_steps)
+        return HeadConfig(mode=self.head_mode, steps=self.head_steps, finetune_steps=self.head_finetune_steps)
 
     def weighting(self) -> PairWeighting:
         return PairWeighting(rule=self.pair_rule, threshold=self.pair_threshold, w_min=self.pair_w_min)

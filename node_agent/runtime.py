@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from common.codec import BundleRejected, CodecError, bundle_to_states, parse_message, verify_bundle
 from common.modalities import ModalitySpec
-from common.towers import AlignedModel, ConceptAdapter, FusionHead, PrototypeNet, TowerConfig, head_for_state
+from common.towers import AlignedModel, ConceptAdapter, FusionHead, PrototypeNet, TowerConfig, head_for_state, head_inputs
 from node_agent import tasks
 from node_agent.ingest import Publisher, events_topic
 from proto import edgebind_pb2 as pb
@@ -267,7 +267,7 @@ class NodeRuntime:
                 st = bundle_to_states(bundles[m])
                 model.adapters[m].load_state_dict(st.adapter)
                 if st.head is not None:
-                    head = head_for_state(st.head, tower.embed_dim)
+                    head = head_for_state(st.head)
                     head.load_state_dict(st.head)
                     heads[m] = (head.eval().to(self.device), list(st.head_classes))
             model.prototype.load_state_dict(bundle_to_states(bundles[newest]).prototype)
@@ -375,14 +375,15 @@ class NodeRuntime:
                 raise ValueError(f"windows of {m!r} hold NaN or Inf")
             inputs[m] = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
         ids = list(window_ids) if window_ids is not None else [str(i) for i in range(n.pop())]
-        z = loaded.model(inputs)
+        feats = loaded.model.features(inputs)
+        z = loaded.model.embed_features(feats)
         fused = F.normalize(torch.stack([z[m] for m in mods]).mean(0), dim=-1)
         head_of = max((m for m in mods if m in loaded.heads), key=lambda m: loaded.versions[m], default=None)
         logits = preds = None
         classes: list[str] = []
         if head_of is not None:
             head, classes = loaded.heads[head_of]
-            logits_t = head(z)
+            logits_t = head({m: x for m, x in head_inputs(feats, z).items() if m in head.heads})
             logits, preds = logits_t.cpu().numpy(), logits_t.argmax(-1).cpu().numpy()
         out = Inference(
             window_ids=ids, modalities=mods, embeddings={m: z[m].cpu().numpy() for m in mods}, fused=fused.cpu().numpy(),
@@ -422,6 +423,6 @@ def _check_fits(bundle: pb.AdapterBundle, tower: TowerConfig) -> None:
         ConceptAdapter(tower.feature_dim, tower.adapter_hidden, tower.embed_dim).load_state_dict(st.adapter)
         PrototypeNet(tower.embed_dim, tower.prototype_hidden).load_state_dict(st.prototype)
         if st.head is not None:
-            head_for_state(st.head, tower.embed_dim).load_state_dict(st.head)
+            head_for_state(st.head).load_state_dict(st.head)
     except (CodecError, ValueError, RuntimeError) as e:
         raise _Refused("bad-shape", f"bundle {bundle.modality!r} v{bundle.version} does not fit: {e}") from e

@@ -279,7 +279,7 @@ def _check_fits(bundle: pb.AdapterBundle, tower: TowerConfig) -> None:
     _load(ConceptAdapter(tower.feature_dim, tower.adapter_hidden, tower.embed_dim), st.adapter, f"{bundle.modality!r} adapter")
     _load(PrototypeNet(tower.embed_dim, tower.prototype_hidden), st.prototype, "prototype")
     if st.head is not None:
-        _load(head_for_state(st.head, tower.embed_dim), st.head, "head")
+        _load(head_for_state(st.head), st.head, "head")
 
 
 # --- evaluate ------------------------------------------------------------------------------
@@ -305,7 +305,7 @@ def runtime_model(runtime_state: NodeRuntime, modalities: Sequence[str]) -> tupl
     model.prototype.load_state_dict(top.prototype)
     if top.head is None:
         raise ValueError(f"bundle {newest!r} v{bundles[newest].version} carries no head")
-    head = head_for_state(top.head, tower.embed_dim)
+    head = head_for_state(top.head)
     head.load_state_dict(top.head)
     return model.eval(), head.eval(), list(top.head_classes)
 
@@ -329,7 +329,7 @@ def evaluate_local(data: NodeData, runtime_state: NodeRuntime, device: torch.dev
         raise ValueError(f"node {data.node_id!r} has no labelled windows to evaluate on")
     keep = np.flatnonzero(labels >= 0)
     test = SampleSet.natural({m: f[keep] for m, f in feats.items()}, labels[keep])
-    n_classes = head.net.out_features if isinstance(head.net, nn.Linear) else head.net[-1].out_features
+    n_classes = head.n_classes
     out = {}
     for sub in subsets(test.modalities):
         part = test.restrict(list(sub))

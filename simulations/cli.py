@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from common.pretrain import OBJECTIVES
+
 
 def _setup(args) -> torch.device:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
@@ -27,7 +29,7 @@ def _setup(args) -> torch.device:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="hapt", help="'hapt' (bundled UCI HAPT) or a path to a .npz in the generic format")
-    p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1); figures are mean and std over them")
+    p.add_argument("--seeds", type=int, default=5, help="number of seeds (0..N-1); figures are mean, std and paired differences over them (default: 5)")
     p.add_argument("--out", type=Path, default=None, help="output folder (results.json and plots)")
     p.add_argument("--quick", action="store_true", help="a small, fast run for tests and smoke checks")
 
@@ -39,6 +41,8 @@ def experiment_mmbind(args, device) -> dict:
 
     methods = tuple(args.methods.split(",")) if args.methods else METHODS
     st = replace(MMBindSettings.quick() if args.quick else MMBindSettings(), finetune_encoders=args.finetune_encoders)
+    if args.objective:
+        st = replace(st, pretrain=replace(st.pretrain, objective=args.objective))
     return run(args.dataset, args.scenario, args.seeds, args.out or Path("runs") / f"mmbind-{Path(args.scenario).stem}", args.quick, device,
                methods=methods, settings=st)  # fmt: skip
 
@@ -98,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="", help="comma-separated subset of methods (default: all)")
     p.add_argument("--finetune-encoders", action="store_true",
                    help="train the few-label step end to end on raw windows (default: frozen encoders, as a federated campaign)")
+    p.add_argument("--objective", default="", choices=["", *OBJECTIVES],
+                   help="self-supervised encoder objective (default: the settings' own, see docs/results.md for which won on validation)")
     p.set_defaults(func=experiment_mmbind)
     p = ex.add_parser("babel", help="Babel expandable alignment")
     _common(p)

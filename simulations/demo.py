@@ -40,8 +40,8 @@ QUICK_WINDOWS = 240
 
 def _campaign_overrides(quick: bool) -> dict:
     if quick:
-        return {"max_windows_per_group": QUICK_WINDOWS, "pretrain_rounds": 1, "local_epochs": 1, "align_epochs": 6, "head_steps": 120}
-    return {"max_windows_per_group": DEMO_WINDOWS, "pretrain_rounds": 3, "local_epochs": 2, "align_epochs": 20, "head_steps": 300}
+        return {"max_windows_per_group": QUICK_WINDOWS, "pretrain_rounds": 1, "local_epochs": 1, "align_epochs": 6, "head_steps": 120, "head_finetune_steps": 60}
+    return {"max_windows_per_group": DEMO_WINDOWS, "pretrain_rounds": 3, "local_epochs": 2, "align_epochs": 20, "head_steps": 300, "head_finetune_steps": 200}
 
 
 def _reference_settings(quick: bool):
@@ -54,7 +54,7 @@ def _reference_settings(quick: bool):
     return MMBindSettings(
         pretrain=PretrainConfig(epochs=o["pretrain_rounds"] * o["local_epochs"]),
         align=AlignConfig(epochs=o["align_epochs"]),
-        head=HeadConfig(steps=o["head_steps"]),
+        head=HeadConfig(steps=o["head_steps"], finetune_steps=o["head_finetune_steps"]),
         max_windows_per_group=o["max_windows_per_group"],
     )
 

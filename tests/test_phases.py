@@ -390,5 +390,6 @@ def test_the_schedules_match_the_central_experiments():
     for cfg, st in ((P.CampaignConfig(), MMBindSettings()), (P.CampaignConfig.from_run_config({"quick": True}), MMBindSettings.quick())):
         assert cfg.pretrain_rounds * cfg.local_epochs == st.pretrain.epochs
         assert (cfg.align_epochs, cfg.head_steps, cfg.pretrain_objective) == (st.align.epochs, st.head.steps, st.pretrain.objective)
+        assert cfg.head() == st.head
         assert (cfg.bind_k, cfg.label_pairs_per_sample, cfg.weighting()) == (st.k, st.label_pairs_per_sample, st.weighting)
     assert QUICK_MAX_WINDOWS == MMBindSettings.quick().max_windows_per_group

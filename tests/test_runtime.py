@@ -40,7 +40,7 @@ def make_bundle(modality: str, version: int, encoder_version: str, seed: int | N
         modality, version,
         ConceptAdapter(TOWER.feature_dim, TOWER.adapter_hidden, TOWER.embed_dim),
         PrototypeNet(TOWER.embed_dim, TOWER.prototype_hidden),
-        head=FusionHead(TOWER.embed_dim, len(CLASSES)) if head else None,
+        head=FusionHead({m: TOWER.feature_dim + TOWER.embed_dim for m in SPECS}, len(CLASSES)) if head else None,
         head_classes=CLASSES if head else (), campaign_id="c1", encoder_version=encoder_version,
     )  # fmt: skip
 

@@ -7,7 +7,11 @@ One ``.npz`` file holds:
 - ``y``: int64 labels (0-based, -1 = unlabelled), one per window;
 - ``subject``: int64 subject id per window;
 - optional ``label_names``: array of str, indexed by label;
-- optional ``rate_<modality>``: scalar float, the sampling rate in Hz.
+- optional ``rate_<modality>``: scalar float, the sampling rate in Hz;
+- optional ``recording`` and ``start``: int64 per window, the continuous
+  recording a window was cut from and the sample it starts at. A data set that
+  gives them declares its windows contiguous: derived streams (gravity) are
+  then filtered over the whole recording, as a phone does, not per window.
 """
 
 from __future__ import annotations
@@ -30,10 +34,17 @@ class WindowDataset:
     label_names: list[str] = field(default_factory=list)
     rates: dict[str, float] = field(default_factory=dict)
     name: str = "dataset"
+    recording: np.ndarray | None = None  # per window: which continuous recording it comes from
+    start: np.ndarray | None = None  # per window: its first sample's index in that recording
 
     def __post_init__(self) -> None:
         self.y = np.asarray(self.y, dtype=np.int64)
         self.subject = np.asarray(self.subject, dtype=np.int64)
+        if (self.recording is None) != (self.start is None):
+            raise ValueError(f"{self.name}: 'recording' and 'start' come together (a window's recording and first sample)")
+        if self.recording is not None:
+            self.recording = np.asarray(self.recording, dtype=np.int64)
+            self.start = np.asarray(self.start, dtype=np.int64)
         self.validate()
 
     def validate(self) -> None:
@@ -55,6 +66,12 @@ class WindowDataset:
             bad = ~np.isfinite(x).all(axis=(1, 2))
             if bad.any():
                 raise ValueError(f"{self.name}: X_{m} has NaN or Inf in {int(bad.sum())} windows (first: {int(np.argmax(bad))})")
+        if self.recording is not None:
+            for what, a in (("recording", self.recording), ("start", self.start)):
+                if a.shape != (n,):
+                    raise ValueError(f"{self.name}: {what} has shape {a.shape}, expected ({n},)")
+            if n and self.start.min() < 0:
+                raise ValueError(f"{self.name}: start must be >= 0, got {int(self.start.min())}")
         if self.label_names and n and self.y.max() >= len(self.label_names):
             raise ValueError(f"{self.name}: label {int(self.y.max())} has no name ({len(self.label_names)} names)")
 
@@ -90,6 +107,8 @@ class WindowDataset:
             label_names=list(self.label_names),
             rates={m: self.rates[m] for m in mods if m in self.rates},
             name=self.name,
+            recording=None if self.recording is None else self.recording[rows],
+            start=None if self.start is None else self.start[rows],
         )
 
     @property
@@ -109,6 +128,8 @@ class WindowDataset:
             arrays["label_names"] = np.array(self.label_names, dtype=str)
         for m, r in self.rates.items():
             arrays[f"rate_{m}"] = np.array(float(r))
+        if self.recording is not None:
+            arrays["recording"], arrays["start"] = self.recording, self.start
         np.savez_compressed(path, **arrays)
         return path
 
@@ -125,7 +146,8 @@ class WindowDataset:
             X = {k[2:]: f[k].astype(np.float32, copy=False) for k in keys if k.startswith("X_")}
             rates = {k[5:]: float(f[k]) for k in keys if k.startswith("rate_")}
             names = [str(s) for s in f["label_names"]] if "label_names" in keys else []
-            return cls(X=X, y=f["y"], subject=f["subject"], label_names=names, rates=rates, name=path.stem)
+            extra = {k: f[k] for k in ("recording", "start") if k in keys}
+            return cls(X=X, y=f["y"], subject=f["subject"], label_names=names, rates=rates, name=path.stem, **extra)
 
 
 def load_dataset(name_or_path: str | Path, *, virtual: bool = True, **kwargs) -> WindowDataset:

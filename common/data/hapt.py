@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from common.data.dataset import WindowDataset
+from common.data.transforms import causal_gravity
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def read_recordings(path: Path | None = None) -> list[tuple[int, int, dict[str, 
 
 
 def window_recording(cols: dict[str, np.ndarray], window: int, step: int, keep_labels: set[int]):
-    """Windows of one recording where a single kept label covers every sample."""
+    """Windows of one recording where a single kept label covers every sample: (X, labels, first samples)."""
     label = cols["label"].astype(np.int64)
     n = len(label)
     starts = np.arange(0, n - window + 1, step)
@@ -105,8 +106,12 @@ def window_recording(cols: dict[str, np.ndarray], window: int, step: int, keep_l
     if not ok.any():
         return None
     rows = idx[ok]
-    X = {m: np.stack([cols[c] for c in chans], axis=-1).astype(np.float32)[rows] for m, chans in CHANNELS.items()}
-    return X, lab[ok, 0] - 1
+    streams = {m: np.stack([cols[c] for c in chans], axis=-1).astype(np.float32) for m, chans in CHANNELS.items()}
+    # gravity over the whole recording (causal, as a phone's sensor fusion), then windowed with the rest
+    streams["gravity"] = causal_gravity(streams["acc"], RATE_HZ)
+    streams["lin_acc"] = streams["acc"] - streams["gravity"]
+    X = {m: s[rows] for m, s in streams.items()}
+    return X, lab[ok, 0] - 1, starts[ok]
 
 
 def _cache_dir() -> Path:
@@ -114,7 +119,10 @@ def _cache_dir() -> Path:
 
 
 def load_hapt(window: int = 128, step: int = 64, transitions: bool = False, cache: bool = True) -> WindowDataset:
-    """HAPT as windows of ``acc`` and ``gyro`` (50 Hz), labels 0-based, 30 subjects.
+    """HAPT as windows of ``acc``, ``gyro``, ``gravity`` and ``lin_acc`` (50 Hz), labels 0-based, 30 subjects.
+
+    ``gravity`` is a causal low-pass of ``acc`` over each whole recording and
+    ``lin_acc`` the rest, as a phone derives them, then windowed.
 
     Six basic activities by default; ``transitions`` adds the six postural
     transitions. Windows are cached beside the user's cache folder, keyed by
@@ -122,31 +130,35 @@ def load_hapt(window: int = 128, step: int = 64, transitions: bool = False, cach
     """
     src = hapt_path()
     keep = set(range(1, 13 if transitions else 7))
-    key = hashlib.sha1(f"{src.stat().st_size}:{window}:{step}:{transitions}:v1".encode()).hexdigest()[:12]
+    key = hashlib.sha1(f"{src.stat().st_size}:{window}:{step}:{transitions}:v2".encode()).hexdigest()[:12]
     cached = _cache_dir() / f"hapt-{key}.npz"
     if cache and cached.exists():
         ds = WindowDataset.load(cached)
         ds.name = "hapt"
         return ds
     log.info("windowing UCI HAPT from %s (first run; cached afterwards)", src)
-    Xs: dict[str, list[np.ndarray]] = {m: [] for m in CHANNELS}
-    ys, subs = [], []
-    for user, _k, cols in read_recordings(src):
+    Xs: dict[str, list[np.ndarray]] = {}
+    ys, subs, recs, starts = [], [], [], []
+    for rec, (user, _k, cols) in enumerate(read_recordings(src)):
         res = window_recording(cols, window, step, keep)
         if res is None:
             continue
-        X, y = res
-        for m in CHANNELS:
-            Xs[m].append(X[m])
+        X, y, first = res
+        for m, x in X.items():
+            Xs.setdefault(m, []).append(x)
         ys.append(y)
         subs.append(np.full(len(y), user, dtype=np.int64))
+        recs.append(np.full(len(y), rec, dtype=np.int64))
+        starts.append(first)
     ds = WindowDataset(
         X={m: np.concatenate(v) for m, v in Xs.items()},
         y=np.concatenate(ys),
         subject=np.concatenate(subs),
         label_names=LABEL_NAMES[: len(keep)],
-        rates={m: RATE_HZ for m in CHANNELS},
+        rates={m: RATE_HZ for m in Xs},
         name="hapt",
+        recording=np.concatenate(recs),
+        start=np.concatenate(starts),
     )
     if cache:
         cached.parent.mkdir(parents=True, exist_ok=True)

@@ -35,20 +35,23 @@ from common.mmbind import AlignConfig, PseudoPairs, align, label_pseudo_pairs, p
 from common.pretrain import PretrainConfig
 from common.samples import SampleSet
 from common.towers import AlignedModel, TowerConfig
-from simulations.experiments.common import Encoders, fmt, mean_std, pretrain_encoders, seed_everything, write_json
+from simulations.experiments.common import Encoders, commit_of, fingerprint, fmt, mean_ci, mean_std, pretrain_encoders, seed_everything, write_json
 
 log = logging.getLogger("edgebind")
 
-METHODS = ("lower_bound", "unimodal", "incomplete", "imagebind", "mmbind", "upper_bound")
+METHODS = ("lower_bound", "unimodal", "incomplete", "imagebind", "mmbind", "upper_bound", "all_labels")
+SCRATCH = ("lower_bound", "all_labels")  # supervised from scratch on raw windows: no pretraining, no alignment
+PAIRED_AGAINST = ("lower_bound", "incomplete")
 
 
 @dataclass
 class MMBindSettings:
     tower: TowerConfig = field(default_factory=TowerConfig)
-    pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(epochs=6))
-    pretrain_windows: int | None = 3000  # at most this many (seeded) windows per encoder: CPU budget
+    pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(epochs=20))
+    pretrain_windows: int | None = None  # at most this many (seeded) windows per encoder; None = every unlabelled training window
     align: AlignConfig = field(default_factory=lambda: AlignConfig(epochs=30))
     head: HeadConfig = field(default_factory=HeadConfig)
+    scratch_head: HeadConfig = field(default_factory=lambda: HeadConfig(finetune_steps=600, finetune_lr_scales=(1.0, 3.0)))  # lower bound, all labels
     weighting: PairWeighting = field(default_factory=PairWeighting)
     k: int = 1
     label_pairs_per_sample: int = 4
@@ -60,7 +63,8 @@ class MMBindSettings:
         return cls(
             pretrain=PretrainConfig(epochs=2),
             align=AlignConfig(epochs=4),
-            head=HeadConfig(steps=60),
+            head=HeadConfig(steps=60, finetune_steps=40),
+            scratch_head=HeadConfig(steps=60, finetune_steps=60),
             max_windows_per_group=160,
         )
 
@@ -101,9 +105,11 @@ def prepare(ds: WindowDataset, sc: Scenario, seed: int, st: MMBindSettings, devi
     for m in sc.modalities:  # a modality only the test nodes hold still needs an encoder
         by_mod.setdefault(m, [rows[g.name] for g in train_groups])
     pool = {m: np.concatenate(v) for m, v in by_mod.items()}
-    if st.pretrain_windows:
-        pool = {m: np.sort(rng.choice(r, size=st.pretrain_windows, replace=False)) if len(r) > st.pretrain_windows else r for m, r in pool.items()}
-    enc = pretrain_encoders(ds, pool, st.tower, st.pretrain, device, seed)
+    cap = st.pretrain_windows
+    if cap:
+        pool = {m: np.sort(rng.choice(r, size=cap, replace=False)) if len(r) > cap else r for m, r in pool.items()}
+    parties = [(g.modalities, rows[g.name] if not cap or len(rows[g.name]) <= cap else np.sort(rng.choice(rows[g.name], size=cap, replace=False))) for g in train_groups]
+    enc = pretrain_encoders(ds, pool, st.tower, st.pretrain, device, seed, parties=parties)
     all_mods = sc.modalities
     feats = {name: enc.features(ds, rows[name], all_mods, device) for name in sp.parts}
     return SeedData(sp, feats, rows, labels), enc
@@ -208,22 +214,28 @@ def run_seed(ds: WindowDataset, sc: Scenario, seed: int, st: MMBindSettings, dev
     for p in pair_info:
         log.info("  bound %s <-> %s: %d pairs, pair accuracy %.3f, mean weight %.2f", *p["groups"], p["pairs"], p["pair_accuracy"], p["mean_weight"])
 
-    def finish(name: str, model: AlignedModel, train: SampleSet, features: bool = True, v=val, t=test) -> dict:
-        m, head, choice = fit_head(model, train, v, n_classes, st.head, device, seed=seed, features=features)
-        res = {"subsets": evaluate_subsets(m, head, t, device, features=features), "validation": {k: choice[k] for k in ("step", "val_macro_f1", "val_accuracy")}}
+    def finish(name: str, model: AlignedModel, train: SampleSet, features: bool = True, v=val, t=test, cfg: HeadConfig = st.head) -> dict:
+        m, head, choice = fit_head(model, train, v, n_classes, cfg, device, seed=seed, features=features)
+        res = {"subsets": evaluate_subsets(m, head, t, device, features=features), "validation": {k: choice[k] for k in ("stage", "step", "val_macro_f1", "val_accuracy")}}
         full = "+".join(sorted(t.modalities))
-        log.info("  %-12s test %s: acc %.3f  macro-F1 %.3f  (step %d chosen on validation)", name, full, res["subsets"][full]["accuracy"], res["subsets"][full]["macro_f1"], choice["step"])
+        log.info("  %-12s test %s: acc %.3f  macro-F1 %.3f  (%s step %d chosen on validation)", name, full, res["subsets"][full]["accuracy"], res["subsets"][full]["macro_f1"], choice["stage"], choice["step"])
         return res
 
     for method in methods:
         if method == "imagebind" and sc.binding != "sensor":
             continue
-        if method == "lower_bound":
-            # supervised from scratch on the labelled windows only: raw windows, no pretraining
+        if method in SCRATCH:
+            # supervised from scratch on raw windows, no pretraining: the few labelled windows (lower bound),
+            # or every training window's label in the test modalities (all_labels: full supervision)
             torch.manual_seed(seed)
             model = AlignedModel({m: ds.spec(m) for m in test_mods}, st.tower)
             v_raw, t_raw = eval_set(sd, ds, "validation", raw=True), eval_set(sd, ds, "test", raw=True)
-            out["methods"][method] = finish(method, model, raw_labelled(sd, ds, train_groups, test_mods), features=False, v=v_raw, t=t_raw)
+            if method == "lower_bound":
+                train = raw_labelled(sd, ds, train_groups, test_mods)
+            else:
+                rows = np.concatenate([sd.rows[g] for g in train_groups])
+                train = SampleSet.natural({m: ds.X[m][rows] for m in test_mods}, ds.y[rows])
+            out["methods"][method] = finish(method, model, train, features=False, v=v_raw, t=t_raw, cfg=st.scratch_head)
         elif method == "unimodal":
             per = {}
             for m in test_mods:
@@ -254,13 +266,14 @@ def run_seed(ds: WindowDataset, sc: Scenario, seed: int, st: MMBindSettings, dev
             align(model, train, cfg, device, seed)
             log.debug("  %s aligned in %.1fs", method, time.time() - t1)
             head_train = labelled_raw if tune else labelled
-            if method == "mmbind" and sc.binding == "label" and pseudo is not None:
+            if sc.binding == "label" and pseudo is not None and method != "upper_bound":
+                # label-bound pairs are labelled fused samples: every method's head sees them, so heads differ only by alignment
                 head_train = SampleSet.concat([head_train, pseudo_raw if tune else pseudo])
-            if method == "upper_bound":
+            if method == "upper_bound":  # natural pairs in the test modalities: the head sees what it is scored on
                 if tune:
-                    head_train = raw_labelled(sd, ds, train_groups, all_mods, with_all=True)
+                    head_train = raw_labelled(sd, ds, train_groups, test_mods, with_all=True)
                 else:
-                    head_train = natural_samples(sd, train_groups, with_all=True)
+                    head_train = natural_samples(sd, train_groups, modalities=test_mods)
                     head_train = head_train.take(np.flatnonzero(head_train.label >= 0))
             out["methods"][method] = finish(method, model, head_train, features=not tune, **({"v": v_raw, "t": t_raw} if tune else {}))
     out["seconds"] = time.time() - t0
@@ -288,6 +301,12 @@ def summarise(seeds: list[dict], full: str) -> dict:
             summary[m]["chosen"] = [r["chosen"] for r in runs]
         else:
             summary[m]["headline_macro_f1"] = mean_std([r["subsets"][full]["macro_f1"] for r in runs])
+    paired = {}
+    for ref in PAIRED_AGAINST:
+        for m in methods:
+            both = [s for s in seeds if m in s["methods"] and ref in s["methods"]]
+            if m != ref and both:
+                paired[f"{m} - {ref}"] = mean_ci([headline(s["methods"][m], full) - headline(s["methods"][ref], full) for s in both])
     pair_acc = [p["pair_accuracy"] for s in seeds for p in s["pairs"]]
     summary_pairs = {"pair_accuracy": mean_std(pair_acc), "pairs": mean_std([float(p["pairs"]) for s in seeds for p in s["pairs"]])}
     gap = None
@@ -297,7 +316,7 @@ def summarise(seeds: list[dict], full: str) -> dict:
             u, mm, ub = (headline(s["methods"][k], full) for k in ("unimodal", "mmbind", "upper_bound"))
             gaps.append((mm - u) / (ub - u) if ub != u else float("nan"))
         gap = mean_std(gaps)
-    return {"methods": summary, "pseudo_pairs": summary_pairs, "gap_closed": gap}
+    return {"methods": summary, "paired_differences": paired, "pseudo_pairs": summary_pairs, "gap_closed": gap}
 
 
 def run(dataset: str, scenario: str, seeds: int, out: Path, quick: bool, device: torch.device, methods: tuple[str, ...] = METHODS, settings: MMBindSettings | None = None) -> dict:
@@ -316,6 +335,7 @@ def run(dataset: str, scenario: str, seeds: int, out: Path, quick: bool, device:
     (tp,) = [g for g in sc.groups if g.role == "test"]
     full = "+".join(sorted(tp.modalities))
     per_seed: list[dict] = []
+    provenance = {"commit": commit_of(), "dataset_sha256": fingerprint(ds), "settings": st, "device": str(device)}
     for seed in range(seeds):
         log.info("seed %d/%d", seed + 1, seeds)
         per_seed.append(run_seed(ds, sc, seed, st, device, methods))
@@ -330,6 +350,7 @@ def run(dataset: str, scenario: str, seeds: int, out: Path, quick: bool, device:
             "quick": quick,
             "few_label_step": "end to end on raw windows (encoders fine-tuned)" if st.finetune_encoders else "frozen encoders, on features",
             "protocol": "subject-disjoint split per seed; head step chosen on validation subjects; final chosen model's test figures; mean and sample std over seeds",
+            **provenance,
             "summary": summarise(per_seed, full),
             "per_seed": per_seed,
         }
@@ -345,6 +366,10 @@ def format_table(result: dict) -> str:
     for m, r in s["methods"].items():
         name = m + (" (best single, by val)" if m == "unimodal" else "")
         lines.append(f"{name:<14}{fmt(r['headline_accuracy']):>18}{fmt(r['headline_macro_f1']):>18}")
+    if s.get("paired_differences"):
+        lines.append("paired differences in test accuracy over seeds (mean, 95 % interval):")
+        for k, d in s["paired_differences"].items():
+            lines.append(f"  {k:<28}{d['mean']:+.3f}  [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]  (n={d['n']})")
     pp = s["pseudo_pairs"]
     if pp["pairs"]["n"]:
         lines.append(f"pseudo-pairs per binding: {pp['pairs']['mean']:.0f}, pair accuracy {fmt(pp['pair_accuracy'])}")

@@ -1,0 +1,148 @@
+"""The learning recipe: per-window augmentations, masked spans, late-fusion heads with modality
+dropout, gravity over the recording, and the yardstick's paired intervals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from common.data.dataset import WindowDataset
+from common.data.transforms import add_virtual_streams, causal_gravity, gravity_over_recordings
+from common.evaluate import HeadConfig, drop_modalities, evaluate_subsets, fit_head
+from common.modalities import ModalitySpec
+from common.pretrain import AugmentConfig, augment, permute_segments, random_rotations, span_mask, time_warp
+from common.samples import SampleSet
+from common.towers import AlignedModel, FusionHead, TowerConfig, head_for_state
+from simulations.experiments.common import mean_ci
+
+CPU = torch.device("cpu")
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_rotations_are_proper_and_small():
+    r = random_rotations(64, 15.0, _gen())
+    assert torch.allclose(r @ r.transpose(1, 2), torch.eye(3).expand(64, 3, 3), atol=1e-5)
+    assert torch.allclose(torch.linalg.det(r), torch.ones(64), atol=1e-5)
+    angle = torch.rad2deg(torch.arccos(((r.diagonal(dim1=1, dim2=2).sum(-1) - 1) / 2).clamp(-1, 1)))
+    assert angle.max() <= 15.0 + 1e-3 and angle.max() > 5.0
+
+
+def test_warp_and_shuffle_keep_what_they_must():
+    x = torch.randn(8, 128, 3)
+    const = torch.full((4, 128, 3), 9.81)
+    assert torch.allclose(time_warp(const, 0.2, _gen()), const)  # no step, no drift on a DC stream
+    warped = time_warp(x, 0.2, _gen())
+    assert torch.allclose(warped[:, 0], x[:, 0]) and torch.allclose(warped[:, -1], x[:, -1])
+    shuffled = permute_segments(x, 4, _gen())
+    assert torch.allclose(shuffled.sort(dim=1).values, x.sort(dim=1).values)  # the same samples, reordered
+    assert not torch.allclose(shuffled, x)
+
+
+def test_augment_is_relative_to_each_window():
+    gen = _gen()
+    still = 1.0 + 0.001 * torch.randn(4, 128, 3, generator=gen)  # a static window with gravity's DC offset
+    moving = 3.0 * torch.randn(4, 128, 3, generator=gen)
+    out = augment(torch.cat([still, moving]), _gen(1), AugmentConfig(rotate_deg=0.0))
+    # jitter scales with each window's own spread: the static windows stay static, no zero-filled span
+    assert (out[:4] - still).abs().max() < 0.01
+    assert (out[:4].abs() > 0.9).all()
+    assert out[4:].std() > 2.0 and not torch.allclose(out[4:], moving)
+    assert augment(moving, _gen(1)).shape == moving.shape
+
+
+def test_span_mask_hides_about_the_ratio_in_short_spans():
+    mask = span_mask(200, 128, 0.15, 10, _gen(), CPU)
+    share = mask.float().mean(1)
+    assert (share >= round(0.15 * 128) / 128 - 1e-6).all() and (share <= 0.15 + 10 / 128 + 1e-6).all()
+
+
+def test_modality_dropout_never_empties_a_sample_and_keeps_only_present():
+    masks = {"a": torch.tensor([True, True, False, True] * 50), "b": torch.tensor([True, False, True, True] * 50)}
+    out = drop_modalities(masks, 1.0, _gen())
+    stacked = torch.stack([out["a"], out["b"]])
+    assert stacked.any(0).all()
+    assert not (out["a"] & ~masks["a"]).any() and not (out["b"] & ~masks["b"]).any()
+    both = masks["a"] & masks["b"]
+    assert (stacked[:, both].sum(0) == 1).any()  # some multi-modal samples trained on one stream
+    assert drop_modalities(masks, 0.0, _gen()) is masks
+
+
+def test_late_fusion_is_the_mean_of_present_logits_and_round_trips():
+    torch.manual_seed(0)
+    head = FusionHead({"a": 6, "b": 6}, 3)
+    x = {"a": torch.randn(5, 6), "b": torch.randn(5, 6)}
+    masks = {"a": torch.tensor([True, True, False, True, True]), "b": torch.tensor([True, False, True, True, True])}
+    per = head.per_modality(x)
+    fused = head(x, masks)
+    assert torch.allclose(fused[0], (per["a"][0] + per["b"][0]) / 2)
+    assert torch.allclose(fused[1], per["a"][1]) and torch.allclose(fused[2], per["b"][2])
+    again = head_for_state(head.state_dict())
+    again.load_state_dict(head.state_dict())
+    assert torch.allclose(again(x, masks), fused)
+    with pytest.raises(KeyError, match="trained for a, b"):
+        head({"c": torch.randn(2, 6)})
+
+
+def test_head_reads_what_each_stream_adds_and_serves_single_streams():
+    # class 0/1 differ only in stream a, 0/2 only in stream b: a head needs both, and each alone still helps
+    rng = np.random.default_rng(0)
+    tower = TowerConfig(width=8, feature_dim=12, adapter_hidden=16, embed_dim=8, prototype_hidden=16)
+    model = AlignedModel({m: ModalitySpec(m, 3, 50.0) for m in ("a", "b")}, tower)
+
+    def draw(n):
+        y = rng.integers(0, 3, n)
+        fa = rng.normal(size=(n, 12)).astype(np.float32) * 0.3
+        fb = rng.normal(size=(n, 12)).astype(np.float32) * 0.3
+        fa[:, 0] += (y == 1) * 2.0
+        fb[:, 0] += (y == 2) * 2.0
+        return SampleSet.natural({"a": fa, "b": fb}, y)
+
+    train, val, test = draw(90), draw(90), draw(300)
+    model, head, choice = fit_head(model, train, val, 3, HeadConfig(steps=150, finetune_steps=40, eval_every=10), CPU, features=True)
+    res = evaluate_subsets(model, head, test, CPU, features=True)
+    assert res["a+b"]["accuracy"] > 0.85
+    assert 0.5 < res["a"]["accuracy"] < res["a+b"]["accuracy"] and 0.5 < res["b"]["accuracy"] < res["a+b"]["accuracy"]
+    assert choice["val_macro_f1"] == max(h["val_macro_f1"] for h in choice["val_history"])
+
+
+def test_gravity_over_recordings_matches_the_continuous_filter():
+    rng = np.random.default_rng(0)
+    t = np.arange(1000) / 50.0
+    stream = np.stack([np.sin(0.2 * t) * 9.8 + rng.normal(size=len(t)), np.cos(0.1 * t) * 9.8, 3 * np.sin(2 * np.pi * 2 * t)], -1).astype(np.float32)
+    starts = np.arange(0, 1000 - 128 + 1, 64)
+    windows = np.stack([stream[s : s + 128] for s in starts])
+    whole = causal_gravity(stream, 50.0)
+    got = gravity_over_recordings(windows, np.zeros(len(starts), int), starts, 50.0)
+    assert np.allclose(got, np.stack([whole[s : s + 128] for s in starts]), atol=1e-4)
+    # with a gap (a window dropped), the stream is interpolated across it and the rest still agree up to the gap
+    keep = np.r_[0:5, 6:len(starts)]
+    gapped = gravity_over_recordings(windows[keep], np.zeros(len(keep), int), starts[keep], 50.0)
+    assert np.allclose(gapped[:5], got[:5], atol=1e-4)
+    # a dataset that declares its windows contiguous gets them; it keeps recording and start through save and load
+    ds = WindowDataset(X={"acc": windows}, y=np.zeros(len(starts)), subject=np.zeros(len(starts)), rates={"acc": 50.0},
+                       recording=np.zeros(len(starts)), start=starts)
+    virt = add_virtual_streams(ds)
+    assert np.allclose(virt.X["gravity"], got, atol=1e-4) and np.allclose(virt.X["lin_acc"], windows - got, atol=1e-4)
+    with pytest.raises(ValueError, match="come together"):
+        WindowDataset(X={"acc": windows}, y=np.zeros(len(starts)), subject=np.zeros(len(starts)), recording=np.zeros(len(starts)))
+
+
+def test_recording_and_start_survive_save_and_load(tmp_path):
+    x = np.zeros((3, 16, 3), np.float32)
+    ds = WindowDataset(X={"acc": x}, y=[0, 1, 0], subject=[1, 1, 2], recording=[0, 0, 1], start=[0, 8, 0])
+    back = WindowDataset.load(ds.save(tmp_path / "d.npz"))
+    assert back.recording.tolist() == [0, 0, 1] and back.start.tolist() == [0, 8, 0]
+    assert back.subset(np.array([1])).start.tolist() == [8]
+    with pytest.raises(ValueError, match="start must be >= 0"):
+        WindowDataset(X={"acc": x}, y=[0, 1, 0], subject=[1, 1, 2], recording=[0, 0, 1], start=[0, -8, 0])
+
+
+def test_mean_ci_is_a_t_interval():
+    ci = mean_ci([0.1, 0.2, 0.3])
+    assert ci["mean"] == pytest.approx(0.2) and ci["n"] == 3
+    assert ci["ci_low"] == pytest.approx(0.2 - 4.302653 * 0.1 / np.sqrt(3), rel=1e-5)
+    assert ci["ci_high"] == pytest.approx(0.2 + 4.302653 * 0.1 / np.sqrt(3), rel=1e-5)
