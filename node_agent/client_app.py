@@ -134,12 +134,18 @@ def pretrain(msg: Message, context: Context) -> Message:
         cfg = msg.content["config"]
         pcfg = PretrainConfig(objective=str(cfg["objective"]), epochs=int(cfg["epochs"]), batch_size=int(cfg["batch-size"]), lr=float(cfg["lr"]))
         out, metrics = RecordDict(), {}
-        for m in _modalities_in(msg, node, "encoder."):
-            enc, head = msg.content[f"encoder.{m}"].to_torch_state_dict(), msg.content[f"head.{m}"].to_torch_state_dict()
-            seed = int(cfg["seed"]) + 7919 * int(cfg["round"]) + 104729 * _stable(node.node_id + m)
-            states, n, terms = tasks.local_pretrain(m, enc, head, node.part("train").data, pcfg, torch.device("cpu"), seed, _tower(cfg))
+        mods = _modalities_in(msg, node, "encoder.")
+        given = {m: (msg.content[f"encoder.{m}"].to_torch_state_dict(), msg.content[f"head.{m}"].to_torch_state_dict()) for m in mods}
+        seed = lambda m: int(cfg["seed"]) + 7919 * int(cfg["round"]) + 104729 * _stable(node.node_id + m)  # noqa: E731
+        if pcfg.objective == "cross-modal" and len(mods) > 1:  # the streams held together train each other
+            states, n, terms = tasks.local_pretrain_joint(given, node.part("train").data, pcfg, torch.device("cpu"), seed("+".join(mods)), _tower(cfg))
+            trained = {m: (states[m], n, terms) for m in mods}
+        else:
+            trained = {m: tasks.local_pretrain(m, *given[m], node.part("train").data, pcfg, torch.device("cpu"), seed(m), _tower(cfg)) for m in mods}
+        for m, (states, n, terms) in trained.items():
             out[f"encoder.{m}"], out[f"head.{m}"] = ArrayRecord(states["encoder"]), ArrayRecord(states["head"])
-            metrics[f"n.{m}"], metrics[f"loss.{m}"] = n, float(terms.get(f"{pcfg.objective}_loss", terms.get("reconstruction_loss", 0.0)))
+            metrics[f"n.{m}"] = n
+            metrics[f"loss.{m}"] = float(terms.get("reconstruction_loss" if pcfg.objective == "masked" else "contrastive_loss", 0.0))
         out["metrics"] = MetricRecord(metrics)
         return out
 

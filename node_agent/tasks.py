@@ -27,7 +27,7 @@ from torch import nn
 from common.codec import BundleRejected, CodecError, bundle_to_states, encode_embeddings, parse_message, verify_bundle
 from common.evaluate import metrics, predict, subsets
 from common.modalities import ModalitySpec
-from common.pretrain import PretrainConfig, embed_windows, make_pretrain_head, pretrain_encoder
+from common.pretrain import PretrainConfig, embed_windows, make_pretrain_head, pretrain_encoder, pretrain_jointly
 from common.samples import SampleSet
 from common.towers import AlignedModel, ConceptAdapter, FusionHead, PrototypeNet, TowerConfig, build_encoder, head_for_state
 from node_agent.data import NodeData
@@ -77,6 +77,45 @@ def local_pretrain(
     terms = pretrain_encoder(encoder, x, cfg, device or torch.device("cpu"), seed=seed, head=head)
     states = {"encoder": _cpu_state(encoder), "head": _cpu_state(head)}
     return states, len(x), terms
+
+
+def local_pretrain_joint(
+    states: Mapping[str, tuple[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]]],
+    data: NodeData,
+    cfg: PretrainConfig,
+    device: torch.device | None = None,
+    seed: int = 0,
+    tower: TowerConfig | None = None,
+) -> tuple[dict[str, dict[str, State]], int, dict[str, float]]:
+    """One local round of cross-modal pretraining: the streams this node holds together train each other.
+
+    ``states`` maps each modality to its global (encoder, projection head)
+    states. Only windows present in every one of those streams are used (the
+    same time spans). Returns per-modality updated states, the windows trained
+    on and the last epoch's loss terms.
+    """
+    mods = sorted(states)
+    per = {m: data.windows(m) for m in mods}
+    common = set(per[mods[0]][0])
+    for m in mods[1:]:
+        common &= set(per[m][0])
+    order = sorted(common)
+    if not order:
+        raise ValueError(f"node {data.node_id!r} holds no window in all of {mods} to pretrain them together")
+    windows, encoders, heads = {}, {}, {}
+    for m in mods:
+        ids, x, _ = per[m]
+        spec = data.spec(m)
+        spec.check_window(x.shape, where=f"node {data.node_id!r}")
+        pos = {w: i for i, w in enumerate(ids)}
+        windows[m] = x[np.array([pos[w] for w in order], dtype=np.int64)]
+        encoders[m] = build_encoder(spec, tower or TowerConfig())
+        heads[m] = make_pretrain_head(encoders[m], spec.window, spec.channels, cfg)
+        _load(encoders[m], states[m][0], f"{m!r} encoder")
+        _load(heads[m], states[m][1], f"{m!r} {cfg.objective} head")
+    terms = pretrain_jointly(encoders, [windows], cfg, device or torch.device("cpu"), seed=seed, heads=heads)
+    out = {m: {"encoder": _cpu_state(encoders[m]), "head": _cpu_state(heads[m])} for m in mods}
+    return out, len(order), terms
 
 
 def _load(module: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:

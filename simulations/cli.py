@@ -62,6 +62,18 @@ def experiment_babel(args, device) -> dict:
                kd_weights=kd_weights)
 
 
+def probe(args, device) -> dict:
+    from dataclasses import replace
+
+    from simulations.experiments.probe import ProbeSettings, run as run_probe
+
+    st = ProbeSettings.quick() if args.quick else ProbeSettings()
+    if args.objective:
+        st = replace(st, pretrain=replace(st.pretrain, objective=args.objective))
+    mods = [m for m in args.modalities.split(",") if m] or None
+    return run_probe(args.dataset, args.seeds, args.out or Path("runs") / "probe", args.quick, device, modalities=mods, settings=st)
+
+
 def demo(args, device) -> dict:
     from simulations.demo import demo as run_demo
 
@@ -113,6 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated candidate distillation weights (e.g. 1,3,10,30): choose one on validation subjects "
                         "(mean validation label@1 over pairs) before the test figures (default: the configured kd_weight)")  # fmt: skip
     p.set_defaults(func=experiment_babel)
+
+    p = sub.add_parser("probe", help="encoder sanity figures: all-label linear probe per modality against the same encoder trained supervised")
+    p.add_argument("--dataset", default="hapt", help="'hapt' (bundled UCI HAPT) or a path to a .npz in the generic format")
+    p.add_argument("--seeds", type=int, default=3, help="number of subject splits (default: 3)")
+    p.add_argument("--modalities", default="", help="comma-separated modalities (default: every one the dataset has)")
+    p.add_argument("--objective", default="", choices=["", *OBJECTIVES], help="self-supervised objective (default: the experiments' own)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: runs/probe)")
+    p.add_argument("--quick", action="store_true", help="a small, fast run for tests and smoke checks")
+    p.set_defaults(func=probe)
 
     p = sub.add_parser("demo", help="the main job: a small simulated fleet on HAPT, with a report")
     p.add_argument("--out", type=Path, default=None)

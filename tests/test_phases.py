@@ -151,6 +151,21 @@ def test_local_pretrain_round_trip_and_fedavg(ds, sc):
         tasks.local_pretrain("s", {"bogus": torch.zeros(1)}, glob["head"], specs[0].data(ds), cfg, CPU, tower=TOWER)
 
 
+def test_local_cross_modal_round_trains_the_streams_a_node_holds_together(ds, sc):
+    spec = node_spec_for(sc, ds, 0, 0, split_=split(sc, ds, 0))  # an (s, a) node
+    cfg = PretrainConfig(objective="cross-modal", epochs=2, batch_size=32)
+    glob = P.initial_encoders({m: ds.spec(m) for m in ("s", "a")}, TOWER, 0, cfg)
+    states, n, terms = tasks.local_pretrain_joint({m: (glob[m]["encoder"], glob[m]["head"]) for m in ("s", "a")}, spec.data(ds), cfg, CPU, seed=0, tower=TOWER)
+    assert n == len(spec.rows) and set(states) == {"s", "a"}
+    assert np.isfinite(terms["cross_loss"]) and np.isfinite(terms["view_loss"]) and 0 <= terms["cross_accuracy"] <= 1
+    for m in ("s", "a"):
+        assert set(states[m]["encoder"]) == set(glob[m]["encoder"])
+        assert not torch.equal(states[m]["encoder"]["net.0.0.weight"], glob[m]["encoder"]["net.0.0.weight"])
+    with pytest.raises(ValueError, match="does not fit"):
+        tasks.local_pretrain_joint({"s": ({"bogus": torch.zeros(1)}, glob["s"]["head"]), "a": (glob["a"]["encoder"], glob["a"]["head"])},
+                                   spec.data(ds), cfg, CPU, tower=TOWER)
+
+
 # --- one campaign's data path, without Flower ------------------------------------------------
 
 

@@ -51,7 +51,7 @@ class MMBindSettings:
     pretrain_windows: int | None = None  # at most this many (seeded) windows per encoder; None = every unlabelled training window
     align: AlignConfig = field(default_factory=lambda: AlignConfig(epochs=30))
     head: HeadConfig = field(default_factory=HeadConfig)
-    scratch_head: HeadConfig = field(default_factory=lambda: HeadConfig(finetune_steps=600, finetune_lr_scales=(1.0, 3.0)))  # lower bound, all labels
+    raw_head: HeadConfig = field(default_factory=lambda: HeadConfig(finetune_steps=600, finetune_lr_scales=(1.0, 3.0)))  # every head trained on raw windows
     weighting: PairWeighting = field(default_factory=PairWeighting)
     k: int = 1
     label_pairs_per_sample: int = 4
@@ -64,7 +64,7 @@ class MMBindSettings:
             pretrain=PretrainConfig(epochs=2),
             align=AlignConfig(epochs=4),
             head=HeadConfig(steps=60, finetune_steps=40),
-            scratch_head=HeadConfig(steps=60, finetune_steps=60),
+            raw_head=HeadConfig(steps=60, finetune_steps=60),
             max_windows_per_group=160,
         )
 
@@ -214,7 +214,8 @@ def run_seed(ds: WindowDataset, sc: Scenario, seed: int, st: MMBindSettings, dev
     for p in pair_info:
         log.info("  bound %s <-> %s: %d pairs, pair accuracy %.3f, mean weight %.2f", *p["groups"], p["pairs"], p["pair_accuracy"], p["mean_weight"])
 
-    def finish(name: str, model: AlignedModel, train: SampleSet, features: bool = True, v=val, t=test, cfg: HeadConfig = st.head) -> dict:
+    def finish(name: str, model: AlignedModel, train: SampleSet, features: bool = True, v=val, t=test) -> dict:
+        cfg = st.head if features else st.raw_head  # one recipe per kind of input, whatever the method
         m, head, choice = fit_head(model, train, v, n_classes, cfg, device, seed=seed, features=features)
         res = {"subsets": evaluate_subsets(m, head, t, device, features=features), "validation": {k: choice[k] for k in ("stage", "step", "val_macro_f1", "val_accuracy")}}
         full = "+".join(sorted(t.modalities))
@@ -235,7 +236,7 @@ def run_seed(ds: WindowDataset, sc: Scenario, seed: int, st: MMBindSettings, dev
             else:
                 rows = np.concatenate([sd.rows[g] for g in train_groups])
                 train = SampleSet.natural({m: ds.X[m][rows] for m in test_mods}, ds.y[rows])
-            out["methods"][method] = finish(method, model, train, features=False, v=v_raw, t=t_raw, cfg=st.scratch_head)
+            out["methods"][method] = finish(method, model, train, features=False, v=v_raw, t=t_raw)
         elif method == "unimodal":
             per = {}
             for m in test_mods:
