@@ -401,3 +401,12 @@ def _mac(bundle: pb.AdapterBundle, key: bytes) -> bytes:
     unsigned.CopyFrom(bundle)
     unsigned.ClearField("signature")
     return hmac.new(key, unsigned.SerializeToString(deterministic=True), hashlib.sha256).digest()
+
+
+def state_version(state: Mapping[str, torch.Tensor]) -> str:
+    """A short content hash of a state dict: the encoder version bundles refer to (the same on node and coordinator)."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]

@@ -141,7 +141,7 @@ def fit_head(
     model = copy.deepcopy(model).to(device)
     mods = sorted(set(labelled.modalities) | set(val.modalities))
     head = FusionHead({m: model.head_dim for m in mods}, n_classes, cfg.hidden).to(device)
-    _fit_scalers(model, head, labelled, device, features)
+    _fit_scalers(model, head, train, device, features)  # every training window, labelled or not: steadier statistics
     for p in model.parameters():
         p.requires_grad_(False)
     best = {"stage": "probe", "step": 0, "val_macro_f1": -1.0, "val_accuracy": 0.0}
@@ -207,3 +207,81 @@ def evaluate_subsets(model: AlignedModel, head: FusionHead, test: SampleSet, dev
         part = test.restrict(list(sub))
         out["+".join(sub)] = metrics(part.label, predict(model, head, part, device, features=features))
     return out
+
+
+@dataclass
+class LocalFinetuneConfig:
+    """One node's share of federated fine-tuning: encoder, adapters, prototype and head, end to end on its labelled windows.
+
+    The same step as the few-label head's fine-tuning stage (AdamW at the same
+    rates, augmented windows, modality dropout), counted in steps so that a
+    node with few labels still does real work; a warm-up lets Adam's moments
+    settle before it moves the towers (a cold Adam step moves every weight by
+    about its rate, whatever the gradient).
+    """
+
+    steps: int = 60
+    batch_size: int = 64
+    head_lr: float = 1e-3
+    tower_lr: float = 3e-4
+    encoder_lr: float = 3e-4
+    weight_decay: float = 1e-3
+    warmup: float = 0.3  # share of the steps with a linear warm-up
+    modality_dropout: float = 0.3
+    augment: bool = True
+    proximal_mu: float = 0.0  # FedProx: mu/2 * ||w - w_global||^2 keeps a node near the global model
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"local fine-tuning needs steps >= 1 and batch_size >= 1, got {self.steps}, {self.batch_size}")
+        if self.proximal_mu < 0 or not np.isfinite(self.proximal_mu):
+            raise ValueError(f"proximal_mu must be a finite number >= 0, got {self.proximal_mu}")
+
+
+def finetune_local(model: AlignedModel, head: FusionHead, samples: SampleSet, cfg: LocalFinetuneConfig, device: torch.device, seed: int = 0) -> dict[str, float]:
+    """Train ``model`` and ``head`` (in place) end to end on labelled raw windows for ``cfg.steps``; returns the mean loss terms."""
+    from common.pretrain import cosine_schedule
+
+    labelled = samples.take(np.flatnonzero(samples.label >= 0))
+    if len(labelled) == 0:
+        raise ValueError("finetune_local: no labelled windows")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model.to(device)
+    head.to(device)
+    params = list(model.parameters()) + list(head.heads.parameters())
+    anchor = [p.detach().clone() for p in params] if cfg.proximal_mu > 0 else None
+    groups = [
+        {"params": list(head.heads.parameters()), "lr": cfg.head_lr},
+        {"params": [p for n, p in model.named_parameters() if not n.startswith("encoders.")], "lr": cfg.tower_lr},
+        {"params": [p for n, p in model.named_parameters() if n.startswith("encoders.")], "lr": cfg.encoder_lr},
+    ]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    sched = cosine_schedule(opt, cfg.steps, cfg.warmup, 0.1)
+    sums = {"cross_entropy_loss": 0.0, "proximal_loss": 0.0}
+    batch = min(cfg.batch_size, len(labelled))
+    model.train()
+    head.train()
+    for _ in range(cfg.steps):
+        b = labelled.batch(rng.choice(len(labelled), size=batch, replace=False), device)
+        inputs = _augmented(b.inputs, gen) if cfg.augment else b.inputs
+        x = model.head_inputs(inputs)
+        logits = head({m: scatter(z, b.masks[m]) for m, z in x.items()}, drop_modalities(b.masks, cfg.modality_dropout, gen))
+        ce = F.cross_entropy(logits, b.label)
+        prox = torch.zeros((), device=device)
+        if anchor is not None:
+            prox = 0.5 * cfg.proximal_mu * sum(((p - a) ** 2).sum() for p, a in zip(params, anchor))
+        opt.zero_grad(set_to_none=True)
+        (ce + prox).backward()
+        opt.step()
+        sched.step()
+        sums["cross_entropy_loss"] += float(ce.detach())
+        sums["proximal_loss"] += float(prox.detach())
+    for p in params:
+        p.requires_grad_(False)
+    model.eval()
+    head.eval()
+    return {k: v / cfg.steps for k, v in sums.items()}

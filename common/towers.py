@@ -192,8 +192,14 @@ class Standardise(nn.Module):
 
     @torch.no_grad()
     def fit(self, x: torch.Tensor) -> Standardise:
+        """Centre and scale to ``x``'s statistics; a dimension that barely varies is scaled by a tenth of the
+        median spread instead, so a small later change of the towers cannot blow it up."""
         self.mean.copy_(x.mean(0))
-        self.std.copy_(x.std(0, unbiased=False).clamp_min(1e-4) if len(x) > 1 else torch.ones_like(self.std))
+        if len(x) > 1:
+            std = x.std(0, unbiased=False)
+            self.std.copy_(std.clamp_min(max(1e-4, 0.1 * float(std.median()))))
+        else:
+            self.std.fill_(1.0)
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -279,3 +285,46 @@ class ModelCard:
 
     def build(self) -> AlignedModel:
         return AlignedModel({m: ModalitySpec(**s) for m, s in self.specs.items()}, TowerConfig.from_dict(self.tower))
+
+
+# --- the whole model as one flat state, as federated fine-tuning sends it -------------------------
+
+SHARED_BLOCK = "shared"
+
+
+def flat_state(model: AlignedModel, head: FusionHead, modalities: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """``model.*`` and ``head.*`` tensors of the given modalities (all by default) and the shared prototype."""
+    mods = set(modalities if modalities is not None else model.modalities)
+    out = {}
+    for prefix, module in (("model", model), ("head", head)):
+        for k, v in module.state_dict().items():
+            if block_of(f"{prefix}.{k}") in mods | {SHARED_BLOCK}:
+                out[f"{prefix}.{k}"] = v.detach().cpu().clone()
+    return out
+
+
+def block_of(key: str) -> str:
+    """The modality a flat key belongs to, or ``shared`` (the prototype network)."""
+    parts = key.split(".")
+    if len(parts) >= 3 and (parts[:2] in (["model", "encoders"], ["model", "adapters"], ["head", "scalers"], ["head", "heads"])):
+        return parts[2]
+    if parts[:2] == ["model", "prototype"]:
+        return SHARED_BLOCK
+    raise ValueError(f"{key!r} is not a key of a flat model state (model.encoders|adapters|prototype.*, head.scalers|heads.*)")
+
+
+def model_from_flat(flat: dict[str, torch.Tensor], specs: dict[str, ModalitySpec], cfg: TowerConfig) -> tuple[AlignedModel, FusionHead]:
+    """Rebuild the towers and head of the modalities a flat state holds (``specs`` gives their shapes)."""
+    mods = sorted({b for b in map(block_of, flat) if b != SHARED_BLOCK})
+    missing = [m for m in mods if m not in specs]
+    if missing:
+        raise ValueError(f"the state holds {missing[0]!r}, which this node has no spec for")
+    model = AlignedModel({m: specs[m] for m in mods}, cfg)
+    head = head_for_state({k[5:]: v for k, v in flat.items() if k.startswith("head.")})
+    for prefix, module in (("model.", model), ("head.", head)):
+        part = {k[len(prefix) :]: v for k, v in flat.items() if k.startswith(prefix)}
+        try:
+            module.load_state_dict(part, strict=True)
+        except RuntimeError as e:
+            raise ValueError(f"the {prefix[:-1]} state does not fit ({str(e).splitlines()[0]})") from e
+    return model, head

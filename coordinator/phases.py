@@ -23,18 +23,21 @@ import torch
 
 from common.binding import PairWeighting
 from common.codec import CodecError, bundle_from_modules, decode_embeddings, parse_embedding_batch, sign_bundle
-from common.evaluate import HeadConfig
+from common.evaluate import HeadConfig, LocalFinetuneConfig
 from common.evaluate import fit_head as _fit_head
 from common.mmbind import AlignConfig, PseudoPairs, align, label_pseudo_pairs, pseudo_pair_samples, sensor_pseudo_pairs
 from common.modalities import ModalitySpec
 from common.pretrain import PretrainConfig, make_pretrain_head
 from common.samples import SampleSet
-from common.towers import AlignedModel, FusionHead, TowerConfig, build_encoder
+from common.towers import AlignedModel, FusionHead, TowerConfig, block_of, build_encoder
 from proto import edgebind_pb2 as pb
 
 log = logging.getLogger("edgebind.campaign")
 
 State = dict[str, torch.Tensor]
+
+
+FINETUNE_STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi")
 
 
 # --- the run config ----------------------------------------------------------------------
@@ -82,6 +85,13 @@ class CampaignConfig:
     head_mode: str = "finetune"
     head_steps: int = 400
     head_finetune_steps: int = 300
+    # federated fine-tuning (after the head): labelled nodes train encoder, adapters and head end to end
+    finetune_rounds: int = 5  # 0 = the coordinator's head on features is the final model
+    finetune_steps: int = 60  # local steps per round (batches of a node's labelled windows, augmented)
+    finetune_batch_size: int = 64
+    finetune_strategy: str = "fedavg"  # "fedavg", "fedprox", "fedadam" or "fedyogi" (Flower's strategy classes)
+    finetune_mu: float = 0.01  # FedProx's proximal weight (fedprox only)
+    finetune_server_lr: float = 0.01  # FedAdam/FedYogi's server learning rate (eta)
     # binding
     bind_k: int = 1
     pair_rule: str = "linear"
@@ -94,7 +104,8 @@ class CampaignConfig:
     signing_key: str = ""
     signing_key_id: str = ""
 
-    QUICK = {"pretrain_rounds": 2, "local_epochs": 1, "align_epochs": 4, "head_steps": 60, "head_finetune_steps": 40}  # as MMBindSettings.quick()
+    QUICK = {"pretrain_rounds": 2, "local_epochs": 1, "align_epochs": 4, "head_steps": 60, "head_finetune_steps": 40,  # as MMBindSettings.quick()
+             "finetune_rounds": 2, "finetune_steps": 20}  # fmt: skip
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -130,8 +141,18 @@ class CampaignConfig:
             raise ValueError(f"dropout-mode must be 'raise' or 'stall', got {self.dropout_mode!r}")
         if self.embedding_dtype not in ("float16", "float32", "int8"):
             raise ValueError(f"embedding-dtype must be float16, float32 or int8, got {self.embedding_dtype!r}")
+        if self.finetune_strategy not in FINETUNE_STRATEGIES:
+            raise ValueError(f"finetune-strategy must be one of {', '.join(FINETUNE_STRATEGIES)}, got {self.finetune_strategy!r}")
+        if self.finetune_rounds < 0 or self.finetune_steps < 1 or self.finetune_batch_size < 1:
+            raise ValueError("finetune-rounds must be >= 0, finetune-steps and finetune-batch-size >= 1")
+        if not (self.finetune_mu >= 0 and self.finetune_server_lr > 0):
+            raise ValueError("finetune-mu must be >= 0 and finetune-server-lr > 0")
         self.weighting()  # checks the pair settings
         self.pretrain()
+
+    def local_finetune(self) -> LocalFinetuneConfig:
+        return LocalFinetuneConfig(steps=self.finetune_steps, batch_size=self.finetune_batch_size,
+                                   proximal_mu=self.finetune_mu if self.finetune_strategy == "fedprox" else 0.0)  # fmt: skip
 
     def pretrain(self) -> PretrainConfig:
         return PretrainConfig(objective=self.pretrain_objective, epochs=self.local_epochs, batch_size=self.pretrain_batch_size, lr=self.pretrain_lr)
@@ -645,3 +666,65 @@ def summarise(evaluations: Mapping[str, Mapping[str, Mapping[str, Any]]], n_clas
             nodes.setdefault(subset, []).append(node)
     order = sorted(pooled, key=lambda s: (s.count("+"), s))
     return {s: {**pooled_metrics(pooled[s]), "n": int(pooled[s].sum()), "nodes": sorted(nodes[s])} for s in order}
+
+
+# --- federated fine-tuning ---------------------------------------------------------------------
+
+
+def make_strategy(name: str, cfg: CampaignConfig):
+    """One of Flower's own strategy classes, used for its aggregation (our rounds send and wait themselves)."""
+    from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, FedYogi
+
+    if name == "fedavg":
+        return FedAvg()
+    if name == "fedprox":
+        return FedProx(proximal_mu=cfg.finetune_mu)
+    if name == "fedadam":
+        return FedAdam(eta=cfg.finetune_server_lr)
+    if name == "fedyogi":
+        return FedYogi(eta=cfg.finetune_server_lr)
+    raise ValueError(f"unknown fine-tuning strategy {name!r}; known: {', '.join(FINETUNE_STRATEGIES)}")
+
+
+class FinetuneAggregator:
+    """Aggregates fine-tuned models with a Flower strategy, one instance per block of parameters.
+
+    A block is one modality's encoder, adapter and head, or the shared
+    prototype; it is aggregated over the nodes that hold it (a gyro-only node
+    has no say in lin_acc's encoder), and a server-side optimiser (FedAdam,
+    FedYogi) keeps its moments per block across rounds.
+    """
+
+    def __init__(self, cfg: CampaignConfig):
+        self.cfg = cfg
+        self.strategies: dict[str, Any] = {}
+
+    def aggregate(self, rnd: int, current: Mapping[str, torch.Tensor], replies: Sequence[tuple[Mapping[str, torch.Tensor], float]]) -> dict[str, torch.Tensor]:
+        from flwr.app import ArrayRecord, Message, Metadata, MetricRecord, RecordDict
+
+        def reply(state: Mapping[str, torch.Tensor], keys: list[str], n: float) -> Message:
+            meta = Metadata(run_id=0, message_id="", src_node_id=0, dst_node_id=0, reply_to_message_id="", group_id="", created_at=0.0, ttl=0.0, message_type="train")
+            return Message(RecordDict({"arrays": ArrayRecord({k: state[k] for k in keys}), "metrics": MetricRecord({"num-examples": float(n)})}), metadata=meta)
+
+        out = {k: v.clone() for k, v in current.items()}
+        blocks: dict[str, list[str]] = {}
+        for k in current:
+            blocks.setdefault(block_of(k), []).append(k)
+        for block, keys in sorted(blocks.items()):
+            holders = []
+            for state, n in replies:
+                if not all(k in state for k in keys):
+                    continue
+                for k in keys:
+                    if state[k].shape != current[k].shape or not torch.isfinite(state[k].float()).all():
+                        raise ValueError(f"a fine-tuned {k!r} has shape {tuple(state[k].shape)} or non-finite values (expected {tuple(current[k].shape)})")
+                holders.append((state, n))
+            if not holders:
+                continue
+            strategy = self.strategies.setdefault(block, make_strategy(self.cfg.finetune_strategy, self.cfg))
+            if hasattr(strategy, "current_arrays"):  # FedOpt: the pseudo-gradient is taken against what was sent
+                strategy.current_arrays = {k: current[k].detach().cpu().numpy() for k in keys}
+            arrays, _ = strategy.aggregate_train(rnd, [reply(state, keys, n) for state, n in holders])
+            for k, v in arrays.to_torch_state_dict().items():
+                out[k] = v.to(current[k].dtype)
+        return out

@@ -1,7 +1,9 @@
 """The coordinator's Flower ServerApp: one campaign, phase by phase.
 
 discover -> manifest -> pretrain (FedAvg per modality) -> collect -> bind ->
-grow (MMBind's one stage, or a Babel growth plan) -> head -> push -> evaluate.
+grow (MMBind's one stage, or a Babel growth plan) -> head -> finetune (labelled
+nodes train the whole model end to end, aggregated by a Flower strategy; the
+round kept is chosen on the validation nodes) -> push -> evaluate.
 The learning is in ``coordinator.phases``;
 this module only sends messages, waits for replies (never longer than
 ``discovery-timeout`` / ``round-timeout``), keeps the books and logs progress.
@@ -37,10 +39,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from common.data.scenarios import Scenario
+from common.codec import state_version
 from common.device import pick_device
 from common.modalities import ModalitySpec
 from common.samples import SampleSet
-from common.towers import TowerConfig
+from common.towers import SHARED_BLOCK, TowerConfig, block_of, flat_state, model_from_flat
 from coordinator import phases
 from coordinator.phases import CampaignConfig, NodeInfo, NodePart
 from coordinator.store import open_store
@@ -122,6 +125,7 @@ class Campaign:
         self.node_compute = 0.0  # seconds of learning work the nodes report in the current phase
         self.results: dict = {"campaign_id": self.campaign_id, "config": {k: v for k, v in cfg.to_run_config().items() if k != "signing-key"}, "phases": {}}
         self.key, self.key_id, self.key_source = phases.signing_key(cfg.signing_key, cfg.signing_key_id, os.environ)
+        self.finetuned = False  # set by the finetune phase when a fine-tuned round beat the head on features on validation
 
     # --- the whole campaign ----------------------------------------------------------
     def run(self) -> dict:
@@ -136,7 +140,7 @@ class Campaign:
         try:
             for name, step in (("discover", self.discover), ("manifest", self.manifest), ("pretrain", self.pretrain),
                                ("collect", self.collect), ("bind", self.bind), ("grow", self.grow), ("head", self.head),
-                               ("push", self.push), ("evaluate", self.evaluate)):  # fmt: skip
+                               ("finetune", self.finetune), ("push", self.push), ("evaluate", self.evaluate)):  # fmt: skip
                 self._phase(name, step)
             self.results["state"] = "done"
             self.store.set_campaign_state(self.campaign_id, "done")
@@ -351,12 +355,79 @@ class Campaign:
         self.results["validation"] = choice
         return {"labelled": len(labelled), "validation": len(val_set), **choice}
 
+    def finetune(self) -> dict:
+        trainers = {f: n for f, n in self.live("train").items() if n.part("train").labelled > 0}
+        validators = {f: n for f, n in self.live("validation").items() if n.part("validation").labelled > 0}
+        if self.cfg.finetune_rounds == 0 or not trainers or not validators:
+            why = "finetune-rounds is 0" if self.cfg.finetune_rounds == 0 else "no labelled training node" if not trainers else "no validation node"
+            log.info("[finetune] skipped: %s; the head on features is the final model", why)
+            return {"rounds": 0, "skipped": why}
+        current = flat_state(self.model.cpu(), self.fusion_head.cpu())
+        aggregator = phases.FinetuneAggregator(self.cfg)
+        base = {"steps": self.cfg.finetune_steps, "batch-size": self.cfg.finetune_batch_size, "seed": self.cfg.seed,
+                "proximal-mu": self.cfg.local_finetune().proximal_mu, **self._tower_cfg()}  # fmt: skip
+        start = current
+        best = {"round": 0, **self.score(current, validators, "validation", 0)}
+        chosen, history = current, [dict(best)]
+        best_tuned: tuple[dict, dict] | None = None  # the best fine-tuned round, whether or not it beats round 0
+        log.info("[finetune] round 0 (head on features): validation accuracy %.3f macro-F1 %.3f", best["accuracy"], best["macro_f1"])
+        for rnd in range(1, self.cfg.finetune_rounds + 1):
+            contents = {f: RecordDict({"config": ConfigRecord({**base, "round": rnd}), "arrays": ArrayRecord(_for_node(current, n))}) for f, n in trainers.items()}
+            replies = self.send("finetune", "train.finetune", contents, rnd)
+            got = [(r.content["arrays"].to_torch_state_dict(), float(r.content["metrics"]["num-examples"])) for r in replies.values()]
+            if not got:
+                log.warning("[finetune] round %d: no node returned a model; stopping", rnd)
+                break
+            current = aggregator.aggregate(rnd, current, got)
+            score = {"round": rnd, "nodes": len(got), **self.score(current, validators, "validation", rnd)}
+            history.append(score)
+            log.info("[finetune] round %d/%d: %d nodes, validation accuracy %.3f macro-F1 %.3f", rnd, self.cfg.finetune_rounds, len(got), score["accuracy"], score["macro_f1"])
+            if best_tuned is None or score["macro_f1"] > best_tuned[0]["macro_f1"]:
+                best_tuned = (score, current)
+            if score["macro_f1"] > best["macro_f1"]:
+                best, chosen = score, current
+        if best["round"] > 0:
+            self.model, self.fusion_head = model_from_flat(chosen, {m: self.specs[m] for m in self.model.modalities}, self.tower)
+            self.finetuned = True
+        record = {"strategy": self.cfg.finetune_strategy, "rounds": history, "chosen_round": best["round"]}
+        # both paths on the test nodes, for the books: the choice above never saw these figures
+        testers = {f: n for f, n in self.live("test").items() if n.part("test").labelled > 0}
+        if testers:
+            record["test"] = {"head_on_features": self.score(start, testers, "test", 0)}
+            if best_tuned is not None:
+                record["test"]["finetuned"] = {"round": best_tuned[0]["round"], **self.score(best_tuned[1], testers, "test", best_tuned[0]["round"])}
+            for path, m in record["test"].items():
+                log.info("[finetune] test, %s: accuracy %.3f macro-F1 %.3f", path, m["accuracy"], m["macro_f1"])
+        self.results["finetune"] = record
+        return {"strategy": self.cfg.finetune_strategy, "rounds": len(history) - 1, "chosen_round": best["round"], "val_macro_f1": best["macro_f1"]}
+
+    def score(self, flat: dict, nodes: dict[int, NodeInfo], role: str, rnd: int) -> dict:
+        """Pooled accuracy and macro-F1 of a candidate model on the given nodes' ``role`` windows (nothing installed)."""
+        contents = {f: RecordDict({"config": ConfigRecord({"role": role, **self._tower_cfg()}), "arrays": ArrayRecord(_for_node(flat, n))}) for f, n in nodes.items()}
+        replies = self.send(f"finetune-{role}", "query.validate", contents, rnd)
+        if not replies:
+            raise RuntimeError(f"no {role} node could score the fine-tuned model")
+        conf = sum(np.asarray(r.content["metrics"]["confusion"], dtype=np.float64) for r in replies.values())
+        k = int(round(np.sqrt(conf.size)))
+        return {**phases.pooled_metrics(conf.reshape(k, k)), "n": int(conf.sum())}
+
     def push(self) -> dict:
         mods = sorted(self.model.adapters)
+        encoders = {}
+        if self.finetuned:  # the encoders changed too: nodes install them first, and the bundles name their new versions
+            encoders = {m: {k: v.detach().cpu() for k, v in self.model.encoders[m].state_dict().items()} for m in mods}
+            self.encoder_versions = {m: state_version(st) for m, st in encoders.items()}
         bundles = phases.make_bundles(self.model, self.fusion_head, mods, self.store, self.campaign_id, self.key, self.key_id, self.classes, self.encoder_versions)
         blobs = {b.modality: b.SerializeToString(deterministic=True) for b in bundles}
-        contents = {f: RecordDict({"bundles": ConfigRecord({"bundles": [blobs[m] for m in n.modalities if m in blobs], "signing-key-id": self.key_id})})
-                    for f, n in self.live().items()}  # fmt: skip
+        contents = {}
+        for f, n in self.live().items():
+            rd = RecordDict({"bundles": ConfigRecord({"bundles": [blobs[m] for m in n.modalities if m in blobs], "signing-key-id": self.key_id})})
+            held = [m for m in n.modalities if m in encoders]
+            if held:
+                rd["encoders"] = ConfigRecord(self._tower_cfg())
+                for m in held:
+                    rd[f"encoder.{m}"] = ArrayRecord(encoders[m])
+            contents[f] = rd
         replies = self.send("push", "train.apply", contents)
         applied, refused = 0, {}
         for f, r in replies.items():
@@ -393,6 +464,11 @@ class Campaign:
 
     def _tower_cfg(self) -> dict:
         return {f"tower.{k.replace('_', '-')}": int(v) for k, v in self.tower.to_dict().items()}
+
+
+def _for_node(flat: dict, node: NodeInfo) -> dict:
+    """The part of a flat model state a node can use: its modalities' blocks and the shared prototype."""
+    return {k: v for k, v in flat.items() if block_of(k) in (*node.modalities, SHARED_BLOCK)}
 
 
 def _parts(manifest: ConfigRecord) -> list[NodePart]:

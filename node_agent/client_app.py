@@ -11,7 +11,14 @@ Messages (``message_type`` -> content in, content out):
   optional in-band signing-key) and ``encoder.<m>`` -> ``upload`` (``batches``:
   serialised EmbeddingBatches of the parts whose role is in upload-roles, each
   naming its group) and ``versions`` (encoder version per modality)
-- ``train.apply``: ``bundles`` (serialised signed AdapterBundles) -> ``applied``, ``rejected``
+- ``train.finetune``: ``config`` (round, steps, batch-size, seed, proximal-mu, tower.*) and
+  ``arrays`` (the whole model of the node's modalities, ``model.*``/``head.*``) -> ``arrays``
+  trained end to end on the node's labelled windows and ``metrics`` (``num-examples``, losses),
+  as Flower's strategies expect them
+- ``query.validate``: ``config`` (role, tower.*) and ``arrays`` -> ``metrics`` (accuracy,
+  macro_f1, n) of that candidate model on the part's labelled windows; nothing is installed
+- ``train.apply``: ``bundles`` (serialised signed AdapterBundles), and after federated
+  fine-tuning ``encoders`` (tower.*) with ``encoder.<m>`` arrays installed first -> ``applied``, ``rejected``
 - ``evaluate``: ``config`` (role, default test) -> ``metrics`` (``<subset>/accuracy``,
   ``/macro_f1``, ``/n``, ``/confusion``) on that part's labelled windows
 
@@ -43,6 +50,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from common.codec import CodecError
+from common.evaluate import LocalFinetuneConfig
 from common.pretrain import PretrainConfig
 from common.towers import TowerConfig
 from node_agent import tasks
@@ -51,7 +59,7 @@ from node_agent.data import NodeData, NodePart, StoreNodeData, cached_split, dro
 log = logging.getLogger("edgebind.node")
 
 QUICK_MAX_WINDOWS = 160  # per group, as the central experiments' --quick
-PHASES = ("manifest", "pretrain", "collect", "apply", "evaluate")
+PHASES = ("manifest", "pretrain", "collect", "finetune", "validate", "apply", "evaluate")
 
 app = ClientApp()
 
@@ -175,9 +183,36 @@ def collect(msg: Message, context: Context) -> Message:
     return _handle(msg, context, "collect", work)
 
 
+@app.train("finetune")
+def finetune(msg: Message, context: Context) -> Message:
+    def work(node: Node) -> RecordDict:
+        cfg = msg.content["config"]
+        lcfg = LocalFinetuneConfig(steps=int(cfg["steps"]), batch_size=int(cfg["batch-size"]), proximal_mu=float(cfg.get("proximal-mu", 0.0)))
+        seed = int(cfg["seed"]) + 7919 * int(cfg["round"]) + 104729 * _stable(node.node_id)
+        flat = msg.content["arrays"].to_torch_state_dict()
+        states, n, terms = tasks.local_finetune(flat, node.part("train").data, lcfg, torch.device("cpu"), seed, _tower(cfg))
+        return RecordDict({"arrays": ArrayRecord(states), "metrics": MetricRecord({"num-examples": n, **terms})})
+
+    return _handle(msg, context, "finetune", work)
+
+
+@app.query("validate")
+def validate(msg: Message, context: Context) -> Message:
+    def work(node: Node) -> RecordDict:
+        cfg = msg.content["config"]
+        res = tasks.local_validate(msg.content["arrays"].to_torch_state_dict(), node.part(str(cfg.get("role", "validation"))).data, torch.device("cpu"), _tower(cfg))
+        return RecordDict({"metrics": MetricRecord(res)})
+
+    return _handle(msg, context, "validate", work)
+
+
 @app.train("apply")
 def apply(msg: Message, context: Context) -> Message:
     def work(node: Node) -> RecordDict:
+        if msg.content.config_records.get("encoders") is not None:  # fine-tuned encoders come before the adapters aligned on them
+            mods = _modalities_in(msg, node, "encoder.")
+            states = {m: msg.content[f"encoder.{m}"].to_torch_state_dict() for m in mods}
+            node.runtime.install_encoders(states, {m: node.data.spec(m) for m in mods}, _tower(msg.content["encoders"]))
         rec = msg.content["bundles"]
         blobs = list(rec.get("bundles", []))
         result = tasks.apply_bundles(blobs, node.keys(str(rec.get("signing-key-id", ""))), node.runtime)

@@ -24,25 +24,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.codec import BundleRejected, CodecError, bundle_to_states, encode_embeddings, parse_message, verify_bundle
-from common.evaluate import metrics, predict, subsets
+from common.codec import BundleRejected, CodecError, bundle_to_states, encode_embeddings, parse_message, state_version, verify_bundle
+from common.evaluate import LocalFinetuneConfig, finetune_local, metrics, predict, subsets
 from common.modalities import ModalitySpec
 from common.pretrain import PretrainConfig, embed_windows, make_pretrain_head, pretrain_encoder, pretrain_jointly
 from common.samples import SampleSet
-from common.towers import AlignedModel, ConceptAdapter, FusionHead, PrototypeNet, TowerConfig, build_encoder, head_for_state
+from common.towers import AlignedModel, ConceptAdapter, FusionHead, PrototypeNet, TowerConfig, build_encoder, flat_state, head_for_state, model_from_flat
 from node_agent.data import NodeData
 from proto import edgebind_pb2 as pb
 
 State = dict[str, torch.Tensor]
-
-
-def state_version(state: Mapping[str, torch.Tensor]) -> str:
-    """A short content hash of a state dict: the encoder version bundles refer to."""
-    h = hashlib.sha256()
-    for k in sorted(state):
-        h.update(k.encode())
-        h.update(state[k].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 # --- pretraining -------------------------------------------------------------------------
@@ -376,3 +367,59 @@ def evaluate_local(data: NodeData, runtime_state: NodeRuntime, device: torch.dev
         conf = np.bincount(part.label * n_classes + pred, minlength=n_classes * n_classes)
         out["+".join(sub)] = {**metrics(part.label, pred), "n": int(len(part)), "confusion": conf.tolist()}
     return out
+
+
+# --- federated fine-tuning ---------------------------------------------------------------------
+
+
+def labelled_windows(data: NodeData, modalities: Sequence[str]) -> SampleSet:
+    """The node's labelled raw windows present in every one of ``modalities`` (the same time spans), as samples."""
+    per = {m: data.windows(m) for m in modalities}
+    common_ids = None
+    for ids, _, y in per.values():
+        held = {w for w, lab in zip(ids, y) if lab >= 0}
+        common_ids = held if common_ids is None else common_ids & held
+    order = sorted(common_ids or [])
+    if not order:
+        raise ValueError(f"node {data.node_id!r} holds no labelled window in all of {list(modalities)}")
+    X, labels = {}, None
+    for m, (ids, x, y) in per.items():
+        data.spec(m).check_window(x.shape, where=f"node {data.node_id!r}")
+        pos = {w: i for i, w in enumerate(ids)}
+        sel = np.array([pos[w] for w in order], dtype=np.int64)
+        X[m] = np.ascontiguousarray(x[sel], dtype=np.float32)
+        labels = y[sel] if labels is None else labels
+    return SampleSet.natural(X, labels)
+
+
+def _flat_model(flat: Mapping[str, torch.Tensor], data: NodeData, tower: TowerConfig | None) -> tuple[AlignedModel, FusionHead]:
+    held = set(data.modalities())
+    mods = sorted({k.split(".")[2] for k in flat if k.split(".")[:2] in (["model", "encoders"], ["model", "adapters"])})
+    unknown = [m for m in mods if m not in held]
+    if unknown:
+        raise ValueError(f"node {data.node_id!r} holds no {unknown[0]!r} (it holds {sorted(held)})")
+    return model_from_flat(dict(flat), {m: data.spec(m) for m in mods}, tower or TowerConfig())
+
+
+def local_finetune(
+    flat: Mapping[str, torch.Tensor], data: NodeData, cfg: LocalFinetuneConfig, device: torch.device | None = None, seed: int = 0, tower: TowerConfig | None = None
+) -> tuple[dict[str, torch.Tensor], int, dict[str, float]]:
+    """One node's round of federated fine-tuning: the model it was sent, trained end to end on its own labelled windows.
+
+    Returns the updated flat state (the same keys), the labelled windows trained on and the loss terms.
+    """
+    model, head = _flat_model(flat, data, tower)
+    samples = labelled_windows(data, model.modalities)
+    terms = finetune_local(model, head, samples, cfg, device or torch.device("cpu"), seed=seed)
+    return flat_state(model, head), len(samples), terms
+
+
+def local_validate(flat: Mapping[str, torch.Tensor], data: NodeData, device: torch.device | None = None, tower: TowerConfig | None = None) -> dict[str, float]:
+    """Accuracy, macro-F1 and the confusion matrix (flat) of a candidate model, not installed, on the node's labelled windows (all its modalities together)."""
+    device = device or torch.device("cpu")
+    model, head = _flat_model(flat, data, tower)
+    samples = labelled_windows(data, model.modalities)
+    pred = predict(model, head, samples, device)
+    k = head.n_classes
+    confusion = np.bincount(samples.label * k + pred, minlength=k * k)
+    return {**metrics(samples.label, pred), "n": float(len(samples)), "confusion": confusion.tolist()}

@@ -108,7 +108,8 @@ def in_process_campaign(tmp_path: Path, silent: set[int] = frozenset(), grid_cls
     run_config = {
         "dataset": data, "scenario": scenario, "seed": 0, "results-path": str(tmp_path / "out" / "results.json"),
         "state-dir": str(tmp_path / "nodes"), "expected-nodes": 7, "discovery-timeout": 5.0, "round-timeout": 20.0,
-        "pretrain-rounds": 2, "local-epochs": 1, "align-epochs": 2, "head-steps": 20, "coordinator-threads": 1,
+        "pretrain-rounds": 2, "local-epochs": 1, "align-epochs": 2, "head-steps": 20, "head-finetune-steps": 20, "coordinator-threads": 1,
+        "finetune-rounds": 1, "finetune-steps": 5,
         "signing-key": "11" * 32, **config,
     }  # fmt: skip
     contexts = {
@@ -129,8 +130,25 @@ def test_campaign_on_an_in_process_grid(tmp_path):
     assert res["pairs"][0]["groups"] == ["sa", "sb"] and res["pairs"][0]["pairs"] > 0
     assert res["phases"]["push"]["nodes_applied"] == 7
     assert grid.sent.count("train.pretrain") == 2 * 5  # two rounds, five training nodes
-    assert {"discover", "manifest", "pretrain", "collect", "bind", "grow", "head", "push", "evaluate"} == set(res["phases"])
+    assert {"discover", "manifest", "pretrain", "collect", "bind", "grow", "head", "finetune", "push", "evaluate"} == set(res["phases"])
     assert (tmp_path / "out" / "coordinator.db").exists()
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedadam"])
+def test_federated_finetuning_keeps_the_round_validation_chose_and_installs_it(tmp_path, strategy):
+    res, grid = in_process_campaign(tmp_path, **{"finetune-rounds": 3, "finetune-steps": 15, "finetune-strategy": strategy})
+    ft = res["finetune"]
+    assert res["state"] == "done" and ft["strategy"] == strategy
+    assert [r["round"] for r in ft["rounds"]] == [0, 1, 2, 3]
+    assert grid.sent.count("train.finetune") == 3  # three rounds, one labelled training node
+    best = max(ft["rounds"], key=lambda r: r["macro_f1"])
+    assert ft["chosen_round"] == best["round"]  # chosen on validation (the first of equals)
+    # both paths were scored on the test node, and the model pushed is the one chosen: its evaluation matches
+    pushed = ft["test"]["finetuned" if ft["chosen_round"] > 0 else "head_on_features"]
+    assert res["accuracy"]["a+b"]["accuracy"] == pytest.approx(pushed["accuracy"])
+    assert res["phases"]["push"]["nodes_applied"] == 7
+    if ft["chosen_round"] > 0:  # fine-tuned encoders went out with the bundles that name them
+        assert {b["encoder_version"] for b in res["bundles"].values()}.isdisjoint({""})
 
 
 def test_a_silent_node_is_waited_for_only_round_timeout(tmp_path):
@@ -264,6 +282,11 @@ def test_fleet_campaign_on_hapt(tmp_path):
     assert res["fleet"]["nodes"] == 6 and len(res["nodes"]) == 6
     assert res["phases"]["push"]["nodes_applied"] == 6
     assert json.loads((tmp_path / "fleet" / "results.json").read_text())["accuracy"] == res["accuracy"]
+    # federated fine-tuning on the labelled node: the chosen round is the pushed model, whose encoders went out too
+    ft = res["finetune"]
+    assert ft["chosen_round"] == max(ft["rounds"], key=lambda r: r["macro_f1"])["round"]
+    pushed = ft["test"]["finetuned" if ft["chosen_round"] > 0 else "head_on_features"]
+    assert res["accuracy"]["gravity+lin_acc"]["accuracy"] == pytest.approx(pushed["accuracy"])
     print(f"fleet of 6 on HAPT (quick): {wall:.1f}s wall, phases {({k: v['seconds'] for k, v in res['phases'].items()})}")
     if os.environ.get("CI"):
         assert wall < 300
@@ -300,7 +323,8 @@ def test_federated_campaign_agrees_with_the_central_experiment(tmp_path):
         fleet = []
         for s in (0, 1):
             rc = {"dataset": "hapt", "scenario": "sensor-bind", "seed": s, "quick": True, "results-path": str(tmp_path / f"s{s}" / "results.json"),
-                  "state-dir": str(tmp_path / f"s{s}" / "nodes"), "expected-nodes": 9, "coordinator-threads": 1, "client-threads": 1}  # fmt: skip
+                  "state-dir": str(tmp_path / f"s{s}" / "nodes"), "expected-nodes": 9, "coordinator-threads": 1, "client-threads": 1,
+                  "finetune-rounds": 0}  # like for like: the central run's few-label step is on frozen features too  # fmt: skip
             ctxs = {100 + p: Context(run_id=10 + s, node_id=100 + p, node_config={"partition-id": p, "num-partitions": 9}, state=RecordDict(), run_config=rc) for p in range(9)}
             server_app(InProcessGrid(ctxs), Context(run_id=10 + s, node_id=0, node_config={}, state=RecordDict(), run_config=rc))
             fleet.append(json.loads((tmp_path / f"s{s}" / "results.json").read_text())["accuracy"][full]["accuracy"])

@@ -18,7 +18,7 @@ from common.evaluate import HeadConfig
 from common.mmbind import AlignConfig
 from common.pretrain import PretrainConfig
 from common.samples import SampleSet
-from common.towers import TowerConfig
+from common.towers import AlignedModel, TowerConfig
 from coordinator import phases as P
 from coordinator.store import open_store
 from node_agent import tasks
@@ -164,6 +164,50 @@ def test_local_cross_modal_round_trains_the_streams_a_node_holds_together(ds, sc
     with pytest.raises(ValueError, match="does not fit"):
         tasks.local_pretrain_joint({"s": ({"bogus": torch.zeros(1)}, glob["s"]["head"]), "a": (glob["a"]["encoder"], glob["a"]["head"])},
                                    spec.data(ds), cfg, CPU, tower=TOWER)
+
+
+def test_finetune_aggregation_is_per_block_over_the_nodes_that_hold_it():
+    cur = {"model.prototype.net.0.weight": torch.zeros(2, 2), "model.encoders.a.w": torch.zeros(3), "model.encoders.b.w": torch.zeros(3)}
+    only_a = ({"model.prototype.net.0.weight": torch.ones(2, 2), "model.encoders.a.w": torch.ones(3)}, 1.0)
+    only_b = ({"model.prototype.net.0.weight": 3 * torch.ones(2, 2), "model.encoders.b.w": 2 * torch.ones(3)}, 3.0)
+    out = P.FinetuneAggregator(P.CampaignConfig()).aggregate(1, cur, [only_a, only_b])
+    assert torch.allclose(out["model.prototype.net.0.weight"], torch.full((2, 2), 2.5))  # weighted by labelled windows
+    assert torch.allclose(out["model.encoders.a.w"], torch.ones(3)) and torch.allclose(out["model.encoders.b.w"], 2 * torch.ones(3))
+    adam = P.FinetuneAggregator(P.CampaignConfig(finetune_strategy="fedadam", finetune_server_lr=0.1))
+    step1 = adam.aggregate(1, cur, [only_a, only_b])
+    assert 0 < float(step1["model.encoders.a.w"][0]) <= 0.1 + 1e-6  # a server step towards the nodes, of about eta
+    assert set(adam.strategies) == {"a", "b", "shared"}
+    with pytest.raises(ValueError, match="shape"):
+        P.FinetuneAggregator(P.CampaignConfig()).aggregate(1, cur, [({"model.encoders.a.w": torch.ones(4), "model.prototype.net.0.weight": torch.ones(2, 2)}, 1.0)])
+    with pytest.raises(ValueError, match="non-finite"):
+        P.FinetuneAggregator(P.CampaignConfig()).aggregate(1, cur, [({"model.encoders.a.w": torch.full((3,), float("nan")), "model.prototype.net.0.weight": torch.ones(2, 2)}, 1.0)])
+    with pytest.raises(ValueError, match="finetune-strategy"):
+        P.CampaignConfig.from_run_config({"finetune-strategy": "fedmagic"})
+
+
+def test_local_finetune_round_trip_and_validation(ds, sc):
+    from common.evaluate import LocalFinetuneConfig
+    from common.towers import FusionHead, flat_state
+
+    sp = split(sc, ds, 0)
+    lab = node_spec_for(sc, ds, 0, 4, split_=sp)  # the labelled (a, b) node
+    assert lab.group == "lab"
+    torch.manual_seed(0)
+    model = AlignedModel({m: ds.spec(m) for m in ("a", "b")}, TOWER)
+    head = FusionHead({m: model.head_dim for m in ("a", "b")}, ds.n_classes)
+    flat = flat_state(model, head)
+    states, n, terms = tasks.local_finetune(flat, lab.data(ds), LocalFinetuneConfig(steps=5, batch_size=16), CPU, seed=0, tower=TOWER)
+    assert set(states) == set(flat) and n == int(lab.labelled.sum()) > 0
+    assert np.isfinite(terms["cross_entropy_loss"]) and terms["proximal_loss"] == 0.0
+    assert not torch.equal(states["model.encoders.a.net.0.0.weight"], flat["model.encoders.a.net.0.0.weight"])
+    assert torch.equal(states["head.scalers.a.mean"], flat["head.scalers.a.mean"])  # statistics are fixed, not trained
+    res = tasks.local_validate(states, lab.data(ds), CPU, TOWER)
+    assert 0 <= res["accuracy"] <= 1 and sum(res["confusion"]) == res["n"] == n
+    prox, _, t = tasks.local_finetune(flat, lab.data(ds), LocalFinetuneConfig(steps=5, batch_size=16, proximal_mu=1.0), CPU, seed=0, tower=TOWER)
+    assert t["proximal_loss"] > 0
+    with pytest.raises(ValueError, match="holds no 's'"):
+        tasks.local_finetune(flat_state(AlignedModel({"s": ds.spec("s")}, TOWER), FusionHead({"s": model.head_dim}, ds.n_classes)), lab.data(ds),
+                             LocalFinetuneConfig(steps=1), CPU, tower=TOWER)  # fmt: skip
 
 
 # --- one campaign's data path, without Flower ------------------------------------------------
