@@ -83,7 +83,24 @@ def demo(args, device) -> dict:
 def run(args, device) -> dict:
     from simulations.fleet import run_fleet
 
-    return run_fleet(args.dataset, args.scenario, args.nodes, args.seed, args.out or Path("runs") / "fleet", args.quick, args.dropout, device)
+    return run_fleet(args.dataset, args.scenario, args.nodes, args.seed, args.out or Path("runs") / "fleet", args.quick, args.dropout, device,
+                     **_run_config_pairs(args.config))  # fmt: skip
+
+
+def _run_config_pairs(pairs: list[str]) -> dict:
+    """``KEY=VALUE`` run config overrides (values read as JSON where they parse, else as text)."""
+    import json
+
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"-c takes KEY=VALUE (a run config key of pyproject.toml's [tool.flwr.app.config]), got {pair!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
 
 
 def deploy_local(args, device) -> dict:
@@ -146,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes", type=int, default=None, help="number of virtual nodes (default: the scenario's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dropout", type=float, default=None, help="share of nodes that vanish mid-round")
+    p.add_argument("-c", "--config", action="append", default=[], metavar="KEY=VALUE",
+                   help="a run config setting (see [tool.flwr.app.config] in pyproject.toml), e.g. -c finetune-strategy=fedprox; repeatable")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--quick", action="store_true")
     p.set_defaults(func=run)

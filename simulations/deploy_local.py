@@ -77,7 +77,7 @@ QUICK_WINDOWS = 64
 FULL_WINDOWS = 400
 # Run config overrides: quick is 1 pretraining round and small epochs, set
 # explicitly (the run config's own `quick` would force 2 rounds).
-QUICK_SCHEDULE = {"pretrain-rounds": 1, "local-epochs": 1, "align-epochs": 4, "head-steps": 60}
+QUICK_SCHEDULE = {"pretrain-rounds": 1, "local-epochs": 1, "align-epochs": 4, "head-steps": 60, "head-finetune-steps": 40, "finetune-rounds": 2, "finetune-steps": 10}
 
 
 class DeployError(RuntimeError):

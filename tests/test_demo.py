@@ -17,10 +17,14 @@ def test_demo_quick_writes_a_report(tmp_path, monkeypatch, capsys):
     result = demo(out=tmp_path, device=torch.device("cpu"), quick=True)
     table = result["table"]
     assert set(table) == {"gravity", "lin_acc", "gravity+lin_acc"}
-    fed = "edgebind (federated MMBind+Babel)"
+    fed = "edgebind (federated, chosen)"
     for subset, row in table.items():
         assert fed in row and 0.0 <= row[fed]["accuracy"] <= 1.0
-    assert "upper bound (central, natural pairs)" in table["gravity+lin_acc"]
+    full = table["gravity+lin_acc"]
+    for name in ("upper bound (central, natural pairs)", "lower bound (central, few labels)", "edgebind, head on features", "edgebind, fine-tuned"):
+        assert name in full, name
+    chosen = result["campaign"]["finetune"]["chosen_round"]
+    assert full[fed]["accuracy"] == pytest.approx(full["edgebind, fine-tuned" if chosen else "edgebind, head on features"]["accuracy"])
     assert "unimodal (central)" in table["lin_acc"]
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["campaign"]["missing_nodes"] == []
@@ -29,4 +33,5 @@ def test_demo_quick_writes_a_report(tmp_path, monkeypatch, capsys):
         assert (tmp_path / name).stat().st_size > 0, name
     report = (tmp_path / "report.md").read_text()
     assert "![accuracy_vs_incompleteness.png](accuracy_vs_incompleteness.png)" in report
-    assert "gravity+lin_acc" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "gravity+lin_acc" in printed and "edgebind minus the lower bound on gravity+lin_acc" in printed

@@ -30,7 +30,15 @@ def _check_results(out, methods, full):
 
 def test_sensor_bind_quick(tmp_path, capsys):
     assert main(["experiment", "mmbind", "--dataset", "hapt", "--scenario", "sensor-bind", "--seeds", "1", "--quick", "--out", str(tmp_path)]) == 0
-    res = _check_results(tmp_path, ["lower_bound", "unimodal", "incomplete", "imagebind", "mmbind", "upper_bound"], "gravity+lin_acc")
+    res = _check_results(tmp_path, ["lower_bound", "unimodal", "incomplete", "imagebind", "mmbind", "upper_bound", "all_labels"], "gravity+lin_acc")
+    # provenance and the paired yardstick
+    assert len(res["commit"]) >= 40 and len(res["dataset_sha256"]) == 64 and res["settings"]["pretrain"]["epochs"] == 2
+    paired = res["summary"]["paired_differences"]
+    seed = res["per_seed"][0]["methods"]
+    assert paired["mmbind - lower_bound"]["mean"] == pytest.approx(seed["mmbind"]["subsets"]["gravity+lin_acc"]["accuracy"] - seed["lower_bound"]["subsets"]["gravity+lin_acc"]["accuracy"])
+    assert "mmbind - incomplete" in paired and paired["mmbind - incomplete"]["n"] == 1
+    # every label of the training subjects, even on the quick schedule, is far above chance on six classes
+    assert seed["all_labels"]["subsets"]["gravity+lin_acc"]["accuracy"] > 1 / 6 + 0.3
     pairs = res["per_seed"][0]["pairs"]
     assert pairs and pairs[0]["groups"] == ["gyro-linacc", "gyro-gravity"] and pairs[0]["pairs"] > 0
     # six activities: binding through gyro must beat chance clearly, but cannot be perfect

@@ -146,3 +146,12 @@ def test_mean_ci_is_a_t_interval():
     assert ci["mean"] == pytest.approx(0.2) and ci["n"] == 3
     assert ci["ci_low"] == pytest.approx(0.2 - 4.302653 * 0.1 / np.sqrt(3), rel=1e-5)
     assert ci["ci_high"] == pytest.approx(0.2 + 4.302653 * 0.1 / np.sqrt(3), rel=1e-5)
+
+
+def test_run_takes_run_config_overrides():
+    from simulations.cli import _run_config_pairs
+
+    assert _run_config_pairs(["finetune-rounds=3", "finetune-strategy=fedprox", "finetune-mu=0.05", "quick=true"]) == {
+        "finetune-rounds": 3, "finetune-strategy": "fedprox", "finetune-mu": 0.05, "quick": True}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        _run_config_pairs(["finetune-rounds"])
