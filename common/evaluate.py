@@ -96,10 +96,16 @@ def drop_modalities(masks: dict[str, torch.Tensor], p: float, generator: torch.G
     return {m: out[k] for k, m in enumerate(mods)}
 
 
-def _augmented(inputs: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
-    from common.pretrain import augment
+def batch_loss(model: AlignedModel, head: FusionHead, b, generator: torch.Generator, modality_dropout: float, augment: bool, features: bool = False) -> torch.Tensor:
+    """Cross-entropy of one labelled batch: raw windows augmented (when asked), a random subset of each sample's modalities."""
+    inputs = b.inputs
+    if augment:
+        from common.pretrain import augment as view
 
-    return {m: augment(x, generator) for m, x in inputs.items()}
+        inputs = {m: view(x, generator) for m, x in inputs.items()}
+    x = model.head_inputs(inputs, features=features)
+    logits = head({m: scatter(z, b.masks[m]) for m, z in x.items()}, drop_modalities(b.masks, modality_dropout, generator))
+    return F.cross_entropy(logits, b.label)
 
 
 @torch.no_grad()
@@ -156,11 +162,7 @@ def fit_head(
             model.train(tune_towers)
             head.train()
             b = labelled.batch(rng.choice(len(labelled), size=batch, replace=False), device)
-            inputs = _augmented(b.inputs, gen) if tune_towers and cfg.augment and not features else b.inputs
-            x = model.head_inputs(inputs, features=features)
-            masks = drop_modalities(b.masks, cfg.modality_dropout, gen)
-            logits = head({m: scatter(z, b.masks[m]) for m, z in x.items()}, masks)
-            loss = F.cross_entropy(logits, b.label)
+            loss = batch_loss(model, head, b, gen, cfg.modality_dropout, augment=tune_towers and cfg.augment and not features, features=features)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -267,10 +269,7 @@ def finetune_local(model: AlignedModel, head: FusionHead, samples: SampleSet, cf
     head.train()
     for _ in range(cfg.steps):
         b = labelled.batch(rng.choice(len(labelled), size=batch, replace=False), device)
-        inputs = _augmented(b.inputs, gen) if cfg.augment else b.inputs
-        x = model.head_inputs(inputs)
-        logits = head({m: scatter(z, b.masks[m]) for m, z in x.items()}, drop_modalities(b.masks, cfg.modality_dropout, gen))
-        ce = F.cross_entropy(logits, b.label)
+        ce = batch_loss(model, head, b, gen, cfg.modality_dropout, augment=cfg.augment)
         prox = torch.zeros((), device=device)
         if anchor is not None:
             prox = 0.5 * cfg.proximal_mu * sum(((p - a) ** 2).sum() for p, a in zip(params, anchor))
