@@ -40,7 +40,7 @@ class HeadConfig:
     encoder_lr: float = 3e-4  # encoders, when the step sees raw windows
     weight_decay: float = 1e-3
     hidden: int = 0
-    modality_dropout: float = 0.3  # chance that a multi-modal sample trains on a random proper subset
+    modality_dropout: float = 0.3  # chance that a multi-modal sample trains on a random subset of its modalities
     augment: bool = True  # augment raw windows while fine-tuning (see common.pretrain.augment)
     finetune_lr_scales: tuple[float, ...] = (1.0,)  # fine-tuning runs once per scale of the tower/encoder rates; validation keeps the best
 
@@ -81,7 +81,7 @@ def predict(model: AlignedModel, head: FusionHead, samples: SampleSet, device: t
 
 
 def drop_modalities(masks: dict[str, torch.Tensor], p: float, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """With probability ``p``, a sample holding several modalities keeps only a random non-empty proper subset."""
+    """With probability ``p``, a sample holding several modalities keeps a random non-empty subset of them (each kept with chance 1/2)."""
     mods = sorted(masks)
     if p <= 0 or len(mods) < 2:
         return masks

@@ -24,9 +24,11 @@ import sys
 import time
 from pathlib import Path
 
+from common.data import load_dataset
 from common.data.scenarios import Scenario
 from coordinator.phases import CampaignConfig
 from node_agent.data import dropouts, fleet_layout, node_id_of
+from simulations.experiments.common import commit_of, fingerprint
 
 log = logging.getLogger("edgebind.fleet")
 
@@ -99,6 +101,8 @@ def run_fleet(
         "wall_seconds": round(wall, 3),
         "campaign_seconds": results.get("seconds"),
         "engine": f"flwr simulation (ray), {cpus} CPUs, 1 CPU per virtual node",
+        "commit": commit_of(),
+        "dataset_sha256": fingerprint(load_dataset(dataset)),
     }
     (out / "results.json").write_text(json.dumps(results, indent=2))
     log.info("fleet: done in %.1fs (campaign %.1fs, the rest is Flower/Ray start-up and shut-down)", wall, results.get("seconds") or 0.0)

@@ -280,6 +280,7 @@ def test_fleet_campaign_on_hapt(tmp_path):
     assert set(res["accuracy"]) == {"gravity", "lin_acc", "gravity+lin_acc"}
     assert all(0 <= m["accuracy"] <= 1 and m["n"] > 0 for m in res["accuracy"].values())
     assert res["fleet"]["nodes"] == 6 and len(res["nodes"]) == 6
+    assert len(res["fleet"]["dataset_sha256"]) == 64 and res["fleet"]["commit"] != "unknown"
     assert res["phases"]["push"]["nodes_applied"] == 6
     assert json.loads((tmp_path / "fleet" / "results.json").read_text())["accuracy"] == res["accuracy"]
     # federated fine-tuning on the labelled node: the chosen round is the pushed model, whose encoders went out too

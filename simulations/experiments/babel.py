@@ -58,7 +58,7 @@ from common.losses import MultiViewContrastive
 from common.pretrain import PretrainConfig
 from common.samples import SampleSet
 from common.towers import AlignedModel, TowerConfig
-from simulations.experiments.common import Encoders, fmt, mean_std, pretrain_encoders, seed_everything, write_json
+from simulations.experiments.common import Encoders, commit_of, fingerprint, fmt, mean_std, pretrain_encoders, seed_everything, write_json
 
 log = logging.getLogger("edgebind")
 
@@ -605,6 +605,8 @@ def _run(dataset: str, plan: str, seeds: int, out: Path, quick: bool, device: to
                      "one linear fusion head per variant on the labelled group's few labels, its step chosen on validation subjects; "
                      "test figures of the chosen model; retrieval on every test window of the pair (gallery = all test windows); mean and sample std over seeds"),
         "settings": _settings_dict(st),
+        "commit": commit_of(),
+        "dataset_sha256": fingerprint(ds),
         **({"kd_selection": selection} if selection is not None else {}),
         "summary": summarise(per_seed, gp),
         "per_seed": per_seed,
