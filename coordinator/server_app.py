@@ -405,8 +405,9 @@ class Campaign:
         """Pooled accuracy and macro-F1 of a candidate model on the given nodes' ``role`` windows (nothing installed)."""
         contents = {f: RecordDict({"config": ConfigRecord({"role": role, **self._tower_cfg()}), "arrays": ArrayRecord(_for_node(flat, n))}) for f, n in nodes.items()}
         replies = self.send(f"finetune-{role}", "query.validate", contents, rnd)
-        if not replies:
-            raise RuntimeError(f"no {role} node could score the fine-tuned model")
+        if not replies:  # unscored: never chosen (NaN compares false), and the campaign goes on
+            log.warning("[finetune] round %d: no %s node could score the model", rnd, role)
+            return {"accuracy": float("nan"), "macro_f1": float("nan"), "n": 0}
         conf = sum(np.asarray(r.content["metrics"]["confusion"], dtype=np.float64) for r in replies.values())
         k = int(round(np.sqrt(conf.size)))
         return {**phases.pooled_metrics(conf.reshape(k, k)), "n": int(conf.sum())}
