@@ -162,7 +162,11 @@ def load_hapt(window: int = 128, step: int = 64, transitions: bool = False, cach
     )
     if cache:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".tmp.npz")
-        ds.save(tmp)
-        os.replace(tmp, cached)
+        # a name of this process's own: nodes that build the cache at once must not rename each other's file
+        tmp = cached.with_name(f"{cached.stem}.{os.getpid()}-{os.urandom(4).hex()}.tmp.npz")
+        try:
+            ds.save(tmp)
+            os.replace(tmp, cached)
+        finally:
+            tmp.unlink(missing_ok=True)
     return ds
