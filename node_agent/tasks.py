@@ -29,7 +29,7 @@ from common.evaluate import LocalFinetuneConfig, finetune_local, metrics, predic
 from common.modalities import ModalitySpec
 from common.pretrain import PretrainConfig, embed_windows, make_pretrain_head, pretrain_encoder, pretrain_jointly
 from common.samples import SampleSet
-from common.towers import AlignedModel, ConceptAdapter, FusionHead, PrototypeNet, TowerConfig, build_encoder, flat_state, head_for_state, model_from_flat
+from common.towers import SHARED_BLOCK, AlignedModel, ConceptAdapter, FusionHead, PrototypeNet, TowerConfig, block_of, build_encoder, flat_state, head_for_state, model_from_flat
 from node_agent.data import NodeData
 from proto import edgebind_pb2 as pb
 
@@ -70,6 +70,28 @@ def local_pretrain(
     return states, len(x), terms
 
 
+def shared_windows(data: NodeData, modalities: Sequence[str], labelled: bool = False) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The node's windows present in every one of ``modalities`` (the same time spans), in window-id order, and their labels.
+
+    With ``labelled`` only windows labelled in every stream are kept.
+    """
+    per = {m: data.windows(m) for m in modalities}
+    common: set | None = None
+    for ids, _, y in per.values():
+        held = {w for w, lab in zip(ids, y) if lab >= 0} if labelled else set(ids)
+        common = held if common is None else common & held
+    order = sorted(common or [])
+    X, labels = {}, np.empty(0, dtype=np.int64)
+    for k, (m, (ids, x, y)) in enumerate(per.items()):
+        data.spec(m).check_window(x.shape, where=f"node {data.node_id!r}")
+        pos = {w: i for i, w in enumerate(ids)}
+        sel = np.array([pos[w] for w in order], dtype=np.int64)
+        X[m] = np.ascontiguousarray(x[sel], dtype=np.float32)
+        if k == 0:
+            labels = y[sel]
+    return X, labels
+
+
 def local_pretrain_joint(
     states: Mapping[str, tuple[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]]],
     data: NodeData,
@@ -86,27 +108,19 @@ def local_pretrain_joint(
     on and the last epoch's loss terms.
     """
     mods = sorted(states)
-    per = {m: data.windows(m) for m in mods}
-    common = set(per[mods[0]][0])
-    for m in mods[1:]:
-        common &= set(per[m][0])
-    order = sorted(common)
-    if not order:
+    windows, labels = shared_windows(data, mods)
+    if len(labels) == 0:
         raise ValueError(f"node {data.node_id!r} holds no window in all of {mods} to pretrain them together")
-    windows, encoders, heads = {}, {}, {}
+    encoders, heads = {}, {}
     for m in mods:
-        ids, x, _ = per[m]
         spec = data.spec(m)
-        spec.check_window(x.shape, where=f"node {data.node_id!r}")
-        pos = {w: i for i, w in enumerate(ids)}
-        windows[m] = x[np.array([pos[w] for w in order], dtype=np.int64)]
         encoders[m] = build_encoder(spec, tower or TowerConfig())
         heads[m] = make_pretrain_head(encoders[m], spec.window, spec.channels, cfg)
         _load(encoders[m], states[m][0], f"{m!r} encoder")
         _load(heads[m], states[m][1], f"{m!r} {cfg.objective} head")
     terms = pretrain_jointly(encoders, [windows], cfg, device or torch.device("cpu"), seed=seed, heads=heads)
     out = {m: {"encoder": _cpu_state(encoders[m]), "head": _cpu_state(heads[m])} for m in mods}
-    return out, len(order), terms
+    return out, len(labels), terms
 
 
 def _load(module: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
@@ -345,17 +359,9 @@ def evaluate_local(data: NodeData, runtime_state: NodeRuntime, device: torch.dev
     device = device or torch.device("cpu")
     model, head, classes = runtime_model(runtime_state, data.modalities())
     mods = model.modalities
-    feats, labels, common_ids = {}, None, None
-    per_mod = {m: data.windows(m) for m in mods}
-    for m, (ids, _, _) in per_mod.items():
-        common_ids = set(ids) if common_ids is None else common_ids & set(ids)
-    order = sorted(common_ids or [])
-    for m, (ids, x, y) in per_mod.items():
-        pos = {w: i for i, w in enumerate(ids)}
-        sel = np.array([pos[w] for w in order], dtype=np.int64)
-        feats[m] = embed_windows(model.encoders[m], x[sel], device).numpy()
-        labels = y[sel] if labels is None else labels
-    if labels is None or not (labels >= 0).any():
+    windows, labels = shared_windows(data, mods)
+    feats = {m: embed_windows(model.encoders[m], x, device).numpy() for m, x in windows.items()}
+    if not (labels >= 0).any():
         raise ValueError(f"node {data.node_id!r} has no labelled windows to evaluate on")
     keep = np.flatnonzero(labels >= 0)
     test = SampleSet.natural({m: f[keep] for m, f in feats.items()}, labels[keep])
@@ -374,27 +380,15 @@ def evaluate_local(data: NodeData, runtime_state: NodeRuntime, device: torch.dev
 
 def labelled_windows(data: NodeData, modalities: Sequence[str]) -> SampleSet:
     """The node's labelled raw windows present in every one of ``modalities`` (the same time spans), as samples."""
-    per = {m: data.windows(m) for m in modalities}
-    common_ids = None
-    for ids, _, y in per.values():
-        held = {w for w, lab in zip(ids, y) if lab >= 0}
-        common_ids = held if common_ids is None else common_ids & held
-    order = sorted(common_ids or [])
-    if not order:
+    X, labels = shared_windows(data, modalities, labelled=True)
+    if len(labels) == 0:
         raise ValueError(f"node {data.node_id!r} holds no labelled window in all of {list(modalities)}")
-    X, labels = {}, None
-    for m, (ids, x, y) in per.items():
-        data.spec(m).check_window(x.shape, where=f"node {data.node_id!r}")
-        pos = {w: i for i, w in enumerate(ids)}
-        sel = np.array([pos[w] for w in order], dtype=np.int64)
-        X[m] = np.ascontiguousarray(x[sel], dtype=np.float32)
-        labels = y[sel] if labels is None else labels
     return SampleSet.natural(X, labels)
 
 
 def _flat_model(flat: Mapping[str, torch.Tensor], data: NodeData, tower: TowerConfig | None) -> tuple[AlignedModel, FusionHead]:
     held = set(data.modalities())
-    mods = sorted({k.split(".")[2] for k in flat if k.split(".")[:2] in (["model", "encoders"], ["model", "adapters"])})
+    mods = sorted({block_of(k) for k in flat} - {SHARED_BLOCK})
     unknown = [m for m in mods if m not in held]
     if unknown:
         raise ValueError(f"node {data.node_id!r} holds no {unknown[0]!r} (it holds {sorted(held)})")
