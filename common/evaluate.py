@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import copy
 import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -236,8 +238,26 @@ class LocalFinetuneConfig:
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"local fine-tuning needs steps >= 1 and batch_size >= 1, got {self.steps}, {self.batch_size}")
+        if not (self.head_lr >= 0 and self.tower_lr > 0 and self.encoder_lr > 0):
+            raise ValueError(f"local fine-tuning needs head_lr >= 0 (0 = head fixed) and positive tower and encoder rates, got {self.head_lr}, {self.tower_lr}, {self.encoder_lr}")
         if self.proximal_mu < 0 or not np.isfinite(self.proximal_mu):
             raise ValueError(f"proximal_mu must be a finite number >= 0, got {self.proximal_mu}")
+
+    WIRE = ("steps", "batch_size", "head_lr", "tower_lr", "encoder_lr", "proximal_mu")  # what the coordinator sets per campaign
+
+    def to_wire(self) -> dict[str, int | float]:
+        """The settings a ``train.finetune`` message carries (dashed keys); the rest keep their defaults on the node."""
+        return {k.replace("_", "-"): getattr(self, k) for k in self.WIRE}
+
+    @classmethod
+    def from_wire(cls, cfg: Mapping[str, Any]) -> LocalFinetuneConfig:
+        """The inverse of ``to_wire``; a key the message lacks takes its default."""
+        args = {}
+        for k in cls.WIRE:
+            if k.replace("_", "-") in cfg:
+                kind = type(getattr(cls, k))
+                args[k] = kind(cfg[k.replace("_", "-")])
+        return cls(**args)
 
 
 def finetune_local(model: AlignedModel, head: FusionHead, samples: SampleSet, cfg: LocalFinetuneConfig, device: torch.device, seed: int = 0) -> dict[str, float]:
@@ -252,13 +272,15 @@ def finetune_local(model: AlignedModel, head: FusionHead, samples: SampleSet, cf
     gen = torch.Generator().manual_seed(seed)
     model.to(device)
     head.to(device)
-    params = list(model.parameters()) + list(head.heads.parameters())
+    train_head = cfg.head_lr > 0  # 0 keeps the head fixed (FedBABU): a node holding one or two activities cannot pull it towards them
+    params = list(model.parameters()) + (list(head.heads.parameters()) if train_head else [])
     anchor = [p.detach().clone() for p in params] if cfg.proximal_mu > 0 else None
     groups = [
-        {"params": list(head.heads.parameters()), "lr": cfg.head_lr},
         {"params": [p for n, p in model.named_parameters() if not n.startswith("encoders.")], "lr": cfg.tower_lr},
         {"params": [p for n, p in model.named_parameters() if n.startswith("encoders.")], "lr": cfg.encoder_lr},
-    ]
+    ] + ([{"params": list(head.heads.parameters()), "lr": cfg.head_lr}] if train_head else [])
+    for p in head.heads.parameters():
+        p.requires_grad_(train_head)
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)

@@ -89,6 +89,9 @@ class CampaignConfig:
     finetune_rounds: int = 5  # 0 = the coordinator's head on features is the final model
     finetune_steps: int = 60  # local steps per round (batches of a node's labelled windows, augmented)
     finetune_batch_size: int = 64
+    finetune_lr: float = 3e-4  # local rate of encoders and adapters; the head's is finetune-head-lr
+    finetune_head_lr: float = 1e-3
+    finetune_fraction: float = 1.0  # share of the labelled training nodes drawn (seeded) for each round
     finetune_strategy: str = "fedavg"  # "fedavg", "fedprox", "fedadam" or "fedyogi" (Flower's strategy classes)
     finetune_mu: float = 0.01  # FedProx's proximal weight (fedprox only)
     finetune_server_lr: float = 0.01  # FedAdam/FedYogi's server learning rate (eta)
@@ -147,11 +150,16 @@ class CampaignConfig:
             raise ValueError("finetune-rounds must be >= 0, finetune-steps and finetune-batch-size >= 1")
         if not (self.finetune_mu >= 0 and self.finetune_server_lr > 0):
             raise ValueError("finetune-mu must be >= 0 and finetune-server-lr > 0")
+        if not (self.finetune_lr > 0 and self.finetune_head_lr >= 0):
+            raise ValueError(f"finetune-lr must be > 0 and finetune-head-lr >= 0 (0 = the head stays fixed), got {self.finetune_lr} and {self.finetune_head_lr}")
+        if not 0 < self.finetune_fraction <= 1:
+            raise ValueError(f"finetune-fraction must be in (0, 1], got {self.finetune_fraction}")
         self.weighting()  # checks the pair settings
         self.pretrain()
 
     def local_finetune(self) -> LocalFinetuneConfig:
-        return LocalFinetuneConfig(steps=self.finetune_steps, batch_size=self.finetune_batch_size,
+        return LocalFinetuneConfig(steps=self.finetune_steps, batch_size=self.finetune_batch_size, head_lr=self.finetune_head_lr,
+                                   tower_lr=self.finetune_lr, encoder_lr=self.finetune_lr,
                                    proximal_mu=self.finetune_mu if self.finetune_strategy == "fedprox" else 0.0)  # fmt: skip
 
     def pretrain(self) -> PretrainConfig:

@@ -364,15 +364,18 @@ class Campaign:
             return {"rounds": 0, "skipped": why}
         current = flat_state(self.model.cpu(), self.fusion_head.cpu())
         aggregator = phases.FinetuneAggregator(self.cfg)
-        base = {"steps": self.cfg.finetune_steps, "batch-size": self.cfg.finetune_batch_size, "seed": self.cfg.seed,
-                "proximal-mu": self.cfg.local_finetune().proximal_mu, **self._tower_cfg()}  # fmt: skip
+        base = {**self.cfg.local_finetune().to_wire(), "seed": self.cfg.seed, **self._tower_cfg()}
         start = current
         best = {"round": 0, **self.score(current, validators, "validation", 0)}
         chosen, history = current, [dict(best)]
         best_tuned: tuple[dict, dict] | None = None  # the best fine-tuned round, whether or not it beats round 0
         log.info("[finetune] round 0 (head on features): validation accuracy %.3f macro-F1 %.3f", best["accuracy"], best["macro_f1"])
+        draw = np.random.default_rng([self.cfg.seed, 0xF1])
+        per_round = max(1, int(round(self.cfg.finetune_fraction * len(trainers))))
         for rnd in range(1, self.cfg.finetune_rounds + 1):
-            contents = {f: RecordDict({"config": ConfigRecord({**base, "round": rnd}), "arrays": ArrayRecord(_for_node(current, n))}) for f, n in trainers.items()}
+            ids = sorted(trainers)  # Flower node ids are 64-bit: draw positions, never the ids themselves (numpy would make them floats)
+            picked = [ids[i] for i in sorted(draw.choice(len(ids), size=per_round, replace=False))]  # FedAvg's client sampling
+            contents = {f: RecordDict({"config": ConfigRecord({**base, "round": rnd}), "arrays": ArrayRecord(_for_node(current, trainers[f]))}) for f in picked}
             replies = self.send("finetune", "train.finetune", contents, rnd)
             got = [(r.content["arrays"].to_torch_state_dict(), float(r.content["metrics"]["num-examples"])) for r in replies.values()]
             if not got:

@@ -11,7 +11,7 @@ Messages (``message_type`` -> content in, content out):
   optional in-band signing-key) and ``encoder.<m>`` -> ``upload`` (``batches``:
   serialised EmbeddingBatches of the parts whose role is in upload-roles, each
   naming its group) and ``versions`` (encoder version per modality)
-- ``train.finetune``: ``config`` (round, steps, batch-size, seed, proximal-mu, tower.*) and
+- ``train.finetune``: ``config`` (round, seed, tower.*, and the local settings of ``LocalFinetuneConfig.to_wire``: steps, batch-size, head-lr, tower-lr, encoder-lr, proximal-mu) and
   ``arrays`` (the whole model of the node's modalities, ``model.*``/``head.*``) -> ``arrays``
   trained end to end on the node's labelled windows and ``metrics`` (``num-examples``, losses),
   as Flower's strategies expect them
@@ -187,7 +187,7 @@ def collect(msg: Message, context: Context) -> Message:
 def finetune(msg: Message, context: Context) -> Message:
     def work(node: Node) -> RecordDict:
         cfg = msg.content["config"]
-        lcfg = LocalFinetuneConfig(steps=int(cfg["steps"]), batch_size=int(cfg["batch-size"]), proximal_mu=float(cfg.get("proximal-mu", 0.0)))
+        lcfg = LocalFinetuneConfig.from_wire(cfg)
         seed = int(cfg["seed"]) + 7919 * int(cfg["round"]) + 104729 * _stable(node.node_id)
         flat = msg.content["arrays"].to_torch_state_dict()
         states, n, terms = tasks.local_finetune(flat, node.part("train").data, lcfg, torch.device("cpu"), seed, _tower(cfg))

@@ -83,7 +83,7 @@ class InProcessGrid(Grid):
         return self.pull_messages(self.push_messages(messages))
 
 
-def synthetic_files(tmp_path: Path) -> tuple[str, str]:
+def synthetic_files(tmp_path: Path, lab_nodes: int = 1) -> tuple[str, str]:
     """A small three-stream dataset (.npz) and a scenario (.toml) that binds through ``s``."""
     rng = np.random.default_rng(0)
     n, window = 360, 32
@@ -98,25 +98,29 @@ def synthetic_files(tmp_path: Path) -> tuple[str, str]:
         '[[group]]\nname = "sa"\nmodalities = ["s", "a"]\nshare = 0.3\nnodes = 2\n'
         '[[group]]\nname = "sb"\nmodalities = ["s", "b"]\nshare = 0.3\nnodes = 2\n'
         '[[group]]\nname = "lab"\nmodalities = ["a", "b"]\nshare = 0.1\nlabelled = 0.5\n'
+        f"nodes = {lab_nodes}\n"
         '[validation]\nmodalities = ["a", "b"]\nshare = 0.1\n[test]\nmodalities = ["a", "b"]\nshare = 0.2\n'
     )
     return str(data), str(scenario)
 
 
-def in_process_campaign(tmp_path: Path, silent: set[int] = frozenset(), grid_cls: type[InProcessGrid] = InProcessGrid, **config) -> tuple[dict, InProcessGrid]:
-    data, scenario = synthetic_files(tmp_path)
+def in_process_campaign(
+    tmp_path: Path, silent: set[int] = frozenset(), grid_cls: type[InProcessGrid] = InProcessGrid, lab_nodes: int = 1, id_base: int = 100, **config
+) -> tuple[dict, InProcessGrid]:
+    data, scenario = synthetic_files(tmp_path, lab_nodes)
+    n = 6 + lab_nodes
     run_config = {
         "dataset": data, "scenario": scenario, "seed": 0, "results-path": str(tmp_path / "out" / "results.json"),
-        "state-dir": str(tmp_path / "nodes"), "expected-nodes": 7, "discovery-timeout": 5.0, "round-timeout": 20.0,
+        "state-dir": str(tmp_path / "nodes"), "expected-nodes": n, "discovery-timeout": 5.0, "round-timeout": 20.0,
         "pretrain-rounds": 2, "local-epochs": 1, "align-epochs": 2, "head-steps": 20, "head-finetune-steps": 20, "coordinator-threads": 1,
         "finetune-rounds": 1, "finetune-steps": 5,
         "signing-key": "11" * 32, **config,
     }  # fmt: skip
     contexts = {
-        100 + p: Context(run_id=1, node_id=100 + p, node_config={"partition-id": p, "num-partitions": 7}, state=RecordDict(), run_config=run_config)
-        for p in range(7)
+        id_base + p: Context(run_id=1, node_id=id_base + p, node_config={"partition-id": p, "num-partitions": n}, state=RecordDict(), run_config=run_config)
+        for p in range(n)
     }
-    grid = grid_cls(contexts, silent={100 + p for p in silent})
+    grid = grid_cls(contexts, silent={id_base + p for p in silent})
     server_app(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config))
     return json.loads((tmp_path / "out" / "results.json").read_text()), grid
 
@@ -149,6 +153,14 @@ def test_federated_finetuning_keeps_the_round_validation_chose_and_installs_it(t
     assert res["phases"]["push"]["nodes_applied"] == 7
     if ft["chosen_round"] > 0:  # fine-tuned encoders went out with the bundles that name them
         assert {b["encoder_version"] for b in res["bundles"].values()}.isdisjoint({""})
+
+
+def test_federated_finetuning_draws_a_share_of_the_labelled_nodes_each_round(tmp_path):
+    # Flower's node ids are unsigned 64-bit: the labelled nodes (partitions 4-7) sit on both sides of 2**63, a list numpy makes float64
+    res, grid = in_process_campaign(tmp_path, lab_nodes=4, id_base=2**63 - 6, **{"finetune-rounds": 3, "finetune-steps": 3, "finetune-fraction": 0.5})
+    assert res["state"] == "done"
+    assert [r.get("nodes") for r in res["finetune"]["rounds"][1:]] == [2, 2, 2]  # two of the four labelled nodes per round
+    assert grid.sent.count("train.finetune") == 6
 
 
 def test_a_silent_node_is_waited_for_only_round_timeout(tmp_path):

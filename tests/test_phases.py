@@ -185,6 +185,19 @@ def test_finetune_aggregation_is_per_block_over_the_nodes_that_hold_it():
         P.CampaignConfig.from_run_config({"finetune-strategy": "fedmagic"})
 
 
+def test_finetune_settings_travel_to_the_node_unchanged():
+    from common.evaluate import LocalFinetuneConfig
+
+    cfg = P.CampaignConfig.from_run_config({"finetune-lr": 1e-3, "finetune-head-lr": 3e-3, "finetune-steps": 7, "finetune-strategy": "fedprox", "finetune-mu": 0.2})
+    local = cfg.local_finetune()
+    assert (local.tower_lr, local.encoder_lr, local.head_lr, local.steps, local.proximal_mu) == (1e-3, 1e-3, 3e-3, 7, 0.2)
+    assert LocalFinetuneConfig.from_wire(local.to_wire()) == local
+    assert LocalFinetuneConfig.from_wire({"steps": 3}) == LocalFinetuneConfig(steps=3)  # what a message lacks keeps its default
+    for bad in ({"finetune-fraction": 0}, {"finetune-fraction": 1.5}, {"finetune-lr": 0}, {"finetune-head-lr": -1}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            P.CampaignConfig.from_run_config(bad)
+
+
 def test_local_finetune_round_trip_and_validation(ds, sc):
     from common.evaluate import LocalFinetuneConfig
     from common.towers import FusionHead, flat_state
@@ -205,6 +218,9 @@ def test_local_finetune_round_trip_and_validation(ds, sc):
     assert 0 <= res["accuracy"] <= 1 and sum(res["confusion"]) == res["n"] == n
     prox, _, t = tasks.local_finetune(flat, lab.data(ds), LocalFinetuneConfig(steps=5, batch_size=16, proximal_mu=1.0), CPU, seed=0, tower=TOWER)
     assert t["proximal_loss"] > 0
+    fixed, _, _ = tasks.local_finetune(flat, lab.data(ds), LocalFinetuneConfig(steps=5, batch_size=16, head_lr=0.0), CPU, seed=0, tower=TOWER)
+    assert all(torch.equal(fixed[k], flat[k]) for k in flat if k.startswith("head."))  # head-lr 0: the head stays as sent (FedBABU)
+    assert not torch.equal(fixed["model.encoders.a.net.0.0.weight"], flat["model.encoders.a.net.0.0.weight"])
     with pytest.raises(ValueError, match="holds no 's'"):
         tasks.local_finetune(flat_state(AlignedModel({"s": ds.spec("s")}, TOWER), FusionHead({"s": model.head_dim}, ds.n_classes)), lab.data(ds),
                              LocalFinetuneConfig(steps=1), CPU, tower=TOWER)  # fmt: skip
