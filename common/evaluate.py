@@ -215,18 +215,20 @@ def evaluate_subsets(model: AlignedModel, head: FusionHead, test: SampleSet, dev
 
 @dataclass
 class LocalFinetuneConfig:
-    """One node's share of federated fine-tuning: encoder, adapters, prototype and head, end to end on its labelled windows.
+    """One node's share of federated fine-tuning: encoder, adapters and prototype (and the head, if its rate is not 0), end to end on its labelled windows.
 
-    The same step as the few-label head's fine-tuning stage (AdamW at the same
-    rates, augmented windows, modality dropout), counted in steps so that a
-    node with few labels still does real work; a warm-up lets Adam's moments
+    The same step as the few-label head's fine-tuning stage (AdamW, augmented
+    windows, modality dropout), counted in steps; a warm-up lets Adam's moments
     settle before it moves the towers (a cold Adam step moves every weight by
-    about its rate, whatever the gradient).
+    about its rate, whatever the gradient). Few steps and a fixed head by
+    default: a fleet's node often holds one or two activities (a contiguous
+    span of one person's day), and many local steps, or a head free to move,
+    pull the model towards them; the averaged rounds then swing.
     """
 
-    steps: int = 60
+    steps: int = 10
     batch_size: int = 64
-    head_lr: float = 1e-3
+    head_lr: float = 0.0  # 0 = the head stays fixed (FedBABU): the towers learn to serve it
     tower_lr: float = 3e-4
     encoder_lr: float = 3e-4
     weight_decay: float = 1e-3

@@ -86,11 +86,11 @@ class CampaignConfig:
     head_steps: int = 400
     head_finetune_steps: int = 300
     # federated fine-tuning (after the head): labelled nodes train encoder, adapters and head end to end
-    finetune_rounds: int = 5  # 0 = the coordinator's head on features is the final model
-    finetune_steps: int = 60  # local steps per round (batches of a node's labelled windows, augmented)
+    finetune_rounds: int = 10  # 0 = the coordinator's head on features is the final model
+    finetune_steps: int = 10  # local steps per round (batches of a node's labelled windows, augmented); few: nodes hold one or two activities
     finetune_batch_size: int = 64
     finetune_lr: float = 3e-4  # local rate of encoders and adapters; the head's is finetune-head-lr
-    finetune_head_lr: float = 1e-3
+    finetune_head_lr: float = 0.0  # 0 = the head on features stays fixed while the towers learn to serve it (FedBABU; best on fleet validation)
     finetune_fraction: float = 1.0  # share of the labelled training nodes drawn (seeded) for each round
     finetune_strategy: str = "fedavg"  # "fedavg", "fedprox", "fedadam" or "fedyogi" (Flower's strategy classes)
     finetune_mu: float = 0.01  # FedProx's proximal weight (fedprox only)
