@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from common.binding import PairWeighting, bind_both_ways, label_bind
+from common.binding import PairWeighting, bind, bind_both_ways, label_bind
 from common.losses import MultiViewContrastive
 from common.samples import SampleSet, scatter
 from common.towers import AlignedModel
@@ -57,6 +57,61 @@ def sensor_pseudo_pairs(
     w, keep = weighting.apply(torch.as_tensor(s, dtype=torch.float32))
     keep = np.asarray(keep, dtype=bool)
     return PseudoPairs(i[keep], j[keep], s[keep].astype(np.float32), np.asarray(w, dtype=np.float32)[keep])
+
+
+QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+
+
+def _quantiles(x: np.ndarray) -> dict[str, float]:
+    return {f"q{int(q * 100)}": float(v) for q, v in zip(QUANTILES, np.quantile(x, QUANTILES))} if len(x) else {}
+
+
+def _accuracy(hit: np.ndarray) -> float:
+    return float(hit.mean()) if len(hit) else float("nan")
+
+
+def bound_pair_report(
+    pairs: PseudoPairs,
+    labels_a: np.ndarray,
+    labels_b: np.ndarray,
+    n_classes: int,
+    shared_a: np.ndarray | torch.Tensor | None = None,
+    shared_b: np.ndarray | torch.Tensor | None = None,
+) -> dict:
+    """What an experimenter (who knows the labels) can say about sensor-bound pairs.
+
+    Pair accuracy overall and per class of the query window, the confusion of
+    bound classes (rows: A's class, columns: B's), quantiles of similarity and
+    weight, and whether the signals a weight could use say anything: accuracy
+    of the more and the less similar half of the pairs and, given the shared
+    features, of A's top-1 matches with a wide against a narrow margin over
+    their second-best match, and of mutual against one-way nearest neighbours.
+    """
+    ya, yb = np.asarray(labels_a)[pairs.i], np.asarray(labels_b)[pairs.j]
+    hit = ya == yb
+    out: dict = {
+        "pairs": len(pairs),
+        "pair_accuracy": _accuracy(hit),
+        "per_class_accuracy": [_accuracy(hit[ya == c]) for c in range(n_classes)],
+        "confusion": np.bincount(ya * n_classes + yb, minlength=n_classes * n_classes).reshape(n_classes, n_classes).tolist() if len(pairs) else [],
+        "similarity": _quantiles(pairs.similarity),
+        "weight": _quantiles(pairs.weight),
+    }
+    if len(pairs):
+        high = pairs.similarity >= np.median(pairs.similarity)
+        out["accuracy_by_similarity"] = {"upper_half": _accuracy(hit[high]), "lower_half": _accuracy(hit[~high])}
+    if shared_a is not None and shared_b is not None:
+        a, b = (torch.as_tensor(x, dtype=torch.float32) for x in (shared_a, shared_b))
+        ab, ba = bind(a, b, k=min(2, len(b))), bind(b, a, k=1)
+        j = ab.index[:, 0].numpy()
+        top1 = np.asarray(labels_a) == np.asarray(labels_b)[j]
+        mutual = ba.index[j, 0].numpy() == np.arange(len(a))
+        out["top1"] = {"accuracy": _accuracy(top1), "mutual_share": float(mutual.mean()), "accuracy_mutual": _accuracy(top1[mutual]), "accuracy_one_way": _accuracy(top1[~mutual])}
+        if ab.similarity.shape[1] == 2:
+            margin = (ab.similarity[:, 0] - ab.similarity[:, 1]).numpy()
+            wide = margin >= np.median(margin)
+            out["top1"]["accuracy_by_margin"] = {"wide_half": _accuracy(top1[wide]), "narrow_half": _accuracy(top1[~wide])}
+    return out
 
 
 def label_pseudo_pairs(labels_a: np.ndarray, labels_b: np.ndarray, max_pairs_per_sample: int, seed: int) -> PseudoPairs:

@@ -47,6 +47,18 @@ def experiment_mmbind(args, device) -> dict:
                methods=methods, settings=st)  # fmt: skip
 
 
+def experiment_binding(args, device) -> dict:
+    from dataclasses import replace
+
+    from simulations.experiments.binding import run
+    from simulations.experiments.mmbind import MMBindSettings
+
+    st = MMBindSettings.quick() if args.quick else MMBindSettings()
+    if args.objective:
+        st = replace(st, pretrain=replace(st.pretrain, objective=args.objective))
+    return run(args.dataset, args.scenario, args.seeds, args.out or Path("runs") / f"binding-{Path(args.scenario).stem}", args.quick, device, settings=st)
+
+
 def experiment_babel(args, device) -> dict:
     from simulations.experiments.babel import run
 
@@ -134,6 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objective", default="", choices=["", *OBJECTIVES],
                    help="self-supervised encoder objective (default: the settings' own, see docs/results.md for which won on validation)")
     p.set_defaults(func=experiment_mmbind)
+    p = ex.add_parser("binding", help="how accurate sensor-bound pseudo-pairs are, and whether similarity, margin or mutual matches tell the good ones")
+    _common(p)
+    p.add_argument("--scenario", default="sensor-bind", help="shipped scenario name or a .toml path (sensor binding)")
+    p.add_argument("--objective", default="", choices=["", *OBJECTIVES], help="self-supervised objective of the shared encoder (default: the experiments' own)")
+    p.set_defaults(func=experiment_binding)
     p = ex.add_parser("babel", help="Babel expandable alignment")
     _common(p)
     p.add_argument("--plan", default="hapt-gyro-trunk", help="shipped plan name or a .toml path")

@@ -378,3 +378,25 @@ def test_match_label_names_with_minilm(minilm):
     assert out == {"walking": "walk", "sitting": "sit", "lying down": "lay"}
     assert match_label_names(["cooking"], ["walk", "sit", "lay", "jump rope"], model=minilm) == {"cooking": None}
     assert binding.load_label_encoder() is minilm, "the encoder is loaded once"
+
+
+def test_bound_pair_report_counts_what_the_labels_say():
+    from common.mmbind import PseudoPairs, bound_pair_report
+
+    ya, yb = np.array([0, 0, 1, 1, 2]), np.array([0, 1, 1, 2])
+    pairs = PseudoPairs(i=np.array([0, 1, 2, 3, 4]), j=np.array([0, 1, 2, 3, 3]), similarity=np.array([0.9, 0.1, 0.8, 0.2, 0.7], dtype=np.float32),
+                        weight=np.array([1.0, 0.2, 0.9, 0.3, 0.8], dtype=np.float32))  # fmt: skip
+    rep = bound_pair_report(pairs, ya, yb, 3)
+    assert rep["pairs"] == 5 and rep["pair_accuracy"] == pytest.approx(0.6)  # pairs 0, 2 and 4 agree
+    assert rep["per_class_accuracy"] == [0.5, 0.5, 1.0]
+    assert rep["confusion"] == [[1, 1, 0], [0, 1, 1], [0, 0, 1]]
+    assert rep["accuracy_by_similarity"] == {"upper_half": 1.0, "lower_half": 0.0}  # the three most similar are the right ones
+    assert rep["weight"]["q50"] == pytest.approx(0.8) and "top1" not in rep
+    # with the shared features: A's top-1 matches, their margins and whether they are mutual
+    a = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [0.75, 0.65]])
+    b = torch.tensor([[1.0, 0.05], [0.05, 1.0], [0.6, 0.8], [0.8, 0.6]])
+    rep = bound_pair_report(pairs, ya, yb, 3, a, b)
+    top = rep["top1"]
+    assert top["accuracy"] == 1.0  # every A window finds a B window of its class
+    assert top["mutual_share"] == pytest.approx(0.6)  # a1 and a3 lose their partner to a0 and a2, the closer ones
+    assert set(top["accuracy_by_margin"]) == {"wide_half", "narrow_half"}

@@ -83,3 +83,19 @@ def test_bad_input_is_refused_before_training(tmp_path, capsys):
     assert "NaN or Inf" in capsys.readouterr().err
     assert main(["experiment", "mmbind", "--methods", "magic", "--quick", "--out", str(tmp_path)]) == 2
     assert not (tmp_path / "results.json").exists()
+
+
+def test_binding_check_quick(tmp_path, capsys):
+    assert main(["experiment", "binding", "--scenario", "sensor-bind", "--seeds", "1", "--quick", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["experiment"] == "binding" and len(res["commit"]) >= 40 and res["seeds"] == 1
+    entry = res["per_seed"][0]["pairs"][0]
+    assert sorted(entry["groups"]) == ["gyro-gravity", "gyro-linacc"]
+    for name in ("raw", "centred"):
+        rep = entry[name]
+        assert 1 / 6 + 0.1 < rep["pair_accuracy"] < 1.0  # through gyro: far above chance, never perfect
+        assert sum(map(sum, rep["confusion"])) == rep["pairs"] and len(rep["per_class_accuracy"]) == 6
+        assert rep["weight"]["q10"] <= rep["weight"]["q50"] <= rep["weight"]["q90"]
+    assert "Sensor binding on hapt / sensor-bind" in capsys.readouterr().out
+    assert main(["experiment", "binding", "--scenario", "label-bind", "--seeds", "1", "--quick", "--out", str(tmp_path / "x")]) == 2
+    assert "binds by label" in capsys.readouterr().err

@@ -31,7 +31,7 @@ from common.data import load_dataset
 from common.data.dataset import WindowDataset
 from common.data.scenarios import Scenario, Split, split
 from common.evaluate import HeadConfig, evaluate_subsets, fit_head
-from common.mmbind import AlignConfig, PseudoPairs, align, label_pseudo_pairs, pseudo_pair_samples, sensor_pseudo_pairs
+from common.mmbind import AlignConfig, PseudoPairs, align, bound_pair_report, label_pseudo_pairs, pseudo_pair_samples, sensor_pseudo_pairs
 from common.pretrain import PretrainConfig
 from common.samples import SampleSet
 from common.towers import AlignedModel, TowerConfig
@@ -179,6 +179,7 @@ def pseudo_pairs(sd: SeedData, sc: Scenario, ds: WindowDataset, st: MMBindSettin
             "pair_accuracy": pairs.label_agreement(ya, yb),
             "mean_similarity": float(pairs.similarity.mean()) if len(pairs) else float("nan"),
             "mean_weight": float(pairs.weight.mean()) if len(pairs) else float("nan"),
+            "report": bound_pair_report(pairs, ya, yb, ds.n_classes, *((a[sc.shared], b[sc.shared]) if sc.binding == "sensor" else ())),
         })
         if len(pairs):
             sets.append(samples)
