@@ -91,6 +91,7 @@ def run_fleet(
     app_dir = _write_app_dir(out / "flower-app")
     log.info("fleet: %d virtual nodes, scenario %s on %s, seed %d%s%s; results in %s", n, cfg.scenario, cfg.dataset, seed,
              " [quick]" if cfg.quick else "", f", {len(planned)} planned drop-out(s)" if planned else "", out)  # fmt: skip
+    commit = commit_of()  # the code that runs, read before it runs: a commit made meanwhile is not this run's
     t0 = time.time()
     _simulate(run_config, n, app_dir, cpus)
     wall = time.time() - t0
@@ -101,7 +102,7 @@ def run_fleet(
         "wall_seconds": round(wall, 3),
         "campaign_seconds": results.get("seconds"),
         "engine": f"flwr simulation (ray), {cpus} CPUs, 1 CPU per virtual node",
-        "commit": commit_of(),
+        "commit": commit,
         "dataset_sha256": fingerprint(load_dataset(dataset)),
     }
     (out / "results.json").write_text(json.dumps(results, indent=2))
