@@ -2,7 +2,8 @@
 
 For each seed, on the scenario's split: the shared modality's encoder is
 pretrained as the MMBind experiment does it (its objective and schedule, on the
-training groups' unlabelled windows), every two training groups that hold the
+training groups' unlabelled windows; with the cross-modal objective, beside the
+streams each group holds with it), every two training groups that hold the
 shared modality are bound through it, and the pairs are checked against the
 labels no learner sees. Reported per seed and over seeds: pair accuracy
 overall and per class, the confusion of bound classes, similarity and weight
@@ -43,7 +44,12 @@ def run_seed(ds, sc: Scenario, seed: int, st: MMBindSettings, device: torch.devi
         if st.max_windows_per_group and len(r) > st.max_windows_per_group:
             r = np.sort(rng.choice(r, size=st.max_windows_per_group, replace=False))
         rows[p.group.name] = r
-    enc = pretrain_encoders(ds, {sc.shared: np.concatenate(list(rows.values()))}, st.tower, st.pretrain, device, seed)
+    if st.pretrain.objective == "cross-modal":  # the shared encoder learns beside the streams each group holds with it
+        mods = sorted({m for p in groups for m in p.group.modalities})
+        pool = {m: np.concatenate([rows[p.group.name] for p in groups if m in p.group.modalities]) for m in mods}
+        enc = pretrain_encoders(ds, pool, st.tower, st.pretrain, device, seed, parties=[(p.group.modalities, rows[p.group.name]) for p in groups])
+    else:
+        enc = pretrain_encoders(ds, {sc.shared: np.concatenate(list(rows.values()))}, st.tower, st.pretrain, device, seed)
     feats = {g: enc.features(ds, r, [sc.shared], device)[sc.shared] for g, r in rows.items()}
     mean = np.concatenate(list(feats.values())).mean(0)
     out: dict = {"seed": seed, "pairs": []}
