@@ -85,7 +85,7 @@ class CampaignConfig:
     head_mode: str = "finetune"
     head_steps: int = 400
     head_finetune_steps: int = 300
-    # federated fine-tuning (after the head): labelled nodes train encoder, adapters and head end to end
+    # federated fine-tuning (after the head): labelled nodes train encoders and adapters end to end (the head too if finetune-head-lr > 0)
     finetune_rounds: int = 10  # 0 = the coordinator's head on features is the final model
     finetune_steps: int = 10  # local steps per round (batches of a node's labelled windows, augmented); few: nodes hold one or two activities
     finetune_batch_size: int = 64

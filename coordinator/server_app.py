@@ -2,8 +2,10 @@
 
 discover -> manifest -> pretrain (FedAvg per modality) -> collect -> bind ->
 grow (MMBind's one stage, or a Babel growth plan) -> head -> finetune (labelled
-nodes train the whole model end to end, aggregated by a Flower strategy; the
-round kept is chosen on the validation nodes) -> push -> evaluate.
+nodes, all or a drawn share each round, train encoders and adapters end to end
+under the head, which stays fixed unless finetune-head-lr > 0; aggregated by a
+Flower strategy; the round kept is chosen on the validation nodes) -> push ->
+evaluate.
 The learning is in ``coordinator.phases``;
 this module only sends messages, waits for replies (never longer than
 ``discovery-timeout`` / ``round-timeout``), keeps the books and logs progress.

@@ -99,3 +99,16 @@ def test_binding_check_quick(tmp_path, capsys):
     assert "Sensor binding on hapt / sensor-bind" in capsys.readouterr().out
     assert main(["experiment", "binding", "--scenario", "label-bind", "--seeds", "1", "--quick", "--out", str(tmp_path / "x")]) == 2
     assert "binds by label" in capsys.readouterr().err
+
+
+def test_from_scratch_methods_alone_skip_pretraining(tmp_path, monkeypatch):
+    from simulations.experiments import mmbind
+
+    def no_pretraining(*a, **k):
+        raise AssertionError("the from-scratch methods need no encoders")
+
+    monkeypatch.setattr(mmbind, "pretrain_encoders", no_pretraining)
+    assert main(["experiment", "mmbind", "--scenario", "fleet-labelled", "--methods", "all_labels", "--seeds", "1", "--quick", "--out", str(tmp_path)]) == 0
+    res = _check_results(tmp_path, ["all_labels"], "gravity+gyro+lin_acc")
+    assert res["per_seed"][0]["pairs"] == []
+    assert res["per_seed"][0]["methods"]["all_labels"]["subsets"]["gravity+gyro+lin_acc"]["accuracy"] > 1 / 6 + 0.3  # every label: far above chance

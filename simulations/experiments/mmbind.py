@@ -86,7 +86,8 @@ def _subsample(rows: np.ndarray, labelled: np.ndarray, cap: int | None, rng) -> 
     return rows[keep], labelled[keep]
 
 
-def prepare(ds: WindowDataset, sc: Scenario, seed: int, st: MMBindSettings, device: torch.device) -> tuple[SeedData, Encoders]:
+def prepare(ds: WindowDataset, sc: Scenario, seed: int, st: MMBindSettings, device: torch.device, pretrain: bool = True) -> tuple[SeedData, Encoders | None]:
+    """The seed's split and labels; with ``pretrain``, also the encoders and every group's features."""
     sp = split(sc, ds, seed)
     rng = np.random.default_rng(seed)
     rows, labels = {}, {}
@@ -97,6 +98,8 @@ def prepare(ds: WindowDataset, sc: Scenario, seed: int, st: MMBindSettings, devi
         rows[name] = r
         labels[name] = np.where(lab, ds.y[r], -1)
     train_groups = [p.group for p in sp.by_role("train")]
+    if not pretrain:  # the from-scratch methods only: no encoder, no features
+        return SeedData(sp, {}, rows, labels), None
     # Encoders learn from the unlabelled windows of the training nodes only.
     by_mod: dict[str, list[np.ndarray]] = {}
     for g in train_groups:
@@ -197,15 +200,20 @@ def _fresh(enc: Encoders, ds: WindowDataset, mods: list[str], st: MMBindSettings
 def run_seed(ds: WindowDataset, sc: Scenario, seed: int, st: MMBindSettings, device: torch.device, methods: tuple[str, ...]) -> dict:
     seed_everything(seed)
     t0 = time.time()
-    sd, enc = prepare(ds, sc, seed, st, device)
+    scratch_only = set(methods) <= set(SCRATCH)  # nothing reads encoders: skip pretraining, features and binding
+    sd, enc = prepare(ds, sc, seed, st, device, pretrain=not scratch_only)
     train_groups = [p.group.name for p in sd.split.by_role("train")]
-    test = eval_set(sd, ds, "test")
-    val = eval_set(sd, ds, "validation")
+    test = eval_set(sd, ds, "test", raw=scratch_only)
+    val = eval_set(sd, ds, "validation", raw=scratch_only)
     test_mods = test.modalities
     all_mods = sc.modalities
-    natural = natural_samples(sd, train_groups)
-    labelled = natural.take(np.flatnonzero(natural.label >= 0))
-    pseudo, pair_info, pseudo_raw = pseudo_pairs(sd, sc, ds, st, seed, device)
+    if scratch_only:
+        natural = labelled = pseudo = pseudo_raw = None
+        pair_info: list[dict] = []
+    else:
+        natural = natural_samples(sd, train_groups)
+        labelled = natural.take(np.flatnonzero(natural.label >= 0))
+        pseudo, pair_info, pseudo_raw = pseudo_pairs(sd, sc, ds, st, seed, device)
     tune = st.finetune_encoders
     if tune:  # the few-label step on raw windows, every tower trainable
         v_raw, t_raw = eval_set(sd, ds, "validation", raw=True), eval_set(sd, ds, "test", raw=True)
