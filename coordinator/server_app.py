@@ -374,8 +374,8 @@ class Campaign:
         log.info("[finetune] round 0 (head on features): validation accuracy %.3f macro-F1 %.3f", best["accuracy"], best["macro_f1"])
         draw = np.random.default_rng([self.cfg.seed, 0xF1])
         per_round = max(1, int(round(self.cfg.finetune_fraction * len(trainers))))
+        ids = sorted(trainers)  # Flower node ids are 64-bit: draw positions, never the ids themselves (numpy would make them floats)
         for rnd in range(1, self.cfg.finetune_rounds + 1):
-            ids = sorted(trainers)  # Flower node ids are 64-bit: draw positions, never the ids themselves (numpy would make them floats)
             picked = [ids[i] for i in sorted(draw.choice(len(ids), size=per_round, replace=False))]  # FedAvg's client sampling
             contents = {f: RecordDict({"config": ConfigRecord({**base, "round": rnd}), "arrays": ArrayRecord(_for_node(current, trainers[f]))}) for f in picked}
             replies = self.send("finetune", "train.finetune", contents, rnd)
