@@ -370,6 +370,11 @@ def _state(x: Mapping[str, torch.Tensor] | torch.nn.Module) -> Mapping[str, torc
     return x.state_dict() if isinstance(x, torch.nn.Module) else x
 
 
+def key_id_of(key: bytes) -> str:
+    """The id of a signing key configured without one: the coordinator signs under it and nodes look it up by it."""
+    return "k-" + hashlib.sha256(b"edgebind-key-id" + key).hexdigest()[:12]
+
+
 def sign_bundle(bundle: pb.AdapterBundle, key: bytes, key_id: str) -> pb.AdapterBundle:
     """Set ``key_id`` and an HMAC-SHA256 ``signature`` on ``bundle`` (in place) and return it."""
     if not key:

@@ -261,6 +261,14 @@ def head_for_state(state: dict[str, torch.Tensor]) -> FusionHead:
     return FusionHead(dims, classes, hidden=hidden)
 
 
+def load_strict(module: nn.Module, state, what: str) -> None:
+    """Load ``state`` into ``module`` exactly (no missing or extra keys, same shapes), or raise ValueError naming ``what``."""
+    try:
+        module.load_state_dict(dict(state), strict=True)
+    except (RuntimeError, KeyError) as e:
+        raise ValueError(f"{what}: the state does not fit ({str(e).splitlines()[0]})") from e
+
+
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
@@ -322,9 +330,5 @@ def model_from_flat(flat: dict[str, torch.Tensor], specs: dict[str, ModalitySpec
     model = AlignedModel({m: specs[m] for m in mods}, cfg)
     head = head_for_state({k[5:]: v for k, v in flat.items() if k.startswith("head.")})
     for prefix, module in (("model.", model), ("head.", head)):
-        part = {k[len(prefix) :]: v for k, v in flat.items() if k.startswith(prefix)}
-        try:
-            module.load_state_dict(part, strict=True)
-        except RuntimeError as e:
-            raise ValueError(f"the {prefix[:-1]} state does not fit ({str(e).splitlines()[0]})") from e
+        load_strict(module, {k[len(prefix) :]: v for k, v in flat.items() if k.startswith(prefix)}, f"the {prefix[:-1]}")
     return model, head

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from common.binding import PairWeighting
-from common.codec import CodecError, bundle_from_modules, decode_embeddings, parse_embedding_batch, sign_bundle
+from common.codec import CodecError, bundle_from_modules, decode_embeddings, key_id_of, parse_embedding_batch, sign_bundle
 from common.evaluate import HeadConfig, LocalFinetuneConfig
 from common.evaluate import fit_head as _fit_head
 from common.mmbind import AlignConfig, PseudoPairs, align, label_pseudo_pairs, pseudo_pair_samples, sensor_pseudo_pairs
@@ -610,13 +610,9 @@ def signing_key(config_key: str, config_key_id: str, env: Mapping[str, str]) -> 
                 raise ValueError(f"signing key from {source} is not hex") from None
             if len(key) < 16:
                 raise ValueError(f"signing key from {source} is {len(key)} bytes; use at least 16")
-            return key, key_id or _key_id(key), source
+            return key, key_id or key_id_of(key), source
     key = secrets.token_bytes(32)
-    return key, _key_id(key), "generated"
-
-
-def _key_id(key: bytes) -> str:
-    return "k-" + hashlib.sha256(b"edgebind-key-id" + key).hexdigest()[:12]
+    return key, key_id_of(key), "generated"
 
 
 def make_bundles(

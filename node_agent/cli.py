@@ -266,7 +266,7 @@ def status(store: str, state_dir: str = "") -> dict[str, Any]:
     with open_store(store) as st:
         out: dict[str, Any] = {"store": st.stats()}
     if state_dir:
-        from node_agent.tasks import NodeRuntime as StateDir
+        from node_agent.state_dir import StateDir
 
         sd = StateDir(state_dir)
         out["encoders"] = sd.encoder_versions()

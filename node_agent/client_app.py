@@ -49,12 +49,14 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from common.codec import CodecError
+from common.codec import CodecError, key_id_of
 from common.evaluate import LocalFinetuneConfig
 from common.pretrain import PretrainConfig
 from common.towers import TowerConfig
 from node_agent import tasks
 from node_agent.data import NodeData, NodePart, StoreNodeData, cached_split, dropouts, node_parts, virtual_node
+from node_agent.runtime import NodeRuntime, install_bundles
+from node_agent.state_dir import StateDir
 
 log = logging.getLogger("edgebind.node")
 
@@ -74,7 +76,7 @@ class Node:
     group: str
     role: str
     data: NodeData
-    runtime: tasks.NodeRuntime
+    state_dir: StateDir
     key: bytes | None  # configured signing key (hex in config), if any
     key_id: str
     dropout: tuple | None = None  # (scenario, nodes, share, seed, partition id) when drop-outs are simulated
@@ -100,11 +102,16 @@ class Node:
 
     def keys(self, announced_id: str = "") -> dict[str, bytes]:
         """Keys bundles may be signed with: the configured one, and one the coordinator gave in-band."""
-        keys = dict(self.runtime.state().get("in_band_keys", {}))
-        keys = {k: bytes.fromhex(v) for k, v in keys.items()}
+        keys = self.state_dir.in_band_keys()
         if self.key is not None:
-            keys[self.key_id or announced_id] = self.key
+            keys[key_id_of(self.key)] = self.key  # the coordinator's id for a key configured without one
+            if self.key_id or announced_id:
+                keys[self.key_id or announced_id] = self.key
         return keys
+
+    def runtime(self, announced_id: str = "") -> NodeRuntime:
+        """The node's serving runtime over its state directory (loaded through the same checks as on a device)."""
+        return NodeRuntime(self.state_dir.root, self.node_id, keys=self.keys(announced_id), store=self.state_dir.store)
 
 
 # --- handlers ----------------------------------------------------------------------------------
@@ -166,18 +173,18 @@ def collect(msg: Message, context: Context) -> Message:
         cfg = msg.content["config"]
         mods = _modalities_in(msg, node, "encoder.")
         states = {m: msg.content[f"encoder.{m}"].to_torch_state_dict() for m in mods}
-        versions = node.runtime.install_encoders(states, {m: node.data.spec(m) for m in mods}, _tower(cfg))
+        versions = node.state_dir.install_encoders(states, {m: node.data.spec(m) for m in mods}, _tower(cfg))
         if cfg.get("signing-key") and node.key is None:
-            node.runtime.remember_key(str(cfg["signing-key-id"]), str(cfg["signing-key"]))
+            node.state_dir.remember_key(str(cfg["signing-key-id"]), str(cfg["signing-key"]))
         batches, parts = [], [node.part(str(role)) for role in cfg["upload-roles"]]  # the roles the coordinator takes; test stays here
-        encoders = node.runtime.encoders() if parts else {}
+        encoders = node.state_dir.encoders() if parts else {}
         for part in parts:
             packed = tasks.encode_and_pack(part.data, encoders, node.node_id, str(cfg["campaign-id"]), str(cfg["dtype"]),
                                            encoder_versions=versions, group=part.group)  # fmt: skip
             batches += [b.SerializeToString() for b in packed]
-            if node.runtime.store is not None:  # the node's upload ledger: what it handed over, per campaign
+            if node.state_dir.store is not None:  # the node's upload ledger: what it handed over, per campaign
                 for b in packed:
-                    node.runtime.store.record_upload(b.campaign_id, b.batch_id, b.modality, len(b.window_ids))
+                    node.state_dir.store.record_upload(b.campaign_id, b.batch_id, b.modality, len(b.window_ids))
         return RecordDict({"upload": ConfigRecord({"batches": batches} if batches else {}), "versions": ConfigRecord(versions)})
 
     return _handle(msg, context, "collect", work)
@@ -212,12 +219,10 @@ def apply(msg: Message, context: Context) -> Message:
         if msg.content.config_records.get("encoders") is not None:  # fine-tuned encoders come before the adapters aligned on them
             mods = _modalities_in(msg, node, "encoder.")
             states = {m: msg.content[f"encoder.{m}"].to_torch_state_dict() for m in mods}
-            node.runtime.install_encoders(states, {m: node.data.spec(m) for m in mods}, _tower(msg.content["encoders"]))
+            node.state_dir.install_encoders(states, {m: node.data.spec(m) for m in mods}, _tower(msg.content["encoders"]))
         rec = msg.content["bundles"]
         blobs = list(rec.get("bundles", []))
-        result = tasks.apply_bundles(blobs, node.keys(str(rec.get("signing-key-id", ""))), node.runtime)
-        for m, reason in result["rejected"].items():
-            log.warning("node %s refused the %s bundle: %s", node.node_id, m, reason)
+        result = install_bundles(node.state_dir, blobs, node.keys(str(rec.get("signing-key-id", ""))), node.node_id)
         return RecordDict({"applied": ConfigRecord(result["applied"]), "rejected": ConfigRecord(result["rejected"])})
 
     return _handle(msg, context, "apply", work)
@@ -227,7 +232,7 @@ def apply(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     def work(node: Node) -> RecordDict:
         cfg = msg.content.config_records.get("config", ConfigRecord())
-        res = tasks.evaluate_local(node.part(str(cfg.get("role", "test"))).data, node.runtime, torch.device("cpu"))
+        res = tasks.evaluate_local(node.part(str(cfg.get("role", "test"))).data, node.runtime(), torch.device("cpu"))
         flat: dict = {}
         for subset, m in res.items():
             for k in ("accuracy", "macro_f1", "n", "confusion"):
@@ -309,7 +314,7 @@ def _virtual_node(run_id, dataset, scenario, seed, pid, n, cap, state_dir, key, 
     sc, _ = cached_split(dataset, scenario, seed)
     drop = (sc, n, dropout, seed, pid) if dropout > 0 else None
     root = Path(state_dir) / spec.node_id if state_dir else Path(tempfile.gettempdir()) / "edgebind-nodes" / f"run-{run_id}" / spec.node_id
-    return Node(spec.node_id, spec.group, spec.role, data, tasks.NodeRuntime(root), bytes.fromhex(key) if key else None, key_id,
+    return Node(spec.node_id, spec.group, spec.role, data, StateDir(root), bytes.fromhex(key) if key else None, key_id,
                 drop, (timeout + 1.0) if mode == "stall" else 0.0)  # fmt: skip
 
 
@@ -323,7 +328,7 @@ def _store_node(run_id, node_id, url, group, role, state_dir, key, key_id, holdo
     data = StoreNodeData(node_id, store)
     group = group or "+".join(data.modalities())
     root = Path(state_dir) if state_dir else Path(tempfile.gettempdir()) / "edgebind-nodes" / node_id
-    return Node(node_id, group, role, data, tasks.NodeRuntime(root, store=store), bytes.fromhex(key) if key else None, key_id,
+    return Node(node_id, group, role, data, StateDir(root, store=store), bytes.fromhex(key) if key else None, key_id,
                 parts=node_parts(data, group, role, subjects))  # fmt: skip
 
 

@@ -34,15 +34,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.codec import BundleRejected, CodecError, bundle_to_states, parse_message, verify_bundle
+from common.codec import BundleRejected, CodecError, bundle_to_states, key_id_of, parse_message, verify_bundle
 from common.modalities import ModalitySpec
 from common.towers import AlignedModel, ConceptAdapter, FusionHead, PrototypeNet, TowerConfig, head_for_state, head_inputs
-from node_agent import tasks
 from node_agent.ingest import Publisher, events_topic
+from node_agent.state_dir import StateDir
 from proto import edgebind_pb2 as pb
 from proto import edgebind_pb2_grpc as pb_grpc
 
-__all__ = ["Inference", "NodeRuntime", "default_key_id", "load_keys", "read_encoder_dir"]
+__all__ = ["Inference", "NodeRuntime", "admit_bundles", "install_bundles", "load_keys", "load_serving", "read_encoder_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +65,8 @@ def load_keys(path: str | Path | None = None, hexkey: str = "", key_id: str = ""
         keys.update({str(k): bytes.fromhex(str(v)) for k, v in raw.items()})
     if hexkey:
         key = bytes.fromhex(hexkey)
-        keys[key_id or default_key_id(key)] = key
+        keys[key_id or key_id_of(key)] = key
     return keys
-
-
-def default_key_id(key: bytes) -> str:
-    """The id the coordinator gives a key configured without one (``coordinator.phases.signing_key``)."""
-    return "k-" + hashlib.sha256(b"edgebind-key-id" + key).hexdigest()[:12]
 
 
 def read_encoder_dir(path: str | Path, modalities: Sequence[str] | None = None) -> dict[str, dict[str, torch.Tensor]]:
@@ -132,6 +127,122 @@ class _Loaded:
     heads: dict[str, tuple[FusionHead, list[str]]]  # modality -> the head its bundle carried
     versions: dict[str, int]
 
+    def head_for(self, modalities: Sequence[str]) -> tuple[FusionHead, list[str]] | None:
+        """The head of the newest bundle among ``modalities`` that carries one."""
+        newest = max((m for m in modalities if m in self.heads), key=lambda m: self.versions[m], default=None)
+        return None if newest is None else self.heads[newest]
+
+
+# --- the one bundle gate ------------------------------------------------------------------------
+
+
+def admit_bundles(
+    bundles: Sequence[bytes | pb.AdapterBundle], state: Mapping[str, Any], keys: Mapping[str, bytes], node_id: str = ""
+) -> tuple[dict[str, pb.AdapterBundle], dict[str, str]]:
+    """Every check a bundle passes before it may be written to a node: (admitted by modality, refused name -> reason).
+
+    ``state`` is the node's ``state.json``. Names are ``<modality> v<version>``.
+    Reasons: ``malformed``, ``unsigned``, ``unknown-key``, ``bad-signature``,
+    ``replay`` (not newer than the version held or admitted in this call),
+    ``unknown-modality`` (no encoder here), ``encoder-mismatch``, ``bad-shape``.
+    """
+    current = {m: int(a["version"]) for m, a in state["adapters"].items()}
+    encoders = {m: e["version"] for m, e in state["encoders"].items()}
+    tower = TowerConfig.from_dict(state.get("tower"))
+    accepted: dict[str, pb.AdapterBundle] = {}
+    rejected: dict[str, str] = {}
+    for i, raw in enumerate(bundles):
+        name = f"bundle-{i}"
+        try:
+            b = raw if isinstance(raw, pb.AdapterBundle) else _parse_bundle(raw)
+            name = f"{b.modality or name} v{b.version}"
+            held = max(current.get(b.modality, 0), accepted[b.modality].version if b.modality in accepted else 0)
+            verify_bundle(b, keys, min_version=held or None)
+            if b.modality not in encoders:
+                raise _Refused("unknown-modality", f"no encoder for {b.modality!r} on this node (has {sorted(encoders)})")
+            if b.encoder_version and b.encoder_version != encoders[b.modality]:
+                raise _Refused("encoder-mismatch", f"aligned on encoder {b.encoder_version}, node runs {encoders[b.modality]}")
+            _check_fits(b, tower)
+            accepted[b.modality] = b
+        except (BundleRejected, _Refused) as e:
+            rejected[name] = e.reason
+            log.warning("node %s refused adapter bundle %s: %s", node_id, name, e)
+    return accepted, rejected
+
+
+def install_bundles(state_dir: StateDir, bundles: Sequence[bytes | pb.AdapterBundle], keys: Mapping[str, bytes], node_id: str = "") -> dict[str, Any]:
+    """Admit bundles through the gate and swap in those that pass, together; the only way bundles reach a node's files.
+
+    Returns ``{"applied": {modality: version}, "rejected": {name: reason}}``
+    (see ``admit_bundles``; ``write-failed`` when the files could not be written,
+    in which case the node keeps its old adapters).
+    """
+    accepted, rejected = admit_bundles(bundles, state_dir.state(), keys, node_id)
+    if accepted:
+        try:
+            state_dir.swap_in(accepted)
+        except OSError as e:  # nothing was renamed into place: the old adapters stay
+            log.error("node %s could not write adapters %s: %s", node_id, sorted(accepted), e)
+            return {"applied": {}, "rejected": {**rejected, **{f"{m} v{b.version}": "write-failed" for m, b in accepted.items()}}}
+        except ValueError as e:  # the store already holds a newer version
+            log.error("node %s: adapters written but the store refused them: %s", node_id, e)
+    return {"applied": {m: int(b.version) for m, b in accepted.items()}, "rejected": rejected}
+
+
+# --- the one serving-model builder --------------------------------------------------------------
+
+
+def load_serving(root: Path, state: Mapping[str, Any], keys: Mapping[str, bytes], device: torch.device, key: str = "") -> _Loaded | None:
+    """The model a node serves, from what ``state`` names, or None when no modality has both an encoder and an adapter.
+
+    Each adapter file must match its sha256 in ``state`` and its signature must
+    verify under ``keys``; otherwise ``_Refused`` (``corrupt`` or the
+    signature's reason) and nothing is built.
+    """
+    mods = sorted(set(state["encoders"]) & set(state["adapters"]))
+    if not mods:
+        return None
+    tower = TowerConfig.from_dict(state.get("tower"))
+    specs = {m: ModalitySpec(**state["encoders"][m]["spec"]) for m in mods}
+    bundles = {}
+    for m in mods:
+        a = state["adapters"][m]
+        path = root / a["file"]
+        try:
+            blob = path.read_bytes()
+        except OSError as e:
+            raise _Refused("corrupt", f"{m!r} adapter file {path}: {e}") from e
+        if hashlib.sha256(blob).hexdigest() != a["sha256"]:
+            raise _Refused("corrupt", f"{m!r} adapter file {path} does not match its sha256 (truncated or altered)")
+        try:
+            b = parse_message(blob, pb.AdapterBundle, MAX_BUNDLE_BYTES)
+            verify_bundle(b, keys)
+        except CodecError as e:
+            raise _Refused("corrupt", f"{m!r} adapter file {path}: {e}") from e
+        except BundleRejected as e:
+            raise _Refused(e.reason, f"{m!r} adapter file {path}: {e}") from e
+        if b.modality != m or int(b.version) != int(a["version"]):
+            raise _Refused("corrupt", f"{path} holds {b.modality!r} v{b.version}, state.json says {m!r} v{a['version']}")
+        bundles[m] = b
+    model = AlignedModel(specs, tower)
+    newest = max(mods, key=lambda m: bundles[m].version)
+    heads = {}
+    try:
+        for m in mods:
+            enc = state["encoders"][m]
+            model.encoders[m].load_state_dict(torch.load(root / enc["file"], weights_only=True, map_location="cpu"))
+            st = bundle_to_states(bundles[m])
+            model.adapters[m].load_state_dict(st.adapter)
+            if st.head is not None:
+                head = head_for_state(st.head)
+                head.load_state_dict(st.head)
+                heads[m] = (head.eval().to(device), list(st.head_classes))
+        model.prototype.load_state_dict(bundle_to_states(bundles[newest]).prototype)
+    except (OSError, RuntimeError, CodecError, ValueError) as e:
+        raise _Refused("corrupt", f"cannot load the node's towers: {e}") from e
+    versions = {m: int(bundles[m].version) for m in mods}
+    return _Loaded(key, model.eval().to(device), heads, versions)
+
 
 class NodeRuntime:
     """Inference with a node's frozen encoders and current adapters, kept in ``root``.
@@ -152,7 +263,7 @@ class NodeRuntime:
     ) -> None:
         self.root = Path(root)
         self.node_id = node_id
-        self.state_dir = tasks.NodeRuntime(self.root, store=store)
+        self.state_dir = StateDir(self.root, store=store)
         self.store = store
         self.publisher = publisher
         self.device = torch.device(device)
@@ -160,6 +271,7 @@ class NodeRuntime:
         self._lock = threading.Lock()
         self._loaded: _Loaded | None = None
         self._refused: tuple[str, tuple[str, ...]] | None = None
+        self._refusal = ""  # why the last refresh refused what state.json names
         self.rejected: Counter[str] = Counter()
         self.swaps = 0
         self.refresh()
@@ -167,8 +279,7 @@ class NodeRuntime:
     # --- what the node runs -----------------------------------------------------------
 
     def keys(self) -> dict[str, bytes]:
-        in_band = self.state_dir.state().get("in_band_keys", {})
-        return {**{k: bytes.fromhex(v) for k, v in in_band.items()}, **self._keys}
+        return {**self.state_dir.in_band_keys(), **self._keys}
 
     @property
     def adapter_versions(self) -> dict[str, int]:
@@ -183,7 +294,7 @@ class NodeRuntime:
         return loaded.model.modalities if loaded else []
 
     def encoder_specs(self) -> dict[str, ModalitySpec]:
-        return {m: ModalitySpec(**e["spec"]) for m, e in self.state_dir.state()["encoders"].items()}
+        return self.state_dir.encoder_specs()
 
     def install_encoders(
         self, states: Mapping[str, Mapping[str, torch.Tensor]], specs: Mapping[str, ModalitySpec], tower: TowerConfig
@@ -192,6 +303,21 @@ class NodeRuntime:
         versions = self.state_dir.install_encoders(states, specs, tower)
         self.refresh()
         return versions
+
+    def serving(self, modalities: Sequence[str]) -> tuple[AlignedModel, FusionHead, list[str]]:
+        """The loaded towers of ``modalities`` (those the node serves) and the head ``infer`` would use for them all."""
+        self.refresh()
+        loaded = self._loaded
+        if loaded is None:
+            why = f" ({self._refusal})" if self._refusal else ""
+            raise ValueError(f"node {self.node_id} has no encoder with an adapter to serve{why}")
+        mods = [m for m in modalities if m in loaded.model.modalities]
+        if not mods:
+            raise ValueError(f"no modality of {list(modalities)} has both an encoder and an adapter bundle on node {self.node_id}")
+        chosen = loaded.head_for(loaded.model.modalities)
+        if chosen is None:
+            raise ValueError(f"no adapter bundle on node {self.node_id} carries a head")
+        return loaded.model, chosen[0], chosen[1]
 
     # --- loading, with every check before the swap ----------------------------------------
 
@@ -215,115 +341,30 @@ class NodeRuntime:
             if attempt == self._refused:  # refused already: count it once, not on every inference
                 return False
             try:
-                loaded = self._load(state, key)
+                loaded = load_serving(self.root, state, self.keys(), self.device, key)
             except _Refused as e:
-                self._refused = attempt
+                self._refused, self._refusal = attempt, str(e)
                 self.rejected[e.reason] += 1
                 log.error("node %s keeps its current adapters: %s", self.node_id, e)
                 return False
             if loaded is None:
                 return False
             old = self._loaded.versions if self._loaded else {}
-            self._loaded = loaded
+            self._loaded, self._refusal = loaded, ""
             self.swaps += 1
         if loaded.versions != old:
             log.info("node %s swapped in adapters %s (was %s)", self.node_id, loaded.versions, old)
         return True
 
-    def _load(self, state: dict, key: str) -> _Loaded | None:
-        mods = sorted(set(state["encoders"]) & set(state["adapters"]))
-        if not mods:
-            return None
-        keys = self.keys()
-        tower = TowerConfig.from_dict(state.get("tower"))
-        specs = {m: ModalitySpec(**state["encoders"][m]["spec"]) for m in mods}
-        bundles = {}
-        for m in mods:
-            a = state["adapters"][m]
-            path = self.root / a["file"]
-            try:
-                blob = path.read_bytes()
-            except OSError as e:
-                raise _Refused("corrupt", f"{m!r} adapter file {path}: {e}") from e
-            if hashlib.sha256(blob).hexdigest() != a["sha256"]:
-                raise _Refused("corrupt", f"{m!r} adapter file {path} does not match its sha256 (truncated or altered)")
-            try:
-                b = parse_message(blob, pb.AdapterBundle, MAX_BUNDLE_BYTES)
-                verify_bundle(b, keys)
-            except CodecError as e:
-                raise _Refused("corrupt", f"{m!r} adapter file {path}: {e}") from e
-            except BundleRejected as e:
-                raise _Refused(e.reason, f"{m!r} adapter file {path}: {e}") from e
-            if b.modality != m or int(b.version) != int(a["version"]):
-                raise _Refused("corrupt", f"{path} holds {b.modality!r} v{b.version}, state.json says {m!r} v{a['version']}")
-            bundles[m] = b
-        model = AlignedModel(specs, tower)
-        newest = max(mods, key=lambda m: bundles[m].version)
-        heads = {}
-        try:
-            for m in mods:
-                enc = state["encoders"][m]
-                model.encoders[m].load_state_dict(torch.load(self.root / enc["file"], weights_only=True, map_location="cpu"))
-                st = bundle_to_states(bundles[m])
-                model.adapters[m].load_state_dict(st.adapter)
-                if st.head is not None:
-                    head = head_for_state(st.head)
-                    head.load_state_dict(st.head)
-                    heads[m] = (head.eval().to(self.device), list(st.head_classes))
-            model.prototype.load_state_dict(bundle_to_states(bundles[newest]).prototype)
-        except (OSError, RuntimeError, CodecError, ValueError) as e:
-            raise _Refused("corrupt", f"cannot load the node's towers: {e}") from e
-        versions = {m: int(bundles[m].version) for m in mods}
-        return _Loaded(key, model.eval().to(self.device), heads, versions)
-
     # --- new bundles --------------------------------------------------------------------
 
     def install(self, bundles: Sequence[bytes | pb.AdapterBundle]) -> dict[str, Any]:
-        """Verify bundles and swap in those that pass, together; the rest are refused and counted.
-
-        Returns ``{"applied": {modality: version}, "rejected": {name: reason}}``.
-        Reasons: ``malformed``, ``unsigned``, ``unknown-key``, ``bad-signature``,
-        ``replay`` (not newer than the version held), ``unknown-modality`` (no
-        encoder here), ``encoder-mismatch``, ``bad-shape``.
-        """
-        state = self.state_dir.state()
-        current = {m: int(a["version"]) for m, a in state["adapters"].items()}
-        encoders = {m: e["version"] for m, e in state["encoders"].items()}
-        tower = TowerConfig.from_dict(state.get("tower"))
-        keys = self.keys()
-        accepted: dict[str, pb.AdapterBundle] = {}
-        rejected: dict[str, str] = {}
-        for i, raw in enumerate(bundles):
-            name = f"bundle-{i}"
-            try:
-                b = raw if isinstance(raw, pb.AdapterBundle) else _parse_bundle(raw)
-                name = f"{b.modality or name} v{b.version}"
-                held = max(current.get(b.modality, 0), accepted[b.modality].version if b.modality in accepted else 0)
-                verify_bundle(b, keys, min_version=held or None)
-                if b.modality not in encoders:
-                    raise _Refused("unknown-modality", f"no encoder for {b.modality!r} on this node (has {sorted(encoders)})")
-                if b.encoder_version and b.encoder_version != encoders[b.modality]:
-                    raise _Refused("encoder-mismatch", f"aligned on encoder {b.encoder_version}, node runs {encoders[b.modality]}")
-                _check_fits(b, tower)
-                accepted[b.modality] = b
-            except BundleRejected as e:
-                rejected[name] = e.reason
-                log.warning("node %s refused adapter bundle %s: %s", self.node_id, name, e)
-            except _Refused as e:
-                rejected[name] = e.reason
-                log.warning("node %s refused adapter bundle %s: %s", self.node_id, name, e)
-        self.rejected.update(rejected.values())
-        if accepted:
-            try:
-                self.state_dir.swap_in(accepted)
-            except OSError as e:  # nothing was renamed into place: the old adapters stay
-                log.error("node %s could not write adapters %s: %s", self.node_id, sorted(accepted), e)
-                self.rejected["write-failed"] += len(accepted)
-                return {"applied": {}, "rejected": {**rejected, **{f"{m} v{b.version}": "write-failed" for m, b in accepted.items()}}}
-            except ValueError as e:  # the store already holds a newer version
-                log.error("node %s: adapters written but the store refused them: %s", self.node_id, e)
+        """Verify bundles and swap in those that pass, together; the rest are refused and counted (see ``install_bundles``)."""
+        result = install_bundles(self.state_dir, bundles, self.keys(), self.node_id)
+        self.rejected.update(result["rejected"].values())
+        if result["applied"]:
             self.refresh()
-        return {"applied": {m: int(b.version) for m, b in accepted.items()}, "rejected": rejected}
+        return result
 
     def fetch_latest(self, registry: str, timeout: float = 10.0) -> dict[str, Any]:
         """Ask the Registry service at ``host:port`` for bundles newer than ours, and install them."""
@@ -378,11 +419,11 @@ class NodeRuntime:
         feats = loaded.model.features(inputs)
         z = loaded.model.embed_features(feats)
         fused = F.normalize(torch.stack([z[m] for m in mods]).mean(0), dim=-1)
-        head_of = max((m for m in mods if m in loaded.heads), key=lambda m: loaded.versions[m], default=None)
+        chosen = loaded.head_for(mods)
         logits = preds = None
         classes: list[str] = []
-        if head_of is not None:
-            head, classes = loaded.heads[head_of]
+        if chosen is not None:
+            head, classes = chosen
             logits_t = head({m: x for m, x in head_inputs(feats, z).items() if m in head.heads})
             logits, preds = logits_t.cpu().numpy(), logits_t.argmax(-1).cpu().numpy()
         out = Inference(

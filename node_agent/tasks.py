@@ -2,35 +2,28 @@
 
 ``local_pretrain`` runs the self-supervised encoder objective on the node's
 windows (one FedAvg round); ``encode_and_pack`` turns every window into
-encoder features in EmbeddingBatches; ``apply_bundles`` checks signed adapter
-bundles and swaps them in; ``evaluate_local`` scores the node's labelled
-windows with every subset of its modalities. The node's frozen encoders and
-current bundles live in a ``NodeRuntime`` directory, written so that a
-half-written file is never loaded.
+encoder features in EmbeddingBatches; ``evaluate_local`` scores the model the
+node serves on its labelled windows with every subset of its modalities;
+``local_finetune`` and ``local_validate`` are one node's part of federated
+fine-tuning. Bundles reach the node's state directory
+(``node_agent.state_dir``) only through the gate in ``node_agent.runtime``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from common.codec import BundleRejected, CodecError, bundle_to_states, encode_embeddings, parse_message, state_version, verify_bundle
+from common.codec import encode_embeddings
 from common.evaluate import LocalFinetuneConfig, finetune_local, metrics, predict, subsets
-from common.modalities import ModalitySpec
 from common.pretrain import PretrainConfig, embed_windows, make_pretrain_head, pretrain_encoder, pretrain_jointly
 from common.samples import SampleSet
-from common.towers import SHARED_BLOCK, AlignedModel, ConceptAdapter, FusionHead, PrototypeNet, TowerConfig, block_of, build_encoder, flat_state, head_for_state, model_from_flat
+from common.towers import SHARED_BLOCK, AlignedModel, FusionHead, TowerConfig, block_of, build_encoder, flat_state, load_strict, model_from_flat
 from node_agent.data import NodeData
+from node_agent.runtime import NodeRuntime
 from proto import edgebind_pb2 as pb
 
 State = dict[str, torch.Tensor]
@@ -63,8 +56,8 @@ def local_pretrain(
     spec.check_window(x.shape, where=f"node {data.node_id!r}")
     encoder = build_encoder(spec, tower or TowerConfig())
     head = make_pretrain_head(encoder, spec.window, spec.channels, cfg)
-    _load(encoder, encoder_state, f"{modality!r} encoder")
-    _load(head, head_state, f"{modality!r} {cfg.objective} head")
+    load_strict(encoder, encoder_state, f"{modality!r} encoder")
+    load_strict(head, head_state, f"{modality!r} {cfg.objective} head")
     terms = pretrain_encoder(encoder, x, cfg, device or torch.device("cpu"), seed=seed, head=head)
     states = {"encoder": _cpu_state(encoder), "head": _cpu_state(head)}
     return states, len(x), terms
@@ -116,18 +109,11 @@ def local_pretrain_joint(
         spec = data.spec(m)
         encoders[m] = build_encoder(spec, tower or TowerConfig())
         heads[m] = make_pretrain_head(encoders[m], spec.window, spec.channels, cfg)
-        _load(encoders[m], states[m][0], f"{m!r} encoder")
-        _load(heads[m], states[m][1], f"{m!r} {cfg.objective} head")
+        load_strict(encoders[m], states[m][0], f"{m!r} encoder")
+        load_strict(heads[m], states[m][1], f"{m!r} {cfg.objective} head")
     terms = pretrain_jointly(encoders, [windows], cfg, device or torch.device("cpu"), seed=seed, heads=heads)
     out = {m: {"encoder": _cpu_state(encoders[m]), "head": _cpu_state(heads[m])} for m in mods}
     return out, len(labels), terms
-
-
-def _load(module: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
-    try:
-        module.load_state_dict(dict(state), strict=True)
-    except (RuntimeError, KeyError) as e:
-        raise ValueError(f"{what}: the state does not fit this node's model ({str(e).splitlines()[0]})") from e
 
 
 def _cpu_state(module: nn.Module) -> State:
@@ -184,180 +170,17 @@ def encode_and_pack(
     return out
 
 
-# --- the node's runtime state ----------------------------------------------------------------
-
-
-class NodeRuntime:
-    """Frozen encoders and current adapter bundles of one node, in a directory.
-
-    Files are written under new names and ``state.json`` is replaced last, in
-    one rename, so a reader sees either the old set or the new one, never half.
-    ``store`` (a NodeStore) additionally records each adapter version applied.
-    """
-
-    def __init__(self, root: str | Path, store=None):
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.store = store
-
-    # state.json --------------------------------------------------------------
-    def state(self) -> dict:
-        path = self.root / "state.json"
-        return json.loads(path.read_text()) if path.exists() else {"encoders": {}, "adapters": {}}
-
-    def _write_state(self, state: dict) -> None:
-        _atomic_write(self.root / "state.json", json.dumps(state, indent=1, sort_keys=True).encode())
-
-    # encoders ----------------------------------------------------------------
-    def install_encoders(self, states: Mapping[str, Mapping[str, torch.Tensor]], specs: Mapping[str, ModalitySpec], tower: TowerConfig) -> dict[str, str]:
-        """Keep these frozen encoders; return modality -> encoder version."""
-        state = self.state()
-        versions = {}
-        for m, sd in states.items():
-            enc = build_encoder(specs[m], tower)
-            _load(enc, sd, f"{m!r} encoder")
-            v = state_version(sd)
-            buf = io.BytesIO()
-            torch.save({k: t.detach().cpu() for k, t in sd.items()}, buf)
-            name = f"encoders/{m}-{v}.pt"
-            _atomic_write(self.root / name, buf.getvalue())
-            state["encoders"][m] = {"version": v, "file": name, "spec": asdict(specs[m])}
-            versions[m] = v
-        state["tower"] = tower.to_dict()
-        self._write_state(state)
-        return versions
-
-    def remember_key(self, key_id: str, hexkey: str) -> None:
-        """Keep a signing key the coordinator sent in-band (when the node has none configured)."""
-        bytes.fromhex(hexkey)
-        state = self.state()
-        state.setdefault("in_band_keys", {})[key_id] = hexkey
-        self._write_state(state)
-
-    def encoder_versions(self) -> dict[str, str]:
-        return {m: e["version"] for m, e in self.state()["encoders"].items()}
-
-    def encoders(self) -> dict[str, nn.Module]:
-        state = self.state()
-        tower = TowerConfig.from_dict(state.get("tower"))
-        out = {}
-        for m, e in state["encoders"].items():
-            enc = build_encoder(ModalitySpec(**e["spec"]), tower)
-            enc.load_state_dict(torch.load(self.root / e["file"], weights_only=True))
-            out[m] = enc.eval()
-        return out
-
-    # adapters ----------------------------------------------------------------
-    def adapter_versions(self) -> dict[str, int]:
-        return {m: int(a["version"]) for m, a in self.state()["adapters"].items()}
-
-    def bundles(self) -> dict[str, pb.AdapterBundle]:
-        return {m: parse_message((self.root / a["file"]).read_bytes(), pb.AdapterBundle) for m, a in self.state()["adapters"].items()}
-
-    def swap_in(self, bundles: Mapping[str, pb.AdapterBundle]) -> None:
-        """Make ``bundles`` the current adapters, all at once."""
-        state = self.state()
-        for m, b in bundles.items():
-            blob = b.SerializeToString(deterministic=True)
-            name = f"adapters/{m}-v{b.version}.pb"
-            _atomic_write(self.root / name, blob)
-            state["adapters"][m] = {"version": int(b.version), "file": name, "sha256": hashlib.sha256(blob).hexdigest()}
-        self._write_state(state)
-        if self.store is not None:
-            for m, b in bundles.items():
-                a = state["adapters"][m]
-                self.store.record_adapter(m, int(b.version), str(self.root / a["file"]), a["sha256"])
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-# --- push ----------------------------------------------------------------------------------
-
-
-def apply_bundles(bundles: Sequence[bytes | pb.AdapterBundle], keys: Mapping[str, bytes], runtime_state: NodeRuntime) -> dict[str, dict]:
-    """Verify signed bundles and swap in those that pass, together.
-
-    A bundle is refused (and named in ``rejected`` with the reason) when it
-    does not parse, is unsigned or signed by an unknown key, is not newer than
-    the version in use, is for a modality this node has no encoder for, was
-    aligned on another encoder version, or does not fit the towers.
-    """
-    accepted: dict[str, pb.AdapterBundle] = {}
-    rejected: dict[str, str] = {}
-    current = runtime_state.adapter_versions()
-    encoder_versions = runtime_state.encoder_versions()
-    tower = TowerConfig.from_dict(runtime_state.state().get("tower"))
-    for i, raw in enumerate(bundles):
-        name = f"bundle-{i}"
-        try:
-            b = raw if isinstance(raw, pb.AdapterBundle) else parse_message(bytes(raw), pb.AdapterBundle)
-            name = b.modality or name
-            verify_bundle(b, keys, min_version=current.get(b.modality))
-            if b.modality not in encoder_versions:
-                raise ValueError(f"no encoder for modality {b.modality!r} on this node")
-            if b.encoder_version and b.encoder_version != encoder_versions[b.modality]:
-                raise ValueError(f"aligned on encoder {b.encoder_version}, this node runs {encoder_versions[b.modality]}")
-            _check_fits(b, tower)
-            accepted[b.modality] = b
-        except (BundleRejected, CodecError, ValueError) as e:
-            rejected[name] = str(e)
-    if accepted:
-        runtime_state.swap_in(accepted)
-    return {"applied": {m: int(b.version) for m, b in accepted.items()}, "rejected": rejected}
-
-
-def _check_fits(bundle: pb.AdapterBundle, tower: TowerConfig) -> None:
-    st = bundle_to_states(bundle)
-    _load(ConceptAdapter(tower.feature_dim, tower.adapter_hidden, tower.embed_dim), st.adapter, f"{bundle.modality!r} adapter")
-    _load(PrototypeNet(tower.embed_dim, tower.prototype_hidden), st.prototype, "prototype")
-    if st.head is not None:
-        _load(head_for_state(st.head), st.head, "head")
-
-
 # --- evaluate ------------------------------------------------------------------------------
 
 
-def runtime_model(runtime_state: NodeRuntime, modalities: Sequence[str]) -> tuple[AlignedModel, FusionHead, list[str]]:
-    """The aligned towers and head a node runs: its encoders with the current bundles."""
-    state = runtime_state.state()
-    tower = TowerConfig.from_dict(state.get("tower"))
-    bundles = runtime_state.bundles()
-    mods = sorted(m for m in modalities if m in bundles and m in state["encoders"])
-    if not mods:
-        raise ValueError(f"no modality of {list(modalities)} has both an encoder and an adapter bundle on this node")
-    specs = {m: ModalitySpec(**state["encoders"][m]["spec"]) for m in mods}
-    model = AlignedModel(specs, tower)
-    encoders = runtime_state.encoders()
-    newest = max(mods, key=lambda m: bundles[m].version)
-    for m in mods:
-        st = bundle_to_states(bundles[m])
-        model.encoders[m].load_state_dict(encoders[m].state_dict())
-        model.adapters[m].load_state_dict(st.adapter)
-    top = bundle_to_states(bundles[newest])
-    model.prototype.load_state_dict(top.prototype)
-    if top.head is None:
-        raise ValueError(f"bundle {newest!r} v{bundles[newest].version} carries no head")
-    head = head_for_state(top.head)
-    head.load_state_dict(top.head)
-    return model.eval(), head.eval(), list(top.head_classes)
+def evaluate_local(data: NodeData, runtime: NodeRuntime, device: torch.device | None = None) -> dict[str, dict]:
+    """Accuracy, macro-F1, count and confusion matrix on the node's labelled windows, per modality subset.
 
-
-def evaluate_local(data: NodeData, runtime_state: NodeRuntime, device: torch.device | None = None) -> dict[str, dict]:
-    """Accuracy, macro-F1, count and confusion matrix on the node's labelled windows, per modality subset."""
+    Scores the model the node serves (``runtime``'s, loaded through its checks),
+    with the head ``infer`` uses for all its modalities.
+    """
     device = device or torch.device("cpu")
-    model, head, classes = runtime_model(runtime_state, data.modalities())
+    model, head, _ = runtime.serving(data.modalities())
     mods = model.modalities
     windows, labels = shared_windows(data, mods)
     feats = {m: embed_windows(model.encoders[m], x, device).numpy() for m, x in windows.items()}

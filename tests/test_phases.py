@@ -23,6 +23,8 @@ from coordinator import phases as P
 from coordinator.store import open_store
 from node_agent import tasks
 from node_agent.data import dropouts, fleet_layout, group_node_counts, node_spec_for
+from node_agent.runtime import NodeRuntime, install_bundles
+from node_agent.state_dir import StateDir
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -241,7 +243,7 @@ def campaign(ds, sc, tmp_path_factory):
     root = tmp_path_factory.mktemp("nodes")
     runtimes, uploads = {}, []
     for s in specs:
-        rt = tasks.NodeRuntime(root / s.node_id)
+        rt = StateDir(root / s.node_id)
         versions = rt.install_encoders({m: glob[m]["encoder"] for m in s.modalities}, {m: ds.spec(m) for m in s.modalities}, TOWER)
         runtimes[s.node_id] = rt
         if s.role != "test":
@@ -346,21 +348,26 @@ def test_bind_grow_head_bundles_apply_and_evaluate(campaign, ds, sc):
     assert [b.version for b in bundles] == [1, 1, 1] and all(b.signature for b in bundles)
     assert store.latest_adapter("a")[0] == 1
     blobs = [b.SerializeToString() for b in bundles]
-    res = tasks.apply_bundles(blobs, {key_id: key}, rt)
-    assert res["applied"] == {"a": 1, "b": 1} and "no encoder" in res["rejected"]["s"]
-    assert tasks.apply_bundles(blobs, {key_id: key}, rt)["rejected"]["a"].startswith("replay")
-    fresh = tasks.NodeRuntime(rt.root.parent / "fresh")
+    res = install_bundles(rt, blobs, {key_id: key})
+    assert res["applied"] == {"a": 1, "b": 1} and res["rejected"] == {"s v1": "unknown-modality"}
+    assert install_bundles(rt, blobs, {key_id: key})["rejected"]["a v1"] == "replay"
+    fresh = StateDir(rt.root.parent / "fresh")
     fresh.install_encoders({m: campaign["glob"][m]["encoder"] for m in ("a", "b")}, {m: ds.spec(m) for m in ("a", "b")}, TOWER)
-    assert tasks.apply_bundles(blobs, {"other": key}, fresh)["rejected"]["a"].startswith("unknown-key")
-    assert tasks.apply_bundles(blobs, {key_id: b"x" * 32}, fresh)["rejected"]["a"].startswith("bad-signature")
+    assert install_bundles(fresh, blobs, {"other": key})["rejected"]["a v1"] == "unknown-key"
+    assert install_bundles(fresh, blobs, {key_id: b"x" * 32})["rejected"]["a v1"] == "bad-signature"
     tampered = bundles[0].__class__()
     tampered.CopyFrom(bundles[0])
     tampered.version = 9
-    assert tasks.apply_bundles([tampered], {key_id: key}, fresh)["rejected"]["a"].startswith("bad-signature")
+    assert install_bundles(fresh, [tampered], {key_id: key})["rejected"]["a v9"] == "bad-signature"
     assert fresh.adapter_versions() == {}  # nothing refused was swapped in
 
-    metrics = tasks.evaluate_local(test_spec.data(ds), rt, CPU)
+    serving = NodeRuntime(rt.root, test_spec.node_id, keys={key_id: key})
+    metrics = tasks.evaluate_local(test_spec.data(ds), serving, CPU)
     assert set(metrics) == {"a", "b", "a+b"}
+    # what evaluate_local scores is what the node serves: infer's predictions give the same confusion matrix
+    windows, labels = tasks.shared_windows(test_spec.data(ds), ["a", "b"])
+    served = serving.infer(windows, publish=False)
+    assert np.bincount(labels * 3 + served.predictions, minlength=9).tolist() == metrics["a+b"]["confusion"]
     for m in metrics.values():
         assert sum(m["confusion"]) == m["n"] == len(test_spec.rows)
     pooled = P.summarise({"t1": metrics, "t2": metrics}, 3)

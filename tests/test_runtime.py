@@ -15,14 +15,15 @@ import torch
 from paho.mqtt.enums import CallbackAPIVersion
 
 from common import codec
+from common.codec import key_id_of
 from common.modalities import ModalitySpec
 from common.towers import ConceptAdapter, FusionHead, PrototypeNet, TowerConfig, build_encoder
 from coordinator import phases
 from coordinator.registry import serve
 from coordinator.store import open_store as open_coordinator_store
-from node_agent import tasks
 from node_agent.ingest import Publisher
-from node_agent.runtime import NodeRuntime, default_key_id, load_keys
+from node_agent.runtime import NodeRuntime, load_keys
+from node_agent.state_dir import StateDir
 from node_agent.store import open_store
 from proto import edgebind_pb2 as pb
 from tests.test_ingest import broker  # noqa: F401  (the real-broker fixture)
@@ -206,7 +207,7 @@ def test_an_altered_file_with_a_matching_hash_fails_its_signature(rt):
 def test_a_swap_by_the_client_app_is_picked_up_by_the_next_inference(rt, windows):
     rt.install(bundles_for(rt, 1))
     v1 = rt.infer(windows)
-    writer = tasks.NodeRuntime(rt.root)  # what the ClientApp holds for the same directory
+    writer = StateDir(rt.root)  # what the ClientApp holds for the same directory
     writer.swap_in({b.modality: b for b in bundles_for(rt, 2)})
     v2 = rt.infer(windows)
     assert v2.adapter_versions == {"gyro": 2, "lin_acc": 2}
@@ -217,8 +218,8 @@ def test_load_keys(tmp_path):
     f = tmp_path / "keys.json"
     f.write_text(json.dumps({"k1": KEY.hex()}))
     assert load_keys(f, "ab" * 16, "k2") == {"k1": KEY, "k2": b"\xab" * 16}
-    assert load_keys(None, "ab" * 16) == {default_key_id(b"\xab" * 16): b"\xab" * 16}
-    assert default_key_id(b"\xab" * 16) == phases.signing_key("ab" * 16, "", {})[1]  # the coordinator's default id
+    assert load_keys(None, "ab" * 16) == {key_id_of(b"\xab" * 16): b"\xab" * 16}
+    assert key_id_of(b"\xab" * 16) == phases.signing_key("ab" * 16, "", {})[1]  # the coordinator's default id
 
 
 # --- with real servers ----------------------------------------------------------------
