@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.config import load_toml, shipped
-from common.losses import symmetric_info_nce
+from common.losses import ContrastiveConfig, symmetric_info_nce
 from common.samples import SampleSet
 from common.towers import AlignedModel, ModelCard
 
@@ -302,13 +302,9 @@ def _as_numpy(x) -> np.ndarray:
 
 
 @dataclass
-class GrowthConfig:
-    """Settings of every stage (one set for the whole plan)."""
+class GrowthConfig(ContrastiveConfig):
+    """Settings of every stage (one set for the whole plan): the contrastive ones, then growth's own."""
 
-    epochs: int = 30
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
     temperature: float = 0.07
     adaptive: bool = True  # inverse-gradient-norm weights per direction; off: 1/2 each
     ema: bool = True  # the prototype after a growth stage is the EMA of its trained weights

@@ -4,9 +4,26 @@ training loop."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+@dataclass
+class ContrastiveConfig:
+    """What every contrastive training run over features takes: MMBind's alignment and each Babel growth stage alike."""
+
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    temperature: float = 0.1
+
+    def contrastive(self) -> dict:
+        """These settings alone, to build another kind of run on them (``GrowthConfig(**cfg.contrastive())``)."""
+        return {f.name: getattr(self, f.name) for f in fields(ContrastiveConfig)}
 
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.07, weights: torch.Tensor | None = None) -> torch.Tensor:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from common.binding import PairWeighting, bind, bind_both_ways, label_bind
-from common.losses import MultiViewContrastive
+from common.losses import ContrastiveConfig, MultiViewContrastive
 from common.samples import SampleSet, scatter
 from common.towers import AlignedModel
 
@@ -140,12 +140,9 @@ def pseudo_pair_samples(side_a: dict[str, np.ndarray], side_b: dict[str, np.ndar
 
 
 @dataclass
-class AlignConfig:
-    epochs: int = 30
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    temperature: float = 0.1
+class AlignConfig(ContrastiveConfig):
+    """MMBind's alignment stage: the contrastive settings, which adapters train, logging."""
+
     train_modalities: list[str] | None = None  # adapters that train; None = all present
     log_every: int = 0
     history: list = field(default_factory=list)

@@ -569,7 +569,7 @@ def grow_plan(
     if absent:
         raise ValueError(f"plan {gp.name!r} grows on group {absent[0]!r}, which uploaded nothing (groups: {sorted(groups)})")
     data = {s: PairData({m: groups[s].features[m] for m in groups[s].modalities if m in gp.modalities}) for s in sources}
-    gcfg = GrowthConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, seed=seed)
+    gcfg = GrowthConfig(**cfg.contrastive(), seed=seed)  # every alignment setting, the temperature too
     t0 = time.time()
     result = grow_stages(model, gp, data, gcfg, device, checkpoint_dir=checkpoint_dir, resume=False)
     stages = []

@@ -433,7 +433,11 @@ def test_a_babel_plan_grows_stage_by_stage_on_node_groups(campaign, ds, sc, tmp_
     before = {k: v.clone() for k, v in model.adapters["b"].state_dict().items()}
     store = open_store("sqlite://")
     store.create_campaign("g1", {})
-    out = P.grow_plan(model, str(plan), groups, AlignConfig(epochs=1, batch_size=32), CPU, 0, store, "g1", tmp_path / "ck")
+    out = P.grow_plan(model, str(plan), groups, AlignConfig(epochs=1, batch_size=32, temperature=0.2, lr=2e-3), CPU, 0, store, "g1", tmp_path / "ck")
+    from common.growth import load_checkpoint
+
+    grown = load_checkpoint(tmp_path / "ck" / "stage-2.pt")[1]["config"]  # the stages trained on every alignment setting given
+    assert (grown.temperature, grown.lr, grown.batch_size, grown.epochs) == (0.2, 2e-3, 32, 1)
     assert out["pairs"] == {"sa": len(groups["sa"]), "sb": len(groups["sb"])}
     assert [st["stage"]["source"] for st in out["stages"]] == ["sa", "sb"]
     assert [r.name for r in store.stages("g1")] == ["s<->a@sa", "s<->b@sb"]
