@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import f1_score
 
 from common.samples import SampleSet, scatter
 from common.towers import AlignedModel, FusionHead
@@ -55,11 +54,25 @@ class HeadConfig:
             raise ValueError(f"modality_dropout must be in [0, 1], got {self.modality_dropout}")
 
 
+def confusion_metrics(confusion: np.ndarray) -> dict[str, float]:
+    """Accuracy and macro-F1 from a (true x predicted) confusion matrix; macro-F1 averages the classes that occur as truth or prediction, as sklearn does."""
+    c = np.asarray(confusion, dtype=np.float64)
+    n = c.sum()
+    if n == 0:
+        return {"accuracy": float("nan"), "macro_f1": float("nan")}
+    tp = np.diag(c)
+    denom = c.sum(0) + c.sum(1)
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    return {"accuracy": float(tp.sum() / n), "macro_f1": float(f1[denom > 0].mean())}
+
+
 def metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    return {
-        "accuracy": float((y_true == y_pred).mean()) if len(y_true) else float("nan"),
-        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)) if len(y_true) else float("nan"),
-    }
+    """Accuracy and macro-F1 of predictions (class indices)."""
+    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    if len(y_true) == 0:
+        return confusion_metrics(np.zeros((1, 1)))
+    k = int(max(y_true.max(), y_pred.max())) + 1
+    return confusion_metrics(np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k))
 
 
 def embed_batch(model: AlignedModel, batch, features: bool = False) -> dict[str, torch.Tensor]:

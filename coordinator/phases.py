@@ -23,7 +23,7 @@ import torch
 
 from common.binding import PairWeighting
 from common.codec import CodecError, bundle_from_modules, decode_embeddings, key_id_of, parse_embedding_batch, sign_bundle
-from common.evaluate import HeadConfig, LocalFinetuneConfig
+from common.evaluate import HeadConfig, LocalFinetuneConfig, confusion_metrics
 from common.evaluate import fit_head as _fit_head
 from common.mmbind import AlignConfig, PseudoPairs, align, label_pseudo_pairs, pseudo_pair_samples, sensor_pseudo_pairs
 from common.modalities import ModalitySpec
@@ -644,19 +644,6 @@ def make_bundles(
 # --- evaluate --------------------------------------------------------------------------------------
 
 
-def pooled_metrics(confusion: np.ndarray) -> dict[str, float]:
-    """Accuracy and macro-F1 from a (true x predicted) confusion matrix, as sklearn computes them."""
-    c = np.asarray(confusion, dtype=np.float64)
-    n = c.sum()
-    if n == 0:
-        return {"accuracy": float("nan"), "macro_f1": float("nan")}
-    tp = np.diag(c)
-    present = (c.sum(0) + c.sum(1)) > 0
-    denom = c.sum(0) + c.sum(1)
-    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
-    return {"accuracy": float(tp.sum() / n), "macro_f1": float(f1[present].mean())}
-
-
 def summarise(evaluations: Mapping[str, Mapping[str, Mapping[str, Any]]], n_classes: int) -> dict[str, dict]:
     """Pool the nodes' per-subset confusion matrices into one figure per modality subset."""
     pooled: dict[str, np.ndarray] = {}
@@ -669,7 +656,7 @@ def summarise(evaluations: Mapping[str, Mapping[str, Mapping[str, Any]]], n_clas
             pooled[subset] = pooled.get(subset, 0) + conf.reshape(n_classes, n_classes)
             nodes.setdefault(subset, []).append(node)
     order = sorted(pooled, key=lambda s: (s.count("+"), s))
-    return {s: {**pooled_metrics(pooled[s]), "n": int(pooled[s].sum()), "nodes": sorted(nodes[s])} for s in order}
+    return {s: {**confusion_metrics(pooled[s]), "n": int(pooled[s].sum()), "nodes": sorted(nodes[s])} for s in order}
 
 
 # --- federated fine-tuning ---------------------------------------------------------------------

@@ -40,6 +40,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
+from common.evaluate import confusion_metrics
 from common.data.scenarios import Scenario
 from common.codec import state_version
 from common.device import pick_device
@@ -415,7 +416,7 @@ class Campaign:
             return {"accuracy": float("nan"), "macro_f1": float("nan"), "n": 0}
         conf = sum(np.asarray(r.content["metrics"]["confusion"], dtype=np.float64) for r in replies.values())
         k = int(round(np.sqrt(conf.size)))
-        return {**phases.pooled_metrics(conf.reshape(k, k)), "n": int(conf.sum())}
+        return {**confusion_metrics(conf.reshape(k, k)), "n": int(conf.sum())}
 
     def push(self) -> dict:
         mods = sorted(self.model.adapters)

@@ -386,15 +386,20 @@ def test_label_binding_pairs_same_class_windows(campaign):
     assert info["pairs"] > 0 and bound.samples.label.min() >= 0
 
 
-def test_pooled_metrics_match_sklearn():
+def test_macro_f1_is_computed_once_and_matches_sklearn():
+    from common.evaluate import confusion_metrics, metrics
+
     rng = np.random.default_rng(0)
     parts = [(rng.integers(0, 4, 50), rng.integers(0, 4, 50)) for _ in range(3)]
     parts.append((np.zeros(10, int), np.ones(10, int)))
-    conf = sum(np.bincount(t * 4 + p, minlength=16).reshape(4, 4) for t, p in parts)
+    parts.append((np.full(5, 5), np.full(5, 5)))  # class 4 never occurs: it takes no part in the macro average
+    conf = sum(np.bincount(t * 6 + p, minlength=36).reshape(6, 6) for t, p in parts)
     y, p = np.concatenate([t for t, _ in parts]), np.concatenate([p for _, p in parts])
-    m = P.pooled_metrics(conf)
+    m = confusion_metrics(conf)
     assert m["accuracy"] == pytest.approx((y == p).mean())
     assert m["macro_f1"] == pytest.approx(f1_score(y, p, average="macro", zero_division=0))
+    assert metrics(y, p) == pytest.approx(m)  # from predictions: the same numbers
+    assert metrics(np.array([1, 1]), np.array([0, 0]))["macro_f1"] == 0.0
 
 
 # --- the run config ---------------------------------------------------------------------------
