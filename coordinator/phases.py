@@ -14,7 +14,7 @@ import logging
 import secrets
 import time
 from collections.abc import Container, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from itertools import combinations
 from typing import Any
 
@@ -22,8 +22,9 @@ import numpy as np
 import torch
 
 from common.binding import PairWeighting
+from common.config import FINETUNE_STRATEGIES, CampaignConfig
 from common.codec import CodecError, bundle_from_modules, decode_embeddings, key_id_of, parse_embedding_batch, sign_bundle
-from common.evaluate import HeadConfig, LocalFinetuneConfig, confusion_metrics
+from common.evaluate import HeadConfig, confusion_metrics
 from common.evaluate import fit_head as _fit_head
 from common.mmbind import AlignConfig, PseudoPairs, align, label_pseudo_pairs, pseudo_pair_samples, sensor_pseudo_pairs
 from common.modalities import ModalitySpec
@@ -35,160 +36,6 @@ from proto import edgebind_pb2 as pb
 log = logging.getLogger("edgebind.campaign")
 
 State = dict[str, torch.Tensor]
-
-
-FINETUNE_STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi")
-
-
-# --- the run config ----------------------------------------------------------------------
-
-
-@dataclass
-class CampaignConfig:
-    """One campaign's settings: the flat kebab-case keys of ``[tool.flwr.app.config]``.
-
-    ``quick`` replaces the schedule (rounds and epochs) with a small one for
-    tests and smoke runs, the same as the central experiments' ``--quick``.
-    Timeouts are seconds; 0 for ``expected-nodes`` means "whoever is there
-    when discovery ends".
-    """
-
-    dataset: str = "hapt"
-    scenario: str = "sensor-bind"
-    seed: int = 0
-    quick: bool = False
-    campaign_id: str = ""
-    results_path: str = ""
-    store: str = ""
-    state_dir: str = ""
-    device: str = ""
-    coordinator_threads: int = 0
-    # fleet
-    expected_nodes: int = 0
-    min_nodes: int = 1
-    discovery_timeout: float = 60.0
-    round_timeout: float = 600.0
-    max_windows_per_group: int = 0
-    dropout: float = 0.0
-    dropout_mode: str = "raise"
-    client_threads: int = 1
-    # schedule
-    pretrain_objective: str = "contrastive"
-    pretrain_rounds: int = 5  # x local-epochs = the central experiments' 20 pretraining epochs
-    local_epochs: int = 4
-    pretrain_batch_size: int = 128
-    pretrain_lr: float = 2e-3
-    align_epochs: int = 30
-    align_batch_size: int = 256
-    align_lr: float = 1e-3
-    align_temperature: float = 0.1
-    head_mode: str = "finetune"
-    head_steps: int = 400
-    head_finetune_steps: int = 300
-    # federated fine-tuning (after the head): labelled nodes train encoders and adapters end to end (the head too if finetune-head-lr > 0)
-    finetune_rounds: int = 10  # 0 = the coordinator's head on features is the final model
-    finetune_steps: int = 10  # local steps per round (batches of a node's labelled windows, augmented); few: nodes hold one or two activities
-    finetune_batch_size: int = 64
-    finetune_lr: float = 3e-4  # local rate of encoders and adapters; the head's is finetune-head-lr
-    finetune_head_lr: float = 0.0  # 0 = the head on features stays fixed while the towers learn to serve it (FedBABU; best on fleet validation)
-    finetune_fraction: float = 1.0  # share of the labelled training nodes drawn (seeded) for each round
-    finetune_strategy: str = "fedavg"  # "fedavg", "fedprox", "fedadam" or "fedyogi" (Flower's strategy classes)
-    finetune_mu: float = 0.01  # FedProx's proximal weight (fedprox only)
-    finetune_server_lr: float = 0.01  # FedAdam/FedYogi's server learning rate (eta)
-    # binding
-    bind_k: int = 1
-    pair_rule: str = "linear"
-    pair_threshold: float = 0.5
-    pair_w_min: float = 0.1
-    label_pairs_per_sample: int = 4
-    embedding_dtype: str = "float16"
-    growth_plan: str = ""  # a Babel GrowthPlan (shipped name or .toml) instead of MMBind's one stage
-    # signing
-    signing_key: str = ""
-    signing_key_id: str = ""
-
-    QUICK = {"pretrain_rounds": 2, "local_epochs": 1, "align_epochs": 4, "head_steps": 60, "head_finetune_steps": 40,  # as MMBindSettings.quick()
-             "finetune_rounds": 2, "finetune_steps": 20}  # fmt: skip
-
-    @classmethod
-    def keys(cls) -> list[str]:
-        return [f.name.replace("_", "-") for f in fields(cls)]
-
-    @classmethod
-    def from_run_config(cls, run_config: Mapping[str, Any]) -> CampaignConfig:
-        """From a Flower run config; unknown keys are an error, missing keys take the defaults."""
-        known = {f.name: f for f in fields(cls)}
-        args = {}
-        for key, value in run_config.items():
-            name = str(key).replace("-", "_")
-            if name not in known:
-                raise ValueError(f"unknown run config key {key!r}; known: {', '.join(cls.keys())}")
-            default = known[name].default
-            args[name] = _coerce(key, value, type(default))
-        cfg = cls(**args)
-        if cfg.quick:
-            for k, v in cls.QUICK.items():
-                setattr(cfg, k, v)
-        cfg.check()
-        return cfg
-
-    def to_run_config(self) -> dict[str, Any]:
-        return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
-
-    def check(self) -> None:
-        if self.pretrain_rounds < 0 or self.local_epochs < 1:
-            raise ValueError("pretrain-rounds must be >= 0 and local-epochs >= 1")
-        if self.discovery_timeout <= 0 or self.round_timeout <= 0:
-            raise ValueError("discovery-timeout and round-timeout must be positive: every wait is bounded")
-        if self.dropout_mode not in ("raise", "stall"):
-            raise ValueError(f"dropout-mode must be 'raise' or 'stall', got {self.dropout_mode!r}")
-        if self.embedding_dtype not in ("float16", "float32", "int8"):
-            raise ValueError(f"embedding-dtype must be float16, float32 or int8, got {self.embedding_dtype!r}")
-        if self.finetune_strategy not in FINETUNE_STRATEGIES:
-            raise ValueError(f"finetune-strategy must be one of {', '.join(FINETUNE_STRATEGIES)}, got {self.finetune_strategy!r}")
-        if self.finetune_rounds < 0 or self.finetune_steps < 1 or self.finetune_batch_size < 1:
-            raise ValueError("finetune-rounds must be >= 0, finetune-steps and finetune-batch-size >= 1")
-        if not (self.finetune_mu >= 0 and self.finetune_server_lr > 0):
-            raise ValueError("finetune-mu must be >= 0 and finetune-server-lr > 0")
-        if not (self.finetune_lr > 0 and self.finetune_head_lr >= 0):
-            raise ValueError(f"finetune-lr must be > 0 and finetune-head-lr >= 0 (0 = the head stays fixed), got {self.finetune_lr} and {self.finetune_head_lr}")
-        if not 0 < self.finetune_fraction <= 1:
-            raise ValueError(f"finetune-fraction must be in (0, 1], got {self.finetune_fraction}")
-        self.weighting()  # checks the pair settings
-        self.pretrain()
-
-    def local_finetune(self) -> LocalFinetuneConfig:
-        return LocalFinetuneConfig(steps=self.finetune_steps, batch_size=self.finetune_batch_size, head_lr=self.finetune_head_lr,
-                                   tower_lr=self.finetune_lr, encoder_lr=self.finetune_lr,
-                                   proximal_mu=self.finetune_mu if self.finetune_strategy == "fedprox" else 0.0)  # fmt: skip
-
-    def pretrain(self) -> PretrainConfig:
-        return PretrainConfig(objective=self.pretrain_objective, epochs=self.local_epochs, batch_size=self.pretrain_batch_size, lr=self.pretrain_lr)
-
-    def align(self) -> AlignConfig:
-        return AlignConfig(epochs=self.align_epochs, batch_size=self.align_batch_size, lr=self.align_lr, temperature=self.align_temperature)
-
-    def head(self) -> HeadConfig:
-        return HeadConfig(mode=self.head_mode, steps=self.head_steps, finetune_steps=self.head_finetune_steps)
-
-    def weighting(self) -> PairWeighting:
-        return PairWeighting(rule=self.pair_rule, threshold=self.pair_threshold, w_min=self.pair_w_min)
-
-
-def _coerce(key: str, value: Any, kind: type) -> Any:
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
-            return value.lower() in ("true", "1")
-        raise ValueError(f"run config {key!r} must be true or false, got {value!r}")
-    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if kind is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if kind is str and isinstance(value, str):
-        return value
-    raise ValueError(f"run config {key!r} must be {kind.__name__}, got {value!r}")
 
 
 # --- pretrain --------------------------------------------------------------------------------

@@ -48,7 +48,8 @@ from common.modalities import ModalitySpec
 from common.samples import SampleSet
 from common.towers import SHARED_BLOCK, TowerConfig, block_of, flat_state, model_from_flat
 from coordinator import phases
-from coordinator.phases import CampaignConfig, NodeInfo, NodePart
+from common.config import CampaignConfig
+from coordinator.phases import NodeInfo, NodePart
 from coordinator.store import open_store
 
 UPLOAD_ROLES = ("train", "validation")  # whose windows' features go to the coordinator; test windows never do

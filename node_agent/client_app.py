@@ -50,6 +50,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from common.codec import CodecError, key_id_of
+from common.config import CampaignConfig
 from common.evaluate import LocalFinetuneConfig
 from common.pretrain import PretrainConfig
 from common.towers import TowerConfig
@@ -60,7 +61,6 @@ from node_agent.state_dir import StateDir
 
 log = logging.getLogger("edgebind.node")
 
-QUICK_MAX_WINDOWS = 160  # per group, as the central experiments' --quick
 PHASES = ("manifest", "pretrain", "collect", "finetune", "validate", "apply", "evaluate")
 
 app = ClientApp()
@@ -247,9 +247,11 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 def _handle(msg: Message, context: Context, phase: str, work) -> Message:
     """Resolve the node, inject a configured drop-out, run ``work``; a bad message gets an error record."""
-    node = node_for(context)
+    simulated = "partition-id" in context.node_config
+    cfg = CampaignConfig.from_run_config(context.run_config) if simulated else None
+    node = node_for(context, cfg)
     _maybe_vanish(node, msg, phase)
-    threads = int(context.node_config.get("threads", context.run_config.get("client-threads", 0) if "partition-id" in context.node_config else 0))
+    threads = int(context.node_config.get("threads", cfg.client_threads if cfg is not None else 0))
     if threads > 0:  # a deployed node keeps torch's default unless its config says otherwise
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
@@ -290,21 +292,28 @@ def _stable(text: str) -> int:
     return zlib.crc32(text.encode()) % 10007
 
 
-def node_for(context: Context) -> Node:
-    nc, rc = context.node_config, context.run_config
+def node_for(context: Context, cfg: CampaignConfig | None = None) -> Node:
+    """The node a message is for: a deployed one (its node config names a store) or a simulated one (a partition of the scenario).
+
+    The run config is read as the coordinator reads it (``CampaignConfig``:
+    unknown keys and wrong types are errors); for a simulated node a node
+    config value overrides the run config's. A deployed node takes its signing
+    key from its own node config only, never from the run config.
+    """
+    nc = context.node_config
     if "store" in nc:
         holdouts = tuple((r, str(nc.get(f"{r}-subjects", ""))) for r in ("validation", "test"))
         return _store_node(context.run_id, str(nc["node-id"]), str(nc["store"]), str(nc.get("group", "")), str(nc.get("role", "train")),
                            str(nc.get("state-dir", "")), str(nc.get("signing-key", "")), str(nc.get("signing-key-id", "")), holdouts)  # fmt: skip
     if "partition-id" not in nc:
         raise ValueError("node_config names neither a store (node-id, store) nor a partition-id")
-    get = lambda k, d: nc.get(k, rc.get(k, d))  # noqa: E731
-    cap = int(rc.get("max-windows-per-group", 0)) or (QUICK_MAX_WINDOWS if bool(rc.get("quick", False)) else 0)
+    cfg = cfg or CampaignConfig.from_run_config(context.run_config)
+    get = lambda k, d: nc.get(k, d)  # noqa: E731
     return _virtual_node(
-        context.run_id, str(get("dataset", "hapt")), str(get("scenario", "sensor-bind")), int(get("seed", 0)),
-        int(nc["partition-id"]), int(nc["num-partitions"]), cap, str(rc.get("state-dir", "")),
-        str(get("signing-key", os.environ.get("EDGEBIND_SIGNING_KEY", ""))), str(get("signing-key-id", "")),
-        float(rc.get("dropout", 0.0)), str(rc.get("dropout-mode", "raise")), float(rc.get("round-timeout", 600.0)),
+        context.run_id, str(get("dataset", cfg.dataset)), str(get("scenario", cfg.scenario)), int(get("seed", cfg.seed)),
+        int(nc["partition-id"]), int(nc["num-partitions"]), cfg.window_cap(), cfg.state_dir,
+        str(get("signing-key", cfg.signing_key or os.environ.get("EDGEBIND_SIGNING_KEY", ""))), str(get("signing-key-id", cfg.signing_key_id)),
+        cfg.dropout, cfg.dropout_mode, cfg.round_timeout,
     )  # fmt: skip
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from common.codec import bundle_to_states, parse_message
+from common.config import CampaignConfig
 from common.data import load_dataset
 from common.data.scenarios import Scenario
 from common.towers import AlignedModel
@@ -43,9 +44,8 @@ QUICK_WINDOWS = 240
 
 
 def _campaign_overrides(quick: bool) -> dict:
-    if quick:
-        return {"max_windows_per_group": QUICK_WINDOWS, "pretrain_rounds": 1, "local_epochs": 1, "align_epochs": 6, "head_steps": 120, "head_finetune_steps": 60,
-                "finetune_rounds": 2, "finetune_steps": 20}  # fmt: skip
+    if quick:  # the campaign's one quick schedule, on a few more windows per group
+        return {**CampaignConfig.QUICK, "max_windows_per_group": QUICK_WINDOWS}
     return {"max_windows_per_group": DEMO_WINDOWS, "pretrain_rounds": 3, "local_epochs": 2, "align_epochs": 20, "head_steps": 300, "head_finetune_steps": 200,
             "finetune_rounds": 4, "finetune_steps": 60}  # fmt: skip
 

@@ -75,9 +75,6 @@ OWNED = ("logs", "nodes", "coordinator", "mosquitto", "campaign", "summary.json"
 # are `edgebind-sim experiment` and `edgebind-sim run`), so it is capped too.
 QUICK_WINDOWS = 64
 FULL_WINDOWS = 400
-# Run config overrides: quick is 1 pretraining round and small epochs, set
-# explicitly (the run config's own `quick` would force 2 rounds).
-QUICK_SCHEDULE = {"pretrain-rounds": 1, "local-epochs": 1, "align-epochs": 4, "head-steps": 60, "head-finetune-steps": 40, "finetune-rounds": 2, "finetune-steps": 10}
 
 
 class DeployError(RuntimeError):
@@ -763,7 +760,7 @@ class Deployment:
     def run_campaign(self) -> None:
         t = time.monotonic()
         self.results_path = self.out / "campaign" / "results.json"
-        schedule = QUICK_SCHEDULE if self.quick else {}
+        schedule = {"quick": True} if self.quick else {}  # the campaign's one quick schedule (CampaignConfig.QUICK)
         rc = {"dataset": self.dataset, "scenario": self.scenario, "seed": self.seed, "campaign-id": self.campaign_id,
               "results-path": str(self.results_path), "expected-nodes": self.n, "min-nodes": self.n,
               "discovery-timeout": self.t.discovery, "round-timeout": self.t.round, "coordinator-threads": 1 if self.quick else 2,

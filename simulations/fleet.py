@@ -26,7 +26,7 @@ from pathlib import Path
 
 from common.data import load_dataset
 from common.data.scenarios import Scenario
-from coordinator.phases import CampaignConfig
+from common.config import CampaignConfig
 from node_agent.data import dropouts, fleet_layout, node_id_of
 from simulations.experiments.common import commit_of, fingerprint
 

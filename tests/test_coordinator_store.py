@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from coordinator.store import CoordinatorStore, EmbeddingBatchRecord, open_store
+from tests.store_suite import StoreSuite
 
 CONFIG = {"plan": "acc>gyro", "bind": {"k": 5, "temperature": 0.07}, "modalities": ["acc", "gyro"]}
 
@@ -63,26 +64,8 @@ def in_threads(*jobs: Callable[[], Any]) -> list[Any]:
     return results
 
 
-class CoordinatorStoreSuite:
+class CoordinatorStoreSuite(StoreSuite):
     """Behaviour every CoordinatorStore backend must show. Subclasses say how to open one."""
-
-    reopenable = True  # False where closing the store loses the database (SQLite in memory)
-
-    def store_factory(self) -> CoordinatorStore:
-        """A new handle on this test's database (the same database each call, where reopenable)."""
-        raise NotImplementedError(f"{type(self).__name__} must say how to open its backend (store_factory)")
-
-    @pytest.fixture(autouse=True)
-    def _close_opened(self) -> Iterator[None]:
-        self.opened: list[CoordinatorStore] = []
-        yield
-        for s in self.opened:
-            s.close()
-
-    def open(self) -> CoordinatorStore:
-        store = self.store_factory()
-        self.opened.append(store)
-        return store
 
     def another_handle(self, store: CoordinatorStore) -> CoordinatorStore:
         """A second handle on the same database (its own connections where the backend allows)."""

@@ -129,7 +129,8 @@ def test_campaign_on_an_in_process_grid(tmp_path):
     res, grid = in_process_campaign(tmp_path)
     assert res["state"] == "done" and res["missing_nodes"] == []
     assert set(res["accuracy"]) == {"a", "b", "a+b"}
-    assert all(0 <= m["accuracy"] <= 1 and m["n"] > 0 for m in res["accuracy"].values())
+    # the synthetic classes are sinusoids of three frequencies: a campaign that learns scores near 1, chance is 1/3
+    assert all(m["accuracy"] >= 0.9 and m["macro_f1"] >= 0.9 and m["n"] > 0 for m in res["accuracy"].values()), res["accuracy"]
     assert set(res["nodes"]) == {"sa-000", "sa-001", "sb-000", "sb-001", "lab-000", "validation-000", "test-000"}
     assert res["pairs"][0]["groups"] == ["sa", "sb"] and res["pairs"][0]["pairs"] > 0
     assert res["phases"]["push"]["nodes_applied"] == 7
@@ -150,6 +151,7 @@ def test_federated_finetuning_keeps_the_round_validation_chose_and_installs_it(t
     # both paths were scored on the test node, and the model pushed is the one chosen: its evaluation matches
     pushed = ft["test"]["finetuned" if ft["chosen_round"] > 0 else "head_on_features"]
     assert res["accuracy"]["a+b"]["accuracy"] == pytest.approx(pushed["accuracy"])
+    assert res["accuracy"]["a+b"]["macro_f1"] >= 0.9  # chance is 1/3
     assert res["phases"]["push"]["nodes_applied"] == 7
     if ft["chosen_round"] > 0:  # fine-tuned encoders went out with the bundles that name them
         assert {b["encoder_version"] for b in res["bundles"].values()}.isdisjoint({""})
@@ -160,6 +162,7 @@ def test_federated_finetuning_draws_a_share_of_the_labelled_nodes_each_round(tmp
     res, grid = in_process_campaign(tmp_path, lab_nodes=4, id_base=2**63 - 6, **{"finetune-rounds": 3, "finetune-steps": 3, "finetune-fraction": 0.5})
     assert res["state"] == "done"
     assert [r.get("nodes") for r in res["finetune"]["rounds"][1:]] == [2, 2, 2]  # two of the four labelled nodes per round
+    assert all(r["macro_f1"] >= 0.9 for r in res["finetune"]["rounds"])  # every round's model, scored on validation, still works
     assert grid.sent.count("train.finetune") == 6
 
 
@@ -290,7 +293,8 @@ def test_fleet_campaign_on_hapt(tmp_path):
     wall = time.time() - t0
     assert res["state"] == "done" and res["missing_nodes"] == []
     assert set(res["accuracy"]) == {"gravity", "lin_acc", "gravity+lin_acc"}
-    assert all(0 <= m["accuracy"] <= 1 and m["n"] > 0 for m in res["accuracy"].values())
+    # the synthetic classes are sinusoids of three frequencies: a campaign that learns scores near 1, chance is 1/3
+    assert all(m["accuracy"] >= 0.9 and m["macro_f1"] >= 0.9 and m["n"] > 0 for m in res["accuracy"].values()), res["accuracy"]
     assert res["fleet"]["nodes"] == 6 and len(res["nodes"]) == 6
     assert len(res["fleet"]["dataset_sha256"]) == 64 and res["fleet"]["commit"] != "unknown"
     assert res["phases"]["push"]["nodes_applied"] == 6

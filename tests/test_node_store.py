@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from node_agent.store import NodeStore, open_store, pack_array, unpack_array
+from tests.store_suite import StoreSuite
 
 SHA_A, SHA_B = "a" * 64, "b" * 64
 
@@ -28,26 +28,8 @@ def snapshot(store: NodeStore, modality: str = "acc") -> tuple[list[str], np.nda
     return w.ids, w.data, w.labels
 
 
-class NodeStoreSuite:
+class NodeStoreSuite(StoreSuite):
     """Behaviour every NodeStore backend must show. Subclasses say how to open one."""
-
-    reopenable = True  # False where closing the store loses the database (SQLite in memory)
-
-    def store_factory(self) -> NodeStore:
-        """A new handle on this test's database (the same database each call, where reopenable)."""
-        raise NotImplementedError(f"{type(self).__name__} must say how to open its backend (store_factory)")
-
-    @pytest.fixture(autouse=True)
-    def _close_opened(self) -> Iterator[None]:
-        self.opened: list[NodeStore] = []
-        yield
-        for s in self.opened:
-            s.close()
-
-    def open(self) -> NodeStore:
-        store = self.store_factory()
-        self.opened.append(store)
-        return store
 
     @pytest.fixture
     def store(self) -> NodeStore:

@@ -14,6 +14,7 @@ from sklearn.metrics import f1_score
 
 from common.data.dataset import WindowDataset
 from common.data.scenarios import Scenario, split
+from common.config import CampaignConfig
 from common.evaluate import HeadConfig
 from common.mmbind import AlignConfig
 from common.pretrain import PretrainConfig
@@ -172,32 +173,32 @@ def test_finetune_aggregation_is_per_block_over_the_nodes_that_hold_it():
     cur = {"model.prototype.net.0.weight": torch.zeros(2, 2), "model.encoders.a.w": torch.zeros(3), "model.encoders.b.w": torch.zeros(3)}
     only_a = ({"model.prototype.net.0.weight": torch.ones(2, 2), "model.encoders.a.w": torch.ones(3)}, 1.0)
     only_b = ({"model.prototype.net.0.weight": 3 * torch.ones(2, 2), "model.encoders.b.w": 2 * torch.ones(3)}, 3.0)
-    out = P.FinetuneAggregator(P.CampaignConfig()).aggregate(1, cur, [only_a, only_b])
+    out = P.FinetuneAggregator(CampaignConfig()).aggregate(1, cur, [only_a, only_b])
     assert torch.allclose(out["model.prototype.net.0.weight"], torch.full((2, 2), 2.5))  # weighted by labelled windows
     assert torch.allclose(out["model.encoders.a.w"], torch.ones(3)) and torch.allclose(out["model.encoders.b.w"], 2 * torch.ones(3))
-    adam = P.FinetuneAggregator(P.CampaignConfig(finetune_strategy="fedadam", finetune_server_lr=0.1))
+    adam = P.FinetuneAggregator(CampaignConfig(finetune_strategy="fedadam", finetune_server_lr=0.1))
     step1 = adam.aggregate(1, cur, [only_a, only_b])
     assert 0 < float(step1["model.encoders.a.w"][0]) <= 0.1 + 1e-6  # a server step towards the nodes, of about eta
     assert set(adam.strategies) == {"a", "b", "shared"}
     with pytest.raises(ValueError, match="shape"):
-        P.FinetuneAggregator(P.CampaignConfig()).aggregate(1, cur, [({"model.encoders.a.w": torch.ones(4), "model.prototype.net.0.weight": torch.ones(2, 2)}, 1.0)])
+        P.FinetuneAggregator(CampaignConfig()).aggregate(1, cur, [({"model.encoders.a.w": torch.ones(4), "model.prototype.net.0.weight": torch.ones(2, 2)}, 1.0)])
     with pytest.raises(ValueError, match="non-finite"):
-        P.FinetuneAggregator(P.CampaignConfig()).aggregate(1, cur, [({"model.encoders.a.w": torch.full((3,), float("nan")), "model.prototype.net.0.weight": torch.ones(2, 2)}, 1.0)])
+        P.FinetuneAggregator(CampaignConfig()).aggregate(1, cur, [({"model.encoders.a.w": torch.full((3,), float("nan")), "model.prototype.net.0.weight": torch.ones(2, 2)}, 1.0)])
     with pytest.raises(ValueError, match="finetune-strategy"):
-        P.CampaignConfig.from_run_config({"finetune-strategy": "fedmagic"})
+        CampaignConfig.from_run_config({"finetune-strategy": "fedmagic"})
 
 
 def test_finetune_settings_travel_to_the_node_unchanged():
     from common.evaluate import LocalFinetuneConfig
 
-    cfg = P.CampaignConfig.from_run_config({"finetune-lr": 1e-3, "finetune-head-lr": 3e-3, "finetune-steps": 7, "finetune-strategy": "fedprox", "finetune-mu": 0.2})
+    cfg = CampaignConfig.from_run_config({"finetune-lr": 1e-3, "finetune-head-lr": 3e-3, "finetune-steps": 7, "finetune-strategy": "fedprox", "finetune-mu": 0.2})
     local = cfg.local_finetune()
     assert (local.tower_lr, local.encoder_lr, local.head_lr, local.steps, local.proximal_mu) == (1e-3, 1e-3, 3e-3, 7, 0.2)
     assert LocalFinetuneConfig.from_wire(local.to_wire()) == local
     assert LocalFinetuneConfig.from_wire({"steps": 3}) == LocalFinetuneConfig(steps=3)  # what a message lacks keeps its default
     for bad in ({"finetune-fraction": 0}, {"finetune-fraction": 1.5}, {"finetune-lr": 0}, {"finetune-head-lr": -1}):
         with pytest.raises(ValueError, match=next(iter(bad))):
-            P.CampaignConfig.from_run_config(bad)
+            CampaignConfig.from_run_config(bad)
 
 
 def test_local_finetune_round_trip_and_validation(ds, sc):
@@ -322,12 +323,15 @@ def test_a_node_holding_out_subjects_uploads_each_part_under_its_group(campaign,
 def test_bind_grow_head_bundles_apply_and_evaluate(campaign, ds, sc):
     store, runtimes = campaign["store"], campaign["runtimes"]
     groups = P.group_data(store, "c1", campaign["infos"])
-    bs = P.BindSettings("sensor", "s", P.CampaignConfig().weighting(), k=1)
+    bs = P.BindSettings("sensor", "s", CampaignConfig().weighting(), k=1)
     bound = P.bind(groups, bs, seed=0, store=store, campaign_id="c1")
     (info,) = bound.info
     assert info["groups"] == ["sa", "sb"] and info["pairs"] > 0 and 0 <= info["mean_weight"] <= 1
     stored = store.pairs("c1", info["stage"])
     assert len(stored) == info["pairs"]
+    row = lambda w: int(w.split(":")[1])  # noqa: E731  (window ids name the dataset row)
+    same = np.mean([ds.y[row(a)] == ds.y[row(b)] for a, b in zip(stored.src_window_ids, stored.dst_window_ids)])
+    assert same >= 0.8  # bound through "s", the pairs mostly join windows of one class (chance: 1/3)
     assert set(bound.samples.modalities) == {"s", "a", "b"}
     specs = {m: ds.spec(m) for m in sc.modalities}
     model = P.new_model(specs, TOWER, 0, {m: s["encoder"] for m, s in campaign["glob"].items()})
@@ -381,9 +385,17 @@ def test_label_binding_pairs_same_class_windows(campaign):
     g = {k: groups[k] for k in ("sa", "lab")}
     g["sa"].labels = np.full(len(g["sa"]), -1)
     g["sa"].labels[::3] = np.random.default_rng(0).integers(0, 3, len(g["sa"].labels[::3]))  # as if "sa" had labels
-    bound = P.bind(g, P.BindSettings("label", k=1, label_pairs_per_sample=2), seed=0)
+    store = open_store("sqlite://")
+    store.create_campaign("lb", {})
+    bound = P.bind(g, P.BindSettings("label", k=1, label_pairs_per_sample=2), seed=0, store=store, campaign_id="lb")
     (info,) = bound.info
     assert info["pairs"] > 0 and bound.samples.label.min() >= 0
+    label_of = {w: int(y) for d in g.values() for w, y in zip(d.window_ids, d.labels)}
+    stored = store.pairs("lb", info["stage"])
+    assert len(stored) == info["pairs"]
+    pair_labels = [(label_of[a], label_of[b]) for a, b in zip(stored.src_window_ids, stored.dst_window_ids)]
+    assert all(a == b >= 0 for a, b in pair_labels)  # every pair joins two windows of one class, never an unlabelled one
+    assert len({a for a, _ in pair_labels}) == 3  # and every class is bound
 
 
 def test_macro_f1_is_computed_once_and_matches_sklearn():
@@ -409,19 +421,19 @@ def test_pyproject_run_config_matches_the_campaign_config():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     app = project["tool"]["flwr"]["app"]
     assert app["components"] == {"serverapp": "coordinator.server_app:app", "clientapp": "node_agent.client_app:app"}
-    cfg = P.CampaignConfig.from_run_config(app["config"])
+    cfg = CampaignConfig.from_run_config(app["config"])
     assert cfg.to_run_config() == app["config"], "pyproject.toml and CampaignConfig defaults drifted apart"
-    assert sorted(app["config"]) == sorted(P.CampaignConfig.keys())
+    assert sorted(app["config"]) == sorted(CampaignConfig.keys())
 
 
 def test_run_config_is_checked():
     with pytest.raises(ValueError, match="unknown run config key 'epochs'"):
-        P.CampaignConfig.from_run_config({"epochs": 3})
+        CampaignConfig.from_run_config({"epochs": 3})
     with pytest.raises(ValueError, match="must be int"):
-        P.CampaignConfig.from_run_config({"seed": "zero"})
+        CampaignConfig.from_run_config({"seed": "zero"})
     with pytest.raises(ValueError, match="bounded"):
-        P.CampaignConfig.from_run_config({"round-timeout": 0.0})
-    quick = P.CampaignConfig.from_run_config({"quick": True, "align-epochs": 99, "seed": 3})  # quick wins
+        CampaignConfig.from_run_config({"round-timeout": 0.0})
+    quick = CampaignConfig.from_run_config({"quick": True, "align-epochs": 99, "seed": 3})  # quick wins
     assert (quick.align_epochs, quick.pretrain_rounds, quick.seed) == (4, 2, 3)
     key, key_id, source = P.signing_key("", "", {"EDGEBIND_SIGNING_KEY": "ab" * 16})
     assert (key, source) == (b"\xab" * 16, "env") and key_id.startswith("k-")
@@ -475,12 +487,12 @@ def test_store_node_data_lines_up_modalities_by_span(ds):
 
 
 def test_the_schedules_match_the_central_experiments():
-    from node_agent.client_app import QUICK_MAX_WINDOWS
     from simulations.experiments.mmbind import MMBindSettings
 
-    for cfg, st in ((P.CampaignConfig(), MMBindSettings()), (P.CampaignConfig.from_run_config({"quick": True}), MMBindSettings.quick())):
+    for cfg, st in ((CampaignConfig(), MMBindSettings()), (CampaignConfig.from_run_config({"quick": True}), MMBindSettings.quick())):
         assert cfg.pretrain_rounds * cfg.local_epochs == st.pretrain.epochs
         assert (cfg.align_epochs, cfg.head_steps, cfg.pretrain_objective) == (st.align.epochs, st.head.steps, st.pretrain.objective)
         assert cfg.head() == st.head
         assert (cfg.bind_k, cfg.label_pairs_per_sample, cfg.weighting()) == (st.k, st.label_pairs_per_sample, st.weighting)
-    assert QUICK_MAX_WINDOWS == MMBindSettings.quick().max_windows_per_group
+    assert CampaignConfig.from_run_config({"quick": True}).window_cap() == MMBindSettings.quick().max_windows_per_group == 160
+    assert CampaignConfig.from_run_config({"quick": True, "max-windows-per-group": 40}).window_cap() == 40

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from common.binding import PairWeighting
+from common.config import CampaignConfig
 from common.data import load_dataset
 from common.data.dataset import WindowDataset
 from common.data.scenarios import Scenario, Split, split
@@ -60,12 +61,14 @@ class MMBindSettings:
 
     @classmethod
     def quick(cls) -> MMBindSettings:
+        """The campaign's quick schedule (``CampaignConfig.QUICK``), centrally."""
+        q = CampaignConfig.from_run_config({"quick": True})
         return cls(
-            pretrain=PretrainConfig(epochs=2),
-            align=AlignConfig(epochs=4),
-            head=HeadConfig(steps=60, finetune_steps=40),
-            raw_head=HeadConfig(steps=60, finetune_steps=60),
-            max_windows_per_group=160,
+            pretrain=PretrainConfig(epochs=q.pretrain_rounds * q.local_epochs),
+            align=q.align(),
+            head=q.head(),
+            raw_head=HeadConfig(steps=q.head_steps, finetune_steps=60),
+            max_windows_per_group=q.window_cap(),
         )
 
 
