@@ -1,0 +1,36 @@
+"""The package layering the design promises: ``common`` (the learning library) pulls in no Flower, MQTT, gRPC or database."""
+
+from __future__ import annotations
+
+import json
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import common
+
+ROOT = Path(__file__).resolve().parents[1]
+FORBIDDEN = ("flwr", "paho", "grpc", "sqlalchemy", "psycopg")
+# The SQL base of the node's and the coordinator's stores: both need it and neither may import the other, so it waits here
+# until the stores move to a package of their own; nothing else in common imports it.
+SQL_BASE = "common.sqlbase"
+
+
+def test_common_imports_no_flower_mqtt_grpc_or_database():
+    modules = sorted(m.name for m in pkgutil.walk_packages(common.__path__, "common.") if m.name != SQL_BASE)
+    assert "common.codec" in modules and "common.growth" in modules and "common.config" in modules
+    code = (
+        "import importlib, json, sys\n"
+        f"for m in {modules!r}: importlib.import_module(m)\n"
+        f"print(json.dumps(sorted({{n.split('.')[0] for n in sys.modules}} & set({list(FORBIDDEN)!r}))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_only_the_stores_use_the_sql_base():
+    imports = lambda p: any(line.lstrip().startswith(("from common.sqlbase", "import common.sqlbase")) for line in p.read_text().splitlines())  # noqa: E731
+    users = sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("*/**/*.py") if "tests" not in p.parts and imports(p))
+    assert users == ["coordinator/store.py", "node_agent/store.py"]
