@@ -22,10 +22,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def signal_group(proc: subprocess.Popen, sig: int) -> None:
+def signal_group(proc: subprocess.Popen | int, sig: int) -> None:
+    """Send ``sig`` to the process group a child (or a group id) leads; a group already gone, or not ours, is left alone."""
     try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
+        os.killpg(proc if isinstance(proc, int) else proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def signal_pid(pid: int, sig: int) -> None:
+    """Send ``sig`` to one process; one already gone, or not ours, is left alone."""
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
         pass
 
 

@@ -65,6 +65,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.processes import free_port, signal_group, signal_pid
+
 HOST = "127.0.0.1"
 FRAME_LEN = 64  # samples per SensorFrame (replay's default)
 MARKER = ".edgebind-deploy-local"  # an out dir with this file is ours to clear
@@ -253,14 +255,14 @@ class Supervisor:
         """SIGTERM these children's process groups together; SIGKILL whatever is left after ``grace``."""
         live = [c for c in children if c.proc.poll() is None]
         for c in children:
-            _killpg(c.proc.pid, signal.SIGTERM)  # also when it exited: its group may outlive it
+            signal_group(c.proc.pid, signal.SIGTERM)  # also when it exited: its group may outlive it
         deadline = time.monotonic() + grace
         for c in live:
             while c.proc.poll() is None and time.monotonic() < deadline and not self.hurry.is_set():
                 time.sleep(0.1)
             if c.proc.poll() is None:
                 print(f"[deploy-local] {c.name} (pid {c.proc.pid}) ignored SIGTERM; killing it", flush=True)
-                _killpg(c.proc.pid, signal.SIGKILL)
+                signal_group(c.proc.pid, signal.SIGKILL)
                 c.proc.wait(10)
 
     def sweep(self, grace: float = 5.0) -> list[str]:
@@ -292,13 +294,13 @@ class Supervisor:
             for key, name in left.items():
                 self.seen.setdefault(key, name)
         for pid, _ in left:
-            _kill(pid, signal.SIGTERM)
+            signal_pid(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and any(process_running(p, s) for p, s in left):
             time.sleep(0.1)
         for pid, start in left:
             if process_running(pid, start):
-                _kill(pid, signal.SIGKILL)
+                signal_pid(pid, signal.SIGKILL)
         return sorted(set(left.values()))
 
     def close(self) -> None:
@@ -346,20 +348,6 @@ def _cmd_name(pid: int) -> str:
     return os.path.basename(argv[0]) if argv else str(pid)
 
 
-def _killpg(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _kill(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
 def tail(path: Path, lines: int = 40) -> str:
     try:
         data = Path(path).read_bytes()[-64_000:].decode(errors="replace")
@@ -371,12 +359,6 @@ def tail(path: Path, lines: int = 40) -> str:
 def find_mosquitto() -> str | None:
     """The mosquitto binary (on PATH, or in sbin where distributions put it), or None."""
     return shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def _listening(port: int) -> bool:
@@ -563,7 +545,7 @@ class Deployment:
             raise FileNotFoundError("mosquitto is not installed (apt-get install -y mosquitto)")
         root = self.out / "mosquitto"
         (root / "data").mkdir(parents=True, exist_ok=True)
-        self.mqtt_port = _free_port()
+        self.mqtt_port = free_port(HOST)
         conf = root / "mosquitto.conf"
         conf.write_text(mosquitto_conf(self.mqtt_port, str(root / "data"), host=HOST))
         self.broker = f"{HOST}:{self.mqtt_port}"
@@ -580,9 +562,9 @@ class Deployment:
     def start_coordinator_and_nodes(self) -> None:
         """The coordinator and the node agents start together (SuperNodes retry until the SuperLink listens)."""
         t = time.monotonic()
-        self.superlink_port, self.registry_port = _free_port(), _free_port()
+        self.superlink_port, self.registry_port = free_port(HOST), free_port(HOST)
         while self.registry_port == self.superlink_port:
-            self.registry_port = _free_port()
+            self.registry_port = free_port(HOST)
         cdir = self.out / "coordinator"
         cdir.mkdir(parents=True, exist_ok=True)
         self.ready_file = cdir / "ready.json"
