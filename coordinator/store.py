@@ -54,11 +54,11 @@ __all__ = [
     "CoordinatorStore",
     "EmbeddingBatchRecord",
     "Embeddings",
-    "MetricRecord",
+    "MetricRow",
     "NodeRecord",
     "NodeStatus",
     "Pairs",
-    "StageRecord",
+    "StageStatus",
     "open_store",
     "pack_array",
     "unpack_array",
@@ -335,8 +335,8 @@ class Pairs:
 
 
 @dataclass(frozen=True)
-class StageRecord:
-    """One stage of a campaign's growth plan, as last recorded."""
+class StageStatus:
+    """A campaign stage's status as last recorded in the store (the training record of a stage is ``common.growth.StageRecord``)."""
 
     index: int
     name: str
@@ -347,7 +347,7 @@ class StageRecord:
 
 
 @dataclass(frozen=True)
-class MetricRecord:
+class MetricRow:
     """One reported metric (node_id "" for the coordinator's own)."""
 
     node_id: str
@@ -711,7 +711,7 @@ class CoordinatorStore(SqlStore):
                 raise ValueError(f"stage {index} of {campaign_id!r} is {row.name!r}, not {name!r}")
             row.status, row.metrics, row.checkpoint_path, row.updated_ns = status, m, path, now
 
-    def stages(self, campaign_id: str) -> list[StageRecord]:
+    def stages(self, campaign_id: str) -> list[StageStatus]:
         """A campaign's recorded stages, by index."""
         _name("campaign_id", campaign_id)
         with self._tx() as s:
@@ -719,7 +719,7 @@ class CoordinatorStore(SqlStore):
                 select(_StageRow).where(_StageRow.campaign_id == campaign_id).order_by(_StageRow.stage_index)
             ).all()
         return [
-            StageRecord(r.stage_index, r.name, r.status, json.loads(r.metrics), r.checkpoint_path, r.updated_ns)
+            StageStatus(r.stage_index, r.name, r.status, json.loads(r.metrics), r.checkpoint_path, r.updated_ns)
             for r in rows
         ]
 
@@ -810,7 +810,7 @@ class CoordinatorStore(SqlStore):
                     .values(value=float(value), recorded_ns=now)
                 )
 
-    def metrics(self, campaign_id: str) -> list[MetricRecord]:
+    def metrics(self, campaign_id: str) -> list[MetricRow]:
         """A campaign's metrics, by (node, name, subset)."""
         _name("campaign_id", campaign_id)
         with self._tx() as s:
@@ -819,7 +819,7 @@ class CoordinatorStore(SqlStore):
                 .where(_MetricRow.campaign_id == campaign_id)
                 .order_by(_MetricRow.node_id, _MetricRow.name, _MetricRow.subset)
             ).all()
-        return [MetricRecord(r.node_id, r.name, r.subset, r.value, r.recorded_ns) for r in rows]
+        return [MetricRow(r.node_id, r.name, r.subset, r.value, r.recorded_ns) for r in rows]
 
 
 def _or_unknown(a: np.ndarray | None, n: int) -> np.ndarray:
