@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from google.protobuf.message import DecodeError, Message
 
+from common.modalities import ModalitySpec
 from proto import edgebind_pb2 as pb
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
@@ -150,6 +151,83 @@ def parse_message(data: bytes, message_type: type[M], max_bytes: int = DEFAULT_M
 
 def parse_embedding_batch(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> pb.EmbeddingBatch:
     return parse_message(data, pb.EmbeddingBatch, max_bytes)
+
+
+# --- manifests ---------------------------------------------------------------
+
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_NAME = 128  # node ids, modality, group and class names
+MAX_CHANNELS = 1024
+MAX_WINDOW = 1 << 16  # samples per window
+MAX_RATE_HZ = 1e5
+ROLES = ("train", "validation", "test")
+
+
+def encode_manifest(
+    node_id: str,
+    group: str,
+    role: str,
+    specs: Mapping[str, ModalitySpec],
+    counts: Mapping[str, tuple[int, int]],
+    classes: Sequence[str],
+    parts: Sequence[tuple[str, str, int, int]],
+) -> pb.NodeManifest:
+    """What a node holds: ``counts`` maps modality -> (windows, labelled); ``parts`` are (group, role, windows, labelled), its own first."""
+    return pb.NodeManifest(
+        node_id=node_id, group=group, role=role, classes=list(classes),
+        modalities=[pb.ModalityInfo(name=m, channels=s.channels, rate_hz=s.rate_hz, window=s.window, n_windows=counts[m][0], n_labelled=counts[m][1])
+                    for m, s in sorted(specs.items())],
+        parts=[pb.NodePartInfo(group=g, role=r, n_windows=w, n_labelled=n) for g, r, w, n in parts],
+    )  # fmt: skip
+
+
+def decode_manifest(data: bytes) -> pb.NodeManifest:
+    """A node's manifest from wire bytes, every field checked: names non-empty and short, specs within bounds, no duplicates.
+
+    Raises CodecError naming the field that is wrong.
+    """
+    m = parse_message(bytes(data), pb.NodeManifest, MAX_MANIFEST_BYTES)
+    who = f"manifest of {m.node_id[:MAX_NAME]!r}"
+    _manifest_name("node_id", m.node_id, "manifest")
+    _manifest_name("group", m.group, who)
+    if m.role not in ROLES:
+        raise CodecError(f"{who}: role {m.role[:MAX_NAME]!r} is not one of {', '.join(ROLES)}")
+    if not m.modalities:
+        raise CodecError(f"{who}: announces no modality")
+    names = [mi.name for mi in m.modalities]
+    if len(set(names)) != len(names):
+        raise CodecError(f"{who}: a modality is announced twice ({sorted(names)})")
+    for mi in m.modalities:
+        _manifest_name("modality name", mi.name, who)
+        if not 1 <= mi.channels <= MAX_CHANNELS:
+            raise CodecError(f"{who}: modality {mi.name!r} has {mi.channels} channels (allowed 1..{MAX_CHANNELS})")
+        if not 1 <= mi.window <= MAX_WINDOW:
+            raise CodecError(f"{who}: modality {mi.name!r} has windows of {mi.window} samples (allowed 1..{MAX_WINDOW})")
+        if not (math.isfinite(mi.rate_hz) and 0 < mi.rate_hz <= MAX_RATE_HZ):
+            raise CodecError(f"{who}: modality {mi.name!r} has rate {mi.rate_hz} Hz (allowed (0, {MAX_RATE_HZ:g}])")
+        if mi.n_labelled > mi.n_windows:
+            raise CodecError(f"{who}: modality {mi.name!r} has more labelled windows ({mi.n_labelled}) than windows ({mi.n_windows})")
+    for c in m.classes:
+        _manifest_name("class name", c, who)
+    roles = [p.role for p in m.parts]
+    if len(set(roles)) != len(roles):
+        raise CodecError(f"{who}: more than one part with the same role ({roles})")
+    for p in m.parts:
+        _manifest_name("part group", p.group, who)
+        if p.role not in ROLES or p.n_labelled > p.n_windows:
+            raise CodecError(f"{who}: part {p.group!r} has role {p.role[:MAX_NAME]!r} and {p.n_labelled} labelled of {p.n_windows} windows")
+    if m.parts and (m.parts[0].group, m.parts[0].role) != (m.group, m.role):
+        raise CodecError(f"{who}: its first part must be its own group {m.group!r} ({m.role}), not {m.parts[0].group!r} ({m.parts[0].role})")
+    return m
+
+
+def manifest_specs(m: pb.NodeManifest) -> dict[str, ModalitySpec]:
+    return {mi.name: ModalitySpec(mi.name, channels=int(mi.channels), rate_hz=float(mi.rate_hz), window=int(mi.window)) for mi in m.modalities}
+
+
+def _manifest_name(what: str, value: str, who: str) -> None:
+    if not value or len(value) > MAX_NAME or not value.isprintable() or value != value.strip():
+        raise CodecError(f"{who}: {what} {value[:MAX_NAME]!r} must be 1..{MAX_NAME} printable characters without surrounding space")
 
 
 # --- embeddings --------------------------------------------------------------

@@ -23,7 +23,7 @@ import torch
 
 from common.binding import PairWeighting
 from common.config import FINETUNE_STRATEGIES, CampaignConfig
-from common.codec import CodecError, bundle_from_modules, decode_embeddings, key_id_of, parse_embedding_batch, sign_bundle
+from common.codec import CodecError, bundle_from_modules, decode_embeddings, decode_manifest, key_id_of, manifest_specs, parse_embedding_batch, sign_bundle
 from common.evaluate import HeadConfig, confusion_metrics
 from common.evaluate import fit_head as _fit_head
 from common.mmbind import AlignConfig, PseudoPairs, align, label_pseudo_pairs, pseudo_pair_samples, sensor_pseudo_pairs
@@ -199,6 +199,29 @@ class NodeInfo:
     def group_of(self, batch_group: str) -> str:
         """The group a batch belongs to: the one it names, else the node's own."""
         return batch_group or self.group
+
+
+def read_manifest(
+    blob: bytes, flower_id: int, known: Mapping[str, ModalitySpec] | None = None, taken: Container[str] = ()
+) -> tuple[NodeInfo, dict[str, ModalitySpec], list[str]]:
+    """A node's manifest (``NodeManifest`` bytes) as (NodeInfo, its specs, its class names), or ValueError naming what is wrong.
+
+    Refused besides what ``decode_manifest`` refuses: a node id another node
+    already announced, and a modality whose spec differs from the one the
+    campaign already holds for it.
+    """
+    m = decode_manifest(blob)
+    if m.node_id in taken:
+        raise ValueError(f"node id {m.node_id!r} is already held by another node in this campaign")
+    specs = manifest_specs(m)
+    for mod, spec in specs.items():
+        if known and mod in known and known[mod] != spec:
+            raise ValueError(f"modality {mod!r} announced as {spec}, but the campaign holds it as {known[mod]}")
+    parts = [NodePart(p.group, p.role, int(p.n_windows), int(p.n_labelled)) for p in m.parts]
+    windows = max(int(mi.n_windows) for mi in m.modalities)
+    labelled = max(int(mi.n_labelled) for mi in m.modalities)
+    info = NodeInfo(m.node_id, m.group, m.role, sorted(specs), windows, labelled, flower_id, parts)
+    return info, specs, list(m.classes)
 
 
 @dataclass

@@ -43,13 +43,13 @@ from flwr.serverapp import Grid, ServerApp
 from common.evaluate import confusion_metrics
 from common.data.scenarios import Scenario
 from common.codec import state_version
+from common.config import CampaignConfig
 from common.device import pick_device
 from common.modalities import ModalitySpec
 from common.samples import SampleSet
 from common.towers import SHARED_BLOCK, TowerConfig, block_of, flat_state, model_from_flat
 from coordinator import phases
-from common.config import CampaignConfig
-from coordinator.phases import NodeInfo, NodePart
+from coordinator.phases import NodeInfo
 from coordinator.store import open_store
 
 UPLOAD_ROLES = ("train", "validation")  # whose windows' features go to the coordinator; test windows never do
@@ -227,21 +227,17 @@ class Campaign:
         classes: list[str] = []
         for f, r in sorted(replies.items()):
             try:  # one malformed manifest costs that node, not the campaign
-                m = r.content["manifest"]
-                mods = sorted(m["modalities"])
-                info = NodeInfo(str(m["node-id"]), str(m["group"]), str(m["role"]), mods, int(m["windows"]), int(m["labelled"]), f, _parts(m))
-                specs = {mod: ModalitySpec(mod, channels=int(m[f"spec.{mod}"][0]), rate_hz=float(m[f"spec.{mod}"][2]), window=int(m[f"spec.{mod}"][1]))
-                         for mod in mods}  # fmt: skip
-            except (KeyError, ValueError, TypeError, IndexError) as e:
+                info, specs, node_classes = phases.read_manifest(r.content["manifest"]["node-manifest"], f, self.specs, [n.node_id for n in self.nodes.values()])
+                held = " ".join(f"{p.group}:{p.role}" for p in info.parts)
+                self.store.upsert_node(info.node_id, {mod: asdict(spec) for mod, spec in specs.items()}, hardware=f"parts={held}")
+            except (KeyError, ValueError, TypeError) as e:
                 self.missing[f"flower:{f}"] = {"phase": "manifest", "round": 0, "reason": f"bad manifest: {type(e).__name__}: {e}"}
                 log.warning("[manifest] node flower:%s sent a bad manifest (%s: %s); leaving it out", f, type(e).__name__, e)
                 continue
             self.nodes[f] = info
             for mod, spec in specs.items():
                 self.specs.setdefault(mod, spec)
-            classes = classes or list(m["classes"])
-            held = " ".join(f"{p.group}:{p.role}" for p in self.nodes[f].parts)
-            self.store.upsert_node(str(m["node-id"]), {mod: asdict(self.specs[mod]) for mod in mods}, hardware=f"parts={held}")
+            classes = classes or node_classes
         self.classes = classes
         roles = Counter(r for n in self.nodes.values() for r in n.roles)
         self.results["nodes"] = {n.node_id: {"group": n.group, "role": n.role, "modalities": n.modalities, "windows": n.windows, "labelled": n.labelled,
@@ -477,16 +473,6 @@ class Campaign:
 def _for_node(flat: dict, node: NodeInfo) -> dict:
     """The part of a flat model state a node can use: its modalities' blocks and the shared prototype."""
     return {k: v for k, v in flat.items() if block_of(k) in (*node.modalities, SHARED_BLOCK)}
-
-
-def _parts(manifest: ConfigRecord) -> list[NodePart]:
-    """The parts a manifest announces (``part.group``, ``part.role``, ``part.windows``, ``part.labelled``)."""
-    if "part.group" not in manifest:
-        return []
-    cols = [list(manifest[f"part.{k}"]) for k in ("group", "role", "windows", "labelled")]
-    if len({len(c) for c in cols}) != 1:
-        raise ValueError(f"manifest of {manifest.get('node-id')!r}: the part.* lists differ in length")
-    return [NodePart(str(g), str(r), int(w), int(lab)) for g, r, w, lab in zip(*cols)]
 
 
 def _brief(figures: dict) -> str:

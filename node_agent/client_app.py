@@ -2,8 +2,9 @@
 
 Messages (``message_type`` -> content in, content out):
 
-- ``query.manifest``: nothing -> ``manifest`` (node id, group, role, modalities, counts,
-  and ``part.group``/``part.role``/``part.windows``/``part.labelled`` per part)
+- ``query.manifest``: nothing -> ``manifest`` (``node-manifest``: a serialised
+  ``NodeManifest``: node id, group, role, class names, each modality's spec and
+  counts, and each part the node holds, its own first)
 - ``train.pretrain``: ``config`` (round, epochs, batch-size, lr, seed, tower.*) and
   ``encoder.<m>`` / ``head.<m>`` arrays -> the trained arrays and ``metrics``
   (``n.<m>``, ``loss.<m>``); trained on the node's ``train`` part only
@@ -17,10 +18,12 @@ Messages (``message_type`` -> content in, content out):
   as Flower's strategies expect them
 - ``query.validate``: ``config`` (role, tower.*) and ``arrays`` -> ``metrics`` (accuracy,
   macro_f1, n) of that candidate model on the part's labelled windows; nothing is installed
-- ``train.apply``: ``bundles`` (serialised signed AdapterBundles), and after federated
-  fine-tuning ``encoders`` (tower.*) with ``encoder.<m>`` arrays installed first -> ``applied``, ``rejected``
+- ``train.apply``: ``bundles`` (serialised signed AdapterBundles, admitted through
+  ``node_agent.runtime.install_bundles``), and after federated fine-tuning
+  ``encoders`` (tower.*) with ``encoder.<m>`` arrays installed first -> ``applied``,
+  ``rejected`` (``<modality> v<version>`` -> reason)
 - ``evaluate``: ``config`` (role, default test) -> ``metrics`` (``<subset>/accuracy``,
-  ``/macro_f1``, ``/n``, ``/confusion``) on that part's labelled windows
+  ``/macro_f1``, ``/n``, ``/confusion``) of the model the node serves, on that part's labelled windows
 
 A message the node cannot use gets a reply with an ``error`` record (the
 reason), never an exception. Who the node is comes from ``context.node_config``:
@@ -120,27 +123,10 @@ class Node:
 @app.query("manifest")
 def manifest(msg: Message, context: Context) -> Message:
     def work(node: Node) -> RecordDict:
-        mods = node.data.modalities()
-        windows, labelled = _counts(node.data, mods)
-        per_part = [_counts(p.data, mods) for p in node.parts]
-        rec = ConfigRecord({
-            "node-id": node.node_id, "group": node.group, "role": node.role, "modalities": mods, "classes": node.data.classes(),
-            "windows": windows, "labelled": labelled,
-            "part.group": [p.group for p in node.parts], "part.role": [p.role for p in node.parts],
-            "part.windows": [w for w, _ in per_part], "part.labelled": [n for _, n in per_part],
-        })  # fmt: skip
-        for m in mods:
-            spec = node.data.spec(m)
-            rec[f"spec.{m}"] = [float(spec.channels), float(spec.window), float(spec.rate_hz)]
-        return RecordDict({"manifest": rec})
+        m = tasks.manifest(node.node_id, node.group, node.role, node.data, [(p.group, p.role, p.data) for p in node.parts])
+        return RecordDict({"manifest": ConfigRecord({"node-manifest": m.SerializeToString()})})
 
     return _handle(msg, context, "manifest", work)
-
-
-def _counts(data: NodeData, mods: list[str]) -> tuple[int, int]:
-    """(windows, labelled windows) of ``data``: the most any one modality has."""
-    ys = [data.windows(m)[2] for m in mods]
-    return max((len(y) for y in ys), default=0), max((int((y >= 0).sum()) for y in ys), default=0)
 
 
 @app.train("pretrain")

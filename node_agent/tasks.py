@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.codec import encode_embeddings
+from common.codec import encode_embeddings, encode_manifest
 from common.evaluate import LocalFinetuneConfig, finetune_local, metrics, predict, subsets
 from common.pretrain import PretrainConfig, embed_windows, make_pretrain_head, pretrain_encoder, pretrain_jointly
 from common.samples import SampleSet
@@ -118,6 +118,24 @@ def local_pretrain_joint(
 
 def _cpu_state(module: nn.Module) -> State:
     return {k: v.detach().to("cpu").clone() for k, v in module.state_dict().items()}
+
+
+# --- manifest ----------------------------------------------------------------------------
+
+
+def manifest(node_id: str, group: str, role: str, data: NodeData, parts: Sequence[tuple[str, str, NodeData]]) -> pb.NodeManifest:
+    """What the node holds, per modality and per part (its own group first, then held-out subjects), as the coordinator reads it."""
+    mods = data.modalities()
+
+    def counts(d: NodeData, m: str) -> tuple[int, int]:
+        y = d.windows(m)[2]
+        return len(y), int((y >= 0).sum())
+
+    per_part = []
+    for g, r, d in parts:
+        c = [counts(d, m) for m in mods]
+        per_part.append((g, r, max((w for w, _ in c), default=0), max((n for _, n in c), default=0)))
+    return encode_manifest(node_id, group, role, {m: data.spec(m) for m in mods}, {m: counts(data, m) for m in mods}, data.classes(), per_part)
 
 
 # --- collect -----------------------------------------------------------------------------

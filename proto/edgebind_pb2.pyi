@@ -119,17 +119,37 @@ class ModalityInfo(_message.Message):
     n_labelled: int
     def __init__(self, name: _Optional[str] = ..., channels: _Optional[int] = ..., rate_hz: _Optional[float] = ..., window: _Optional[int] = ..., n_windows: _Optional[int] = ..., n_labelled: _Optional[int] = ...) -> None: ...
 
+class NodePartInfo(_message.Message):
+    __slots__ = ("group", "role", "n_windows", "n_labelled")
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    N_WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    N_LABELLED_FIELD_NUMBER: _ClassVar[int]
+    group: str
+    role: str
+    n_windows: int
+    n_labelled: int
+    def __init__(self, group: _Optional[str] = ..., role: _Optional[str] = ..., n_windows: _Optional[int] = ..., n_labelled: _Optional[int] = ...) -> None: ...
+
 class NodeManifest(_message.Message):
-    __slots__ = ("node_id", "modalities", "hardware", "agent_version")
+    __slots__ = ("node_id", "modalities", "hardware", "agent_version", "group", "role", "classes", "parts")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     MODALITIES_FIELD_NUMBER: _ClassVar[int]
     HARDWARE_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
+    PARTS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     modalities: _containers.RepeatedCompositeFieldContainer[ModalityInfo]
     hardware: str
     agent_version: str
-    def __init__(self, node_id: _Optional[str] = ..., modalities: _Optional[_Iterable[_Union[ModalityInfo, _Mapping]]] = ..., hardware: _Optional[str] = ..., agent_version: _Optional[str] = ...) -> None: ...
+    group: str
+    role: str
+    classes: _containers.RepeatedScalarFieldContainer[str]
+    parts: _containers.RepeatedCompositeFieldContainer[NodePartInfo]
+    def __init__(self, node_id: _Optional[str] = ..., modalities: _Optional[_Iterable[_Union[ModalityInfo, _Mapping]]] = ..., hardware: _Optional[str] = ..., agent_version: _Optional[str] = ..., group: _Optional[str] = ..., role: _Optional[str] = ..., classes: _Optional[_Iterable[str]] = ..., parts: _Optional[_Iterable[_Union[NodePartInfo, _Mapping]]] = ...) -> None: ...
 
 class LatestAdaptersRequest(_message.Message):
     __slots__ = ("node_id", "modalities", "known_versions")

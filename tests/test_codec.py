@@ -374,3 +374,31 @@ def test_replay_is_rejected(bundle, known):
 def test_sign_needs_a_key():
     with pytest.raises(ValueError, match="empty key"):
         codec.sign_bundle(pb.AdapterBundle(), b"", "k1")
+
+
+def test_manifest_round_trips_and_refuses_what_it_cannot_trust():
+    from common.codec import decode_manifest, encode_manifest, manifest_specs
+    from common.modalities import ModalitySpec
+
+    specs = {"gyro": ModalitySpec("gyro", 3, 50.0, 128), "lin_acc": ModalitySpec("lin_acc", 3, 50.0, 128)}
+    m = encode_manifest("phone-7", "phone", "train", specs, {"gyro": (40, 10), "lin_acc": (38, 9)}, ["walk", "sit"],
+                        [("phone", "train", 40, 10), ("validation", "validation", 12, 12)])  # fmt: skip
+    back = decode_manifest(m.SerializeToString())
+    assert back == m and manifest_specs(back) == specs
+    bad = {
+        "rate": lambda x: setattr(x.modalities[0], "rate_hz", float("nan")),
+        "more labelled": lambda x: setattr(x.modalities[1], "n_labelled", 39),
+        "role": lambda x: setattr(x, "role", "boss"),
+        "twice": lambda x: x.modalities.add(name="gyro", channels=3, rate_hz=50.0, window=128),
+        "first part": lambda x: setattr(x.parts[0], "group", "other"),
+        "printable": lambda x: setattr(x, "group", "pho\nne"),
+        "no modality": lambda x: x.ClearField("modalities"),
+    }
+    for name, mutate in bad.items():
+        x = type(m)()
+        x.CopyFrom(m)
+        mutate(x)
+        with pytest.raises(codec.CodecError):
+            decode_manifest(x.SerializeToString())
+    with pytest.raises(codec.CodecError, match="exceeds max_bytes"):
+        decode_manifest(b"\0" * (codec.MAX_MANIFEST_BYTES + 1))

@@ -22,6 +22,7 @@ from coordinator.server_app import app as server_app
 from coordinator.server_app import exchange
 from node_agent.client_app import app as client_app
 from node_agent.data import dropouts, fleet_layout, node_id_of
+from proto import edgebind_pb2 as pb
 
 
 @pytest.fixture(autouse=True)
@@ -174,23 +175,59 @@ def test_a_silent_node_is_waited_for_only_round_timeout(tmp_path):
     assert time.time() - t0 < 120
 
 
+def _twice_train(m):
+    m.parts.add(group="sa", role="train", n_windows=1)
+
+
+def _huge_channels(m):
+    m.modalities[0].channels = 10_000
+
+
+def _no_node_id(m):
+    m.node_id = ""
+
+
+def _someone_elses_id(m):
+    m.node_id = "sa-000"  # partition 0's id, announced first
+
+
+def _other_window(m):
+    m.modalities[0].window += 1  # the campaign already holds this modality with another window
+
+
+def _garbage(m):
+    return b"\xff\xff not a protobuf"
+
+
 class CorruptManifestGrid(InProcessGrid):
-    """Node 101's manifest announces one part but two roles: malformed, as a buggy or hostile node might send."""
+    """Node 101's manifest is malformed (``mutate`` changes it), as a buggy or hostile node might send."""
+
+    mutate = staticmethod(_twice_train)
 
     def push_messages(self, messages):
         ids = super().push_messages(messages)
         for mid, msg in zip(ids, messages):
             if msg.metadata.message_type == "query.manifest" and msg.metadata.dst_node_id == 101 and mid in self.replies:
-                self.replies[mid].content["manifest"]["part.role"] = ["train", "test"]
+                rec = self.replies[mid].content["manifest"]
+                m = pb.NodeManifest.FromString(rec["node-manifest"])
+                raw = self.mutate(m)
+                rec["node-manifest"] = raw if raw is not None else m.SerializeToString()
         return ids
 
 
-def test_a_malformed_manifest_costs_that_node_not_the_campaign(tmp_path):
-    res, _ = in_process_campaign(tmp_path, grid_cls=CorruptManifestGrid)
+@pytest.mark.parametrize(
+    "mutate, reason",
+    [(_twice_train, "more than one part with the same role"), (_huge_channels, "10000 channels"), (_no_node_id, "node_id ''"),
+     (_someone_elses_id, "already held by another node"), (_other_window, "but the campaign holds it as"), (_garbage, "malformed bytes")],
+    ids=["duplicate-role", "channels", "empty-id", "taken-id", "spec-clash", "garbage"],
+)  # fmt: skip
+def test_a_malformed_manifest_costs_that_node_not_the_campaign(tmp_path, mutate, reason):
+    grid_cls = type("Grid", (CorruptManifestGrid,), {"mutate": staticmethod(mutate)})
+    res, _ = in_process_campaign(tmp_path, grid_cls=grid_cls)
     assert res["state"] == "done" and res["accuracy"]
     assert list(res["missing"]) == ["flower:101"] and res["missing"]["flower:101"]["phase"] == "manifest"
-    assert "bad manifest" in res["missing"]["flower:101"]["reason"] and "part." in res["missing"]["flower:101"]["reason"]
-    assert "sa-001" not in res["nodes"]
+    assert "bad manifest" in res["missing"]["flower:101"]["reason"] and reason in res["missing"]["flower:101"]["reason"]
+    assert "sa-001" not in res["nodes"] and "sa-000" in res["nodes"]
 
 
 def test_a_node_dropping_out_mid_pretraining_is_named(tmp_path):
