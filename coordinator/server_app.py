@@ -77,31 +77,24 @@ def _ensure_logging() -> None:
         root.setLevel(logging.INFO)
 
 
-def exchange(grid: Grid, messages: dict[int, Message], timeout: float, poll: float = 0.1) -> tuple[dict[int, Message], dict[int, str]]:
-    """Send one message per node and wait at most ``timeout`` seconds for the replies.
+def exchange(grid: Grid, messages: dict[int, Message], timeout: float) -> tuple[dict[int, Message], dict[int, str]]:
+    """Send one message per node with Flower's ``send_and_receive`` and wait at most ``timeout`` seconds.
 
     Returns the replies that carry content, by node, and for every other node
     why it is missing (a Flower error, or no reply in time).
     """
     if not messages:
         return {}, {}
-    ids = list(grid.push_messages(list(messages.values())))
-    pending = set(ids)
     replies: dict[int, Message] = {}
     missing: dict[int, str] = {}
-    deadline = time.monotonic() + timeout
-    while pending and time.monotonic() < deadline:
-        for r in grid.pull_messages(list(pending)):
-            pending.discard(r.metadata.reply_to_message_id)
-            node = r.metadata.src_node_id
-            if node not in messages:
-                continue
-            if r.has_error():
-                missing[node] = f"error {r.error.code}: {_first_line(r.error.reason)}"
-            else:
-                replies[node] = r
-        if pending:
-            time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+    for r in grid.send_and_receive(list(messages.values()), timeout=timeout):
+        node = r.metadata.src_node_id
+        if node not in messages:
+            continue
+        if r.has_error():
+            missing[node] = f"error {r.error.code}: {_first_line(r.error.reason)}"
+        else:
+            replies[node] = r
     for node in messages:
         if node not in replies and node not in missing:
             missing[node] = f"no reply within {timeout:g}s"

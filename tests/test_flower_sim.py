@@ -80,7 +80,7 @@ class InProcessGrid(Grid):
     def pull_messages(self, message_ids):
         return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]
 
-    def send_and_receive(self, messages, *, timeout=None):  # pragma: no cover
+    def send_and_receive(self, messages, *, timeout=None):  # as Flower's grids: push, then pull what arrived (a silent node never replies)
         return self.pull_messages(self.push_messages(messages))
 
 
@@ -330,8 +330,9 @@ def test_fleet_campaign_on_hapt(tmp_path):
     wall = time.time() - t0
     assert res["state"] == "done" and res["missing_nodes"] == []
     assert set(res["accuracy"]) == {"gravity", "lin_acc", "gravity+lin_acc"}
-    # the synthetic classes are sinusoids of three frequencies: a campaign that learns scores near 1, chance is 1/3
-    assert all(m["accuracy"] >= 0.9 and m["macro_f1"] >= 0.9 and m["n"] > 0 for m in res["accuracy"].values()), res["accuracy"]
+    assert all(m["n"] > 0 for m in res["accuracy"].values())
+    # six activities (chance about 1/6); this quick campaign (160 windows per group) measured 0.49 macro-F1 on both streams
+    assert res["accuracy"]["gravity+lin_acc"]["macro_f1"] >= 0.35, res["accuracy"]
     assert res["fleet"]["nodes"] == 6 and len(res["nodes"]) == 6
     assert len(res["fleet"]["dataset_sha256"]) == 64 and res["fleet"]["commit"] != "unknown"
     assert res["phases"]["push"]["nodes_applied"] == 6
