@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import secrets
 import time
 from collections.abc import Container, Iterable, Mapping, Sequence
@@ -69,6 +70,32 @@ def fedavg(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float
             acc += float(wi) * s[k].to(torch.float64)
         out[k] = acc.to(ref.dtype)
     return out
+
+
+def checked_update(state: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor], n: object, cap: int, what: str) -> tuple[State, float]:
+    """A node's trained state and its sample count, checked against what was sent and what it announced, or ValueError.
+
+    The state must hold exactly the reference's keys with the same shapes and
+    finite values; ``n`` (the FedAvg weight the node reports) must be a finite
+    number in [1, ``cap``], the windows its manifest announced: a node cannot
+    buy itself a larger share of the average.
+    """
+    missing, extra = sorted(set(reference) - set(state)), sorted(set(state) - set(reference))
+    if missing or extra:
+        raise ValueError(f"{what}: keys differ from what was sent (missing {missing[:3]}, unexpected {extra[:3]})")
+    for k, ref in reference.items():
+        v = state[k]
+        if tuple(v.shape) != tuple(ref.shape):
+            raise ValueError(f"{what}: {k!r} has shape {tuple(v.shape)}, expected {tuple(ref.shape)}")
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise ValueError(f"{what}: {k!r} holds NaN or Inf")
+    try:
+        count = float(n)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"{what}: sample count {n!r} is not a number") from None
+    if not (math.isfinite(count) and 1 <= count <= cap):
+        raise ValueError(f"{what}: sample count {count:g} is outside [1, {cap}] (the windows it announced)")
+    return dict(state), count
 
 
 def initial_encoders(specs: Mapping[str, ModalitySpec], tower: TowerConfig, seed: int, cfg: PretrainConfig) -> dict[str, dict[str, State]]:

@@ -119,6 +119,7 @@ class Campaign:
         self.nodes: dict[int, NodeInfo] = {}  # flower id -> manifest
         self.missing: dict[str, dict] = {}  # node id -> phase, round, reason
         self.refused: list[dict] = []  # nodes that answered with an error record (alive, but could not do it)
+        self.bad_replies: list[dict] = []  # replies refused on arrival (malformed, non-finite, implausible): that node's part in that step only
         self.node_compute = 0.0  # seconds of learning work the nodes report in the current phase
         self.results: dict = {"campaign_id": self.campaign_id, "config": {k: v for k, v in cfg.to_run_config().items() if k != "signing-key"}, "phases": {}}
         self.key, self.key_id, self.key_source = phases.signing_key(cfg.signing_key, cfg.signing_key_id, os.environ)
@@ -153,6 +154,7 @@ class Campaign:
             self.results["missing"] = self.missing
             self.results["missing_nodes"] = sorted(self.missing)
             self.results["refused"] = self.refused
+            self.results["bad_replies"] = self.bad_replies
             _write_json(self.results_path, self.results)
             self.store.close()
         log.info("campaign %s done in %.1fs; results in %s", self.campaign_id, self.results["seconds"], self.results_path)
@@ -194,6 +196,13 @@ class Campaign:
                 if "timing" in r.content.metric_records:
                     self.node_compute += float(r.content["timing"]["compute-seconds"])
         return ok
+
+    def bad_reply(self, f: int, phase: str, rnd: int, error: Exception) -> None:
+        """Leave one node's reply out of one step, with the reason on record; the campaign goes on."""
+        who = self.nodes[f].node_id if f in self.nodes else f"flower:{f}"
+        reason = f"{type(error).__name__}: {error}"
+        self.bad_replies.append({"node": who, "phase": phase, "round": rnd, "reason": reason})
+        log.warning("[%s] round %d: left out the reply of node %s: %s", phase, rnd, who, reason)
 
     # --- phases ----------------------------------------------------------------------
     def discover(self) -> dict:
@@ -259,14 +268,27 @@ class Campaign:
             replies = self.send("pretrain", "train.pretrain", contents, rnd)
             round_loss = {}
             for m in sorted(held):
-                got = [r for r in replies.values() if f"encoder.{m}" in r.content.array_records]
+                got = []  # (encoder state, head state, windows, loss) of each node whose reply checks out
+                for f, r in replies.items():
+                    if m not in self.nodes[f].modalities:
+                        continue
+                    try:
+                        cap = self.nodes[f].part("train").windows
+                        enc, n = phases.checked_update(r.content[f"encoder.{m}"].to_torch_state_dict(), self.global_states[m]["encoder"], r.content["metrics"][f"n.{m}"], cap, f"{m} encoder")
+                        head, _ = phases.checked_update(r.content[f"head.{m}"].to_torch_state_dict(), self.global_states[m]["head"], n, cap, f"{m} head")
+                        loss = float(r.content["metrics"][f"loss.{m}"])
+                        if not np.isfinite(loss):
+                            raise ValueError(f"{m} loss is {loss}")
+                        got.append((enc, head, n, loss))
+                    except (KeyError, TypeError, ValueError) as e:
+                        self.bad_reply(f, "pretrain", rnd, e)
                 if not got:
                     log.warning("[pretrain] round %d: no node returned %s; keeping the previous state", rnd, m)
                     continue
-                w = [float(r.content["metrics"][f"n.{m}"]) for r in got]
-                for part in ("encoder", "head"):
-                    self.global_states[m][part] = phases.fedavg([r.content[f"{part}.{m}"].to_torch_state_dict() for r in got], w)
-                round_loss[m] = float(np.average([r.content["metrics"][f"loss.{m}"] for r in got], weights=w))
+                w = [n for _, _, n, _ in got]
+                self.global_states[m]["encoder"] = phases.fedavg([enc for enc, _, _, _ in got], w)
+                self.global_states[m]["head"] = phases.fedavg([head for _, head, _, _ in got], w)
+                round_loss[m] = float(np.average([loss for *_, loss in got], weights=w))
             losses.append({"round": rnd, "nodes": len(replies), "loss": round_loss})
             log.info("[pretrain] round %d/%d: %d nodes, %s loss %s", rnd, self.cfg.pretrain_rounds, len(replies), self.cfg.pretrain_objective,
                      " ".join(f"{m}={v:.3f}" for m, v in round_loss.items()))  # fmt: skip
@@ -370,7 +392,13 @@ class Campaign:
             picked = [ids[i] for i in sorted(draw.choice(len(ids), size=per_round, replace=False))]  # FedAvg's client sampling
             contents = {f: RecordDict({"config": ConfigRecord({**base, "round": rnd}), "arrays": ArrayRecord(_for_node(current, trainers[f]))}) for f in picked}
             replies = self.send("finetune", "train.finetune", contents, rnd)
-            got = [(r.content["arrays"].to_torch_state_dict(), float(r.content["metrics"]["num-examples"])) for r in replies.values()]
+            got = []
+            for f, r in replies.items():
+                try:
+                    sent = _for_node(current, trainers[f])
+                    got.append(phases.checked_update(r.content["arrays"].to_torch_state_dict(), sent, r.content["metrics"]["num-examples"], trainers[f].part("train").labelled, "fine-tuned model"))
+                except (KeyError, TypeError, ValueError) as e:
+                    self.bad_reply(f, "finetune", rnd, e)
             if not got:
                 log.warning("[finetune] round %d: no node returned a model; stopping", rnd)
                 break

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
@@ -228,6 +229,52 @@ def test_a_malformed_manifest_costs_that_node_not_the_campaign(tmp_path, mutate,
     assert list(res["missing"]) == ["flower:101"] and res["missing"]["flower:101"]["phase"] == "manifest"
     assert "bad manifest" in res["missing"]["flower:101"]["reason"] and reason in res["missing"]["flower:101"]["reason"]
     assert "sa-001" not in res["nodes"] and "sa-000" in res["nodes"]
+
+
+class HostileReplyGrid(InProcessGrid):
+    """One node's replies of one kind are tampered with (``tamper``): as a buggy or hostile node might send."""
+
+    kind, node = "train.pretrain", 101
+    tamper = staticmethod(lambda content: None)
+
+    def push_messages(self, messages):
+        ids = super().push_messages(messages)
+        for mid, msg in zip(ids, messages):
+            if msg.metadata.message_type == self.kind and msg.metadata.dst_node_id == self.node and mid in self.replies:
+                self.tamper(self.replies[mid].content)
+        return ids
+
+
+def _huge_count(c):
+    c["metrics"]["n.s"] = 1e12  # would take the whole average
+
+
+def _nan_encoder(c):
+    st = c["encoder.s"].to_torch_state_dict()
+    next(v for v in st.values() if v.is_floating_point()).fill_(float("nan"))
+    c["encoder.s"] = ArrayRecord(st)
+
+
+def _wrong_shape(c):
+    st = c["arrays"].to_torch_state_dict()
+    k = next(k for k, v in st.items() if v.dim() == 2)
+    st[k] = torch.zeros(3, 3)
+    c["arrays"] = ArrayRecord(st)
+
+
+@pytest.mark.parametrize(
+    "kind, node, tamper, reason",
+    [("train.pretrain", 101, _huge_count, "outside [1,"), ("train.pretrain", 101, _nan_encoder, "NaN or Inf"),
+     ("train.finetune", 104, _wrong_shape, "has shape (3, 3)")],
+    ids=["pretrain-count", "pretrain-nan", "finetune-shape"],
+)  # fmt: skip
+def test_a_bad_reply_costs_that_node_its_part_in_that_step_only(tmp_path, kind, node, tamper, reason):
+    grid_cls = type("Grid", (HostileReplyGrid,), {"kind": kind, "node": node, "tamper": staticmethod(tamper)})
+    res, _ = in_process_campaign(tmp_path, grid_cls=grid_cls)
+    assert res["state"] == "done" and res["missing_nodes"] == []
+    bad = res["bad_replies"]
+    assert bad and {b["node"] for b in bad} == {("sa-001" if node == 101 else "lab-000")} and all(reason in b["reason"] for b in bad), bad
+    assert res["accuracy"]["a+b"]["macro_f1"] >= 0.9  # the others' work was kept and the campaign still learns
 
 
 def test_a_node_dropping_out_mid_pretraining_is_named(tmp_path):
