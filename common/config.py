@@ -27,18 +27,64 @@ def shipped(folder: str) -> list[str]:
     return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".toml"))
 
 
+class ConfigError(ValueError):
+    """A settings file or table that cannot be used, with the file, the key and what was expected."""
+
+
 def load_toml(folder: str, what: str, name_or_path: str | Path) -> tuple[dict, str]:
     """A shipped ``<what>`` by name (from ``simulations/<folder>``) or a ``.toml`` file by path; returns (table, name)."""
     path = Path(name_or_path)
     if path.suffix == ".toml":
         if not path.exists():
             raise FileNotFoundError(f"{what} file {path} does not exist")
-        return tomllib.loads(path.read_text()), path.stem
-    name = str(name_or_path)
-    res = resources.files("simulations") / folder / f"{name}.toml"
-    if not res.is_file():
-        raise ValueError(f"no shipped {what} {name!r}; shipped: {', '.join(shipped(folder)) or 'none'}")
-    return tomllib.loads(res.read_text()), name
+        text, name, where = path.read_text(), path.stem, str(path)
+    else:
+        name = str(name_or_path)
+        res = resources.files("simulations") / folder / f"{name}.toml"
+        if not res.is_file():
+            raise ConfigError(f"no shipped {what} {name!r}; shipped: {', '.join(shipped(folder)) or 'none'}")
+        text, where = res.read_text(), f"shipped {what} {name!r}"
+    try:
+        return tomllib.loads(text), name
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{where}: not valid TOML ({e})") from None
+
+
+def typed(table: Mapping[str, Any], cls: type, where: str, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``table`` checked against the dataclass ``cls``: no unknown key, each value of its field's type; ConfigError naming both otherwise.
+
+    Knows the annotations settings use: ``str``, ``int``, ``float`` (an int is
+    taken), ``bool``, ``list[str]``, ``list[int]``, each optionally ``| None``.
+    """
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where}: expected a table, got {type(table).__name__}")
+    ann = {f.name: str(f.type) for f in fields(cls) if f.name not in exclude}
+    unknown = sorted(set(table) - set(ann))
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {unknown}; known: {', '.join(sorted(ann))}")
+    for key, value in table.items():
+        if not _fits(value, ann[key]):
+            raise ConfigError(f"{where}: {key!r} must be {ann[key]}, got {value!r}")
+    return dict(table)
+
+
+def _fits(value: Any, annotation: str) -> bool:
+    kinds = [k.strip() for k in annotation.split("|")]
+    if value is None:
+        return "None" in kinds
+    for k in kinds:
+        if k == "str" and isinstance(value, str):
+            return True
+        if k == "bool" and isinstance(value, bool):
+            return True
+        if k == "int" and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if k == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        if k.startswith("list[") and isinstance(value, list):
+            inner = k[5:-1]
+            return all(_fits(v, inner) for v in value)
+    return False
 
 
 # --- a campaign's run config ----------------------------------------------------------------

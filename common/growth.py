@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.config import load_toml, shipped
+from common.config import ConfigError, load_toml, shipped
 from common.losses import ContrastiveConfig, symmetric_info_nce
 from common.samples import SampleSet
 from common.towers import AlignedModel, ModelCard
@@ -209,9 +209,21 @@ class GrowthPlan:
         if unknown:
             raise ValueError(f"plan {name!r}: unknown keys {sorted(unknown)} (known: name, description, scenario, stage)")
         stages = []
-        for k, raw in enumerate(d.get("stage", [])):
-            raw = dict(raw)
+        raw_stages = d.get("stage", [])
+        if not isinstance(raw_stages, list):
+            raise ConfigError(f"plan {name!r}: 'stage' must be an array of tables ([[stage]]), got {raw_stages!r}")
+        for key in ("name", "description", "scenario"):
+            if key in d and not isinstance(d[key], str):
+                raise ConfigError(f"plan {name!r}: {key!r} must be str, got {d[key]!r}")
+        for k, raw in enumerate(raw_stages):
             where = f"plan {d.get('name', name)!r}, stage {k + 1}"
+            if not isinstance(raw, dict):
+                raise ConfigError(f"{where}: expected a table, got {raw!r}")
+            raw = dict(raw)
+            for key, value in raw.items():
+                ok = (isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)) if key == "trunk" else isinstance(value, str)
+                if not ok:
+                    raise ConfigError(f"{where}: {key!r} must be {'a list of two modality names' if key == 'trunk' else 'str'}, got {value!r}")
             if "source" not in raw:
                 raise ValueError(f"{where}: needs a source (the scenario group or party whose data pairs the two modalities)")
             kind = raw.pop("kind", "grow")

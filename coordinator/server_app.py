@@ -124,6 +124,12 @@ class Campaign:
         self.results: dict = {"campaign_id": self.campaign_id, "config": {k: v for k, v in cfg.to_run_config().items() if k != "signing-key"}, "phases": {}}
         self.key, self.key_id, self.key_source = phases.signing_key(cfg.signing_key, cfg.signing_key_id, os.environ)
         self.finetuned = False  # set by the finetune phase when a fine-tuned round beat the head on features on validation
+        # the scenario and growth plan are read and checked now, before any node is asked for anything
+        self.scenario = Scenario.load(cfg.scenario)
+        if cfg.growth_plan:
+            from common.growth import GrowthPlan
+
+            GrowthPlan.from_toml(cfg.growth_plan)
 
     # --- the whole campaign ----------------------------------------------------------
     def run(self) -> dict:
@@ -322,7 +328,7 @@ class Campaign:
         return {**rep.to_dict(), "nodes": len(replies)}
 
     def bind(self) -> dict:
-        sc = Scenario.load(self.cfg.scenario)
+        sc = self.scenario
         self.binding = sc.binding
         self.groups = phases.group_data(self.store, self.campaign_id, list(self.live().values()))
         settings = phases.BindSettings(sc.binding, sc.shared, self.cfg.weighting(), self.cfg.bind_k, self.cfg.label_pairs_per_sample)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import uuid
 from pathlib import Path
@@ -436,3 +437,17 @@ def test_federated_campaign_agrees_with_the_central_experiment(tmp_path):
     print(f"{full} accuracy: central {central}, federated {fleet}")
     assert abs(np.mean(fleet) - np.mean(central)) <= 2 * spread + 0.05
     assert min(fleet) > 1 / 6 + 0.1  # well above chance on six classes
+
+
+@pytest.mark.parametrize("broken, message", [('modalities = "s"', "'modalities' must be list[str]"), ("sharre = 0.1", "unknown keys ['sharre']")])
+def test_a_broken_scenario_is_refused_before_any_node_is_asked(tmp_path, broken, message):
+    from common.config import ConfigError
+
+    data, scenario = synthetic_files(tmp_path)
+    text = Path(scenario).read_text().replace('modalities = ["s", "b"]', broken, 1)
+    Path(scenario).write_text(text)
+    grid = InProcessGrid({})
+    rc = {"dataset": data, "scenario": scenario, "results-path": str(tmp_path / "out" / "results.json"), "discovery-timeout": 1.0}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        server_app(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=rc))
+    assert grid.sent == []

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.config import load_toml, shipped
+from common.config import ConfigError, load_toml, shipped, typed
 from common.data.dataset import WindowDataset
 
 ROLES = ("train", "validation", "test")
@@ -111,15 +111,16 @@ class Scenario:
 
     @classmethod
     def from_dict(cls, d: dict, name: str = "scenario") -> Scenario:
+        """From a table (a scenario TOML): every key and type checked, errors name the scenario, the group and the key."""
         d = dict(d)
-        groups = [GroupSpec(**g) for g in d.pop("group", [])]
+        raw_groups = d.pop("group", [])
+        if not isinstance(raw_groups, list):
+            raise ConfigError(f"scenario {name!r}: 'group' must be an array of tables ([[group]]), got {raw_groups!r}")
+        groups = [GroupSpec(**typed(g, GroupSpec, f"scenario {name!r}, group {k + 1}")) for k, g in enumerate(raw_groups)]
         for role in ("validation", "test"):
             if role in d:
-                groups.append(GroupSpec(name=role, role=role, **d.pop(role)))
-        known = {"name", "shared", "description", "binding", "dropout"}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"scenario {name!r}: unknown keys {sorted(unknown)}")
+                groups.append(GroupSpec(name=role, role=role, **typed(d.pop(role), GroupSpec, f"scenario {name!r}, [{role}]", exclude=("name", "role"))))
+        d = typed(d, cls, f"scenario {name!r}", exclude=("groups",))
         d.setdefault("name", name)
         return cls(groups=groups, **d)
 
