@@ -29,7 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.growth import GrowthConfig, Stage, StageTrainer, ema_update  # noqa: E402
+from common.growth import GrowthConfig, Stage, StageTrainer  # noqa: E402
+from common.losses import ema_update  # noqa: E402
 from common.losses import symmetric_info_nce  # noqa: E402
 from common.modalities import inertial  # noqa: E402
 from common.towers import AlignedModel, TowerConfig  # noqa: E402

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -321,3 +321,88 @@ def finetune_local(model: AlignedModel, head: FusionHead, samples: SampleSet, cf
     model.eval()
     head.eval()
     return {k: v / cfg.steps for k, v in sums.items()}
+
+
+# --- retrieval across modalities (after alignment or growth) -------------------------------------
+
+
+@torch.no_grad()
+def embed(model: AlignedModel, features: Mapping[str, np.ndarray | torch.Tensor], batch_size: int = 4096, device: torch.device | str | None = None) -> dict[str, np.ndarray]:
+    """L2-normalised aligned embeddings of each modality's encoder features, in batches."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.eval()
+    out = {}
+    for m, x in features.items():
+        x = x.detach().float().cpu() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x, dtype=np.float32))
+        chunks = [model.embed_features({m: x[i : i + batch_size].to(device)})[m].cpu() for i in range(0, len(x), batch_size)]
+        out[m] = torch.cat(chunks).numpy() if chunks else np.empty((0, model.cfg.embed_dim), np.float32)
+    return out
+
+
+@torch.no_grad()
+def recall_at_k(za: np.ndarray | torch.Tensor, zb: np.ndarray | torch.Tensor, ks: Sequence[int] = (1, 5), block: int = 1024) -> dict[str, float]:
+    """Share of rows of ``za`` whose own row of ``zb`` ranks within the top k by dot product.
+
+    Row i of each is a true pair. Ties count against the query (rank = number
+    of gallery rows scoring strictly higher). Computed in query x gallery
+    blocks, so memory stays bounded.
+    """
+    za, zb = torch.as_tensor(za, dtype=torch.float32), torch.as_tensor(zb, dtype=torch.float32)
+    if za.shape != zb.shape:
+        raise ValueError(f"recall_at_k needs paired rows of equal shape, got {tuple(za.shape)} and {tuple(zb.shape)}")
+    n = len(za)
+    if n == 0:
+        return {f"R@{k}": float("nan") for k in ks}
+    higher = torch.zeros(n, dtype=torch.long)
+    for i in range(0, n, block):
+        q = za[i : i + block]
+        own = q @ zb[i : i + block].T  # the true pair's score comes from the same product as the others'
+        t = own.diagonal()
+        for j in range(0, n, block):
+            s = own if j == i else q @ zb[j : j + block].T
+            higher[i : i + block] += (s > t[:, None]).sum(1)
+    return {f"R@{k}": float((higher < k).float().mean()) for k in ks}
+
+
+def retrieval_recall(
+    model: AlignedModel,
+    feats_a: Mapping[str, np.ndarray],
+    feats_b: Mapping[str, np.ndarray],
+    ks: Sequence[int] = (1, 5),
+    block: int = 1024,
+    labels: np.ndarray | None = None,
+) -> dict:
+    """Cross-modal retrieval between two aligned towers; each argument is ``{modality: features}`` of paired rows.
+
+    Returns recall@k in each direction and their mean (``R@k``). With
+    ``labels`` (one per row) also ``label@1``: how often the top match has the
+    query's label, the semantic counterpart of recall@1.
+    """
+    if len(feats_a) != 1 or len(feats_b) != 1:
+        raise ValueError("retrieval_recall takes one {modality: features} mapping per side")
+    (a, fa), (b, fb) = next(iter(feats_a.items())), next(iter(feats_b.items()))
+    if a == b:
+        raise ValueError(f"retrieval_recall needs two different towers, got {a!r} twice")
+    z = embed(model, {a: fa, b: fb})
+    ab = recall_at_k(z[a], z[b], ks, block)
+    ba = recall_at_k(z[b], z[a], ks, block)
+    out: dict = {f"R@{k}": (ab[f"R@{k}"] + ba[f"R@{k}"]) / 2 for k in ks}
+    if labels is not None:
+        y = torch.as_tensor(np.asarray(labels))
+        hits = [float((y[_top1(z[q], z[g], block)] == y).float().mean()) for q, g in ((a, b), (b, a))]
+        out["label@1"] = sum(hits) / 2
+        ab["label@1"], ba["label@1"] = hits
+    out[f"{a}_to_{b}"] = ab
+    out[f"{b}_to_{a}"] = ba
+    return out
+
+
+@torch.no_grad()
+def _top1(za: np.ndarray, zb: np.ndarray, block: int) -> torch.Tensor:
+    za, zb = torch.as_tensor(za), torch.as_tensor(zb)
+    return torch.cat([(za[i : i + block] @ zb.T).argmax(1) for i in range(0, len(za), block)])
+
+
+def pairs(modalities: Sequence[str]) -> list[tuple[str, str]]:
+    """Every unordered pair of towers, sorted."""
+    return list(itertools.combinations(sorted(modalities), 2))

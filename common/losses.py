@@ -4,6 +4,7 @@ training loop."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import torch
@@ -91,3 +92,68 @@ class MultiViewContrastive(nn.Module):
         else:
             loss = (view_loss * vw).sum() / vw.sum()
         return {"contrastive_loss": loss, "views": torch.tensor(float(has_pos.sum()), device=device)}
+
+
+# --- Babel's adaptive weights ---------------------------------------------------------------
+
+
+def adaptive_weights(
+    l_ab: torch.Tensor,
+    l_ba: torch.Tensor,
+    params: Sequence[torch.Tensor],
+    extra_params: Sequence[torch.Tensor] = (),
+    retain_graph: bool = False,
+    eps: float = 1e-12,
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    """Babel's per-batch direction weights, w = 1/||dL/d(adapter params)||, normalised to sum to 1.
+
+    Each direction is differentiated once, with ``torch.autograd.grad`` (no
+    ``.grad`` is touched), with respect to ``params`` (the two towers'
+    adapters: the norm set) and ``extra_params`` (e.g. the prototype). The
+    returned gradients, in the order params + extra_params, are what the
+    update is formed from (``combine``), so no further backward pass is needed.
+    A direction whose gradient norm is zero or non-finite gives equal weights.
+    """
+    params, extra = list(params), list(extra_params)
+    both = params + extra
+    g_ab = grads_of(l_ab, both, retain_graph=True)
+    g_ba = grads_of(l_ba, both, retain_graph=retain_graph)
+    n_ab = _norm(g_ab[: len(params)])
+    n_ba = _norm(g_ba[: len(params)])
+    ok = torch.isfinite(n_ab) & torch.isfinite(n_ba) & (n_ab > eps) & (n_ba > eps)
+    # 1/n_ab / (1/n_ab + 1/n_ba) = n_ba / (n_ab + n_ba)
+    w_ab = torch.where(ok, n_ba / (n_ab + n_ba).clamp_min(eps), torch.full_like(n_ab, 0.5))
+    return w_ab, 1.0 - w_ab, g_ab, g_ba
+
+
+def combine(w_ab: torch.Tensor, w_ba: torch.Tensor, g_ab: Sequence[torch.Tensor], g_ba: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The gradient of L = (w_ab L_a<-b + w_ba L_b<-a) / 2 from the two directions' gradients."""
+    return [(w_ab * a + w_ba * b) / 2 for a, b in zip(g_ab, g_ba)]
+
+
+def grads_of(loss: torch.Tensor, params: list[torch.Tensor], retain_graph: bool) -> tuple[torch.Tensor, ...]:
+    gs = torch.autograd.grad(loss, params, retain_graph=retain_graph, allow_unused=True)
+    return tuple(torch.zeros_like(p) if g is None else g for p, g in zip(params, gs))
+
+
+def _norm(grads: Sequence[torch.Tensor]) -> torch.Tensor:
+    if not grads:
+        raise ValueError("adaptive_weights: the norm set (adapter parameters) is empty")
+    return torch.sqrt(sum((g.detach().float() ** 2).sum() for g in grads))
+
+
+# --- EMA and distillation (Babel) ---------------------------------------------------------------
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, online: nn.Module, momentum: float) -> None:
+    """ema <- momentum * ema + (1 - momentum) * online, parameter by parameter."""
+    for e, o in zip(ema.parameters(), online.parameters()):
+        e.mul_(momentum).add_(o.detach(), alpha=1.0 - momentum)
+    for e, o in zip(ema.buffers(), online.buffers()):
+        e.copy_(o)
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean cosine distance between the current and the frozen previous-stage embeddings."""
+    return (1.0 - F.cosine_similarity(student, teacher.detach(), dim=-1)).mean()

@@ -10,24 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from common.growth import (
-    GrowthConfig,
-    GrowthPlan,
-    PairData,
-    Stage,
-    StageTrainer,
-    adaptive_weights,
-    combine,
-    ema_update,
-    embed,
-    grow,
-    latest_checkpoint,
-    load_checkpoint,
-    recall_at_k,
-    retrieval_recall,
-    shipped_plans,
-)
-from common.losses import symmetric_info_nce
+from common.evaluate import embed, recall_at_k, retrieval_recall
+from common.growth import GrowthConfig, GrowthPlan, PairData, Stage, StageTrainer, grow, latest_checkpoint, load_checkpoint, shipped_plans
+from common.losses import adaptive_weights, combine, ema_update, symmetric_info_nce
 from common.modalities import inertial
 from common.samples import SampleSet
 from common.towers import AlignedModel, TowerConfig

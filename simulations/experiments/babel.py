@@ -52,8 +52,8 @@ import torch
 from common.data import load_dataset
 from common.data.dataset import WindowDataset
 from common.data.scenarios import Scenario, split
-from common.evaluate import HeadConfig, evaluate_subsets, fit_head, subsets
-from common.growth import GrowthConfig, GrowthPlan, GrowthResult, PairData, StageRecord, embed, grow, pairs, retrieval_recall
+from common.evaluate import HeadConfig, embed, evaluate_subsets, fit_head, pairs, retrieval_recall, subsets
+from common.growth import GrowthConfig, GrowthPlan, GrowthResult, PairData, StageRecord, grow
 from common.losses import MultiViewContrastive
 from common.pretrain import PretrainConfig
 from common.samples import SampleSet
