@@ -67,13 +67,27 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
-def setup_logging(verbose: bool = False) -> None:
-    """The command-line tools' logging: INFO (DEBUG with ``verbose``) to stderr, with time and logger name."""
+def setup_logging(verbose: bool = False, brief: bool = False) -> None:
+    """A command-line tool's logging: INFO (DEBUG with ``verbose``) to stderr, with time, level and logger name
+    (``brief``: time and message, for a researcher's terminal)."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(message)s" if brief else "%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S" if brief else None,
         stream=sys.stderr,
     )
+
+
+def ensure_logging() -> None:
+    """Where edgebind runs inside another program (a ServerApp, a fleet or an experiment called as a library): its INFO
+    messages reach stderr unless the program has set up logging itself."""
+    root = logging.getLogger("edgebind")
+    if not root.handlers and not logging.getLogger().handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("%(asctime)s edgebind | %(message)s", "%H:%M:%S"))
+        root.addHandler(h)
+    if root.getEffectiveLevel() > logging.INFO:
+        root.setLevel(logging.INFO)
 
 
 def status_kib(field: str) -> int | None:

@@ -25,10 +25,8 @@ run config of every campaign.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -45,7 +43,9 @@ from common.data.scenarios import Scenario
 from common.codec import state_version
 from common.config import CampaignConfig
 from common.device import pick_device
+from common.files import write_json
 from common.modalities import ModalitySpec
+from common.processes import ensure_logging
 from common.samples import SampleSet
 from common.towers import SHARED_BLOCK, TowerConfig, block_of, flat_state, model_from_flat
 from coordinator import phases
@@ -62,19 +62,9 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run one campaign with the run config's settings; results go to ``results-path`` and the store."""
-    _ensure_logging()
+    ensure_logging()
     cfg = CampaignConfig.from_run_config(context.run_config)
     Campaign(grid, cfg, run_id=context.run_id).run()
-
-
-def _ensure_logging() -> None:
-    root = logging.getLogger("edgebind")
-    if not root.handlers and not logging.getLogger().handlers:
-        h = logging.StreamHandler(sys.stderr)
-        h.setFormatter(logging.Formatter("edgebind | %(message)s"))
-        root.addHandler(h)
-    if root.level == logging.NOTSET:
-        root.setLevel(logging.INFO)
 
 
 def exchange(grid: Grid, messages: dict[int, Message], timeout: float) -> tuple[dict[int, Message], dict[int, str]]:
@@ -161,7 +151,7 @@ class Campaign:
             self.results["missing_nodes"] = sorted(self.missing)
             self.results["refused"] = self.refused
             self.results["bad_replies"] = self.bad_replies
-            _write_json(self.results_path, self.results)
+            write_json(self.results_path, self.results)
             self.store.close()
         log.info("campaign %s done in %.1fs; results in %s", self.campaign_id, self.results["seconds"], self.results_path)
         return self.results
@@ -505,20 +495,3 @@ def _for_node(flat: dict, node: NodeInfo) -> dict:
 def _brief(figures: dict) -> str:
     parts = [f"{k}={v}" for k, v in figures.items() if k != "seconds" and isinstance(v, (int, float, str)) and not isinstance(v, bool)]
     return "(" + ", ".join(parts) + ")" if parts else ""
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
-    tmp.replace(path)
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, float) and not np.isfinite(o):
-        return None
-    raise TypeError(f"not JSON serialisable: {type(o)}")

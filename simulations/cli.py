@@ -14,10 +14,11 @@ from pathlib import Path
 import torch
 
 from common.pretrain import OBJECTIVES
+from common.processes import setup_logging
 
 
 def _setup(args) -> torch.device:
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    setup_logging(args.verbose, brief=True)
     for noisy in ("flwr", "ray", "urllib3", "matplotlib", "sentence_transformers", "httpx", "alembic", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.threads:

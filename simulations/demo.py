@@ -28,9 +28,9 @@ from common.codec import bundle_to_states, parse_message
 from common.config import CampaignConfig
 from common.data import load_dataset
 from common.data.scenarios import Scenario
+from common.files import write_json
 from common.towers import AlignedModel
 from proto import edgebind_pb2 as pb
-from simulations.experiments.common import write_json
 
 log = logging.getLogger("edgebind")
 

@@ -65,6 +65,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.files import write_json
 from common.processes import free_port, signal_group, signal_pid
 
 HOST = "127.0.0.1"
@@ -958,13 +959,6 @@ def format_summary(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _write_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
-
-
 def deploy_local(
     nodes: int = 3,
     dataset: str = "hapt",
@@ -1018,7 +1012,7 @@ def deploy_local(
                        "error": f"{type(error).__name__}: {error}"}  # fmt: skip
         summary["processes"] = procs
         summary["left_running"] = running
-        _write_json(out / "summary.json", summary)
+        write_json(out / "summary.json", summary)
         if error is None:
             print(format_summary(summary), flush=True)
             print(f"summary: {out / 'summary.json'}", flush=True)

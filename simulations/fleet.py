@@ -20,13 +20,13 @@ import json
 import logging
 import os
 import secrets
-import sys
 import time
 from pathlib import Path
 
 from common.data import load_dataset
 from common.data.scenarios import Scenario
 from common.config import CampaignConfig
+from common.processes import ensure_logging
 from node_agent.data import dropouts, fleet_layout, node_id_of
 from simulations.experiments.common import commit_of, fingerprint
 
@@ -85,7 +85,7 @@ def run_fleet(
     """
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    _ensure_logging()
+    ensure_logging()
     cfg, n, planned = fleet_config(dataset, scenario, nodes, seed, out, quick, dropout, device, **overrides)
     run_config = cfg.to_run_config()
     app_dir = _write_app_dir(out / "flower-app")
@@ -163,12 +163,3 @@ def _simulate(run_config: dict, num_nodes: int, app_dir: Path, cpus: int) -> Non
         run=run,
         is_app=True,
     )
-
-
-def _ensure_logging() -> None:
-    root = logging.getLogger("edgebind")
-    if not root.handlers and not logging.getLogger().handlers:
-        h = logging.StreamHandler(sys.stderr)
-        h.setFormatter(logging.Formatter("%(asctime)s edgebind | %(message)s", "%H:%M:%S"))
-        root.addHandler(h)
-        root.setLevel(logging.INFO)

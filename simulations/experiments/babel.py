@@ -53,12 +53,14 @@ from common.data import load_dataset
 from common.data.dataset import WindowDataset
 from common.data.scenarios import Scenario, split
 from common.evaluate import HeadConfig, embed, evaluate_subsets, fit_head, pairs, retrieval_recall, subsets
+from common.files import write_json
 from common.growth import GrowthConfig, GrowthPlan, GrowthResult, PairData, StageRecord, grow
 from common.losses import MultiViewContrastive
 from common.pretrain import PretrainConfig
+from common.processes import ensure_logging
 from common.samples import SampleSet
 from common.towers import AlignedModel, TowerConfig
-from simulations.experiments.common import Encoders, commit_of, fingerprint, fmt, mean_std, pretrain_encoders, seed_everything, write_json
+from simulations.experiments.common import Encoders, commit_of, fingerprint, fmt, mean_std, pretrain_encoders, seed_everything
 
 log = logging.getLogger("edgebind")
 
@@ -539,7 +541,7 @@ def run(dataset: str, plan: str, seeds: int, out: Path, quick: bool, device: tor
     Without it the configured ``kd_weight`` is used, as before.
     """
     out = Path(out)
-    _ensure_logging()
+    ensure_logging()
     threads = torch.get_num_threads()
     if device.type == "cpu":
         # the per-step work is small: one intra-op thread avoids the stalls of spinning
@@ -663,13 +665,3 @@ def _settings_dict(st: BabelSettings) -> dict:
     from dataclasses import asdict
 
     return {k: (asdict(v) if hasattr(v, "__dataclass_fields__") else v) for k, v in vars(st).items()}
-
-
-def _ensure_logging() -> None:
-    lg = logging.getLogger("edgebind")
-    if not lg.hasHandlers():
-        h = logging.StreamHandler()
-        h.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-        lg.addHandler(h)
-    if lg.getEffectiveLevel() > logging.INFO:
-        lg.setLevel(logging.INFO)

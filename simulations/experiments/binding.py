@@ -27,8 +27,9 @@ import torch
 
 from common.data import load_dataset
 from common.data.scenarios import Scenario, split
+from common.files import write_json
 from common.mmbind import bound_pair_report, sensor_pseudo_pairs
-from simulations.experiments.common import commit_of, fingerprint, mean_std, pretrain_encoders, seed_everything, write_json
+from simulations.experiments.common import commit_of, fingerprint, mean_std, pretrain_encoders, seed_everything
 from simulations.experiments.mmbind import MMBindSettings
 
 log = logging.getLogger("edgebind")

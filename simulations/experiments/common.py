@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import math
 import random
@@ -122,24 +120,6 @@ def fingerprint(ds: WindowDataset) -> str:
     h.update(np.ascontiguousarray(ds.y).tobytes())
     h.update(np.ascontiguousarray(ds.subject).tobytes())
     return h.hexdigest()
-
-
-def write_json(path: Path, obj) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default))
-    tmp.replace(path)
-    return path
-
-
-def _json_default(o):
-    if dataclasses.is_dataclass(o) and not isinstance(o, type):
-        return dataclasses.asdict(o)
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
 def fmt(ms: dict[str, float]) -> str:

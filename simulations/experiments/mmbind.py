@@ -32,11 +32,12 @@ from common.data import load_dataset
 from common.data.dataset import WindowDataset
 from common.data.scenarios import Scenario, Split, split
 from common.evaluate import HeadConfig, evaluate_subsets, fit_head
+from common.files import write_json
 from common.mmbind import AlignConfig, PseudoPairs, align, bound_pair_report, label_pseudo_pairs, pseudo_pair_samples, sensor_pseudo_pairs
 from common.pretrain import PretrainConfig
 from common.samples import SampleSet
 from common.towers import AlignedModel, TowerConfig
-from simulations.experiments.common import Encoders, commit_of, fingerprint, fmt, mean_ci, mean_std, pretrain_encoders, seed_everything, write_json
+from simulations.experiments.common import Encoders, commit_of, fingerprint, fmt, mean_ci, mean_std, pretrain_encoders, seed_everything
 
 log = logging.getLogger("edgebind")
 

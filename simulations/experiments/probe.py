@@ -29,10 +29,11 @@ import torch.nn.functional as F
 from common.data import load_dataset
 from common.data.dataset import WindowDataset
 from common.evaluate import HeadConfig, evaluate_subsets, fit_head
+from common.files import write_json
 from common.pretrain import PretrainConfig, augment
 from common.samples import SampleSet
 from common.towers import AlignedModel, TowerConfig
-from simulations.experiments.common import commit_of, fingerprint, fmt, mean_ci, mean_std, pretrain_encoders, seed_everything, write_json
+from simulations.experiments.common import commit_of, fingerprint, fmt, mean_ci, mean_std, pretrain_encoders, seed_everything
 
 log = logging.getLogger("edgebind")
 
