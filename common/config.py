@@ -89,7 +89,8 @@ def _fits(value: Any, annotation: str) -> bool:
 
 # --- a campaign's run config ----------------------------------------------------------------
 
-FINETUNE_STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi")
+FINETUNE_STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedmedian", "fedtrimmedavg")
+PRETRAIN_STRATEGIES = ("fedavg", "fedmedian", "fedtrimmedavg")  # robust ones: a few hostile or broken nodes cannot drag the average
 
 
 @dataclass
@@ -127,6 +128,7 @@ class CampaignConfig:
     local_epochs: int = 4
     pretrain_batch_size: int = 128
     pretrain_lr: float = 2e-3
+    pretrain_strategy: str = "fedavg"  # how the rounds' encoders are aggregated: fedavg, fedmedian or fedtrimmedavg
     align_epochs: int = 30
     align_batch_size: int = 256
     align_lr: float = 1e-3
@@ -141,9 +143,10 @@ class CampaignConfig:
     finetune_lr: float = 3e-4  # local rate of encoders and adapters; the head's is finetune-head-lr
     finetune_head_lr: float = 0.0  # 0 = the head on features stays fixed while the towers learn to serve it (FedBABU; best on fleet validation)
     finetune_fraction: float = 1.0  # share of the labelled training nodes drawn (seeded) for each round
-    finetune_strategy: str = "fedavg"  # "fedavg", "fedprox", "fedadam" or "fedyogi" (Flower's strategy classes)
+    finetune_strategy: str = "fedavg"  # fedavg, fedprox, fedadam, fedyogi, fedmedian or fedtrimmedavg (Flower's strategy classes)
     finetune_mu: float = 0.01  # FedProx's proximal weight (fedprox only)
     finetune_server_lr: float = 0.01  # FedAdam/FedYogi's server learning rate (eta)
+    trim_fraction: float = 0.2  # FedTrimmedAvg's beta: the share of the highest and of the lowest values cut, per coordinate
     # binding
     bind_k: int = 1
     pair_rule: str = "linear"
@@ -199,6 +202,10 @@ class CampaignConfig:
             raise ValueError(f"finetune-strategy must be one of {', '.join(FINETUNE_STRATEGIES)}, got {self.finetune_strategy!r}")
         if self.finetune_rounds < 0 or self.finetune_steps < 1 or self.finetune_batch_size < 1:
             raise ValueError("finetune-rounds must be >= 0, finetune-steps and finetune-batch-size >= 1")
+        if self.pretrain_strategy not in PRETRAIN_STRATEGIES:
+            raise ValueError(f"pretrain-strategy must be one of {', '.join(PRETRAIN_STRATEGIES)}, got {self.pretrain_strategy!r}")
+        if not 0 <= self.trim_fraction < 0.5:
+            raise ValueError(f"trim-fraction must be in [0, 0.5), got {self.trim_fraction}")
         if not (self.finetune_mu >= 0 and self.finetune_server_lr > 0):
             raise ValueError("finetune-mu must be >= 0 and finetune-server-lr > 0")
         if not (self.finetune_lr > 0 and self.finetune_head_lr >= 0):

@@ -561,8 +561,12 @@ def summarise(evaluations: Mapping[str, Mapping[str, Mapping[str, Any]]], n_clas
 
 def make_strategy(name: str, cfg: CampaignConfig):
     """One of Flower's own strategy classes, used for its aggregation (our rounds send and wait themselves)."""
-    from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, FedYogi
+    from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg, FedYogi
 
+    if name == "fedmedian":
+        return FedMedian()
+    if name == "fedtrimmedavg":
+        return FedTrimmedAvg(beta=cfg.trim_fraction)
     if name == "fedavg":
         return FedAvg()
     if name == "fedprox":
@@ -588,12 +592,6 @@ class FinetuneAggregator:
         self.strategies: dict[str, Any] = {}
 
     def aggregate(self, rnd: int, current: Mapping[str, torch.Tensor], replies: Sequence[tuple[Mapping[str, torch.Tensor], float]]) -> dict[str, torch.Tensor]:
-        from flwr.app import ArrayRecord, Message, Metadata, MetricRecord, RecordDict
-
-        def reply(state: Mapping[str, torch.Tensor], keys: list[str], n: float) -> Message:
-            meta = Metadata(run_id=0, message_id="", src_node_id=0, dst_node_id=0, reply_to_message_id="", group_id="", created_at=0.0, ttl=0.0, message_type="train")
-            return Message(RecordDict({"arrays": ArrayRecord({k: state[k] for k in keys}), "metrics": MetricRecord({"num-examples": float(n)})}), metadata=meta)
-
         out = {k: v.clone() for k, v in current.items()}
         blocks: dict[str, list[str]] = {}
         for k in current:
@@ -606,13 +604,27 @@ class FinetuneAggregator:
                 for k in keys:
                     if state[k].shape != current[k].shape or not torch.isfinite(state[k].float()).all():
                         raise ValueError(f"a fine-tuned {k!r} has shape {tuple(state[k].shape)} or non-finite values (expected {tuple(current[k].shape)})")
-                holders.append((state, n))
+                holders.append(({k: state[k] for k in keys}, n))
             if not holders:
                 continue
             strategy = self.strategies.setdefault(block, make_strategy(self.cfg.finetune_strategy, self.cfg))
-            if hasattr(strategy, "current_arrays"):  # FedOpt: the pseudo-gradient is taken against what was sent
-                strategy.current_arrays = {k: current[k].detach().cpu().numpy() for k in keys}
-            arrays, _ = strategy.aggregate_train(rnd, [reply(state, keys, n) for state, n in holders])
-            for k, v in arrays.to_torch_state_dict().items():
-                out[k] = v.to(current[k].dtype)
+            out.update(strategy_average(strategy, rnd, {k: current[k] for k in keys}, holders))
         return out
+
+
+def strategy_average(strategy, rnd: int, current: Mapping[str, torch.Tensor], replies: Sequence[tuple[Mapping[str, torch.Tensor], float]]) -> State:
+    """``current``'s tensors aggregated from the nodes' (state, sample count) pairs by one of Flower's strategies, as it aggregates a round.
+
+    The states hold exactly ``current``'s keys and shapes (``checked_update``). A
+    server-side optimiser (FedOpt) takes its pseudo-gradient against ``current``.
+    """
+    from flwr.app import ArrayRecord, Message, Metadata, MetricRecord, RecordDict
+
+    def reply(state: Mapping[str, torch.Tensor], n: float) -> Message:
+        meta = Metadata(run_id=0, message_id="", src_node_id=0, dst_node_id=0, reply_to_message_id="", group_id="", created_at=0.0, ttl=0.0, message_type="train")
+        return Message(RecordDict({"arrays": ArrayRecord({k: state[k] for k in current}), "metrics": MetricRecord({"num-examples": float(n)})}), metadata=meta)
+
+    if hasattr(strategy, "current_arrays"):
+        strategy.current_arrays = {k: v.detach().cpu().numpy() for k, v in current.items()}
+    arrays, _ = strategy.aggregate_train(rnd, [reply(state, n) for state, n in replies])
+    return {k: v.to(current[k].dtype) for k, v in arrays.to_torch_state_dict().items()}

@@ -282,8 +282,12 @@ class Campaign:
                     log.warning("[pretrain] round %d: no node returned %s; keeping the previous state", rnd, m)
                     continue
                 w = [n for _, _, n, _ in got]
-                self.global_states[m]["encoder"] = phases.fedavg([enc for enc, _, _, _ in got], w)
-                self.global_states[m]["head"] = phases.fedavg([head for _, head, _, _ in got], w)
+                for part, states in (("encoder", [enc for enc, _, _, _ in got]), ("head", [head for _, head, _, _ in got])):
+                    if self.cfg.pretrain_strategy == "fedavg":
+                        self.global_states[m][part] = phases.fedavg(states, w)
+                    else:  # a robust one of Flower's (median, trimmed mean), coordinate by coordinate
+                        strategy = phases.make_strategy(self.cfg.pretrain_strategy, self.cfg)
+                        self.global_states[m][part] = phases.strategy_average(strategy, rnd, self.global_states[m][part], list(zip(states, w)))
                 round_loss[m] = float(np.average([loss for *_, loss in got], weights=w))
             losses.append({"round": rnd, "nodes": len(replies), "loss": round_loss})
             log.info("[pretrain] round %d/%d: %d nodes, %s loss %s", rnd, self.cfg.pretrain_rounds, len(replies), self.cfg.pretrain_objective,

@@ -451,3 +451,9 @@ def test_a_broken_scenario_is_refused_before_any_node_is_asked(tmp_path, broken,
     with pytest.raises(ConfigError, match=re.escape(message)):
         server_app(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=rc))
     assert grid.sent == []
+
+
+def test_a_campaign_with_robust_aggregation_learns(tmp_path):
+    res, _ = in_process_campaign(tmp_path, **{"pretrain-strategy": "fedmedian", "finetune-strategy": "fedtrimmedavg", "finetune-rounds": 2})
+    assert res["state"] == "done" and res["config"]["pretrain-strategy"] == "fedmedian"
+    assert res["accuracy"]["a+b"]["macro_f1"] >= 0.9

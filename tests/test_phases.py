@@ -496,3 +496,18 @@ def test_the_schedules_match_the_central_experiments():
         assert (cfg.bind_k, cfg.label_pairs_per_sample, cfg.weighting()) == (st.k, st.label_pairs_per_sample, st.weighting)
     assert CampaignConfig.from_run_config({"quick": True}).window_cap() == MMBindSettings.quick().max_windows_per_group == 160
     assert CampaignConfig.from_run_config({"quick": True, "max-windows-per-group": 40}).window_cap() == 40
+
+
+@pytest.mark.parametrize("name", ["fedmedian", "fedtrimmedavg"])
+def test_robust_aggregation_is_not_dragged_by_one_poisoned_node(name):
+    cfg = CampaignConfig.from_run_config({"pretrain-strategy": name, "finetune-strategy": name, "trim-fraction": 0.2})
+    rng = np.random.default_rng(0)
+    current = {"w": torch.zeros(4, 3), "steps": torch.zeros((), dtype=torch.int64)}
+    honest = [({"w": torch.from_numpy(rng.normal(0, 0.01, (4, 3)).astype(np.float32)), "steps": torch.tensor(3)}, 10.0) for _ in range(4)]
+    poisoned = ({"w": torch.full((4, 3), 1e3), "steps": torch.tensor(3)}, 10.0)  # finite, well-formed, and hostile
+    robust = P.strategy_average(P.make_strategy(name, cfg), 1, current, [*honest, poisoned])
+    plain = P.fedavg([s for s, _ in [*honest, poisoned]], [n for _, n in [*honest, poisoned]])
+    assert robust["w"].abs().max() < 0.05 and plain["w"].abs().min() > 100  # the plain mean follows the poison, the robust one does not
+    assert robust["w"].dtype == torch.float32 and robust["steps"].dtype == torch.int64
+    with pytest.raises(ValueError, match="pretrain-strategy"):
+        CampaignConfig.from_run_config({"pretrain-strategy": "fedprox"})
