@@ -37,9 +37,8 @@ from node_agent.ingest import (
     client_id_for,
     node_specs,
     parse_broker,
-    replayed_windows,
+    replay_dataset,
 )
-from node_agent.ingest import replay as replay_windows
 from node_agent.runtime import Inference, NodeRuntime, load_keys
 from node_agent.store import open_store
 
@@ -274,76 +273,6 @@ def status(store: str, state_dir: str = "") -> dict[str, Any]:
     return out
 
 
-def replay(
-    broker: str,
-    node_id: str = "",
-    *,
-    dataset: str = "hapt",
-    subjects: Sequence[int] | None = None,
-    modalities: Sequence[str] | None = None,
-    scenario: str = "",
-    partition_id: int | None = None,
-    num_partitions: int | None = None,
-    seed: int = 0,
-    max_windows: int | None = None,
-    frame_len: int = 64,
-    sensor_id: str = "replay",
-    timeout: float = 300.0,
-    label_store: str = "",
-) -> dict[str, Any]:
-    """Publish a dataset's windows to a node over MQTT as its sensors would, waiting for every PUBACK.
-
-    Windows are chosen by ``subjects`` or, with ``scenario`` and ``partition_id``,
-    as the fleet simulator gives them to that node (``node_agent.data.node_spec_for``).
-    Labels do not travel in SensorFrames: with ``label_store`` (the node's
-    store) the windows are first registered there under the ids the node will
-    cut, with their labels (those the fleet lets that node see; all with
-    ``subjects``) and subjects; the frames that follow then add nothing twice.
-    ``max_windows`` keeps at most that many, evenly spread over the node's windows.
-    """
-    from common.data import load_dataset
-
-    ds = load_dataset(dataset)
-    if scenario:
-        if partition_id is None:
-            raise ValueError("--scenario needs --partition-id (which node of the fleet)")
-        from common.data.scenarios import Scenario
-        from node_agent.data import node_spec_for
-
-        spec = node_spec_for(Scenario.load(scenario), ds, seed, partition_id, num_partitions)
-        rows, node_id, held, visible = spec.rows, node_id or spec.node_id, spec.modalities, spec.labelled
-    else:
-        if not subjects:
-            raise ValueError("give --subjects, or --scenario with --partition-id")
-        if not node_id:
-            raise ValueError("--node-id is required with --subjects")
-        rows, held = np.flatnonzero(np.isin(ds.subject, list(subjects))), ds.modalities
-        visible = np.ones(len(rows), dtype=bool)
-    mods = list(modalities) if modalities else list(held)
-    unknown = [m for m in mods if m not in held]
-    if unknown:
-        raise ValueError(f"modality {unknown[0]!r} is not among this node's {sorted(held)}")
-    if max_windows is not None and max_windows < len(rows):  # spread over the recording: a prefix is one subject's first activities
-        keep = np.unique(np.linspace(0, len(rows) - 1, max(max_windows, 0)).round().astype(np.int64))
-        rows, visible = rows[keep], visible[keep]
-    windows = {m: ds.X[m][rows] for m in mods}
-    rates = {m: ds.rates.get(m, 50.0) for m in mods}
-    labelled = 0
-    if label_store:
-        labels = np.where(visible, ds.y[rows], -1)
-        with open_store(label_store) as st:
-            for m in mods:
-                ids, starts = replayed_windows(len(rows), m, windows[m].shape[1], rates[m], sensor_id=sensor_id, frame_len=frame_len)
-                st.add_windows(m, ids, starts, windows[m], labels=labels, subjects=ds.subject[rows])
-        labelled = int((labels >= 0).sum())
-    with Publisher(parse_broker(broker), client_id_for(node_id, "replay")) as pub:
-        if not pub.wait_connected(30):
-            raise ConnectionError(f"no MQTT broker at {broker}")
-        sent = replay_windows(pub, node_id, windows, rates, sensor_id=sensor_id, frame_len=frame_len, timeout=timeout)
-    return {"node_id": node_id, "windows": len(rows), "frames": sent, "labelled": labelled,
-            "subjects": sorted(set(ds.subject[rows].tolist()))}  # fmt: skip
-
-
 # --- processes ------------------------------------------------------------------------------
 
 
@@ -470,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "replay":
             t0 = time.monotonic()
-            res = replay(args.broker, args.node_id, dataset=args.dataset, subjects=args.subjects,
+            res = replay_dataset(args.broker, args.node_id, dataset=args.dataset, subjects=args.subjects,
                          modalities=args.modalities, scenario=args.scenario, partition_id=args.partition_id,
                          num_partitions=args.num_partitions, seed=args.seed, max_windows=args.max_windows,
                          frame_len=args.frame_len, sensor_id=args.sensor_id, timeout=args.timeout,

@@ -24,7 +24,9 @@ arrive on the dropped connection after the failure are neither stored nor
 acknowledged, so they too come back, in their order, after the failed one.
 
 ``Publisher`` and ``replay`` play the sensor's side: they publish a dataset's
-windows as SensorFrames and wait for the broker's PUBACKs.
+windows as SensorFrames and wait for the broker's PUBACKs; ``replay_dataset``
+picks a node's windows from a dataset (by subjects, or as the fleet simulator
+gives them to it) and replays them (``edgebind-node replay``).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from common import codec
 from common.codec import CodecError
 from common.modalities import ModalitySpec, default_registry
-from node_agent.store import NodeStore
+from node_agent.store import NodeStore, open_store
 from proto import edgebind_pb2 as pb
 
 __all__ = [
@@ -580,3 +582,73 @@ def replay(
         log.info("replayed %d windows of %r to node %s as %d frames", len(x), m, node_id, sent[m])
     publisher.flush(timeout)
     return sent
+
+
+def replay_dataset(
+    broker: str,
+    node_id: str = "",
+    *,
+    dataset: str = "hapt",
+    subjects: Sequence[int] | None = None,
+    modalities: Sequence[str] | None = None,
+    scenario: str = "",
+    partition_id: int | None = None,
+    num_partitions: int | None = None,
+    seed: int = 0,
+    max_windows: int | None = None,
+    frame_len: int = 64,
+    sensor_id: str = "replay",
+    timeout: float = 300.0,
+    label_store: str = "",
+) -> dict[str, Any]:
+    """Publish a dataset's windows to a node over MQTT as its sensors would, waiting for every PUBACK.
+
+    Windows are chosen by ``subjects`` or, with ``scenario`` and ``partition_id``,
+    as the fleet simulator gives them to that node (``node_agent.data.node_spec_for``).
+    Labels do not travel in SensorFrames: with ``label_store`` (the node's
+    store) the windows are first registered there under the ids the node will
+    cut, with their labels (those the fleet lets that node see; all with
+    ``subjects``) and subjects; the frames that follow then add nothing twice.
+    ``max_windows`` keeps at most that many, evenly spread over the node's windows.
+    """
+    from common.data import load_dataset
+
+    ds = load_dataset(dataset)
+    if scenario:
+        if partition_id is None:
+            raise ValueError("--scenario needs --partition-id (which node of the fleet)")
+        from common.data.scenarios import Scenario
+        from node_agent.data import node_spec_for
+
+        spec = node_spec_for(Scenario.load(scenario), ds, seed, partition_id, num_partitions)
+        rows, node_id, held, visible = spec.rows, node_id or spec.node_id, spec.modalities, spec.labelled
+    else:
+        if not subjects:
+            raise ValueError("give --subjects, or --scenario with --partition-id")
+        if not node_id:
+            raise ValueError("--node-id is required with --subjects")
+        rows, held = np.flatnonzero(np.isin(ds.subject, list(subjects))), ds.modalities
+        visible = np.ones(len(rows), dtype=bool)
+    mods = list(modalities) if modalities else list(held)
+    unknown = [m for m in mods if m not in held]
+    if unknown:
+        raise ValueError(f"modality {unknown[0]!r} is not among this node's {sorted(held)}")
+    if max_windows is not None and max_windows < len(rows):  # spread over the recording: a prefix is one subject's first activities
+        keep = np.unique(np.linspace(0, len(rows) - 1, max(max_windows, 0)).round().astype(np.int64))
+        rows, visible = rows[keep], visible[keep]
+    windows = {m: ds.X[m][rows] for m in mods}
+    rates = {m: ds.rates.get(m, 50.0) for m in mods}
+    labelled = 0
+    if label_store:
+        labels = np.where(visible, ds.y[rows], -1)
+        with open_store(label_store) as st:
+            for m in mods:
+                ids, starts = replayed_windows(len(rows), m, windows[m].shape[1], rates[m], sensor_id=sensor_id, frame_len=frame_len)
+                st.add_windows(m, ids, starts, windows[m], labels=labels, subjects=ds.subject[rows])
+        labelled = int((labels >= 0).sum())
+    with Publisher(parse_broker(broker), client_id_for(node_id, "replay")) as pub:
+        if not pub.wait_connected(30):
+            raise ConnectionError(f"no MQTT broker at {broker}")
+        sent = replay(pub, node_id, windows, rates, sensor_id=sensor_id, frame_len=frame_len, timeout=timeout)
+    return {"node_id": node_id, "windows": len(rows), "frames": sent, "labelled": labelled,
+            "subjects": sorted(set(ds.subject[rows].tolist()))}  # fmt: skip

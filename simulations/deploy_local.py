@@ -12,7 +12,7 @@ What runs, all on 127.0.0.1 with free ports:
   a prediction on ``edgebind/<node>/events`` for every window once the node runs
   adapters;
 - a replay per node, publishing that node's windows over MQTT as its sensors
-  would (``node_agent.cli.replay``, what ``edgebind-node replay`` runs, called
+  would (``node_agent.ingest.replay_dataset``, what ``edgebind-node replay`` runs, called
   here rather than in a process per node that would mostly import torch), with
   ``label_store`` for the nodes that may see labels (SensorFrames carry none);
 - ``edgebind-coordinator campaign``: one whole campaign (``flwr run``).
@@ -654,7 +654,7 @@ class Deployment:
         """
         import logging
 
-        from node_agent.cli import replay
+        from node_agent.ingest import replay_dataset as replay
 
         t = time.monotonic()
         self.say(f"replaying up to {self.windows} windows to each of {len(self.plans)} nodes over MQTT")
