@@ -11,17 +11,17 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["json_default", "write_json"]
+__all__ = ["atomic_write", "json_default", "write_json"]
 
 
-def write_json(path: str | Path, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON: to a temporary file beside ``path``, fsynced, then renamed, so readers never see half a file."""
+def atomic_write(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to a unique temporary file beside ``path``, fsync, rename: readers (and other writers) never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, default=json_default)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -29,6 +29,11 @@ def write_json(path: str | Path, obj: Any) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON, atomically (``atomic_write``)."""
+    return atomic_write(path, json.dumps(obj, indent=2, default=json_default).encode())
 
 
 def json_default(o: Any) -> Any:

@@ -25,6 +25,7 @@ run config of every campaign.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import time
@@ -43,7 +44,7 @@ from common.data.scenarios import Scenario
 from common.codec import state_version
 from common.config import CampaignConfig
 from common.device import pick_device
-from common.files import write_json
+from common.files import atomic_write, write_json
 from common.modalities import ModalitySpec
 from common.processes import ensure_logging
 from common.samples import SampleSet
@@ -351,7 +352,9 @@ class Campaign:
         if babel:
             out = {"babel": {k: v for k, v in babel.items() if k != "stages"}, **out}
         ckdir.mkdir(parents=True, exist_ok=True)
-        torch.save(self.model.state_dict(), ckdir / f"stage-{index}-mmbind.pt")
+        buf = io.BytesIO()
+        torch.save(self.model.state_dict(), buf)
+        atomic_write(ckdir / f"stage-{index}-mmbind.pt", buf.getvalue())
         self.store.record_stage(self.campaign_id, index, "mmbind", "done", metrics=out, checkpoint_path=str(ckdir / f"stage-{index}-mmbind.pt"))
         return out
 

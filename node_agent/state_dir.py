@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -22,11 +20,12 @@ import torch
 from torch import nn
 
 from common.codec import parse_message, state_version
+from common.files import atomic_write
 from common.modalities import ModalitySpec
 from common.towers import TowerConfig, build_encoder, load_strict
 from proto import edgebind_pb2 as pb
 
-__all__ = ["StateDir", "atomic_write"]
+__all__ = ["StateDir"]
 
 
 class StateDir:
@@ -117,18 +116,3 @@ class StateDir:
             for m, b in bundles.items():
                 a = state["adapters"][m]
                 self.store.record_adapter(m, int(b.version), str(self.root / a["file"]), a["sha256"])
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` under a temporary name, fsync, rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

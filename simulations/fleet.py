@@ -23,9 +23,10 @@ import secrets
 import time
 from pathlib import Path
 
+from common.config import CampaignConfig
 from common.data import load_dataset
 from common.data.scenarios import Scenario
-from common.config import CampaignConfig
+from common.files import write_json
 from common.processes import ensure_logging
 from node_agent.data import dropouts, fleet_layout, node_id_of
 from simulations.experiments.common import commit_of, fingerprint
@@ -105,7 +106,7 @@ def run_fleet(
         "commit": commit,
         "dataset_sha256": fingerprint(load_dataset(dataset)),
     }
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    write_json(out / "results.json", results)
     log.info("fleet: done in %.1fs (campaign %.1fs, the rest is Flower/Ray start-up and shut-down)", wall, results.get("seconds") or 0.0)
     return results
 

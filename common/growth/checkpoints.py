@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
-import os
 import re
 from dataclasses import asdict
 from pathlib import Path
@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.towers import AlignedModel, ModelCard
-
+from common.files import atomic_write
 from common.growth.plan import GrowthConfig, GrowthPlan, StageRecord
+from common.towers import AlignedModel, ModelCard
 
 log = logging.getLogger("edgebind")
 
@@ -56,10 +56,9 @@ def save_checkpoint(path: str | Path, model: AlignedModel, plan: GrowthPlan, sta
         "weight_history": {str(r.index + 1): r.weights for r in records},
         "metrics": {str(r.index + 1): r.metrics for r in records},
     }
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    return path
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return atomic_write(path, buf.getvalue())
 
 
 def latest_checkpoint(directory: str | Path) -> Path | None:
