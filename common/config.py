@@ -9,7 +9,7 @@ are TOML, shipped in ``simulations/`` or given by path.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
@@ -65,6 +65,10 @@ def typed(table: Mapping[str, Any], cls: type, where: str, exclude: tuple[str, .
     for key, value in table.items():
         if not _fits(value, ann[key]):
             raise ConfigError(f"{where}: {key!r} must be {ann[key]}, got {value!r}")
+    required = [f.name for f in fields(cls) if f.name in ann and f.default is MISSING and f.default_factory is MISSING]
+    missing = [k for k in required if k not in table]
+    if missing:
+        raise ConfigError(f"{where}: missing key(s) {missing}")
     return dict(table)
 
 

@@ -16,6 +16,8 @@ One ``.npz`` file holds:
 
 from __future__ import annotations
 
+import math
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,13 +40,13 @@ class WindowDataset:
     start: np.ndarray | None = None  # per window: its first sample's index in that recording
 
     def __post_init__(self) -> None:
-        self.y = np.asarray(self.y, dtype=np.int64)
-        self.subject = np.asarray(self.subject, dtype=np.int64)
+        self.y = _integers(self.y, "y", self.name)
+        self.subject = _integers(self.subject, "subject", self.name)
         if (self.recording is None) != (self.start is None):
             raise ValueError(f"{self.name}: 'recording' and 'start' come together (a window's recording and first sample)")
         if self.recording is not None:
-            self.recording = np.asarray(self.recording, dtype=np.int64)
-            self.start = np.asarray(self.start, dtype=np.int64)
+            self.recording = _integers(self.recording, "recording", self.name)
+            self.start = _integers(self.start, "start", self.name)
         self.validate()
 
     def validate(self) -> None:
@@ -72,6 +74,11 @@ class WindowDataset:
                     raise ValueError(f"{self.name}: {what} has shape {a.shape}, expected ({n},)")
             if n and self.start.min() < 0:
                 raise ValueError(f"{self.name}: start must be >= 0, got {int(self.start.min())}")
+        if n and self.y.min() < -1:
+            raise ValueError(f"{self.name}: labels must be >= 0 (-1 = unlabelled), got {int(self.y.min())}")
+        for m, r in self.rates.items():
+            if not (math.isfinite(r) and 0 < r <= 1e5):
+                raise ValueError(f"{self.name}: rate_{m} must be a positive number of Hz (at most 1e5), got {r}")
         if self.label_names and n and self.y.max() >= len(self.label_names):
             raise ValueError(f"{self.name}: label {int(self.y.max())} has no name ({len(self.label_names)} names)")
 
@@ -138,16 +145,32 @@ class WindowDataset:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"dataset file {path} does not exist")
-        with np.load(path, allow_pickle=False) as f:
-            keys = set(f.files)
-            missing = {"y", "subject"} - keys
-            if missing:
-                raise ValueError(f"{path}: missing array(s) {sorted(missing)}; see README 'Dataset format'")
-            X = {k[2:]: f[k].astype(np.float32, copy=False) for k in keys if k.startswith("X_")}
-            rates = {k[5:]: float(f[k]) for k in keys if k.startswith("rate_")}
-            names = [str(s) for s in f["label_names"]] if "label_names" in keys else []
-            extra = {k: f[k] for k in ("recording", "start") if k in keys}
-            return cls(X=X, y=f["y"], subject=f["subject"], label_names=names, rates=rates, name=path.stem, **extra)
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                keys = set(f.files)
+                missing = {"y", "subject"} - keys
+                if missing:
+                    raise ValueError(f"{path}: missing array(s) {sorted(missing)}; see README 'Dataset format'")
+                X = {k[2:]: f[k].astype(np.float32, copy=False) for k in keys if k.startswith("X_")}
+                rates = {k[5:]: float(f[k]) for k in keys if k.startswith("rate_")}
+                names = [str(s) for s in f["label_names"]] if "label_names" in keys else []
+                extra = {k: f[k] for k in ("recording", "start") if k in keys}
+                y, subject = f["y"], f["subject"]
+        except (OSError, EOFError, KeyError, TypeError, ValueError, zipfile.BadZipFile) as e:
+            if isinstance(e, ValueError) and str(e).startswith(str(path)):
+                raise
+            raise ValueError(f"{path}: not a dataset in edgebind's .npz format ({type(e).__name__}: {e}); see README 'Dataset format'") from None
+        return cls(X=X, y=y, subject=subject, label_names=names, rates=rates, name=path.stem, **extra)
+
+
+def _integers(a, what: str, name: str) -> np.ndarray:
+    """``a`` as int64, refusing what is not whole numbers (NaN or 1e30 would otherwise become INT64_MIN)."""
+    arr = np.asarray(a)
+    if arr.dtype.kind in "iu":
+        return arr.astype(np.int64, copy=False)
+    if arr.dtype.kind == "b" or arr.dtype.kind not in "f" or arr.size and not (np.isfinite(arr).all() and (arr == np.round(arr)).all() and np.abs(arr).max() < 2**62):
+        raise ValueError(f"{name}: {what} must hold integers, got dtype {arr.dtype}" + (" with non-integer or out-of-range values" if arr.dtype.kind == "f" else ""))
+    return arr.astype(np.int64)
 
 
 def load_dataset(name_or_path: str | Path, *, virtual: bool = True, **kwargs) -> WindowDataset:

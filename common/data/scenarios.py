@@ -120,8 +120,8 @@ class Scenario:
         for role in ("validation", "test"):
             if role in d:
                 groups.append(GroupSpec(name=role, role=role, **typed(d.pop(role), GroupSpec, f"scenario {name!r}, [{role}]", exclude=("name", "role"))))
-        d = typed(d, cls, f"scenario {name!r}", exclude=("groups",))
         d.setdefault("name", name)
+        d = typed(d, cls, f"scenario {name!r}", exclude=("groups",))
         return cls(groups=groups, **d)
 
     @classmethod
