@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["atomic_write", "json_default", "write_json"]
+__all__ = ["atomic_write", "json_default", "private_dir", "private_file", "write_json"]
 
 
 def atomic_write(path: str | Path, data: bytes) -> Path:
@@ -45,3 +45,27 @@ def json_default(o: Any) -> Any:
     if isinstance(o, np.ndarray):
         return o.tolist()
     return str(o)
+
+
+def private_dir(path: str | Path) -> Path:
+    """``path`` as a directory; the folders this creates are 0700 (only the owner reads a node's or coordinator's data)."""
+    path = Path(path)
+    missing = []
+    p = path
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        d.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
+def private_file(path: str | Path) -> Path:
+    """Create ``path`` empty with mode 0600 unless it exists (a database file SQLite then opens; its -wal and -shm files follow its mode)."""
+    path = Path(path)
+    private_dir(path.parent)
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        pass
+    return path

@@ -25,6 +25,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
+from common.files import private_file
+
 __all__ = ["ARRAY_DTYPES", "SqlStore", "pack_array", "unpack_array"]
 
 ARRAY_DTYPES = frozenset({"float16", "float32", "float64", "int8", "int32", "int64"})
@@ -69,7 +71,6 @@ def _engine_for(url: str | Path) -> tuple[Engine, bool]:
         if not str(url).strip():
             raise ValueError("store url: empty")
         path = Path(url).expanduser().resolve()
-        path.parent.mkdir(parents=True, exist_ok=True)
         sa_url: URL = URL.create("sqlite", database=str(path))
     else:
         sa_url = make_url(url)
@@ -78,6 +79,8 @@ def _engine_for(url: str | Path) -> tuple[Engine, bool]:
     if sa_url.get_backend_name() != "sqlite":
         return create_engine(sa_url, pool_pre_ping=True), False
     memory = sa_url.database in (None, "", ":memory:")
+    if not memory:
+        private_file(Path(sa_url.database).expanduser())  # 0600 in 0700 folders: embeddings and windows are the owner's alone
     if memory:
         engine = create_engine(sa_url, poolclass=StaticPool, connect_args={"check_same_thread": False})
     else:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from common.codec import parse_message, state_version
-from common.files import atomic_write
+from common.files import atomic_write, private_dir
 from common.modalities import ModalitySpec
 from common.towers import TowerConfig, build_encoder, load_strict
 from proto import edgebind_pb2 as pb
@@ -35,8 +35,7 @@ class StateDir:
     """
 
     def __init__(self, root: str | Path, store=None):
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = private_dir(root)  # 0700: the node's models and keys are its owner's alone
         self.store = store
 
     # state.json --------------------------------------------------------------

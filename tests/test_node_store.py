@@ -360,3 +360,23 @@ def test_a_path_means_a_sqlite_file(tmp_path: Path) -> None:
         s.record_upload("c", "b", "acc", 1)
     with open_store(f"sqlite:///{tmp_path / 'a.db'}") as s:
         assert s.uploaded("c") == {"b"}
+
+
+def test_store_files_and_state_directories_are_the_owners_alone(tmp_path):
+    import os
+    import stat
+
+    from coordinator.store import open_store as open_coordinator_store
+    from node_agent.state_dir import StateDir
+
+    mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)  # noqa: E731
+    with open_store(tmp_path / "node" / "data" / "n1.db") as st:
+        st.add_frame("s1", "acc", 0, 1, np.zeros((4, 3), np.float32), rate_hz=50.0)
+    assert mode(tmp_path / "node") == mode(tmp_path / "node" / "data") == 0o700
+    db_files = sorted((tmp_path / "node" / "data").iterdir())
+    assert db_files and all(mode(p) == 0o600 for p in db_files), [(p.name, oct(mode(p))) for p in db_files]
+    open_coordinator_store(str(tmp_path / "coord" / "c.db")).close()
+    assert mode(tmp_path / "coord") == 0o700 and mode(tmp_path / "coord" / "c.db") == 0o600
+    sd = StateDir(tmp_path / "state" / "n1")
+    sd.remember_key("k", "ab" * 16)
+    assert mode(tmp_path / "state") == mode(tmp_path / "state" / "n1") == 0o700 and mode(tmp_path / "state" / "n1" / "state.json") == 0o600
