@@ -54,6 +54,7 @@ from proto import edgebind_pb2 as pb
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD",
+    "DEFAULT_MAX_SEQ_JUMP",
     "Ingest",
     "IngestStats",
     "Publisher",
@@ -72,6 +73,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PAYLOAD = 1 << 20
+DEFAULT_MAX_SEQ_JUMP = 1_000_000  # frames a stream may skip at once (at 50 Hz in 64-sample frames, about 15 days)
 RATE_TOLERANCE = 0.01  # a frame's rate may differ from its modality's by 1 %
 T0_NS = 1_700_000_000_000_000_000  # when a replayed recording starts (any fixed time will do)
 
@@ -86,6 +88,7 @@ REJECT_REASONS = (
     "bad-rate",  # sampling rate differs from the modality's
     "non-finite",  # NaN or Inf samples
     "invalid",  # any other field check (ids, seq, timestamp, empty samples)
+    "seq-jump",  # seq more than max_seq_jump past the stream's highest stored seq (it would stall window cutting)
     "store",  # the store refused it (e.g. channels differ from the stream's earlier frames)
 )
 
@@ -198,6 +201,7 @@ class Ingest:
         broker: tuple[str, int] = ("127.0.0.1", 1883),
         *,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
+        max_seq_jump: int = DEFAULT_MAX_SEQ_JUMP,
         steps: Mapping[str, int] | None = None,
         client_id: str | None = None,
         keepalive: int = 30,
@@ -211,6 +215,8 @@ class Ingest:
         self.specs = dict(specs)
         self.broker = broker
         self.max_payload = max_payload
+        self.max_seq_jump = max_seq_jump
+        self._top_seq: dict[tuple[str, str], int | None] = {}  # (sensor, modality) -> highest seq stored, read once from the store
         self.steps = {m: (steps or {}).get(m, max(1, s.window // 2)) for m, s in self.specs.items()}
         self.client_id = client_id or client_id_for(node_id)
         self.keepalive = keepalive
@@ -245,6 +251,9 @@ class Ingest:
                     f"store failed to write frame {frame.seq} of {frame.sensor_id!r}/{frame.modality!r}: "
                     f"{type(e).__name__}: {e}"
                 ) from e
+            key = (frame.sensor_id, frame.modality)
+            if added and (self._top_seq.get(key) is None or frame.seq > self._top_seq[key]):
+                self._top_seq[key] = frame.seq
         except _Rejected as r:
             with self._lock:
                 self.stats.rejected[r.reason] += 1
@@ -291,6 +300,12 @@ class Ingest:
         except CodecError as e:
             reason = "non-finite" if not np.isfinite(np.asarray(frame.samples, np.float32)).all() else "invalid"
             raise _Rejected(reason, str(e)) from e
+        key = (frame.sensor_id, frame.modality)
+        if key not in self._top_seq:
+            self._top_seq[key] = self.store.max_seq(*key)
+        top = self._top_seq[key]
+        if top is not None and frame.seq > top + self.max_seq_jump:
+            raise _Rejected("seq-jump", f"seq {frame.seq} is more than {self.max_seq_jump} past {top}, the highest stored for {key[0]!r}/{key[1]!r}")
         return frame, samples
 
     # --- windows --------------------------------------------------------------------

@@ -228,6 +228,11 @@ class NodeStore(SqlStore):
             for r in rows
         ]
 
+    def max_seq(self, sensor_id: str, modality: str) -> int | None:
+        """The highest seq stored for one sensor's stream, or None before its first frame."""
+        with self._tx() as s:
+            return s.scalar(select(func.max(_FrameRow.seq)).where(_FrameRow.sensor_id == _name("sensor_id", sensor_id), _FrameRow.modality == _name("modality", modality)))
+
     def count_frames(self, modality: str) -> int:
         """How many frames of ``modality`` are stored."""
         _name("modality", modality)

@@ -116,6 +116,19 @@ def test_bad_input_is_rejected_counted_and_changes_nothing(ingest, reason, topic
     assert _snapshot(ingest.store) == before
 
 
+def test_a_seq_far_past_the_stream_is_refused_and_the_bound_outlives_a_restart(ingest):
+    topic = sensor_topic(NODE, "gyro")
+    assert ingest.handle(topic, _frame(seq=5).SerializeToString()) == "accepted"
+    assert ingest.handle(topic, _frame(seq=5 + ingest.max_seq_jump + 1).SerializeToString()) == "seq-jump"  # would stall window cutting
+    assert ingest.handle(topic, _frame(seq=5 + ingest.max_seq_jump).SerializeToString()) == "accepted"  # the bound itself is fine
+    assert ingest.handle(topic, _frame(sensor_id="other", seq=10**15).SerializeToString()) == "accepted"  # another sensor's first frame
+    assert ingest.stats.rejected == {"seq-jump": 1}
+    restarted = Ingest(NODE, ingest.store, SPECS, max_seq_jump=10)  # a new process reads the highest stored seq back
+    assert restarted.handle(topic, _frame(seq=5 + ingest.max_seq_jump + 11).SerializeToString()) == "seq-jump"
+    assert restarted.handle(topic, _frame(seq=5 + ingest.max_seq_jump + 10).SerializeToString()) == "accepted"
+    assert [f.seq for f in ingest.store.frames("gyro") if f.sensor_id == "imu"] == [5, 5 + ingest.max_seq_jump, 5 + ingest.max_seq_jump + 10]
+
+
 def _locked() -> OperationalError:
     return OperationalError("INSERT INTO frames ...", {}, sqlite3.OperationalError("database is locked"))
 
