@@ -81,6 +81,11 @@ def tensor_to_proto(t: torch.Tensor | np.ndarray, name: str = "", dtype: str = "
 
 def tensor_from_proto(msg: pb.Tensor, max_bytes: int = DEFAULT_MAX_BYTES) -> np.ndarray:
     """Decode a Tensor message to a float32 array, checking size, shape and values."""
+    return dequantize(*tensor_wire(msg, max_bytes), what=f"tensor {msg.name!r}")
+
+
+def tensor_wire(msg: pb.Tensor, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[np.ndarray, np.ndarray | None]:
+    """A Tensor message as it crossed the wire: (the array in its wire dtype, the int8 scales or None), size and shape checked."""
     what = f"tensor {msg.name!r}"
     if msg.dtype not in _WIRE:
         raise CodecError(f"{what}: unknown dtype {msg.dtype}; expected one of {sorted(_DTYPES)}")
@@ -95,7 +100,7 @@ def tensor_from_proto(msg: pb.Tensor, max_bytes: int = DEFAULT_MAX_BYTES) -> np.
         raise CodecError(
             f"{what}: shape {shape} as {_NAMES[msg.dtype]} needs {expected} bytes, data has {len(msg.data)}"
         )
-    x = np.frombuffer(msg.data, dtype=wire).astype(np.float32).reshape(shape)
+    x = np.frombuffer(msg.data, dtype=wire).reshape(shape)
     if msg.dtype == pb.Tensor.INT8:
         width = shape[-1] if shape else 1
         if len(msg.scale) != width:
@@ -103,9 +108,18 @@ def tensor_from_proto(msg: pb.Tensor, max_bytes: int = DEFAULT_MAX_BYTES) -> np.
         scale = np.asarray(msg.scale, dtype=np.float32)
         if not (np.isfinite(scale) & (scale >= 0)).all():
             raise CodecError(f"{what}: int8 scales must be finite and non-negative")
-        x = (x.reshape(math.prod(shape[:-1]), width) * scale).reshape(shape)
-    elif len(msg.scale):
+        return x, scale
+    if len(msg.scale):
         raise CodecError(f"{what}: scales given for {_NAMES[msg.dtype]}, which takes none")
+    return x, None
+
+
+def dequantize(wire: np.ndarray, scales: np.ndarray | None, what: str = "tensor") -> np.ndarray:
+    """The float32 values of a wire array (int8 times its per-column scales), refusing NaN and Inf."""
+    x = wire.astype(np.float32)
+    if scales is not None:
+        width = wire.shape[-1] if wire.ndim else 1
+        x = (x.reshape(math.prod(wire.shape[:-1]), width) * scales).reshape(wire.shape)
     _check_finite(x, what)
     return x
 
@@ -244,6 +258,8 @@ class DecodedBatch:
     window_ids: list[str]
     embeddings: np.ndarray  # (N, d) float32
     labels: np.ndarray  # (N,) int64
+    wire: np.ndarray  # (N, d) the embeddings as sent: float16, float32 or int8 (what the coordinator stores)
+    scales: np.ndarray | None  # int8's per-column scales (embeddings = wire * scales), else None
     timestamps_ns: np.ndarray | None  # (N,) int64
     subjects: np.ndarray | None  # (N,) int64
     dtype: str  # wire dtype of the embeddings
@@ -298,7 +314,8 @@ def decode_embeddings(
     _check_batch(msg, tuple(msg.embeddings.shape))
     if known_modalities is not None and msg.modality not in known_modalities:
         raise CodecError(f"embedding batch {msg.batch_id!r}: unknown modality {msg.modality!r}")
-    emb = tensor_from_proto(msg.embeddings, max_bytes)
+    wire, scales = tensor_wire(msg.embeddings, max_bytes)
+    emb = dequantize(wire, scales, f"embedding batch {msg.batch_id!r}")
     if expected_dim is not None and emb.shape[1] != expected_dim:
         raise CodecError(f"embedding batch {msg.batch_id!r}: dim {emb.shape[1]}, expected {expected_dim}")
     n = emb.shape[0]
@@ -310,6 +327,8 @@ def decode_embeddings(
         window_ids=list(msg.window_ids),
         embeddings=emb,
         labels=np.asarray(msg.labels, dtype=np.int64) if len(msg.labels) else np.full(n, -1, dtype=np.int64),
+        wire=wire,
+        scales=scales,
         timestamps_ns=np.asarray(msg.timestamps_ns, dtype=np.int64) if len(msg.timestamps_ns) else None,
         subjects=np.asarray(msg.subjects, dtype=np.int64) if len(msg.subjects) else None,
         dtype=_NAMES[msg.embeddings.dtype],

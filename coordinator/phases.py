@@ -152,11 +152,10 @@ def collect(
                 raise CodecError(f"batch {d.batch_id!r} from {sender!r} is for campaign {d.campaign_id!r}, not {campaign_id!r}")
             if groups is not None and d.group and d.group not in groups.get(sender, ()):
                 raise CodecError(f"batch {d.batch_id!r} from {sender!r} is for group {d.group!r}, which that node did not announce")
-            x, scales = _wire_array(msg, d)
-            new = store.add_embedding_batch(
+            new = store.add_embedding_batch(  # stored as sent: float16 stays float16, int8 keeps its scales
                 node_id=d.node_id, campaign_id=campaign_id, batch_id=d.batch_id, modality=d.modality,
-                window_ids=d.window_ids, embeddings=x, labels=d.labels, subjects=d.subjects,
-                encoder_version=d.encoder_version, scales=scales, timestamps_ns=d.timestamps_ns, group=d.group,
+                window_ids=d.window_ids, embeddings=d.wire, labels=d.labels, subjects=d.subjects,
+                encoder_version=d.encoder_version, scales=d.scales, timestamps_ns=d.timestamps_ns, group=d.group,
             )  # fmt: skip
         except (CodecError, ValueError) as e:
             rep.rejected.append(f"{sender}: {e}")
@@ -168,14 +167,6 @@ def collect(
         else:
             rep.duplicates += 1
     return rep
-
-
-def _wire_array(msg: pb.EmbeddingBatch, d) -> tuple[np.ndarray, np.ndarray | None]:
-    """The embeddings as they crossed the wire: float16 stays float16, int8 keeps its scales."""
-    if d.dtype == "int8":
-        q = np.frombuffer(msg.embeddings.data, dtype=np.int8).reshape(d.embeddings.shape)
-        return q, np.asarray(msg.embeddings.scale, dtype=np.float32)
-    return d.embeddings.astype(np.float16 if d.dtype == "float16" else np.float32), None
 
 
 # --- node groups -------------------------------------------------------------------------------

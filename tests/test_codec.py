@@ -402,3 +402,14 @@ def test_manifest_round_trips_and_refuses_what_it_cannot_trust():
             decode_manifest(x.SerializeToString())
     with pytest.raises(codec.CodecError, match="exceeds max_bytes"):
         decode_manifest(b"\0" * (codec.MAX_MANIFEST_BYTES + 1))
+
+
+@pytest.mark.parametrize("dtype, wire_dtype", [("int8", np.int8), ("float16", np.float16), ("float32", np.float32)])
+def test_a_decoded_batch_keeps_its_wire_array_and_scales(dtype, wire_dtype):
+    x = np.random.default_rng(1).normal(size=(5, 4)).astype(np.float32)
+    msg = codec.encode_embeddings(node_id="n", campaign_id="c", batch_id="b", modality="acc", window_ids=[str(i) for i in range(5)], embeddings=x, dtype=dtype)
+    d = codec.decode_embeddings(pb.EmbeddingBatch.FromString(msg.SerializeToString()))
+    assert d.wire.dtype == wire_dtype and d.wire.tobytes() == msg.embeddings.data  # the bytes as sent, not re-encoded
+    assert (d.scales is not None) == (dtype == "int8")
+    np.testing.assert_array_equal(d.embeddings, codec.dequantize(d.wire, d.scales))
+    np.testing.assert_allclose(d.embeddings, x, atol=0.02 if dtype == "int8" else 2e-3)
