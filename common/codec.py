@@ -8,7 +8,6 @@ and the coordinator never index into a malformed payload.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import math
 import time
 from collections.abc import Container, Mapping, Sequence
@@ -17,6 +16,9 @@ from typing import TypeVar
 
 import numpy as np
 import torch
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 from google.protobuf.message import DecodeError, Message
 
 from common.modalities import ModalitySpec
@@ -24,6 +26,8 @@ from proto import edgebind_pb2 as pb
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_SAMPLES = 1 << 20
+DEFAULT_BUNDLE_TTL_S = 30 * 24 * 3600.0  # a bundle is valid for 30 days after it is signed
+MAX_VERSION_JUMP = 1000  # a bundle more versions ahead of the node's is refused (a stolen old key cannot pin v2^63)
 
 _DTYPES = {"float32": pb.Tensor.FLOAT32, "float16": pb.Tensor.FLOAT16, "int8": pb.Tensor.INT8}
 _WIRE = {pb.Tensor.FLOAT32: np.dtype("<f4"), pb.Tensor.FLOAT16: np.dtype("<f2"), pb.Tensor.INT8: np.dtype("i1")}
@@ -40,7 +44,7 @@ class BundleRejected(ValueError):
     """An adapter bundle that must not be loaded.
 
     ``reason`` is one of ``unsigned``, ``unknown-key``, ``bad-signature``,
-    ``replay``.
+    ``expired``, ``replay``, ``version-jump``.
     """
 
     def __init__(self, reason: str, detail: str = "") -> None:
@@ -467,42 +471,71 @@ def _state(x: Mapping[str, torch.Tensor] | torch.nn.Module) -> Mapping[str, torc
     return x.state_dict() if isinstance(x, torch.nn.Module) else x
 
 
-def key_id_of(key: bytes) -> str:
-    """The id of a signing key configured without one: the coordinator signs under it and nodes look it up by it."""
-    return "k-" + hashlib.sha256(b"edgebind-key-id" + key).hexdigest()[:12]
+def new_signing_key() -> bytes:
+    """A fresh Ed25519 private key (its 32-byte seed): the coordinator's, never sent anywhere."""
+    return Ed25519PrivateKey.generate().private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
 
 
-def sign_bundle(bundle: pb.AdapterBundle, key: bytes, key_id: str) -> pb.AdapterBundle:
-    """Set ``key_id`` and an HMAC-SHA256 ``signature`` on ``bundle`` (in place) and return it."""
-    if not key:
-        raise ValueError("sign_bundle: empty key")
+def public_key_of(private_key: bytes) -> bytes:
+    """The 32-byte Ed25519 public key of a private key (seed): what a node is provisioned with."""
+    return _private(private_key).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def key_id_of(public_key: bytes) -> str:
+    """The id of a coordinator key, from its public key: the coordinator signs under it and nodes look it up by it."""
+    return "k-" + hashlib.sha256(b"edgebind-key-id" + public_key).hexdigest()[:12]
+
+
+def sign_bundle(bundle: pb.AdapterBundle, private_key: bytes, key_id: str, ttl_s: float = DEFAULT_BUNDLE_TTL_S) -> pb.AdapterBundle:
+    """Set ``key_id``, an issue time, an expiry and an Ed25519 ``signature`` over every other field (in place); return it.
+
+    A node verifies it with the coordinator's public key alone: no node holds
+    anything that could sign a bundle.
+    """
     if not key_id:
         raise ValueError("sign_bundle: empty key id")
+    key = _private(private_key)
     bundle.key_id = key_id
-    bundle.signature = _mac(bundle, key)
+    if not bundle.created_ns:
+        bundle.created_ns = time.time_ns()
+    bundle.expires_ns = bundle.created_ns + int(ttl_s * 1e9)
+    bundle.signature = key.sign(_signed_bytes(bundle))
     return bundle
 
 
-def verify_bundle(bundle: pb.AdapterBundle, keys: Mapping[str, bytes], min_version: int | None = None) -> None:
-    """Raise ``BundleRejected`` unless ``bundle`` is signed by a known key and,
-    when ``min_version`` is given, strictly newer than it."""
+def verify_bundle(bundle: pb.AdapterBundle, keys: Mapping[str, bytes], min_version: int | None = None, now_ns: int | None = None) -> None:
+    """Raise ``BundleRejected`` unless ``bundle`` is signed by one of ``keys`` (key id -> Ed25519 public key),
+    not expired, and, when ``min_version`` is given, strictly newer than it but not more than ``MAX_VERSION_JUMP`` ahead."""
     what = f"bundle {bundle.modality!r} v{bundle.version}"
     if not bundle.signature:
         raise BundleRejected("unsigned", what)
     key = keys.get(bundle.key_id)
     if key is None:
         raise BundleRejected("unknown-key", f"{what}: key id {bundle.key_id!r}")
-    if not hmac.compare_digest(bundle.signature, _mac(bundle, key)):
-        raise BundleRejected("bad-signature", what)
+    try:
+        Ed25519PublicKey.from_public_bytes(bytes(key)).verify(bytes(bundle.signature), _signed_bytes(bundle))
+    except (InvalidSignature, ValueError) as e:
+        raise BundleRejected("bad-signature", f"{what}: {type(e).__name__}") from None
+    now = time.time_ns() if now_ns is None else now_ns
+    if bundle.expires_ns and now > bundle.expires_ns:
+        raise BundleRejected("expired", f"{what} expired {(now - bundle.expires_ns) / 1e9:.0f} s ago")
     if min_version is not None and bundle.version <= min_version:
         raise BundleRejected("replay", f"{what} is not newer than v{min_version}")
+    if min_version is not None and bundle.version > min_version + MAX_VERSION_JUMP:
+        raise BundleRejected("version-jump", f"{what} is more than {MAX_VERSION_JUMP} versions past v{min_version}")
 
 
-def _mac(bundle: pb.AdapterBundle, key: bytes) -> bytes:
+def _signed_bytes(bundle: pb.AdapterBundle) -> bytes:
     unsigned = pb.AdapterBundle()
     unsigned.CopyFrom(bundle)
     unsigned.ClearField("signature")
-    return hmac.new(key, unsigned.SerializeToString(deterministic=True), hashlib.sha256).digest()
+    return unsigned.SerializeToString(deterministic=True)
+
+
+def _private(private_key: bytes) -> Ed25519PrivateKey:
+    if len(private_key) != 32:
+        raise ValueError(f"an Ed25519 private key is 32 bytes, got {len(private_key)}")
+    return Ed25519PrivateKey.from_private_bytes(bytes(private_key))
 
 
 def state_version(state: Mapping[str, torch.Tensor]) -> str:

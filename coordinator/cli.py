@@ -197,6 +197,28 @@ def status(store: str, campaign_ids: Sequence[str] = ()) -> dict[str, Any]:
     return {"nodes": nodes, "adapters": adapters, "campaigns": campaigns}
 
 
+def keygen(directory: str | Path) -> dict[str, str]:
+    """Make the coordinator's Ed25519 signing key: ``signing.key`` (private, hex, 0600) and ``signing.pub`` (public, hex).
+
+    The coordinator reads the private key (``EDGEBIND_SIGNING_KEY`` or the run
+    config's ``signing-key``); every node is provisioned with the public one
+    (``edgebind-node up --signing-public-key``). An existing key is never overwritten.
+    """
+    from common.codec import key_id_of, new_signing_key, public_key_of
+    from common.files import private_dir
+
+    d = private_dir(directory)
+    priv, pub = d / "signing.key", d / "signing.pub"
+    if priv.exists():
+        raise FileExistsError(f"{priv} exists; remove it first to make a new key (nodes must then be given the new public key)")
+    key = new_signing_key()
+    fd = os.open(priv, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key.hex() + "\n")
+    pub.write_text(public_key_of(key).hex() + "\n")
+    return {"private_key_file": str(priv), "public_key_file": str(pub), "public_key": public_key_of(key).hex(), "key_id": key_id_of(public_key_of(key))}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgebind-coordinator", description=__doc__.split("\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -220,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-stream", action="store_true", help="submit and return instead of following the logs")
     p.add_argument("--timeout", type=float, default=None, help="seconds to wait for the run")
 
+    p = sub.add_parser("keygen", help="make the coordinator's Ed25519 signing key (private 0600, public for the nodes)")
+    p.add_argument("--dir", default="edgebind-coordinator", help="writes signing.key and signing.pub here")
+
     p = sub.add_parser("status", help="nodes, adapter versions and campaigns in the store")
     p.add_argument("--store", required=True)
     p.add_argument("--campaign", action="append", default=[], help="show this campaign too (repeatable)")
@@ -238,6 +263,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                             flwr_home=args.flwr_home, stream=not args.no_stream, timeout=args.timeout)  # fmt: skip
         if args.command == "status":
             print(json.dumps(status(args.store, args.campaign), indent=2, sort_keys=True))
+            return 0
+        if args.command == "keygen":
+            print(json.dumps(keygen(args.dir), indent=2))
             return 0
     except (ValueError, KeyError, FileNotFoundError, RuntimeError, TimeoutError, OSError) as e:
         print(f"edgebind-coordinator {args.command}: {e}", file=sys.stderr)

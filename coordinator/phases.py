@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import secrets
 import time
 from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -24,7 +23,18 @@ import torch
 
 from common.binding import PairWeighting
 from common.config import FINETUNE_STRATEGIES, CampaignConfig
-from common.codec import CodecError, bundle_from_modules, decode_embeddings, decode_manifest, key_id_of, manifest_specs, parse_embedding_batch, sign_bundle
+from common.codec import (
+    CodecError,
+    bundle_from_modules,
+    decode_embeddings,
+    decode_manifest,
+    key_id_of,
+    manifest_specs,
+    new_signing_key,
+    parse_embedding_batch,
+    public_key_of,
+    sign_bundle,
+)
 from common.evaluate import HeadConfig, confusion_metrics
 from common.evaluate import fit_head as _fit_head
 from common.mmbind import AlignConfig, PseudoPairs, align, label_pseudo_pairs, pseudo_pair_samples, sensor_pseudo_pairs
@@ -484,11 +494,13 @@ def fit_head(model: AlignedModel, train: SampleSet, val: SampleSet, n_classes: i
 
 
 def signing_key(config_key: str, config_key_id: str, env: Mapping[str, str]) -> tuple[bytes, str, str]:
-    """(key, key id, source) for signing bundles: the run config, else ``EDGEBIND_SIGNING_KEY``, else new.
+    """(Ed25519 private key, key id, source) for signing bundles: the run config, else ``EDGEBIND_SIGNING_KEY``, else new.
 
-    Keys are hex. A new key is made for this campaign only; the nodes then get
-    it in-band with the encoders (see the ServerApp): that protects bundles
-    from corruption and replay but not from whoever can read the traffic.
+    Keys are hex (the 32-byte private seed). Nodes verify with the public key
+    alone, provisioned on each deployed node (``edgebind-node up
+    --signing-public-key``); a key made for one campaign can be trusted by
+    simulated nodes only (they take its public key in-band), never by a
+    deployed node. The id defaults to ``key_id_of`` the public key.
     """
     for source, hexkey, key_id in (("run-config", config_key, config_key_id), ("env", env.get("EDGEBIND_SIGNING_KEY", ""), env.get("EDGEBIND_SIGNING_KEY_ID", ""))):
         if hexkey:
@@ -496,11 +508,11 @@ def signing_key(config_key: str, config_key_id: str, env: Mapping[str, str]) -> 
                 key = bytes.fromhex(hexkey)
             except ValueError:
                 raise ValueError(f"signing key from {source} is not hex") from None
-            if len(key) < 16:
-                raise ValueError(f"signing key from {source} is {len(key)} bytes; use at least 16")
-            return key, key_id or key_id_of(key), source
-    key = secrets.token_bytes(32)
-    return key, key_id_of(key), "generated"
+            if len(key) != 32:
+                raise ValueError(f"signing key from {source} is {len(key)} bytes; an Ed25519 private key is 32")
+            return key, key_id or key_id_of(public_key_of(key)), source
+    key = new_signing_key()
+    return key, key_id_of(public_key_of(key)), "generated"
 
 
 def make_bundles(

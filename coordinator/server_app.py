@@ -13,14 +13,15 @@ A node that errs or does not answer in time is recorded as missing (with the
 phase and round) and not asked again in this campaign; the campaign goes on
 with the others.
 
-Signing key: ``signing-key`` (hex) in the run config, else the environment
-variable ``EDGEBIND_SIGNING_KEY`` (hex, with ``EDGEBIND_SIGNING_KEY_ID``
-optional), which every node must also have (node config ``signing-key`` or
-the same variable, or the run config). Without either, the campaign makes
-a key of its own and sends it to the nodes in-band with the encoders:
-bundles are then protected from corruption and replay, but not from anyone
-who can read the Flower traffic. The fleet simulator puts a fresh key in the
-run config of every campaign.
+Signing key: bundles are signed with Ed25519. The coordinator's private key
+is ``signing-key`` (hex) in the run config, else the environment variable
+``EDGEBIND_SIGNING_KEY`` (hex, with ``EDGEBIND_SIGNING_KEY_ID`` optional);
+deployed nodes are provisioned with its public key (``edgebind-node up
+--signing-public-key``) and accept no key in-band. Without a configured key the
+campaign makes one of its own and offers its *public* key with the encoders:
+only simulated nodes take it (they share the simulation's trust); deployed
+nodes then refuse every bundle as signed by an unknown key. The fleet
+simulator puts a fresh key in the run config of every campaign.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from common.evaluate import confusion_metrics
 from common.data.scenarios import Scenario
-from common.codec import state_version
+from common.codec import public_key_of, state_version
 from common.config import CampaignConfig
 from common.device import pick_device
 from common.files import atomic_write, write_json
@@ -298,7 +299,7 @@ class Campaign:
     def collect(self) -> dict:
         base = {"campaign-id": self.campaign_id, "dtype": self.cfg.embedding_dtype, "signing-key-id": self.key_id, **self._tower_cfg()}
         if self.key_source == "generated":
-            base["signing-key"] = self.key.hex()  # in-band: see the module docstring
+            base["signing-public-key"] = public_key_of(self.key).hex()  # for simulated nodes only: see the module docstring
         encoders = {m: ArrayRecord(st["encoder"]) for m, st in self.global_states.items()}
         contents, allowed = {}, {}
         for f, n in self.live().items():

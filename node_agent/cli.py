@@ -75,7 +75,7 @@ def node_config(
     *,
     group: str = "",
     role: str = "",
-    signing_key: str = "",
+    signing_public_key: str = "",
     signing_key_id: str = "",
     threads: int = 1,
     validation_subjects: Sequence[int] = (),
@@ -91,7 +91,7 @@ def node_config(
         "threads": threads,
     }  # fmt: skip
     held = {"validation-subjects": ",".join(map(str, validation_subjects)), "test-subjects": ",".join(map(str, test_subjects))}
-    for k, v in (("group", group), ("role", role), ("signing-key", signing_key), ("signing-key-id", signing_key_id), *held.items()):
+    for k, v in (("group", group), ("role", role), ("signing-public-key", signing_public_key), ("signing-key-id", signing_key_id), *held.items()):
         if v:
             items[k] = v
     return " ".join(f"{k}={json.dumps(v)}" for k, v in items.items())
@@ -107,7 +107,7 @@ def up(
     *,
     registry: str = "",
     keys: dict[str, bytes] | None = None,
-    signing_key: str = "",
+    signing_public_key: str = "",
     signing_key_id: str = "",
     group: str = "",
     role: str = "",
@@ -132,8 +132,8 @@ def up(
     stop = stop or threading.Event()
     Path(state_dir).mkdir(parents=True, exist_ok=True)
     keys = dict(keys or {})
-    if signing_key:
-        keys.update(load_keys(None, signing_key, signing_key_id))
+    if signing_public_key:
+        keys.update(load_keys(None, signing_public_key, signing_key_id))
     with open_store(store) as st:
         rt = NodeRuntime(state_dir, node_id, keys=keys, store=st)
         if registry:
@@ -143,7 +143,7 @@ def up(
         if events:
             rt.publisher = Publisher(parse_broker(broker), client_id_for(node_id, "events"))
         published: set[str] = set()
-        cfg = node_config(node_id, store, state_dir, group=group, role=role, signing_key=signing_key, signing_key_id=signing_key_id,
+        cfg = node_config(node_id, store, state_dir, group=group, role=role, signing_public_key=signing_public_key, signing_key_id=signing_key_id,
                           threads=threads, validation_subjects=validation_subjects, test_subjects=test_subjects)  # fmt: skip
         cmd = ["flower-supernode", "--insecure", "--superlink", superlink,
                "--port", str(supernode_port or free_port()), "--node-config", cfg]  # fmt: skip
@@ -292,7 +292,7 @@ def _subjects(text: str) -> list[int]:
 
 
 def _keys(args: argparse.Namespace) -> dict[str, bytes]:
-    return load_keys(args.keys or None, args.signing_key, args.signing_key_id)
+    return load_keys(args.keys or None, args.signing_public_key, args.signing_key_id)
 
 
 def _add_node(p: argparse.ArgumentParser, store: bool = True) -> None:
@@ -307,8 +307,9 @@ def _add_node(p: argparse.ArgumentParser, store: bool = True) -> None:
 
 
 def _add_keys(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--keys", default="", help='JSON file {"key-id": "hex key"} of keys adapter bundles may be signed with')
-    p.add_argument("--signing-key", default=os.environ.get("EDGEBIND_SIGNING_KEY", ""), help="hex key (default $EDGEBIND_SIGNING_KEY)")
+    p.add_argument("--keys", default="", help='JSON file {"key-id": "hex public key"}: the coordinator public keys adapter bundles may be signed with')
+    p.add_argument("--signing-public-key", default=os.environ.get("EDGEBIND_SIGNING_PUBLIC_KEY", ""),
+                   help="the coordinator's Ed25519 public key, hex (default $EDGEBIND_SIGNING_PUBLIC_KEY); bundles signed by any other key are refused")
     p.add_argument("--signing-key-id", default=os.environ.get("EDGEBIND_SIGNING_KEY_ID", ""))
 
 
@@ -383,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "up":
             return up(args.node_id, args.broker, args.store, args.modalities, args.superlink, args.state_dir,
-                      registry=args.registry, keys=load_keys(args.keys or None), signing_key=args.signing_key,
+                      registry=args.registry, keys=load_keys(args.keys or None), signing_public_key=args.signing_public_key,
                       signing_key_id=args.signing_key_id, group=args.group, role=args.role,
                       validation_subjects=args.validation_subjects, test_subjects=args.test_subjects, supernode_port=args.supernode_port, window=args.window, rate_hz=args.rate,
                       cut_every=args.cut_every, threads=args.threads, events=args.events,

@@ -9,7 +9,7 @@ Messages (``message_type`` -> content in, content out):
   ``encoder.<m>`` / ``head.<m>`` arrays -> the trained arrays and ``metrics``
   (``n.<m>``, ``loss.<m>``); trained on the node's ``train`` part only
 - ``query.collect``: ``config`` (campaign-id, dtype, upload-roles, tower.*, signing-key-id,
-  optional in-band signing-key) and ``encoder.<m>`` -> ``upload`` (``batches``:
+  and, for a key made for the campaign, signing-public-key, which only simulated nodes take) and ``encoder.<m>`` -> ``upload`` (``batches``:
   serialised EmbeddingBatches of the parts whose role is in upload-roles, each
   naming its group) and ``versions`` (encoder version per modality)
 - ``train.finetune``: ``config`` (round, seed, tower.*, and the local settings of ``LocalFinetuneConfig.to_wire``: steps, batch-size, head-lr, tower-lr, encoder-lr, proximal-mu) and
@@ -28,7 +28,7 @@ Messages (``message_type`` -> content in, content out):
 A message the node cannot use gets a reply with an ``error`` record (the
 reason), never an exception. Who the node is comes from ``context.node_config``:
 a deployed node names its store (``node-id``, ``store``, optional ``group``,
-``role``, ``state-dir``, ``signing-key``, and ``validation-subjects`` /
+``role``, ``state-dir``, ``signing-public-key`` (the coordinator's, hex), and ``validation-subjects`` /
 ``test-subjects``, whose windows it holds out as parts of their own: a node can
 hold its own training windows and the validation and test subjects of its
 modalities, subject-disjoint); a simulated node has Flower's
@@ -52,7 +52,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from common.codec import CodecError, key_id_of
+from common.codec import CodecError, key_id_of, public_key_of
 from common.config import CampaignConfig
 from common.evaluate import LocalFinetuneConfig
 from common.pretrain import PretrainConfig
@@ -80,8 +80,9 @@ class Node:
     role: str
     data: NodeData
     state_dir: StateDir
-    key: bytes | None  # configured signing key (hex in config), if any
+    key: bytes | None  # the coordinator's Ed25519 public key this node was provisioned with, if any
     key_id: str
+    simulated: bool = False  # a simulated node shares the simulation's trust: it takes a campaign's public key in-band
     dropout: tuple | None = None  # (scenario, nodes, share, seed, partition id) when drop-outs are simulated
     stall: float = 0.0
     parts: list[NodePart] = field(default_factory=list)  # the node's own windows first, then held-out subjects
@@ -104,8 +105,8 @@ class Node:
         return dropouts(sc, n, share, seed, rounds).get(pid)
 
     def keys(self, announced_id: str = "") -> dict[str, bytes]:
-        """Keys bundles may be signed with: the configured one, and one the coordinator gave in-band."""
-        keys = self.state_dir.in_band_keys()
+        """Public keys bundles may be signed with: the provisioned one, and (simulated nodes only) one given in-band."""
+        keys = self.state_dir.in_band_keys() if self.simulated else {}
         if self.key is not None:
             keys[key_id_of(self.key)] = self.key  # the coordinator's id for a key configured without one
             if self.key_id or announced_id:
@@ -160,8 +161,8 @@ def collect(msg: Message, context: Context) -> Message:
         mods = _modalities_in(msg, node, "encoder.")
         states = {m: msg.content[f"encoder.{m}"].to_torch_state_dict() for m in mods}
         versions = node.state_dir.install_encoders(states, {m: node.data.spec(m) for m in mods}, _tower(cfg))
-        if cfg.get("signing-key") and node.key is None:
-            node.state_dir.remember_key(str(cfg["signing-key-id"]), str(cfg["signing-key"]))
+        if cfg.get("signing-public-key") and node.key is None and node.simulated:  # a deployed node never takes a key in-band
+            node.state_dir.remember_key(str(cfg["signing-key-id"]), str(cfg["signing-public-key"]))
         batches, parts = [], [node.part(str(role)) for role in cfg["upload-roles"]]  # the roles the coordinator takes; test stays here
         encoders = node.state_dir.encoders() if parts else {}
         for part in parts:
@@ -283,14 +284,14 @@ def node_for(context: Context, cfg: CampaignConfig | None = None) -> Node:
 
     The run config is read as the coordinator reads it (``CampaignConfig``:
     unknown keys and wrong types are errors); for a simulated node a node
-    config value overrides the run config's. A deployed node takes its signing
-    key from its own node config only, never from the run config.
+    config value overrides the run config's. A deployed node takes the
+    coordinator's public key from its own node config only, never from the run config or a message.
     """
     nc = context.node_config
     if "store" in nc:
         holdouts = tuple((r, str(nc.get(f"{r}-subjects", ""))) for r in ("validation", "test"))
         return _store_node(context.run_id, str(nc["node-id"]), str(nc["store"]), str(nc.get("group", "")), str(nc.get("role", "train")),
-                           str(nc.get("state-dir", "")), str(nc.get("signing-key", "")), str(nc.get("signing-key-id", "")), holdouts)  # fmt: skip
+                           str(nc.get("state-dir", "")), str(nc.get("signing-public-key", "")), str(nc.get("signing-key-id", "")), holdouts)  # fmt: skip
     if "partition-id" not in nc:
         raise ValueError("node_config names neither a store (node-id, store) nor a partition-id")
     cfg = cfg or CampaignConfig.from_run_config(context.run_config)
@@ -309,7 +310,8 @@ def _virtual_node(run_id, dataset, scenario, seed, pid, n, cap, state_dir, key, 
     sc, _ = cached_split(dataset, scenario, seed)
     drop = (sc, n, dropout, seed, pid) if dropout > 0 else None
     root = Path(state_dir) / spec.node_id if state_dir else Path(tempfile.gettempdir()) / "edgebind-nodes" / f"run-{run_id}" / spec.node_id
-    return Node(spec.node_id, spec.group, spec.role, data, StateDir(root), bytes.fromhex(key) if key else None, key_id,
+    public = public_key_of(bytes.fromhex(key)) if key else None  # the simulation's run config holds the coordinator's private key
+    return Node(spec.node_id, spec.group, spec.role, data, StateDir(root), public, key_id, True,
                 drop, (timeout + 1.0) if mode == "stall" else 0.0)  # fmt: skip
 
 

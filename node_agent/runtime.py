@@ -52,21 +52,31 @@ _CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 256 * 1024 * 1024)]
 
 
 def load_keys(path: str | Path | None = None, hexkey: str = "", key_id: str = "") -> dict[str, bytes]:
-    """Signing keys (key id -> key) from a JSON file ``{"key-id": "hex"}`` and/or one hex key.
+    """The coordinator's public keys (key id -> 32-byte Ed25519 public key) from a JSON file ``{"key-id": "hex"}`` and/or one hex key.
 
-    The coordinator signs bundles with HMAC-SHA256; a node trusts only the keys given here
-    (and those its ClientApp was handed in-band, see ``node_agent.tasks``).
+    The coordinator signs bundles with its Ed25519 private key; a deployed node
+    trusts only the public keys it was provisioned with here, never one sent in-band.
     """
     keys: dict[str, bytes] = {}
     if path:
         raw = json.loads(Path(path).read_text())
         if not isinstance(raw, dict):
-            raise ValueError(f"{path}: expected a JSON object of key id -> hex key")
-        keys.update({str(k): bytes.fromhex(str(v)) for k, v in raw.items()})
+            raise ValueError(f"{path}: expected a JSON object of key id -> hex public key")
+        keys.update({str(k): _public(str(v), f"{path}: key {k!r}") for k, v in raw.items()})
     if hexkey:
-        key = bytes.fromhex(hexkey)
+        key = _public(hexkey, "signing public key")
         keys[key_id or key_id_of(key)] = key
     return keys
+
+
+def _public(hexkey: str, what: str) -> bytes:
+    try:
+        key = bytes.fromhex(hexkey)
+    except ValueError:
+        raise ValueError(f"{what} is not hex") from None
+    if len(key) != 32:
+        raise ValueError(f"{what} is {len(key)} bytes; an Ed25519 public key is 32")
+    return key
 
 
 def read_encoder_dir(path: str | Path, modalities: Sequence[str] | None = None) -> dict[str, dict[str, torch.Tensor]]:
@@ -143,7 +153,8 @@ def admit_bundles(
 
     ``state`` is the node's ``state.json``. Names are ``<modality> v<version>``.
     Reasons: ``malformed``, ``unsigned``, ``unknown-key``, ``bad-signature``,
-    ``replay`` (not newer than the version held or admitted in this call),
+    ``expired``, ``replay`` (not newer than the version held or admitted in this
+    call), ``version-jump`` (more than ``codec.MAX_VERSION_JUMP`` past it),
     ``unknown-modality`` (no encoder here), ``encoder-mismatch``, ``bad-shape``.
     """
     current = {m: int(a["version"]) for m, a in state["adapters"].items()}
@@ -247,8 +258,8 @@ def load_serving(root: Path, state: Mapping[str, Any], keys: Mapping[str, bytes]
 class NodeRuntime:
     """Inference with a node's frozen encoders and current adapters, kept in ``root``.
 
-    ``keys`` are the signing keys bundles must carry (key ids the ClientApp was
-    given in-band are added). ``store`` (a NodeStore) records adapter versions.
+    ``keys`` are the coordinator's public keys (key id -> Ed25519 public key)
+    bundles must be signed with. ``store`` (a NodeStore) records adapter versions.
     ``publisher`` (an ``ingest.Publisher``) makes ``infer`` publish events.
     """
 
@@ -279,7 +290,8 @@ class NodeRuntime:
     # --- what the node runs -----------------------------------------------------------
 
     def keys(self) -> dict[str, bytes]:
-        return {**self.state_dir.in_band_keys(), **self._keys}
+        """The public keys bundles must be signed with: those this runtime was given, and nothing from messages."""
+        return dict(self._keys)
 
     @property
     def adapter_versions(self) -> dict[str, int]:

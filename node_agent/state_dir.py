@@ -86,7 +86,7 @@ class StateDir:
 
     # keys --------------------------------------------------------------------
     def remember_key(self, key_id: str, hexkey: str) -> None:
-        """Keep a signing key the coordinator sent in-band (when the node has none configured)."""
+        """Keep a campaign's public key the coordinator offered in-band (simulated nodes only; deployed nodes never call this)."""
         bytes.fromhex(hexkey)
         state = self.state()
         state.setdefault("in_band_keys", {})[key_id] = hexkey

@@ -78,7 +78,7 @@ class EmbeddingBatch(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., campaign_id: _Optional[str] = ..., batch_id: _Optional[str] = ..., modality: _Optional[str] = ..., window_ids: _Optional[_Iterable[str]] = ..., timestamps_ns: _Optional[_Iterable[int]] = ..., labels: _Optional[_Iterable[int]] = ..., subjects: _Optional[_Iterable[int]] = ..., embeddings: _Optional[_Union[Tensor, _Mapping]] = ..., encoder_version: _Optional[str] = ..., group: _Optional[str] = ...) -> None: ...
 
 class AdapterBundle(_message.Message):
-    __slots__ = ("modality", "version", "campaign_id", "encoder_version", "tensors", "created_ns", "key_id", "signature", "prototype", "head_tensors", "head_classes")
+    __slots__ = ("modality", "version", "campaign_id", "encoder_version", "tensors", "created_ns", "key_id", "signature", "prototype", "head_tensors", "head_classes", "expires_ns")
     MODALITY_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +90,7 @@ class AdapterBundle(_message.Message):
     PROTOTYPE_FIELD_NUMBER: _ClassVar[int]
     HEAD_TENSORS_FIELD_NUMBER: _ClassVar[int]
     HEAD_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_NS_FIELD_NUMBER: _ClassVar[int]
     modality: str
     version: int
     campaign_id: str
@@ -101,7 +102,8 @@ class AdapterBundle(_message.Message):
     prototype: _containers.RepeatedCompositeFieldContainer[Tensor]
     head_tensors: _containers.RepeatedCompositeFieldContainer[Tensor]
     head_classes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, modality: _Optional[str] = ..., version: _Optional[int] = ..., campaign_id: _Optional[str] = ..., encoder_version: _Optional[str] = ..., tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., created_ns: _Optional[int] = ..., key_id: _Optional[str] = ..., signature: _Optional[bytes] = ..., prototype: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., head_tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., head_classes: _Optional[_Iterable[str]] = ...) -> None: ...
+    expires_ns: int
+    def __init__(self, modality: _Optional[str] = ..., version: _Optional[int] = ..., campaign_id: _Optional[str] = ..., encoder_version: _Optional[str] = ..., tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., created_ns: _Optional[int] = ..., key_id: _Optional[str] = ..., signature: _Optional[bytes] = ..., prototype: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., head_tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., head_classes: _Optional[_Iterable[str]] = ..., expires_ns: _Optional[int] = ...) -> None: ...
 
 class ModalityInfo(_message.Message):
     __slots__ = ("name", "channels", "rate_hz", "window", "n_windows", "n_labelled")

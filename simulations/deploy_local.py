@@ -65,6 +65,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.codec import new_signing_key, public_key_of
 from common.files import write_json
 from common.processes import free_port, signal_group, signal_pid
 
@@ -491,7 +492,9 @@ class Deployment:
         self.sup = Supervisor()
         self.t0 = time.monotonic()
         self.steps: dict[str, float] = {}
-        self.key, self.key_id = secrets.token_hex(32), f"deploy-local-{secrets.token_hex(4)}"
+        # the coordinator's Ed25519 key: the private half goes to the coordinator only, the public half to every node
+        private = new_signing_key()
+        self.key, self.public_key, self.key_id = private.hex(), public_key_of(private).hex(), f"deploy-local-{secrets.token_hex(4)}"
         self.campaign_id = f"deploy-local-{time.strftime('%Y%m%d-%H%M%S')}"
         self.events: dict[str, dict[str, Any]] = {}
         self._events_lock = threading.Lock()
@@ -508,9 +511,13 @@ class Deployment:
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "PYTHONUNBUFFERED": "1",
-               "EDGEBIND_SIGNING_KEY": self.key, "EDGEBIND_SIGNING_KEY_ID": self.key_id}  # fmt: skip
+               "EDGEBIND_SIGNING_PUBLIC_KEY": self.public_key, "EDGEBIND_SIGNING_KEY_ID": self.key_id}  # fmt: skip
+        env.pop("EDGEBIND_SIGNING_KEY", None)  # the private key reaches the coordinator's process alone (``coordinator_env``)
         env.update(extra)
         return env
+
+    def coordinator_env(self) -> dict[str, str]:
+        return self.env(EDGEBIND_SIGNING_KEY=self.key)
 
     def _alive_or_fail(self, child: Child, what: str) -> None:
         code = child.proc.poll()
@@ -573,7 +580,7 @@ class Deployment:
             "coordinator",
             [_script("edgebind-coordinator"), "up", "--dir", str(cdir), "--host", HOST, "--superlink-port", str(self.superlink_port),
              "--registry-port", str(self.registry_port), "--ready-file", str(self.ready_file)],
-            self.out / "logs" / "coordinator.log", self.env(),
+            self.out / "logs" / "coordinator.log", self.coordinator_env(),
         )  # fmt: skip
         _symlink(self.out / "logs" / "superlink.log", cdir / "superlink.log")  # the SuperLink and ServerApp write there
         self.superlink = f"{HOST}:{self.superlink_port}"

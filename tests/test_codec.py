@@ -287,7 +287,8 @@ def test_bad_frames_are_refused(frame, match):
 
 # --- adapter bundles -------------------------------------------------------------
 
-KEY, OTHER = b"k" * 32, b"o" * 32
+KEY, OTHER = b"k" * 32, b"o" * 32  # Ed25519 private keys (seeds): the coordinator's, and somebody else's
+PUB, OTHER_PUB = codec.public_key_of(KEY), codec.public_key_of(OTHER)  # what nodes hold
 
 
 @pytest.fixture
@@ -302,15 +303,14 @@ def bundle() -> pb.AdapterBundle:
         head_classes=["walk", "sit", "lie"],
         campaign_id="c1",
         encoder_version="e1",
-        created_ns=123,
     )
     return codec.sign_bundle(b, KEY, "k1")
 
 
 def test_bundle_states_round_trip(bundle):
-    assert len(bundle.signature) == 32 and bundle.key_id == "k1"
+    assert len(bundle.signature) == 64 and bundle.key_id == "k1" and bundle.expires_ns > bundle.created_ns > 0
     wire = codec.parse_message(bundle.SerializeToString(), pb.AdapterBundle)
-    codec.verify_bundle(wire, {"k1": KEY}, min_version=4)
+    codec.verify_bundle(wire, {"k1": PUB}, min_version=4)
     states = codec.bundle_to_states(wire)
     assert (states.modality, states.version, states.head_classes) == ("acc", 5, ["walk", "sit", "lie"])
     assert set(states.adapter) == set(states.prototype) == set(states.head) == {"weight", "bias"}
@@ -333,9 +333,9 @@ def test_signing_is_canonical(bundle):
     assert codec.sign_bundle(again, KEY, "k1").signature == bundle.signature
 
 
-def _rejected(bundle, reason, keys=None, min_version=None):
+def _rejected(bundle, reason, keys=None, min_version=None, now_ns=None):
     with pytest.raises(BundleRejected) as info:
-        codec.verify_bundle(bundle, keys or {"k1": KEY}, min_version=min_version)
+        codec.verify_bundle(bundle, keys or {"k1": PUB}, min_version=min_version, now_ns=now_ns)
     assert info.value.reason == reason
 
 
@@ -352,13 +352,15 @@ def test_tampered_metadata_is_rejected(bundle):
 
 
 def test_wrong_key_is_rejected(bundle):
-    _rejected(bundle, "bad-signature", keys={"k1": OTHER})
+    _rejected(bundle, "bad-signature", keys={"k1": OTHER_PUB})
     bundle.key_id = "k2"  # claiming another known key does not help
-    _rejected(bundle, "bad-signature", keys={"k1": KEY, "k2": OTHER})
+    _rejected(bundle, "bad-signature", keys={"k1": PUB, "k2": OTHER_PUB})
+    forged = codec.sign_bundle(pb.AdapterBundle.FromString(bundle.SerializeToString()), OTHER, "k1")  # somebody else's key, our key id
+    _rejected(forged, "bad-signature")
 
 
 def test_unknown_key_id_is_rejected(bundle):
-    _rejected(bundle, "unknown-key", keys={"k2": KEY})
+    _rejected(bundle, "unknown-key", keys={"k2": PUB})
 
 
 def test_unsigned_is_rejected(bundle):
@@ -371,9 +373,21 @@ def test_replay_is_rejected(bundle, known):
     _rejected(bundle, "replay", min_version=known)
 
 
-def test_sign_needs_a_key():
-    with pytest.raises(ValueError, match="empty key"):
+def test_expired_and_far_ahead_bundles_are_rejected(bundle):
+    _rejected(bundle, "expired", now_ns=bundle.expires_ns + 1)
+    codec.verify_bundle(bundle, {"k1": PUB}, now_ns=bundle.expires_ns)  # valid up to its expiry
+    _rejected(bundle, "version-jump", min_version=5 - codec.MAX_VERSION_JUMP - 1)  # v5 is too far past what the node holds
+    codec.verify_bundle(bundle, {"k1": PUB}, min_version=5 - codec.MAX_VERSION_JUMP)
+
+
+def test_the_public_key_cannot_sign_and_keys_are_checked():
+    with pytest.raises(ValueError, match="32 bytes"):
         codec.sign_bundle(pb.AdapterBundle(), b"", "k1")
+    with pytest.raises(ValueError, match="empty key id"):
+        codec.sign_bundle(pb.AdapterBundle(), KEY, "")
+    b = codec.sign_bundle(pb.AdapterBundle(modality="acc", version=1), PUB, "k1")  # a node's public key used as a seed: another key
+    _rejected(b, "bad-signature")
+    assert codec.key_id_of(PUB) != codec.key_id_of(OTHER_PUB) and len(codec.new_signing_key()) == 32
 
 
 def test_manifest_round_trips_and_refuses_what_it_cannot_trust():

@@ -19,6 +19,7 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
+from common.codec import public_key_of
 from common.data.dataset import WindowDataset
 from coordinator.server_app import app as server_app
 from coordinator.server_app import exchange
@@ -344,7 +345,7 @@ def test_three_deployed_nodes_one_holding_out_validation_and_test_subjects(tmp_p
                     st.add_windows(m, ids, np.arange(len(rows)) * 10**9, ds.X[m][rows], labels=labels, subjects=ds.subject[rows])
         nc = {"node-id": plan.node_id, "store": str(store), "state-dir": str(tmp_path / plan.node_id / "state"), "group": plan.group,
               "role": plan.parts[0].role, "validation-subjects": ",".join(map(str, plan.held_out("validation"))),
-              "test-subjects": ",".join(map(str, plan.held_out("test"))), "signing-key": rc["signing-key"]}  # fmt: skip
+              "test-subjects": ",".join(map(str, plan.held_out("test"))), "signing-public-key": public_key_of(bytes.fromhex(rc["signing-key"])).hex()}  # fmt: skip
         contexts[200 + i] = Context(run_id=3, node_id=200 + i, node_config=nc, state=RecordDict(), run_config=rc)
     server_app(InProcessGrid(contexts), Context(run_id=3, node_id=0, node_config={}, state=RecordDict(), run_config=rc))
     res = json.loads((tmp_path / "out" / "results.json").read_text())

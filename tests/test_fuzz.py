@@ -136,16 +136,16 @@ STATE = {"encoders": {"acc": {"version": "e1", "file": "", "spec": {}}}, "adapte
 @FUZZ
 @given(payload=payloads(BUNDLE))
 def test_the_bundle_gate_admits_only_what_is_signed_and_fits(payload):
-    admitted, refused = admit_bundles([payload], STATE, {KEY_ID: KEY})
+    admitted, refused = admit_bundles([payload], STATE, {KEY_ID: codec.public_key_of(KEY)})
     assert len(admitted) + len(refused) == 1
     if admitted:  # then it is, byte for byte, what the coordinator signed (a flip anywhere breaks the signature)
         assert admitted["acc"].SerializeToString() == pb.AdapterBundle.FromString(BUNDLE).SerializeToString()
     else:
-        assert set(refused.values()) <= {"malformed", "unsigned", "unknown-key", "bad-signature", "replay", "unknown-modality", "encoder-mismatch", "bad-shape"}
+        assert set(refused.values()) <= {"malformed", "unsigned", "unknown-key", "bad-signature", "expired", "replay", "version-jump", "unknown-modality", "encoder-mismatch", "bad-shape"}
 
 
 def test_the_unmutated_bundle_is_admitted():
-    admitted, refused = admit_bundles([BUNDLE], STATE, {KEY_ID: KEY})
+    admitted, refused = admit_bundles([BUNDLE], STATE, {KEY_ID: codec.public_key_of(KEY)})
     assert list(admitted) == ["acc"] and refused == {}
     assert build_encoder(ModalitySpec("acc", 3, 50.0, 16), TOWER) is not None
 

@@ -14,6 +14,7 @@ from sklearn.metrics import f1_score
 
 from common.data.dataset import WindowDataset
 from common.data.scenarios import Scenario, split
+from common.codec import public_key_of
 from common.config import CampaignConfig
 from common.evaluate import HeadConfig
 from common.mmbind import AlignConfig
@@ -344,6 +345,7 @@ def test_bind_grow_head_bundles_apply_and_evaluate(campaign, ds, sc):
     assert 0 <= choice["val_accuracy"] <= 1
 
     key, key_id, source = P.signing_key("", "", {})
+    pub = public_key_of(key)  # what a node is provisioned with; the private key stays with the coordinator
     assert source == "generated" and len(key) == 32
     test_spec = next(s for s in campaign["specs"] if s.role == "test")
     rt = runtimes[test_spec.node_id]
@@ -352,20 +354,20 @@ def test_bind_grow_head_bundles_apply_and_evaluate(campaign, ds, sc):
     assert [b.version for b in bundles] == [1, 1, 1] and all(b.signature for b in bundles)
     assert store.latest_adapter("a")[0] == 1
     blobs = [b.SerializeToString() for b in bundles]
-    res = install_bundles(rt, blobs, {key_id: key})
+    res = install_bundles(rt, blobs, {key_id: pub})
     assert res["applied"] == {"a": 1, "b": 1} and res["rejected"] == {"s v1": "unknown-modality"}
-    assert install_bundles(rt, blobs, {key_id: key})["rejected"]["a v1"] == "replay"
+    assert install_bundles(rt, blobs, {key_id: pub})["rejected"]["a v1"] == "replay"
     fresh = StateDir(rt.root.parent / "fresh")
     fresh.install_encoders({m: campaign["glob"][m]["encoder"] for m in ("a", "b")}, {m: ds.spec(m) for m in ("a", "b")}, TOWER)
-    assert install_bundles(fresh, blobs, {"other": key})["rejected"]["a v1"] == "unknown-key"
-    assert install_bundles(fresh, blobs, {key_id: b"x" * 32})["rejected"]["a v1"] == "bad-signature"
+    assert install_bundles(fresh, blobs, {"other": pub})["rejected"]["a v1"] == "unknown-key"
+    assert install_bundles(fresh, blobs, {key_id: public_key_of(b"x" * 32)})["rejected"]["a v1"] == "bad-signature"
     tampered = bundles[0].__class__()
     tampered.CopyFrom(bundles[0])
     tampered.version = 9
-    assert install_bundles(fresh, [tampered], {key_id: key})["rejected"]["a v9"] == "bad-signature"
+    assert install_bundles(fresh, [tampered], {key_id: pub})["rejected"]["a v9"] == "bad-signature"
     assert fresh.adapter_versions() == {}  # nothing refused was swapped in
 
-    serving = NodeRuntime(rt.root, test_spec.node_id, keys={key_id: key})
+    serving = NodeRuntime(rt.root, test_spec.node_id, keys={key_id: pub})
     metrics = tasks.evaluate_local(test_spec.data(ds), serving, CPU)
     assert set(metrics) == {"a", "b", "a+b"}
     # what evaluate_local scores is what the node serves: infer's predictions give the same confusion matrix
@@ -435,8 +437,10 @@ def test_run_config_is_checked():
         CampaignConfig.from_run_config({"round-timeout": 0.0})
     quick = CampaignConfig.from_run_config({"quick": True, "align-epochs": 99, "seed": 3})  # quick wins
     assert (quick.align_epochs, quick.pretrain_rounds, quick.seed) == (4, 2, 3)
-    key, key_id, source = P.signing_key("", "", {"EDGEBIND_SIGNING_KEY": "ab" * 16})
-    assert (key, source) == (b"\xab" * 16, "env") and key_id.startswith("k-")
+    key, key_id, source = P.signing_key("", "", {"EDGEBIND_SIGNING_KEY": "ab" * 32})
+    assert (key, source) == (b"\xab" * 32, "env") and key_id.startswith("k-")
+    with pytest.raises(ValueError, match="an Ed25519 private key is 32"):
+        P.signing_key("ab" * 16, "", {})
     with pytest.raises(ValueError, match="not hex"):
         P.signing_key("zz", "", {})
 

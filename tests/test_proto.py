@@ -39,6 +39,7 @@ def _bundle() -> pb.AdapterBundle:
         encoder_version="enc-1",
         tensors=[_tensor()],
         created_ns=1_700_000_000_000_000_000,
+        expires_ns=1_702_592_000_000_000_000,
         key_id="k1",
         signature=b"\x00" * 32,
         prototype=[_tensor()],

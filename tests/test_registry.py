@@ -11,6 +11,7 @@ import torch
 
 from common import codec
 from common.towers import ConceptAdapter, PrototypeNet
+from coordinator import phases
 from coordinator.registry import serve
 from coordinator.store import CoordinatorStore, open_store
 from proto import edgebind_pb2 as pb
@@ -63,7 +64,7 @@ def test_latest_adapters_returns_the_newest_signed_bundle_newer_than_known(store
     assert {m: b.version for m, b in got.items()} == {"gyro": 2, "lin_acc": 1}
     assert got["gyro"].SerializeToString(deterministic=True) == newest_gyro
     assert got["lin_acc"].SerializeToString(deterministic=True) == lin
-    codec.verify_bundle(got["gyro"], {KEY_ID: KEY})  # served exactly as signed
+    codec.verify_bundle(got["gyro"], {KEY_ID: codec.public_key_of(KEY)})  # served exactly as signed
 
     req = pb.LatestAdaptersRequest(node_id="n1", modalities=["gyro", "lin_acc"], known_versions={"gyro": 2})
     assert [(b.modality, b.version) for b in stub.LatestAdapters(req, timeout=5).bundles] == [("lin_acc", 1)]
@@ -146,3 +147,19 @@ def test_coordinator_status_and_the_connection_flower_reads(tmp_path, monkeypatc
     monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr"))
     conn = read_superlink_connection()
     assert (conn.name, conn.address, conn.insecure) == ("edgebind", "127.0.0.1:9093", True)
+
+
+def test_keygen_makes_a_key_pair_whose_public_half_verifies_what_the_private_half_signs(tmp_path):
+    import os
+    import stat
+
+    from coordinator.cli import keygen, main
+
+    out = keygen(tmp_path / "keys")
+    priv = bytes.fromhex(open(out["private_key_file"]).read().strip())
+    pub = bytes.fromhex(open(out["public_key_file"]).read().strip())
+    assert stat.S_IMODE(os.stat(out["private_key_file"]).st_mode) == 0o600 and stat.S_IMODE(os.stat(tmp_path / "keys").st_mode) == 0o700
+    assert codec.public_key_of(priv) == pub and out["key_id"] == codec.key_id_of(pub) == phases.signing_key(priv.hex(), "", {})[1]
+    b = codec.sign_bundle(pb.AdapterBundle(modality="acc", version=1), priv, out["key_id"])
+    codec.verify_bundle(b, {out["key_id"]: pub})
+    assert main(["keygen", "--dir", str(tmp_path / "keys")]) == 2  # never overwrites a key

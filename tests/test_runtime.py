@@ -28,7 +28,8 @@ from node_agent.store import open_store
 from proto import edgebind_pb2 as pb
 from tests.test_ingest import broker  # noqa: F401  (the real-broker fixture)
 
-KEY, KEY_ID = b"s" * 32, "k1"
+KEY, KEY_ID = b"s" * 32, "k1"  # the coordinator's Ed25519 private key (seed)
+PUB = codec.public_key_of(KEY)  # what the node holds
 TOWER = TowerConfig(width=8, feature_dim=16, adapter_hidden=32, embed_dim=16, prototype_hidden=32)
 SPECS = {m: ModalitySpec(m, channels=3, rate_hz=50.0, window=128) for m in ("gyro", "lin_acc")}
 CLASSES = ["walk", "sit", "lie"]
@@ -60,7 +61,7 @@ def windows() -> dict[str, np.ndarray]:
 def rt(tmp_path) -> Iterator[NodeRuntime]:
     torch.manual_seed(0)
     store = open_store(tmp_path / "node.db")
-    r = NodeRuntime(tmp_path / "state", "n1", keys={KEY_ID: KEY}, store=store)
+    r = NodeRuntime(tmp_path / "state", "n1", keys={KEY_ID: PUB}, store=store)
     r.install_encoders({m: build_encoder(s, TOWER).state_dict() for m, s in SPECS.items()}, SPECS, TOWER)
     yield r
     store.close()
@@ -167,7 +168,7 @@ def test_an_interrupted_write_leaves_the_old_adapters(rt, windows, monkeypatch):
     assert (rt.root / "state.json").read_bytes() == state_before
     assert not [p for p in (rt.root / "adapters").iterdir() if p.name.startswith(".")]  # no temp file left
     np.testing.assert_array_equal(rt.infer(windows).fused, before.fused)
-    fresh = NodeRuntime(rt.root, "n1", keys={KEY_ID: KEY})
+    fresh = NodeRuntime(rt.root, "n1", keys={KEY_ID: PUB})
     assert fresh.adapter_versions == {"gyro": 1, "lin_acc": 1}
 
 
@@ -187,7 +188,7 @@ def test_a_truncated_bundle_file_is_never_loaded(rt, windows):
     rt.infer(windows)
     assert rt.rejected["corrupt"] == 1  # counted once, not once per inference
 
-    rebooted = NodeRuntime(rt.root, "n1", keys={KEY_ID: KEY})  # a reboot loads nothing rather than half a bundle
+    rebooted = NodeRuntime(rt.root, "n1", keys={KEY_ID: PUB})  # a reboot loads nothing rather than half a bundle
     assert rebooted.adapter_versions == {} and rebooted.rejected["corrupt"] == 1
     with pytest.raises(RuntimeError):
         rebooted.infer(windows)
@@ -216,10 +217,12 @@ def test_a_swap_by_the_client_app_is_picked_up_by_the_next_inference(rt, windows
 
 def test_load_keys(tmp_path):
     f = tmp_path / "keys.json"
-    f.write_text(json.dumps({"k1": KEY.hex()}))
-    assert load_keys(f, "ab" * 16, "k2") == {"k1": KEY, "k2": b"\xab" * 16}
-    assert load_keys(None, "ab" * 16) == {key_id_of(b"\xab" * 16): b"\xab" * 16}
-    assert key_id_of(b"\xab" * 16) == phases.signing_key("ab" * 16, "", {})[1]  # the coordinator's default id
+    f.write_text(json.dumps({"k1": PUB.hex()}))
+    assert load_keys(f, "ab" * 32, "k2") == {"k1": PUB, "k2": b"\xab" * 32}
+    assert load_keys(None, PUB.hex()) == {key_id_of(PUB): PUB}
+    assert key_id_of(PUB) == phases.signing_key(KEY.hex(), "", {})[1]  # the coordinator's default id is its public key's
+    with pytest.raises(ValueError, match="32"):
+        load_keys(None, "ab" * 16)
 
 
 # --- with real servers ----------------------------------------------------------------
@@ -270,7 +273,7 @@ def test_a_rebooted_node_fetches_newer_bundles_from_the_registry(rt, windows):
         coord.record_adapter_version(b.modality, b.version, "c1", blob, hashlib.sha256(blob).hexdigest())
     server, port = serve(coord)
     try:
-        rebooted = NodeRuntime(rt.root, "n1", keys={KEY_ID: KEY}, store=rt.store)
+        rebooted = NodeRuntime(rt.root, "n1", keys={KEY_ID: PUB}, store=rt.store)
         assert rebooted.adapter_versions == {"gyro": 1, "lin_acc": 1}
         result = rebooted.fetch_latest(f"127.0.0.1:{port}")
         assert result == {"applied": {"gyro": 3, "lin_acc": 3}, "rejected": {}}
@@ -304,7 +307,7 @@ def test_cli_infer_and_status(rt, windows, tmp_path, capsys):
     rt.install(bundles_for(rt, 1))
     npz = tmp_path / "w.npz"
     np.savez(npz, X_gyro=windows["gyro"], X_lin_acc=windows["lin_acc"])
-    args = ["infer", "--state-dir", str(rt.root), "--node-id", "n1", "--npz", str(npz), "--signing-key", KEY.hex(), "--signing-key-id", KEY_ID]
+    args = ["infer", "--state-dir", str(rt.root), "--node-id", "n1", "--npz", str(npz), "--signing-public-key", PUB.hex(), "--signing-key-id", KEY_ID]
     assert main(args) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "# node n1, modalities gyro+lin_acc, adapters {'gyro': 1, 'lin_acc': 1}"
@@ -353,3 +356,16 @@ def test_up_publishes_a_prediction_for_every_new_window_once(rt, windows):
     assert ids == [f"replay:{3 * i}:0" for i in range(N)]
     assert {t for t, _ in rt.publisher.events} == {"edgebind/n1/events"}
     assert all(e["modalities"] == ["gyro", "lin_acc"] for _, e in rt.publisher.events)
+
+
+def test_a_key_offered_in_band_is_trusted_by_simulated_nodes_only(tmp_path):
+    from node_agent.client_app import Node
+
+    offered = codec.public_key_of(b"o" * 32)
+    deployed = Node("n1", "g", "train", None, StateDir(tmp_path / "d"), PUB, "")
+    simulated = Node("n2", "g", "train", None, StateDir(tmp_path / "s"), None, "", simulated=True)
+    for node in (deployed, simulated):
+        node.state_dir.remember_key("campaign-key", offered.hex())  # as if a collect message had carried it
+    assert deployed.keys() == {codec.key_id_of(PUB): PUB}  # only what it was provisioned with
+    assert simulated.keys() == {"campaign-key": offered}
+    assert NodeRuntime(tmp_path / "d", "n1", keys=deployed.keys()).keys() == deployed.keys()  # the runtime adds nothing from state
