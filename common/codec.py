@@ -471,6 +471,17 @@ def _state(x: Mapping[str, torch.Tensor] | torch.nn.Module) -> Mapping[str, torc
     return x.state_dict() if isinstance(x, torch.nn.Module) else x
 
 
+def key_from_hex(hexkey: str, what: str, kind: str = "public") -> bytes:
+    """A 32-byte Ed25519 key (``kind`` private or public) from hex, or ValueError naming ``what``."""
+    try:
+        key = bytes.fromhex(hexkey)
+    except ValueError:
+        raise ValueError(f"{what} is not hex") from None
+    if len(key) != 32:
+        raise ValueError(f"{what} is {len(key)} bytes; an Ed25519 {kind} key is 32")
+    return key
+
+
 def new_signing_key() -> bytes:
     """A fresh Ed25519 private key (its 32-byte seed): the coordinator's, never sent anywhere."""
     return Ed25519PrivateKey.generate().private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())

@@ -28,6 +28,7 @@ from common.codec import (
     bundle_from_modules,
     decode_embeddings,
     decode_manifest,
+    key_from_hex,
     key_id_of,
     manifest_specs,
     new_signing_key,
@@ -504,12 +505,7 @@ def signing_key(config_key: str, config_key_id: str, env: Mapping[str, str]) -> 
     """
     for source, hexkey, key_id in (("run-config", config_key, config_key_id), ("env", env.get("EDGEBIND_SIGNING_KEY", ""), env.get("EDGEBIND_SIGNING_KEY_ID", ""))):
         if hexkey:
-            try:
-                key = bytes.fromhex(hexkey)
-            except ValueError:
-                raise ValueError(f"signing key from {source} is not hex") from None
-            if len(key) != 32:
-                raise ValueError(f"signing key from {source} is {len(key)} bytes; an Ed25519 private key is 32")
+            key = key_from_hex(hexkey, f"signing key from {source}", "private")
             return key, key_id or key_id_of(public_key_of(key)), source
     key = new_signing_key()
     return key, key_id_of(public_key_of(key)), "generated"

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.codec import BundleRejected, CodecError, bundle_to_states, key_id_of, parse_message, verify_bundle
+from common.codec import BundleRejected, CodecError, bundle_to_states, key_from_hex, key_id_of, parse_message, verify_bundle
 from common.modalities import ModalitySpec
 from common.towers import AlignedModel, ConceptAdapter, FusionHead, PrototypeNet, TowerConfig, head_for_state, head_inputs
 from node_agent.ingest import Publisher, events_topic
@@ -62,21 +62,11 @@ def load_keys(path: str | Path | None = None, hexkey: str = "", key_id: str = ""
         raw = json.loads(Path(path).read_text())
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: expected a JSON object of key id -> hex public key")
-        keys.update({str(k): _public(str(v), f"{path}: key {k!r}") for k, v in raw.items()})
+        keys.update({str(k): key_from_hex(str(v), f"{path}: key {k!r}") for k, v in raw.items()})
     if hexkey:
-        key = _public(hexkey, "signing public key")
+        key = key_from_hex(hexkey, "signing public key")
         keys[key_id or key_id_of(key)] = key
     return keys
-
-
-def _public(hexkey: str, what: str) -> bytes:
-    try:
-        key = bytes.fromhex(hexkey)
-    except ValueError:
-        raise ValueError(f"{what} is not hex") from None
-    if len(key) != 32:
-        raise ValueError(f"{what} is {len(key)} bytes; an Ed25519 public key is 32")
-    return key
 
 
 def read_encoder_dir(path: str | Path, modalities: Sequence[str] | None = None) -> dict[str, dict[str, torch.Tensor]]:
