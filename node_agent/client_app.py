@@ -235,7 +235,7 @@ def evaluate(msg: Message, context: Context) -> Message:
 def _handle(msg: Message, context: Context, phase: str, work) -> Message:
     """Resolve the node, inject a configured drop-out, run ``work``; a bad message gets an error record."""
     simulated = "partition-id" in context.node_config
-    cfg = CampaignConfig.from_run_config(context.run_config) if simulated else None
+    cfg = _run_config(tuple(sorted(context.run_config.items()))) if simulated else None
     node = node_for(context, cfg)
     _maybe_vanish(node, msg, phase)
     threads = int(context.node_config.get("threads", cfg.client_threads if cfg is not None else 0))
@@ -294,7 +294,7 @@ def node_for(context: Context, cfg: CampaignConfig | None = None) -> Node:
                            str(nc.get("state-dir", "")), str(nc.get("signing-public-key", "")), str(nc.get("signing-key-id", "")), holdouts)  # fmt: skip
     if "partition-id" not in nc:
         raise ValueError("node_config names neither a store (node-id, store) nor a partition-id")
-    cfg = cfg or CampaignConfig.from_run_config(context.run_config)
+    cfg = cfg or _run_config(tuple(sorted(context.run_config.items())))
     get = lambda k, d: nc.get(k, d)  # noqa: E731
     return _virtual_node(
         context.run_id, str(get("dataset", cfg.dataset)), str(get("scenario", cfg.scenario)), int(get("seed", cfg.seed)),
@@ -302,6 +302,12 @@ def node_for(context: Context, cfg: CampaignConfig | None = None) -> Node:
         str(get("signing-key", cfg.signing_key or os.environ.get("EDGEBIND_SIGNING_KEY", ""))), str(get("signing-key-id", cfg.signing_key_id)),
         cfg.dropout, cfg.dropout_mode, cfg.round_timeout,
     )  # fmt: skip
+
+
+@lru_cache(maxsize=64)
+def _run_config(items: tuple) -> CampaignConfig:
+    """A run's settings, parsed once per run rather than once per message (a run config does not change during its run)."""
+    return CampaignConfig.from_run_config(dict(items))
 
 
 @lru_cache(maxsize=4096)

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 
-class StoreSuite:
+class StoreSuite(abc.ABC):
     """Behaviour suites over store backends subclass this; a backend's subclass says how to open one."""
 
     reopenable = True  # False where closing the store loses the database (SQLite in memory)
 
+    @abc.abstractmethod
     def store_factory(self) -> Any:
         """A new handle on this test's database (the same database each call, where reopenable)."""
-        raise NotImplementedError(f"{type(self).__name__} must say how to open its backend (store_factory)")
 
     @pytest.fixture(autouse=True)
     def _close_opened(self) -> Iterator[None]:

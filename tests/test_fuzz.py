@@ -178,25 +178,20 @@ SCENARIO_KEYS = ["name", "shared", "binding", "dropout", "description", "group",
                  "subjects", "role", "subjects_per_node", "bogus"]  # fmt: skip
 
 
-@FUZZ
-@given(table=st.dictionaries(st.sampled_from(SCENARIO_KEYS), values, max_size=6),
-       groups=st.lists(st.dictionaries(st.sampled_from(SCENARIO_KEYS), values, max_size=5), max_size=3))  # fmt: skip
-def test_a_scenario_table_loads_or_is_refused_by_name(table, groups):
-    t = {**table, "group": groups} if groups else table
-    try:
-        Scenario.from_dict(t, name="fuzz")
-    except ValueError:
-        pass
+PLAN_KEYS = ["name", "description", "scenario", "stage", "bogus"]
+STAGE_KEYS = ["trunk", "branch", "connecting", "source", "kind", "bogus"]
 
 
+@pytest.mark.parametrize("load, keys, inner, inner_keys", [(Scenario.from_dict, SCENARIO_KEYS, "group", SCENARIO_KEYS), (GrowthPlan.from_dict, PLAN_KEYS, "stage", STAGE_KEYS)],
+                         ids=["scenario", "plan"])  # fmt: skip
 @FUZZ
-@given(table=st.dictionaries(st.sampled_from(["name", "description", "scenario", "stage", "bogus"]), values, max_size=4),
-       stages=st.lists(st.dictionaries(st.sampled_from(["trunk", "branch", "connecting", "source", "kind", "bogus"]), values, max_size=4), max_size=3))  # fmt: skip
-def test_a_plan_table_loads_or_is_refused_by_name(table, stages):
-    t = {**table, "stage": stages} if stages else table
+@given(data=st.data())
+def test_a_scenario_or_plan_table_loads_or_is_refused_by_name(load, keys, inner, inner_keys, data):
+    table = data.draw(st.dictionaries(st.sampled_from(keys), values, max_size=6))
+    rows = data.draw(st.lists(st.dictionaries(st.sampled_from(inner_keys), values, max_size=5), max_size=3))
     try:
-        GrowthPlan.from_dict(t, name="fuzz")
-    except ValueError:
+        load({**table, inner: rows} if rows else table, name="fuzz")
+    except ValueError:  # ConfigError is one: a named refusal, never TypeError, KeyError or AttributeError
         pass
 
 
