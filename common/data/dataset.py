@@ -51,9 +51,9 @@ class WindowDataset:
 
     def validate(self) -> None:
         """Raise ValueError naming the first thing that is wrong."""
-        n = len(self.y)
         if self.y.ndim != 1:
             raise ValueError(f"{self.name}: y must be 1-D, got shape {self.y.shape}")
+        n = len(self.y)
         if self.subject.shape != (n,):
             raise ValueError(f"{self.name}: subject has shape {self.subject.shape}, expected ({n},)")
         if not self.X:
