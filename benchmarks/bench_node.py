@@ -15,10 +15,16 @@ On one CPU thread (``torch.set_num_threads(1)``), with the default towers
    when both sides travel as float16 or int8 instead of float32, with a random
    encoder and with one pretrained (as a campaign would) on other subjects.
 
-Goals: float16 >= 6x smaller than raw with >= 99 % of matches unchanged, int8
->= 12x with >= 95 %. The script prints figures and ratios and asserts nothing.
+5. the node agent's import time and the memory its imports take, in the
+   interpreter given by ``--node-python`` (the ``python`` of an environment made
+   with ``pip install '.[node]'``; default this one), against ``import torch``
+   alone in the same interpreter. The process of 2. runs there too.
 
-    python benchmarks/bench_node.py [--windows 2048] [--seed 0] [--pretrain-epochs 5]
+Goals: float16 >= 6x smaller than raw with >= 99 % of matches unchanged, int8
+>= 12x with >= 95 %; the node agent's peak memory under 300 MB. The script
+prints figures and ratios and asserts nothing.
+
+    python benchmarks/bench_node.py [--windows 2048] [--seed 0] [--pretrain-epochs 5] [--node-python VENV/bin/python]
 """
 
 from __future__ import annotations
@@ -42,6 +48,17 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 GOALS = {"float16": (6.0, 0.99), "int8": (12.0, 0.95)}
+NODE_PEAK_GOAL_MIB = 300
+NODE_MODULES = ("node_agent.cli", "node_agent.client_app", "node_agent.runtime", "node_agent.ingest", "node_agent.store", "node_agent.tasks")
+IMPORT_PROBE = """
+import json, sys, time
+t0 = time.perf_counter()
+for m in sys.argv[1].split(","):
+    __import__(m)
+seconds = time.perf_counter() - t0
+kib = {l.split(":")[0]: int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(("VmHWM", "VmRSS"))}
+print(json.dumps({"seconds": seconds, "VmHWM": kib["VmHWM"], "VmRSS": kib["VmRSS"]}))
+"""
 
 
 def vm_status() -> dict[str, int]:
@@ -147,12 +164,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def agent_memory(ds, modalities: list[str], n_windows: int) -> dict:
-    """Run a node agent in a child process and read its peak resident memory."""
+def import_cost(python: str, modules: tuple[str, ...], repeats: int = 3) -> dict[str, float]:
+    """Fastest of ``repeats`` fresh interpreters importing ``modules``: seconds, and VmHWM/VmRSS in MiB after."""
+    runs = []
+    for _ in range(repeats):
+        out = subprocess.run([python, "-c", IMPORT_PROBE, ",".join(modules)], capture_output=True, text=True, check=True, cwd=tempfile.gettempdir())
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    best = min(runs, key=lambda r: r["seconds"])
+    return {"seconds": best["seconds"], "VmHWM_MiB": best["VmHWM"] / 1024, "VmRSS_MiB": best["VmRSS"] / 1024}
+
+
+def agent_memory(ds, modalities: list[str], n_windows: int, python: str = sys.executable) -> dict:
+    """Run a node agent in a child process (under ``python``) and read its peak resident memory."""
     from node_agent.ingest import Publisher, mosquitto_conf, replay
 
     frames = n_windows * 2 * len(modalities)
-    cmd = [sys.executable, __file__, "--worker", "agent", "--windows", str(n_windows), "--frames", str(frames),
+    cmd = [python, __file__, "--worker", "agent", "--windows", str(n_windows), "--frames", str(frames),
            "--modalities", ",".join(modalities)]  # fmt: skip
     broker = None
     tmp = tempfile.mkdtemp(prefix="bench-node-")
@@ -257,6 +284,8 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--broker", default="", help=argparse.SUPPRESS)
     p.add_argument("--modalities", default="gyro,lin_acc", help="modalities of the node agent process")
+    p.add_argument("--node-python", default=sys.executable,
+                   help="interpreter of a node-only environment (pip install '.[node]') for 2. and 5. (default: this one)")
     args = p.parse_args()
     if args.worker == "agent":
         agent_worker(args)
@@ -285,11 +314,22 @@ def main() -> None:
         print(f"{m:8s} {n_params:7d} params   batch {args.batch}: {batched:8.0f} windows/s   batch 1: {single:6.0f} windows/s ({1e3 / single:.2f} ms/window)")
 
     print("\n## 2. peak memory of a node agent process (ingest over MQTT + cut + encode + pack)")
-    mem = agent_memory(ds, args.modalities.split(","), min(args.windows, len(ds)))
+    print(f"# interpreter: {args.node_python}")
+    mem = agent_memory(ds, args.modalities.split(","), min(args.windows, len(ds)), args.node_python)
     print(f"transport {mem['transport']}; {mem['accepted']}/{mem['expected']} frames stored; windows {mem['windows']}; "
           f"cut+encode+pack {mem['cut_encode_pack_s']}s" + (f"; published in {mem['publish_s']}s" if "publish_s" in mem else ""))  # fmt: skip
     print(f"VmHWM after imports {mem['after_import']['VmHWM'] / 1024:.0f} MiB; peak {mem['end']['VmHWM'] / 1024:.0f} MiB "
           f"(VmRSS at end {mem['end']['VmRSS'] / 1024:.0f} MiB)")  # fmt: skip
+
+    print(f"\n## 5. the node agent's imports ({args.node_python}; fastest of 3 fresh interpreters)")
+    base = import_cost(args.node_python, ("torch",))
+    agent = import_cost(args.node_python, NODE_MODULES)
+    print(f"{'import':34s} {'seconds':>8s} {'VmHWM MiB':>10s}")
+    print(f"{'torch alone (baseline)':34s} {base['seconds']:8.2f} {base['VmHWM_MiB']:10.0f}")
+    print(f"{'the node agent (' + str(len(NODE_MODULES)) + ' modules)':34s} {agent['seconds']:8.2f} {agent['VmHWM_MiB']:10.0f}")
+    print(f"ratio to torch alone: time {agent['seconds'] / base['seconds']:.2f}x, memory {agent['VmHWM_MiB'] / base['VmHWM_MiB']:.2f}x; "
+          f"node agent peak {mem['end']['VmHWM'] / 1024:.0f} MiB against the goal of {NODE_PEAK_GOAL_MIB} MiB: "
+          f"{'met' if mem['end']['VmHWM'] / 1024 <= NODE_PEAK_GOAL_MIB else 'NOT met'}")  # fmt: skip
 
     sc = Scenario.load("sensor-bind")
     sp = split(sc, ds, args.seed)

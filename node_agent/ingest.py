@@ -625,10 +625,14 @@ def replay_dataset(
     cut, with their labels (those the fleet lets that node see; all with
     ``subjects``) and subjects; the frames that follow then add nothing twice.
     ``max_windows`` keeps at most that many, evenly spread over the node's windows.
+    Reading a data set needs the ``sim`` install profile (a node-only install has no scipy).
     """
     from common.data import load_dataset
 
-    ds = load_dataset(dataset)
+    try:
+        ds = load_dataset(dataset)
+    except ModuleNotFoundError as e:
+        raise RuntimeError(f"replaying a data set needs edgebind[sim] ({e.name} is not installed here): pip install 'edgebind[sim]'") from e
     if scenario:
         if partition_id is None:
             raise ValueError("--scenario needs --partition-id (which node of the fleet)")

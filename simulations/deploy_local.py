@@ -371,6 +371,15 @@ def _listening(port: int) -> bool:
         return False
 
 
+def node_bin(venv: Path) -> Path:
+    """The scripts folder of a virtual environment that has ``edgebind-node`` (e.g. one made with ``pip install 'edgebind[node]'``)."""
+    bin_dir = Path(venv).resolve() / "bin"
+    for script in ("edgebind-node", "flower-supernode"):
+        if not (bin_dir / script).exists():
+            raise ValueError(f"--node-venv {venv}: {bin_dir / script} does not exist (make it with `python -m venv {venv} && {venv}/bin/pip install '.[node]'`)")
+    return bin_dir
+
+
 def _script(name: str) -> str:
     """A console script next to this interpreter (the package's own), else on PATH."""
     here = Path(sys.executable).parent / name
@@ -482,8 +491,9 @@ def _prepare_out(out: Path) -> None:
 
 class Deployment:
     def __init__(self, nodes: int, dataset: str, scenario: str, out: Path, quick: bool, seed: int,
-                 max_windows: int | None, timeouts: Timeouts | None):  # fmt: skip
+                 max_windows: int | None, timeouts: Timeouts | None, node_venv: Path | None = None):  # fmt: skip
         self.n, self.quick, self.seed = nodes, quick, seed
+        self.node_bin = node_bin(node_venv) if node_venv else None
         self.dataset = str(Path(dataset).resolve()) if Path(dataset).suffix == ".npz" else dataset
         self.scenario = str(Path(scenario).resolve()) if Path(scenario).suffix == ".toml" else scenario
         self.out = Path(out).resolve()
@@ -514,6 +524,16 @@ class Deployment:
                "EDGEBIND_SIGNING_PUBLIC_KEY": self.public_key, "EDGEBIND_SIGNING_KEY_ID": self.key_id}  # fmt: skip
         env.pop("EDGEBIND_SIGNING_KEY", None)  # the private key reaches the coordinator's process alone (``coordinator_env``)
         env.update(extra)
+        return env
+
+    def node_env(self, **extra: str) -> dict[str, str]:
+        """A node agent's environment: with ``node_venv``, that environment's scripts come first on PATH, so the
+        SuperNode and the ClientApp it starts run there too."""
+        env = self.env(**extra)
+        if self.node_bin:
+            env["PATH"] = f"{self.node_bin}{os.pathsep}{env.get('PATH', '')}"
+            env.pop("PYTHONPATH", None)
+            env.pop("VIRTUAL_ENV", None)
         return env
 
     def coordinator_env(self) -> dict[str, str]:
@@ -591,14 +611,14 @@ class Deployment:
         for p in self.plans:
             p.state_dir.mkdir(parents=True, exist_ok=True)
             p.flwr_home.mkdir(parents=True, exist_ok=True)
-            cmd = [_script("edgebind-node"), "up", "--node-id", p.node_id, "--broker", self.broker, "--store", str(p.store),
+            cmd = [str(self.node_bin / "edgebind-node") if self.node_bin else _script("edgebind-node"), "up", "--node-id", p.node_id, "--broker", self.broker, "--store", str(p.store),
                    "--modalities", ",".join(p.modalities), "--window", str(p.window), "--rate", str(p.rate_hz),
                    "--cut-every", "1" if self.quick else "2", "--superlink", self.superlink, "--state-dir", str(p.state_dir),
                    "--registry", self.registry, "--group", p.group, "--role", p.parts[0].role, "--threads", "1", "--events"]  # fmt: skip
             for role in ("validation", "test"):
                 if p.held_out(role):
                     cmd += [f"--{role}-subjects", ",".join(map(str, p.held_out(role)))]
-            self.nodes[p.node_id] = self.sup.start(f"node {p.node_id}", cmd, p.log, self.env(FLWR_HOME=str(p.flwr_home), OMP_NUM_THREADS="1"))
+            self.nodes[p.node_id] = self.sup.start(f"node {p.node_id}", cmd, p.log, self.node_env(FLWR_HOME=str(p.flwr_home), OMP_NUM_THREADS="1"))
         self.say(f"{len(self.plans)} node agents starting (ingest + SuperNode each)")
         deadline = time.monotonic() + self.t.coordinator
         while not self.ready_file.exists():
@@ -976,18 +996,23 @@ def deploy_local(
     seed: int = 0,
     max_windows: int | None = None,
     timeouts: Timeouts | None = None,
+    node_venv: Path | None = None,
 ) -> dict[str, Any]:
     """Deploy broker, coordinator and ``nodes`` node agents on 127.0.0.1, run one campaign, check, stop everything.
 
     Returns the summary (also in ``out/summary.json``). ``max_windows`` replays
     at most that many windows per node (default 64 with ``quick``, else 400).
+    ``node_venv`` runs the node agents (and their SuperNodes and ClientApps)
+    from that virtual environment, e.g. a node-only install.
     Raises ``ValueError`` for a fleet that cannot run a campaign (before
     anything starts) and ``DeployError`` naming the step that did not happen.
     """
     out = Path(out)
     check_fleet(scenario, nodes)  # refused before anything starts
+    if node_venv:
+        node_bin(node_venv)
     _prepare_out(out)
-    d = Deployment(nodes, dataset, scenario, out, quick, seed, max_windows, timeouts)
+    d = Deployment(nodes, dataset, scenario, out, quick, seed, max_windows, timeouts, node_venv)
     restore = _signals_raise() if threading.current_thread() is threading.main_thread() else None
     error: BaseException | None = None
     try:

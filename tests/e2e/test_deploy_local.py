@@ -9,14 +9,21 @@ must score its test subjects, and every node must hold, report and run the
 adapters the campaign pushed; afterwards no process it started may still run.
 Too few nodes is refused before anything starts.
 
-Needs mosquitto (skipped without it, except with CI=true, where it fails).
-Takes about five minutes on a loaded 2-core machine.
+With ``EDGEBIND_TEST_NODE_VENV`` set to a virtual environment made with
+``pip install '.[node]'`` (CI makes one), the node agents, their SuperNodes and
+ClientApps run from that node-only install, which must hold none of the
+simulation, plotting or language-model packages.
+
+Needs mosquitto (skipped without it, except with CI=true, where it fails; CI
+also requires the node-only environment). Takes about five minutes on a loaded
+2-core machine.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 from itertools import combinations
 from pathlib import Path
 
@@ -25,6 +32,7 @@ import pytest
 from simulations.deploy_local import deploy_local, find_mosquitto, node_layout, process_running
 
 NODES = 3  # sensor-bind's three modality sets; validation and test held out on the labelled node
+SIM_ONLY = ("ray", "scipy", "sklearn", "matplotlib", "transformers", "sentence_transformers", "psycopg", "flwr_datasets")  # not in edgebind[node]
 
 
 def _in_ci() -> bool:
@@ -49,6 +57,21 @@ def mosquitto() -> str:
             pytest.fail("mosquitto is not installed, and CI=true requires the end-to-end deployment to run", pytrace=False)
         pytest.skip("mosquitto is not installed (apt-get install -y mosquitto)")
     return exe
+
+
+@pytest.fixture
+def node_venv() -> Path | None:
+    """The node-only environment to run the node agents from, if one is given (CI requires it)."""
+    value = os.environ.get("EDGEBIND_TEST_NODE_VENV", "")
+    if not value:
+        if _in_ci():
+            pytest.fail("CI=true requires EDGEBIND_TEST_NODE_VENV (a venv with pip install '.[node]'; .ci/run makes one)", pytrace=False)
+        return None
+    venv = Path(value)
+    probe = "import importlib.util as u; print(','.join(m for m in %r if u.find_spec(m)))" % (SIM_ONLY,)
+    found = subprocess.run([str(venv / "bin" / "python"), "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+    assert not found, f"the node-only environment {venv} has packages a node must not need: {found}"
+    return venv
 
 
 def _processes_mentioning(text: str) -> list[str]:
@@ -91,11 +114,11 @@ def test_node_layout_holds_validation_and_test_out_on_a_node_with_their_modaliti
 
 @pytest.mark.e2e
 @pytest.mark.timeout(900)
-def test_deploy_local_runs_a_whole_campaign_and_stops_everything(tmp_path: Path, flower_env: Path, mosquitto: str) -> None:
+def test_deploy_local_runs_a_whole_campaign_and_stops_everything(tmp_path: Path, flower_env: Path, mosquitto: str, node_venv: Path | None) -> None:
     out = tmp_path / "deploy"
     error: BaseException | None = None
     try:
-        summary = deploy_local(nodes=NODES, dataset="hapt", scenario="sensor-bind", out=out, quick=True)
+        summary = deploy_local(nodes=NODES, dataset="hapt", scenario="sensor-bind", out=out, quick=True, node_venv=node_venv)
     except Exception as e:  # check for stray processes first, then fail
         error = e
 
@@ -131,6 +154,10 @@ def test_deploy_local_runs_a_whole_campaign_and_stops_everything(tmp_path: Path,
         assert n["loaded"]["predictions"] > 0, nid
         assert set(n["encoders"]) == set(n["modalities"]), nid
         assert sum(n["embeddings_uploaded"].values()) > 0, nid
+    if node_venv is not None:  # every node agent started its SuperNode from the node-only environment
+        supernode = str(node_venv.resolve() / "bin" / "flower-supernode")
+        for nid in nodes:
+            assert f"starting {supernode} " in (out / "logs" / f"node-{nid}.log").read_text(), nid
     assert [nid for nid, n in nodes.items() if n["labelled_windows"] > 0] == [host["node_id"]]  # the unlabelled groups see no label
 
     assert summary["embeddings"]["batches"] > 0 and sum(summary["embeddings"]["windows"].values()) > 0
