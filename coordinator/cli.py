@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from common.cli import command, parser as cli_parser
 from common.processes import free_port, setup_logging, stop_on_signals, stop_process_group
 from coordinator.registry import serve
 from coordinator.store import open_store
@@ -220,20 +221,24 @@ def keygen(directory: str | Path) -> dict[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgebind-coordinator", description=__doc__.split("\n")[0])
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = cli_parser("edgebind-coordinator", __doc__.split("\n")[0], "edgebind-coordinator keygen --dir coord",
+                        "edgebind-coordinator up --dir coord --host 0.0.0.0",
+                        "edgebind-coordinator campaign --superlink HOST:9093 --store coord/coordinator.db -c scenario=sensor-bind",
+                        "edgebind-coordinator status --store coord/coordinator.db")  # fmt: skip
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("up", help="run the SuperLink, the Registry service and the store")
+    p = command(sub, "up", "run the SuperLink, the Registry service and the store", "edgebind-coordinator up --dir coord --host 0.0.0.0")
     p.add_argument("--dir", default="edgebind-coordinator", help="SuperLink database, store, logs")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--superlink-port", type=int, default=9093, help="0: a free port")
     p.add_argument("--registry-port", type=int, default=9096, help="0: a free port")
     p.add_argument("--store", default="", help="store URL or SQLite path (default <dir>/coordinator.db)")
     p.add_argument("--ready-file", default="", help="write the addresses here as JSON once listening")
 
-    p = sub.add_parser("campaign", help="submit a campaign run (flwr run) to the SuperLink")
-    p.add_argument("--superlink", default="127.0.0.1:9093")
+    p = command(sub, "campaign", "submit a campaign run (flwr run) to the SuperLink",
+                "edgebind-coordinator campaign --superlink HOST:9093 --store coord/coordinator.db -c scenario=sensor-bind -c seed=1")  # fmt: skip
+    p.add_argument("--superlink", default="127.0.0.1:9093", help="the SuperLink's Exec API host:port")
     p.add_argument("--app", default=".", help="the Flower app directory (edgebind's checkout)")
     p.add_argument("-c", "--run-config", action="append", default=[], metavar="KEY=VALUE",
                    help="override a run config value (repeatable), e.g. -c seed=1 -c 'scenario=\"sensor-bind\"'")  # fmt: skip
@@ -242,11 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-stream", action="store_true", help="submit and return instead of following the logs")
     p.add_argument("--timeout", type=float, default=None, help="seconds to wait for the run")
 
-    p = sub.add_parser("keygen", help="make the coordinator's Ed25519 signing key (private 0600, public for the nodes)")
+    p = command(sub, "keygen", "make the coordinator's Ed25519 signing key (private 0600, public for the nodes)", "edgebind-coordinator keygen --dir coord")
     p.add_argument("--dir", default="edgebind-coordinator", help="writes signing.key and signing.pub here")
 
-    p = sub.add_parser("status", help="nodes, adapter versions and campaigns in the store")
-    p.add_argument("--store", required=True)
+    p = command(sub, "status", "nodes, adapter versions and campaigns in the store",
+                "edgebind-coordinator status --store coord/coordinator.db", "edgebind-coordinator status --store coord/coordinator.db --json")  # fmt: skip
+    p.add_argument("--store", required=True, help="store URL or SQLite path (as `up` used)")
     p.add_argument("--campaign", action="append", default=[], help="show this campaign too (repeatable)")
     return parser
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from common.cli import command, parser as cli_parser
 from common.processes import free_port, setup_logging, stop_on_signals, stop_process_group
 from node_agent.ingest import (
     DEFAULT_MAX_PAYLOAD,
@@ -145,7 +146,7 @@ def up(
         published: set[str] = set()
         cfg = node_config(node_id, store, state_dir, group=group, role=role, signing_public_key=signing_public_key, signing_key_id=signing_key_id,
                           threads=threads, validation_subjects=validation_subjects, test_subjects=test_subjects)  # fmt: skip
-        cmd = ["flower-supernode", "--insecure", "--superlink", superlink,
+        cmd = [_beside_python("flower-supernode"), "--insecure", "--superlink", superlink,
                "--port", str(supernode_port or free_port()), "--node-config", cfg]  # fmt: skip
         log.info("node %s: starting %s", node_id, " ".join(cmd[:6]))
         proc = subprocess.Popen(cmd, env=_flower_env(), start_new_session=True)
@@ -296,7 +297,7 @@ def _keys(args: argparse.Namespace) -> dict[str, bytes]:
 
 
 def _add_node(p: argparse.ArgumentParser, store: bool = True) -> None:
-    p.add_argument("--node-id", required=True)
+    p.add_argument("--node-id", required=True, help="this node's name: its MQTT topics, its Flower node config and its uploads carry it")
     p.add_argument("--broker", default="127.0.0.1:1883", help="MQTT broker host:port")
     if store:
         p.add_argument("--store", required=True, help="node store: a SQLite file path or a SQLAlchemy URL")
@@ -310,25 +311,32 @@ def _add_keys(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keys", default="", help='JSON file {"key-id": "hex public key"}: the coordinator public keys adapter bundles may be signed with')
     p.add_argument("--signing-public-key", default=os.environ.get("EDGEBIND_SIGNING_PUBLIC_KEY", ""),
                    help="the coordinator's Ed25519 public key, hex (default $EDGEBIND_SIGNING_PUBLIC_KEY); bundles signed by any other key are refused")
-    p.add_argument("--signing-key-id", default=os.environ.get("EDGEBIND_SIGNING_KEY_ID", ""))
+    p.add_argument("--signing-key-id", default=os.environ.get("EDGEBIND_SIGNING_KEY_ID", ""),
+                   help="the name of that key (default $EDGEBIND_SIGNING_KEY_ID, else derived from the key)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgebind-node", description=__doc__.split("\n")[0])
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = cli_parser("edgebind-node", __doc__.split("\n")[0],
+                        "edgebind-node up --node-id n1 --broker HOST:1883 --store n1.db --modalities gyro,lin_acc --superlink HOST:9092 --state-dir n1",
+                        "edgebind-node status --store n1.db --state-dir n1")  # fmt: skip
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("ingest", help="take sensor frames from MQTT into the node store")
+    p = command(sub, "ingest", "take sensor frames from MQTT into the node store",
+                "edgebind-node ingest --node-id n1 --broker 127.0.0.1:1883 --store n1.db --modalities gyro,lin_acc")  # fmt: skip
     _add_node(p)
-    p.add_argument("--max-payload", type=int, default=DEFAULT_MAX_PAYLOAD)
+    p.add_argument("--max-payload", type=int, default=DEFAULT_MAX_PAYLOAD, help="largest SensorFrame accepted, in bytes; larger ones are refused by name")
 
-    p = sub.add_parser("up", help="ingest plus a Flower SuperNode with this node's config")
+    p = command(sub, "up", "ingest plus a Flower SuperNode with this node's config",
+                "edgebind-node up --node-id n1 --broker HOST:1883 --store n1.db --modalities gyro,lin_acc --superlink HOST:9092 --state-dir n1",
+                "edgebind-node up --node-id n3 --broker HOST:1883 --store n3.db --modalities lin_acc,gravity --superlink HOST:9092 "
+                "--state-dir n3 --group labelled --validation-subjects 4,9 --test-subjects 2,11")  # fmt: skip
     _add_node(p)
     _add_keys(p)
     p.add_argument("--superlink", required=True, help="SuperLink host:port")
     p.add_argument("--state-dir", required=True, help="where encoders and adapters live")
     p.add_argument("--registry", default="", help="Registry host:port to fetch newer adapters from at boot")
-    p.add_argument("--group", default="")
+    p.add_argument("--group", default="", help="the scenario group this node's data belongs to (default: its modalities joined)")
     p.add_argument("--role", default="", help="the node's own role: train (default), validation or test")
     p.add_argument("--validation-subjects", type=_subjects, default=[], metavar="1,2",
                    help="hold these subjects' windows out as a validation part (labels for choosing the head)")
@@ -338,38 +346,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch threads for the ClientApp")
     p.add_argument("--events", action="store_true", help="publish a prediction for every new window on edgebind/<node>/events")
 
-    p = sub.add_parser("infer", help="run the runtime on windows and print predictions")
-    p.add_argument("--state-dir", required=True)
-    p.add_argument("--node-id", required=True)
+    p = command(sub, "infer", "run the runtime on windows and print predictions",
+                "edgebind-node infer --state-dir n1 --node-id n1 --store n1.db --limit 20", "edgebind-node infer --state-dir n1 --node-id n1 --npz windows.npz --json")
+    p.add_argument("--state-dir", required=True, help="where the node's encoders and adapters live (as `up` was given)")
+    p.add_argument("--node-id", required=True, help="this node's name (events are published under it)")
     _add_keys(p)
     p.add_argument("--npz", default="", help="a .npz with X_<modality> arrays (windows x time x channels)")
     p.add_argument("--store", default="", help="take windows from the node store instead")
-    p.add_argument("--modalities", type=_csv, default=None)
-    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--modalities", type=_csv, default=None, help="comma-separated modalities to use (default: every one the runtime serves)")
+    p.add_argument("--limit", type=int, default=None, help="at most this many windows (default: all)")
     p.add_argument("--publish", default="", metavar="BROKER", help="publish events on edgebind/<node>/events")
     p.add_argument("--registry", default="", help="fetch newer adapters first")
     p.add_argument("--json", action="store_true", help="print one JSON event per window")
 
-    p = sub.add_parser("status", help="store counts and adapter versions")
-    p.add_argument("--store", required=True)
-    p.add_argument("--state-dir", default="")
+    p = command(sub, "status", "store counts and adapter versions", "edgebind-node status --store n1.db --state-dir n1")
+    p.add_argument("--store", required=True, help="node store: a SQLite file path or a SQLAlchemy URL")
+    p.add_argument("--state-dir", default="", help="the node's runtime dir, for its adapter versions (default: store counts only)")
 
-    p = sub.add_parser("replay", help="publish a dataset's windows over MQTT as a node's sensors would")
-    p.add_argument("--broker", default="127.0.0.1:1883")
+    p = command(sub, "replay", "publish a dataset's windows over MQTT as a node's sensors would (needs edgebind[sim])",
+                "edgebind-node replay --broker 127.0.0.1:1883 --node-id n1 --subjects 1,2 --modalities gyro,lin_acc",
+                "edgebind-node replay --scenario fleet-labelled --partition-id 3 --max-windows 200")  # fmt: skip
+    p.add_argument("--broker", default="127.0.0.1:1883", help="MQTT broker host:port")
     p.add_argument("--node-id", default="", help="default with --scenario: the fleet's name for that node")
     p.add_argument("--dataset", default="hapt", help="'hapt' or a .npz path")
     p.add_argument("--subjects", type=_subjects, default=None, help="e.g. 1,2")
     p.add_argument("--modalities", type=_csv, default=None, help="default: all the node holds")
     p.add_argument("--scenario", default="", help="take the windows the fleet gives --partition-id")
-    p.add_argument("--partition-id", type=int, default=None)
+    p.add_argument("--partition-id", type=int, default=None, help="which node of the fleet (with --scenario)")
     p.add_argument("--num-partitions", type=int, default=None, help="fleet size (default: the scenario's)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the fleet's seed (with --scenario): subject split and node data")
     p.add_argument("--max-windows", type=int, default=None, help="at most this many windows, evenly spread over the node's")
     p.add_argument("--frame-len", type=int, default=64, help="samples per SensorFrame")
-    p.add_argument("--sensor-id", default="replay")
+    p.add_argument("--sensor-id", default="replay", help="the sensor name the frames carry")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the broker's PUBACKs")
     p.add_argument("--label-store", default="", help="the node's store: register the windows there with their labels first")
     return parser
+
+
+def _beside_python(script: str) -> str:
+    """A console script of this interpreter's environment (so a node's SuperNode runs where the node agent runs), else from PATH."""
+    here = Path(sys.executable).parent / script
+    return str(here) if here.exists() else script
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from common.cli import command, parser
 from common.pretrain import OBJECTIVES
 from common.processes import setup_logging
 
@@ -30,8 +31,8 @@ def _setup(args) -> torch.device:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="hapt", help="'hapt' (bundled UCI HAPT) or a path to a .npz in the generic format")
-    p.add_argument("--seeds", type=int, default=5, help="number of seeds (0..N-1); figures are mean, std and paired differences over them (default: 5)")
-    p.add_argument("--out", type=Path, default=None, help="output folder (results.json and plots)")
+    p.add_argument("--seeds", type=int, default=5, help="number of seeds (0..N-1); figures are mean, std and paired differences over them")
+    p.add_argument("--out", type=Path, default=None, help="output folder for results.json and plots (default: runs/<experiment>-<scenario>)")
     p.add_argument("--quick", action="store_true", help="a small, fast run for tests and smoke checks")
 
 
@@ -119,7 +120,8 @@ def _run_config_pairs(pairs: list[str]) -> dict:
 def deploy_local(args, device) -> dict:
     from simulations.deploy_local import deploy_local as run_deploy
 
-    return run_deploy(nodes=args.nodes, dataset=args.dataset, scenario=args.scenario, out=args.out or Path("runs") / "deploy-local", quick=args.quick)
+    return run_deploy(nodes=args.nodes, dataset=args.dataset, scenario=args.scenario, out=args.out or Path("runs") / "deploy-local", quick=args.quick,
+                      node_venv=args.node_venv)  # fmt: skip
 
 
 def convert(args, device) -> dict:
@@ -131,14 +133,18 @@ def convert(args, device) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="edgebind-sim", description=__doc__)
+    ap = parser("edgebind-sim", __doc__, "edgebind-sim demo", "edgebind-sim run --scenario fleet-few-labels --seed 0",
+                "edgebind-sim experiment mmbind --scenario sensor-bind --seeds 5")  # fmt: skip
     ap.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when present, else CPU)")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
-    ap.add_argument("-v", "--verbose", action="store_true")
-    sub = ap.add_subparsers(dest="command", required=True)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: 0, torch's choice)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    ex = sub.add_parser("experiment", help="central experiments on real data").add_subparsers(dest="which", required=True)
-    p = ex.add_parser("mmbind", help="MMBind against its baselines")
+    ex = command(sub, "experiment", "central experiments on real data (MMBind, pair binding, Babel)", "edgebind-sim experiment mmbind --help")
+    ex = ex.add_subparsers(dest="which", required=True, metavar="EXPERIMENT")
+    p = command(ex, "mmbind", "MMBind against its baselines (lower bound, unimodal, incomplete, ImageBind-style, upper bound, all labels)",
+                "edgebind-sim experiment mmbind --scenario sensor-bind --seeds 5 --out runs/mmbind",
+                "edgebind-sim experiment mmbind --scenario label-bind --methods lower_bound,incomplete,mmbind --quick")  # fmt: skip
     _common(p)
     p.add_argument("--scenario", default="sensor-bind", help="shipped scenario name or a .toml path")
     p.add_argument("--methods", default="", help="comma-separated subset of methods (default: all)")
@@ -147,12 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objective", default="", choices=["", *OBJECTIVES],
                    help="self-supervised encoder objective (default: the settings' own, see docs/results.md for which won on validation)")
     p.set_defaults(func=experiment_mmbind)
-    p = ex.add_parser("binding", help="how accurate sensor-bound pseudo-pairs are, and whether similarity, margin or mutual matches tell the good ones")
+    p = command(ex, "binding", "how accurate sensor-bound pseudo-pairs are, and whether similarity, margin or mutual matches tell the good ones",
+                "edgebind-sim experiment binding --seeds 5 --objective cross-modal")  # fmt: skip
     _common(p)
     p.add_argument("--scenario", default="sensor-bind", help="shipped scenario name or a .toml path (sensor binding)")
     p.add_argument("--objective", default="", choices=["", *OBJECTIVES], help="self-supervised objective of the shared encoder (default: the experiments' own)")
     p.set_defaults(func=experiment_binding)
-    p = ex.add_parser("babel", help="Babel expandable alignment")
+    p = command(ex, "babel", "Babel expandable alignment", "edgebind-sim experiment babel --plan hapt-gyro-trunk --seeds 3 --kd-weights 1,3,10,30")
     _common(p)
     p.add_argument("--plan", default="hapt-gyro-trunk", help="shipped plan name or a .toml path")
     p.add_argument("--scenario", default=None, help="scenario whose groups the plan's stages use (default: the plan's)")
@@ -161,44 +168,52 @@ def build_parser() -> argparse.ArgumentParser:
                         "(mean validation label@1 over pairs) before the test figures (default: the configured kd_weight)")  # fmt: skip
     p.set_defaults(func=experiment_babel)
 
-    p = sub.add_parser("probe", help="encoder sanity figures: all-label linear probe per modality against the same encoder trained supervised")
+    p = command(sub, "probe", "encoder sanity figures: all-label linear probe per modality against the same encoder trained supervised",
+                "edgebind-sim probe --seeds 3", "edgebind-sim probe --modalities gravity,gyro --quick")  # fmt: skip
     p.add_argument("--dataset", default="hapt", help="'hapt' (bundled UCI HAPT) or a path to a .npz in the generic format")
-    p.add_argument("--seeds", type=int, default=3, help="number of subject splits (default: 3)")
+    p.add_argument("--seeds", type=int, default=3, help="number of subject splits")
     p.add_argument("--modalities", default="", help="comma-separated modalities (default: every one the dataset has)")
     p.add_argument("--objective", default="", choices=["", *OBJECTIVES], help="self-supervised objective (default: the experiments' own)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: runs/probe)")
     p.add_argument("--quick", action="store_true", help="a small, fast run for tests and smoke checks")
     p.set_defaults(func=probe)
 
-    p = sub.add_parser("demo", help="the main job: a small simulated fleet on HAPT, with a report")
-    p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--quick", action="store_true")
+    p = command(sub, "demo", "the main job: a small simulated fleet on HAPT, central reference points and a report",
+                "edgebind-sim demo", "edgebind-sim demo --quick --out /tmp/demo")  # fmt: skip
+    p.add_argument("--out", type=Path, default=None, help="report folder (default: runs/demo)")
+    p.add_argument("--quick", action="store_true", help="the campaign's quick schedule on fewer windows (a smoke check, about a minute)")
     p.set_defaults(func=demo)
 
-    p = sub.add_parser("run", help="a federated campaign over a simulated fleet of any size")
-    p.add_argument("--dataset", default="hapt")
-    p.add_argument("--scenario", default="sensor-bind")
+    p = command(sub, "run", "a federated campaign over a simulated fleet of any size (Flower's simulation engine, the real apps)",
+                "edgebind-sim run --scenario fleet-labelled --seed 0",
+                "edgebind-sim run --scenario sensor-bind --nodes 100 -c finetune-strategy=fedprox --quick")  # fmt: skip
+    p.add_argument("--dataset", default="hapt", help="'hapt' (bundled UCI HAPT) or a path to a .npz in the generic format")
+    p.add_argument("--scenario", default="sensor-bind", help="shipped scenario name or a .toml path")
     p.add_argument("--nodes", type=int, default=None, help="number of virtual nodes (default: the scenario's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dropout", type=float, default=None, help="share of nodes that vanish mid-round")
+    p.add_argument("--seed", type=int, default=0, help="draws the subject split, the nodes' data and every random choice")
+    p.add_argument("--dropout", type=float, default=None, help="share of nodes that vanish mid-round (default: none)")
     p.add_argument("-c", "--config", action="append", default=[], metavar="KEY=VALUE",
                    help="a run config setting (see [tool.flwr.app.config] in pyproject.toml), e.g. -c finetune-strategy=fedprox; repeatable")
-    p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--quick", action="store_true")
+    p.add_argument("--out", type=Path, default=None, help="results folder (default: runs/fleet)")
+    p.add_argument("--quick", action="store_true", help="the campaign's quick schedule on at most 160 windows per group")
     p.set_defaults(func=run)
 
-    p = sub.add_parser("deploy-local", help="mosquitto + coordinator + SuperNodes on 127.0.0.1, one whole campaign")
+    p = command(sub, "deploy-local", "mosquitto + coordinator + SuperNodes on 127.0.0.1, one whole campaign, then everything stopped",
+                "edgebind-sim deploy-local --nodes 3 --quick", "edgebind-sim deploy-local --scenario babel-hapt --nodes 4")  # fmt: skip
     p.add_argument("--nodes", type=int, default=3,
                    help="node agents: one per training group at least, validation and test subjects held out on a node with their "
                         "modalities (3 for sensor-bind and label-bind, 4 for babel-hapt)")  # fmt: skip
-    p.add_argument("--dataset", default="hapt")
-    p.add_argument("--scenario", default="sensor-bind")
-    p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--quick", action="store_true")
+    p.add_argument("--dataset", default="hapt", help="'hapt' (bundled UCI HAPT) or a path to a .npz in the generic format")
+    p.add_argument("--scenario", default="sensor-bind", help="shipped scenario name or a .toml path")
+    p.add_argument("--out", type=Path, default=None, help="folder for logs, stores and summary.json (default: runs/deploy-local)")
+    p.add_argument("--quick", action="store_true", help="the quick schedule on 64 windows per node (default: 400)")
+    p.add_argument("--node-venv", type=Path, default=None,
+                   help="run the node agents from this virtual environment, e.g. one made with pip install '.[node]' (default: this one)")
     p.set_defaults(func=deploy_local)
 
-    p = sub.add_parser("convert", help="convert a published dataset to the generic .npz format")
-    p.add_argument("format", choices=["utd-mhad", "pamap2"])
+    p = command(sub, "convert", "convert a published dataset to the generic .npz format",
+                "edgebind-sim convert pamap2 PAMAP2_Dataset/Protocol pamap2.npz", "edgebind-sim convert utd-mhad UTD-MHAD/ utd.npz")  # fmt: skip
+    p.add_argument("format", choices=["utd-mhad", "pamap2"], help="the published format of SOURCE")
     p.add_argument("source", type=Path, help="folder (or file) in the published format")
     p.add_argument("output", type=Path, help="the .npz to write")
     p.set_defaults(func=convert)
