@@ -292,31 +292,42 @@ def group_data(store, campaign_id: str, nodes: Sequence[NodeInfo], roles: Sequen
                 if role_of.setdefault(p.group, p.role) != p.role:
                     raise ValueError(f"group {p.group!r} is announced with roles {role_of[p.group]!r} and {p.role!r}")
     out = {}
-    for name, members in groups.items():
-        mods = sorted(members[0].modalities)
-        if any(sorted(n.modalities) != mods for n in members):
-            raise ValueError(f"group {name!r}: its nodes hold different modalities: {[n.modalities for n in members]}")
-        ids = [n.node_id for n in members]
-        by_id = {n.node_id: n for n in members}
-        emb = {m: store.embeddings(campaign_id, m, node_ids=ids) for m in mods}
-        pos = {}
-        for m, e in emb.items():
-            rows = zip(e.node_ids.tolist(), e.groups.tolist(), e.window_ids.tolist())
-            pos[m] = {(nid, w): i for i, (nid, g, w) in enumerate(rows) if by_id[nid].group_of(g) == name}
-        first = pos[mods[0]]
-        common = [key for key in first if all(key in pos[m] for m in mods[1:])]
-        if not common:
-            log.warning("group %s: no window uploaded in all of %s", name, mods)
-            continue
-        feats, labels = {}, None
-        for m, e in emb.items():
-            sel = np.fromiter((pos[m][key] for key in common), dtype=np.int64, count=len(common))
-            feats[m] = e.x[sel].astype(np.float32)
-            labels = e.labels[sel] if labels is None else np.maximum(labels, e.labels[sel])
-        node_ids = np.array([k[0] for k in common])
-        window_ids = np.array([k[1] for k in common])
-        out[name] = GroupData(name, role_of[name], mods, node_ids, window_ids, feats, labels)
+    for base, everyone in groups.items():
+        held: dict[tuple[str, ...], list[NodeInfo]] = {}
+        for n in everyone:
+            held.setdefault(tuple(sorted(n.modalities)), []).append(n)
+        for mods_key, members in sorted(held.items()):
+            # nodes of one scenario group that lost modalities (``missing_modality``) form a group per set of modalities:
+            # their windows are natural samples of what they hold, and binding can complete them through a shared one
+            name = base if len(held) == 1 else f"{base}[{'+'.join(mods_key)}]"
+            data = _natural_group(store, campaign_id, base, name, role_of[base], list(mods_key), members)
+            if data is not None:
+                out[name] = data
     return out
+
+
+def _natural_group(store, campaign_id: str, base: str, name: str, role: str, mods: list[str], members: list[NodeInfo]) -> GroupData | None:
+    """The windows that ``members`` uploaded for scenario group ``base`` in every one of ``mods``, as one group called ``name``."""
+    ids = [n.node_id for n in members]
+    by_id = {n.node_id: n for n in members}
+    emb = {m: store.embeddings(campaign_id, m, node_ids=ids) for m in mods}
+    pos = {}
+    for m, e in emb.items():
+        rows = zip(e.node_ids.tolist(), e.groups.tolist(), e.window_ids.tolist())
+        pos[m] = {(nid, w): i for i, (nid, g, w) in enumerate(rows) if by_id[nid].group_of(g) == base}
+    first = pos[mods[0]]
+    common = [key for key in first if all(key in pos[m] for m in mods[1:])]
+    if not common:
+        log.warning("group %s: no window uploaded in all of %s", name, mods)
+        return None
+    feats, labels = {}, None
+    for m, e in emb.items():
+        sel = np.fromiter((pos[m][key] for key in common), dtype=np.int64, count=len(common))
+        feats[m] = e.x[sel].astype(np.float32)
+        labels = e.labels[sel] if labels is None else np.maximum(labels, e.labels[sel])
+    node_ids = np.array([k[0] for k in common])
+    window_ids = np.array([k[1] for k in common])
+    return GroupData(name, role, mods, node_ids, window_ids, feats, labels)
 
 
 # --- bind ----------------------------------------------------------------------------------------

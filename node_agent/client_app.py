@@ -85,6 +85,7 @@ class Node:
     simulated: bool = False  # a simulated node shares the simulation's trust: it takes a campaign's public key in-band
     dropout: tuple | None = None  # (scenario, nodes, share, seed, partition id) when drop-outs are simulated
     stall: float = 0.0
+    delay: float = 0.0  # a straggler (the scenario's ``stragglers``) answers every message this many seconds late
     parts: list[NodePart] = field(default_factory=list)  # the node's own windows first, then held-out subjects
 
     def __post_init__(self) -> None:
@@ -238,6 +239,8 @@ def _handle(msg: Message, context: Context, phase: str, work) -> Message:
     cfg = _run_config(tuple(sorted(context.run_config.items()))) if simulated else None
     node = node_for(context, cfg)
     _maybe_vanish(node, msg, phase)
+    if node.delay:
+        time.sleep(node.delay)
     threads = int(context.node_config.get("threads", cfg.client_threads if cfg is not None else 0))
     if threads > 0:  # a deployed node keeps torch's default unless its config says otherwise
         torch.set_num_threads(threads)
@@ -318,7 +321,7 @@ def _virtual_node(run_id, dataset, scenario, seed, pid, n, cap, state_dir, key, 
     root = Path(state_dir) / spec.node_id if state_dir else Path(tempfile.gettempdir()) / "edgebind-nodes" / f"run-{run_id}" / spec.node_id
     public = public_key_of(bytes.fromhex(key)) if key else None  # the simulation's run config holds the coordinator's private key
     return Node(spec.node_id, spec.group, spec.role, data, StateDir(root), public, key_id, True,
-                drop, (timeout + 1.0) if mode == "stall" else 0.0)  # fmt: skip
+                drop, (timeout + 1.0) if mode == "stall" else 0.0, spec.delay)  # fmt: skip
 
 
 @lru_cache(maxsize=16)

@@ -15,6 +15,7 @@ node's natural multimodal samples from its uploads.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Protocol, runtime_checkable
@@ -65,12 +66,17 @@ class DatasetNodeData:
     rows: np.ndarray
     held: list[str]
     labelled: np.ndarray  # bool per row: may this node see the row's label?
+    observed: np.ndarray | None = None  # the labels the node sees (-1 where hidden; a scenario's label noise flips some); None = the dataset's
 
     def __post_init__(self) -> None:
         self.rows = np.asarray(self.rows, dtype=np.int64)
         self.labelled = np.asarray(self.labelled, dtype=bool)
         if self.labelled.shape != self.rows.shape:
             raise ValueError(f"node {self.node_id!r}: {len(self.labelled)} labelled flags for {len(self.rows)} rows")
+        if self.observed is not None:
+            self.observed = np.asarray(self.observed, dtype=np.int64)
+            if self.observed.shape != self.rows.shape or ((self.observed >= 0) != self.labelled).any():
+                raise ValueError(f"node {self.node_id!r}: observed labels must give one label per row, exactly where labelled")
         for m in self.held:
             self.dataset.require(m)
 
@@ -85,6 +91,8 @@ class DatasetNodeData:
         return [f"{self.dataset.name}:{r}" for r in self.rows.tolist()]
 
     def labels(self) -> np.ndarray:
+        if self.observed is not None:
+            return self.observed.copy()
         return np.where(self.labelled, self.dataset.y[self.rows], -1).astype(np.int64)
 
     def windows(self, modality: str) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -225,13 +233,16 @@ class NodeSpec:
     modalities: list[str]
     rows: np.ndarray
     labelled: np.ndarray = field(repr=False)
+    labels: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, np.int64))  # as the node sees them: -1 hidden, some flipped by label noise
+    delay: float = 0.0  # a straggler's delay before each reply, seconds (0: answers at once)
+    lost: list[str] = field(default_factory=list)  # modalities its group holds that this node lacks (missing_modality)
 
     @property
     def n_labelled(self) -> int:
         return int(self.labelled.sum())
 
     def data(self, ds: WindowDataset) -> DatasetNodeData:
-        return DatasetNodeData(self.node_id, ds, self.rows, list(self.modalities), self.labelled)
+        return DatasetNodeData(self.node_id, ds, self.rows, list(self.modalities), self.labelled, self.labels)
 
 
 def group_node_counts(scenario: Scenario, num_partitions: int | None = None) -> dict[str, int]:
@@ -333,34 +344,101 @@ def node_spec_for(
     name, index, n_nodes = layout[partition_id]
     sp = split_ if split_ is not None else split(scenario, ds, seed)
     rows, lab = group_rows(sp, seed, max_windows_per_group)[name]
-    part = sp.parts[name]
-    gi = [g.name for g in scenario.groups].index(name)
-    subjects = sorted(int(s) for s in np.unique(ds.subject[rows]))
-    order = np.random.default_rng([seed, gi]).permutation(len(subjects))
-    shuffled = [subjects[i] for i in order]
-    holders = _holders(len(shuffled), n_nodes, part.group.subjects_per_node)
-    mine: list[int] = []
-    my_subjects: list[int] = []
-    for si, subject in enumerate(shuffled):
-        nodes_of = [j for j, h in enumerate(holders) if si in h]
-        if index not in nodes_of:
-            continue
-        sel = np.flatnonzero(ds.subject[rows] == subject)
-        chunk = np.array_split(sel, len(nodes_of))[nodes_of.index(index)]
-        if len(chunk):
-            mine.append(chunk)
-            my_subjects.append(subject)
-    take = np.sort(np.concatenate(mine)) if mine else np.zeros(0, dtype=np.int64)
+    g = sp.parts[name].group
+    gi = [x.name for x in scenario.groups].index(name)
+    if g.label_skew > 0:
+        take = label_skew_rows(ds.y[rows], n_nodes, g.label_skew, seed * 1000 + gi)[index]
+    else:
+        take = _subject_span_rows(ds.subject[rows], n_nodes, index, g.subjects_per_node, np.random.default_rng([seed, gi]))
+    held = sorted(g.modalities)
+    if g.missing_modality > 0:
+        held = kept_modalities(held, g.missing_modality, np.random.default_rng([seed, gi, index, 0x4D]))
+    labels = np.where(lab[take], ds.y[rows[take]], -1).astype(np.int64)
+    if g.label_noise > 0:
+        labels = flip_labels(labels, g.label_noise, ds.n_classes, np.random.default_rng([seed, gi, index, 0x4E]))
+    delay = 0.0
+    if g.stragglers > 0:
+        r = np.random.default_rng([seed, gi, index, 0x53])
+        delay = float(g.straggler_delay * r.uniform(0.5, 1.5)) if r.random() < g.stragglers else 0.0
     return NodeSpec(
         node_id=node_id_of(name, index),
         partition_id=partition_id,
         group=name,
-        role=part.group.role,
-        subjects=sorted(my_subjects),
-        modalities=sorted(part.group.modalities),
+        role=g.role,
+        subjects=sorted(int(x) for x in np.unique(ds.subject[rows[take]])),
+        modalities=held,
         rows=rows[take],
         labelled=lab[take],
+        labels=labels,
+        delay=delay,
+        lost=sorted(set(g.modalities) - set(held)),
     )
+
+
+def _subject_span_rows(subject: np.ndarray, n_nodes: int, index: int, per_node: int | None, rng: np.random.Generator) -> np.ndarray:
+    """The positions (into a group's rows) node ``index`` holds when subjects are spread over the nodes in contiguous spans."""
+    subjects = sorted(int(s) for s in np.unique(subject))
+    shuffled = [subjects[i] for i in rng.permutation(len(subjects))]
+    holders = _holders(len(shuffled), n_nodes, per_node)
+    mine = []
+    for si, subj in enumerate(shuffled):
+        nodes_of = [j for j, h in enumerate(holders) if si in h]
+        if index in nodes_of:
+            chunk = np.array_split(np.flatnonzero(subject == subj), len(nodes_of))[nodes_of.index(index)]
+            if len(chunk):
+                mine.append(chunk)
+    return np.sort(np.concatenate(mine)) if mine else np.zeros(0, dtype=np.int64)
+
+
+def label_skew_rows(labels: np.ndarray, n_nodes: int, alpha: float, seed: int) -> list[np.ndarray]:
+    """A group's windows spread over its nodes by a Dirichlet over labels (``flwr-datasets``' ``DirichletPartitioner``).
+
+    Smaller ``alpha`` gives each node fewer classes; every node gets at least
+    ``SKEW_MIN_WINDOWS`` windows (fewer windows than nodes is refused). Returns each node's
+    positions into ``labels``, sorted.
+    """
+    from datasets import Dataset
+    from flwr_datasets.partitioner import DirichletPartitioner
+
+    if len(labels) < n_nodes:
+        raise ValueError(f"label skew: {len(labels)} windows cannot be spread over {n_nodes} nodes")
+    key = (labels.tobytes(), n_nodes, float(alpha), seed)
+    if key not in _SKEW_CACHE:
+        data = Dataset.from_dict({"label": labels.astype(np.int64), "pos": np.arange(len(labels))})
+        part = DirichletPartitioner(num_partitions=n_nodes, partition_by="label", alpha=float(alpha),
+                                    min_partition_size=min(SKEW_MIN_WINDOWS, len(labels) // n_nodes), self_balancing=False, seed=seed)  # fmt: skip
+        part.dataset = data
+        try:
+            with warnings.catch_warnings():  # it warns on every redraw; a draw that never fits raises below
+                warnings.simplefilter("ignore", UserWarning)
+                _SKEW_CACHE[key] = [np.sort(np.asarray(part.load_partition(i)["pos"], dtype=np.int64)) for i in range(n_nodes)]
+        except ValueError as e:
+            raise ValueError(f"label skew with alpha {alpha} over {n_nodes} nodes, at least {SKEW_MIN_WINDOWS} windows each: {e}") from e
+        while len(_SKEW_CACHE) > 8:
+            _SKEW_CACHE.pop(next(iter(_SKEW_CACHE)))
+    return _SKEW_CACHE[key]
+
+
+_SKEW_CACHE: dict[tuple, list[np.ndarray]] = {}
+SKEW_MIN_WINDOWS = 2  # every node of a label-skewed group holds at least this many windows
+
+
+def kept_modalities(held: list[str], p: float, rng: np.random.Generator) -> list[str]:
+    """Each modality lost with chance ``p``, independently; when all would be lost, one drawn at random stays."""
+    kept = [m for m in held if rng.random() >= p]
+    return kept or [held[int(rng.integers(len(held)))]]
+
+
+def flip_labels(labels: np.ndarray, share: float, n_classes: int, rng: np.random.Generator) -> np.ndarray:
+    """``share`` of the visible labels (>= 0) flipped to another class drawn uniformly (symmetric label noise)."""
+    out = labels.copy()
+    visible = np.flatnonzero(out >= 0)
+    n = int(round(share * len(visible)))
+    if n == 0 or n_classes < 2:
+        return out
+    chosen = rng.choice(visible, size=n, replace=False)
+    out[chosen] = (out[chosen] + rng.integers(1, n_classes, size=n)) % n_classes
+    return out
 
 
 def dropouts(scenario: Scenario, num_partitions: int | None, dropout: float, seed: int, rounds: int) -> dict[int, int]:

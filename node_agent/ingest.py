@@ -641,6 +641,7 @@ def replay_dataset(
 
         spec = node_spec_for(Scenario.load(scenario), ds, seed, partition_id, num_partitions)
         rows, node_id, held, visible = spec.rows, node_id or spec.node_id, spec.modalities, spec.labelled
+        observed = spec.labels  # as the fleet lets that node see them (label noise included)
     else:
         if not subjects:
             raise ValueError("give --subjects, or --scenario with --partition-id")
@@ -648,18 +649,19 @@ def replay_dataset(
             raise ValueError("--node-id is required with --subjects")
         rows, held = np.flatnonzero(np.isin(ds.subject, list(subjects))), ds.modalities
         visible = np.ones(len(rows), dtype=bool)
+        observed = ds.y[rows]
     mods = list(modalities) if modalities else list(held)
     unknown = [m for m in mods if m not in held]
     if unknown:
         raise ValueError(f"modality {unknown[0]!r} is not among this node's {sorted(held)}")
     if max_windows is not None and max_windows < len(rows):  # spread over the recording: a prefix is one subject's first activities
         keep = np.unique(np.linspace(0, len(rows) - 1, max(max_windows, 0)).round().astype(np.int64))
-        rows, visible = rows[keep], visible[keep]
+        rows, visible, observed = rows[keep], visible[keep], observed[keep]
     windows = {m: ds.X[m][rows] for m in mods}
     rates = {m: ds.rates.get(m, 50.0) for m in mods}
     labelled = 0
     if label_store:
-        labels = np.where(visible, ds.y[rows], -1)
+        labels = np.where(visible, observed, -1)
         with open_store(label_store) as st:
             for m in mods:
                 ids, starts = replayed_windows(len(rows), m, windows[m].shape[1], rates[m], sensor_id=sensor_id, frame_len=frame_len)

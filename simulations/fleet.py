@@ -23,12 +23,14 @@ import secrets
 import time
 from pathlib import Path
 
+import numpy as np
+
 from common.config import CampaignConfig
 from common.data import load_dataset
 from common.data.scenarios import Scenario
 from common.files import write_json
 from common.processes import ensure_logging
-from node_agent.data import dropouts, fleet_layout, node_id_of
+from node_agent.data import cached_dataset, cached_split, dropouts, fleet_layout, node_id_of, virtual_node
 from simulations.experiments.common import commit_of, fingerprint
 
 log = logging.getLogger("edgebind.fleet")
@@ -105,10 +107,35 @@ def run_fleet(
         "engine": f"flwr simulation (ray), {cpus} CPUs, 1 CPU per virtual node",
         "commit": commit,
         "dataset_sha256": fingerprint(load_dataset(dataset)),
+        "scenario_settings": fleet_shape(cfg.dataset, cfg.scenario, seed, n, cfg.window_cap()),
     }
     write_json(out / "results.json", results)
     log.info("fleet: done in %.1fs (campaign %.1fs, the rest is Flower/Ray start-up and shut-down)", wall, results.get("seconds") or 0.0)
     return results
+
+
+def fleet_shape(dataset: str, scenario: str, seed: int, n: int, cap: int | None) -> dict:
+    """The federated-benchmark settings each group uses, and what they did to its nodes (for results.json)."""
+    sc, _ = cached_split(dataset, scenario, seed)
+    out = {}
+    for g in sc.groups:
+        if not g.fleet_settings():
+            continue
+        specs = [virtual_node(dataset, scenario, seed, p, n, cap or None)[0] for p, (name, _, _) in enumerate(fleet_layout(sc, n)) if name == g.name]
+        ds = cached_dataset(dataset)
+        classes = [len(np.unique(ds.y[s.rows])) for s in specs if len(s.rows)]
+        visible = [(s.labels >= 0) for s in specs]
+        flipped = sum(int(((s.labels >= 0) & (s.labels != ds.y[s.rows])).sum()) for s in specs)
+        out[g.name] = {
+            "settings": {k: getattr(g, k) for k in ("label_skew", "missing_modality", "label_noise", "stragglers", "straggler_delay")},
+            "nodes": len(specs),
+            "classes_per_node": {"mean": float(np.mean(classes)) if classes else 0.0, "min": int(min(classes, default=0)), "max": int(max(classes, default=0))},
+            "windows_per_node": {"min": int(min((len(s.rows) for s in specs), default=0)), "max": int(max((len(s.rows) for s in specs), default=0))},
+            "lost_modalities": {s.node_id: s.lost for s in specs if s.lost},
+            "labels_flipped": flipped, "labels_visible": int(sum(v.sum() for v in visible)),
+            "stragglers": {s.node_id: round(s.delay, 2) for s in specs if s.delay > 0},
+        }  # fmt: skip
+    return out
 
 
 def _write_app_dir(app_dir: Path) -> Path:

@@ -83,8 +83,19 @@ class InProcessGrid(Grid):
     def pull_messages(self, message_ids):
         return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]
 
-    def send_and_receive(self, messages, *, timeout=None):  # as Flower's grids: push, then pull what arrived (a silent node never replies)
-        return self.pull_messages(self.push_messages(messages))
+    def send_and_receive(self, messages, *, timeout=None):
+        """As Flower's grids: push, then pull what arrived in time (a silent node never replies; one that took longer than
+        ``timeout`` to answer, as a straggler does, is not waited for)."""
+        t0 = time.monotonic()
+        ids = []
+        for msg in messages:  # one at a time, so each node's own answering time is known
+            start = time.monotonic()
+            (mid,) = self.push_messages([msg])
+            if timeout is not None and time.monotonic() - start > timeout:
+                self.replies.pop(mid, None)
+            ids.append(mid)
+        self.waited = time.monotonic() - t0
+        return self.pull_messages(ids)
 
 
 def synthetic_files(tmp_path: Path, lab_nodes: int = 1) -> tuple[str, str]:
@@ -109,10 +120,16 @@ def synthetic_files(tmp_path: Path, lab_nodes: int = 1) -> tuple[str, str]:
 
 
 def in_process_campaign(
-    tmp_path: Path, silent: set[int] = frozenset(), grid_cls: type[InProcessGrid] = InProcessGrid, lab_nodes: int = 1, id_base: int = 100, **config
+    tmp_path: Path, silent: set[int] = frozenset(), grid_cls: type[InProcessGrid] = InProcessGrid, lab_nodes: int = 1, id_base: int = 100,
+    scenario_text: str = "", **config
 ) -> tuple[dict, InProcessGrid]:
     data, scenario = synthetic_files(tmp_path, lab_nodes)
     n = 6 + lab_nodes
+    if scenario_text:  # another scenario on the same data
+        Path(scenario).write_text(scenario_text)
+        from common.data.scenarios import Scenario
+
+        n = sum(g.nodes for g in Scenario.load(scenario).groups)
     run_config = {
         "dataset": data, "scenario": scenario, "seed": 0, "results-path": str(tmp_path / "out" / "results.json"),
         "state-dir": str(tmp_path / "nodes"), "expected-nodes": n, "discovery-timeout": 5.0, "round-timeout": 20.0,
@@ -159,6 +176,59 @@ def test_federated_finetuning_keeps_the_round_validation_chose_and_installs_it(t
     assert res["phases"]["push"]["nodes_applied"] == 7
     if ft["chosen_round"] > 0:  # fine-tuned encoders went out with the bundles that name them
         assert {b["encoder_version"] for b in res["bundles"].values()}.isdisjoint({""})
+
+
+SKEWED_FLEET = """binding = "sensor"
+shared = "s"
+[[group]]
+name = "phone"
+modalities = ["s", "a", "b"]
+share = 0.7
+nodes = 6
+labelled = 0.5
+label_skew = 0.5
+missing_modality = 0.3
+label_noise = 0.1
+stragglers = 0.5
+straggler_delay = 0.05
+[validation]
+modalities = ["a", "b"]
+share = 0.1
+[test]
+modalities = ["a", "b"]
+share = 0.2
+"""
+
+
+def test_a_campaign_over_nodes_with_label_skew_missing_modalities_noisy_labels_and_stragglers(tmp_path):
+    from node_agent.data import node_spec_for
+    from common.data.dataset import load_dataset
+    from common.data.scenarios import Scenario
+
+    res, _ = in_process_campaign(tmp_path, scenario_text=SKEWED_FLEET)
+    assert res["state"] == "done" and res["missing_nodes"] == []
+    sc = Scenario.load(res["config"]["scenario"])
+    ds = load_dataset(res["config"]["dataset"])
+    specs = [node_spec_for(sc, ds, 0, p) for p in range(6)]
+    assert any(s.lost for s in specs) and any(s.delay > 0 for s in specs)  # the draws this test relies on happened
+    for s in specs:  # every node announced what it holds after losing modalities, and nothing it lost
+        assert res["nodes"][s.node_id]["modalities"] == s.modalities, s.node_id
+    assert all(m["accuracy"] >= 0.8 for m in res["accuracy"].values()), res["accuracy"]  # chance is 1/3
+
+
+def test_stragglers_slower_than_the_round_timeout_are_recorded_missing(tmp_path):
+    from node_agent.data import node_spec_for
+    from common.data.dataset import load_dataset
+    from common.data.scenarios import Scenario
+
+    text = SKEWED_FLEET.replace("straggler_delay = 0.05", "straggler_delay = 4.0")
+    res, _ = in_process_campaign(tmp_path, scenario_text=text, **{"round-timeout": 1.5})
+    sc = Scenario.load(res["config"]["scenario"])
+    ds = load_dataset(res["config"]["dataset"])
+    late = {f"flower:{100 + p}" for p in range(6) if node_spec_for(sc, ds, 0, p).delay > 1.5}  # silent from the first exchange: named by Flower id
+    assert late and res["state"] == "done" and res["accuracy"]
+    assert set(res["missing_nodes"]) == late
+    assert all(m["reason"] == "no reply within 1.5s" for m in res["missing"].values())
 
 
 def test_federated_finetuning_draws_a_share_of_the_labelled_nodes_each_round(tmp_path):

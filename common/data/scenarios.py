@@ -30,6 +30,12 @@ class GroupSpec:
     role: str = "train"
     nodes: int = 1
     subjects_per_node: int | None = None
+    # settings that federated benchmarks vary (a fleet's training groups; see node_agent.data.node_spec_for)
+    label_skew: float = 0.0  # Dirichlet alpha over labels: the group's windows spread over its nodes by label (0 = by subject)
+    missing_modality: float = 0.0  # chance that a node of the group lacks each of its modalities (never all of them)
+    label_noise: float = 0.0  # share of the group's visible labels flipped to another class, drawn uniformly
+    stragglers: float = 0.0  # share of the group's nodes that answer every exchange late
+    straggler_delay: float = 0.0  # seconds: each straggler's delay is drawn from [0.5, 1.5] x this
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -42,6 +48,19 @@ class GroupSpec:
             raise ValueError(f"group {self.name!r}: labelled must be >= 0, got {self.labelled}")
         if self.nodes < 1:
             raise ValueError(f"group {self.name!r}: nodes must be >= 1, got {self.nodes}")
+        if self.label_skew < 0:
+            raise ValueError(f"group {self.name!r}: label_skew (a Dirichlet alpha) must be > 0, or 0 for none, got {self.label_skew}")
+        for key in ("missing_modality", "label_noise", "stragglers"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ValueError(f"group {self.name!r}: {key} must be in [0, 1), got {getattr(self, key)}")
+        if self.straggler_delay < 0 or (self.stragglers > 0) != (self.straggler_delay > 0):
+            raise ValueError(f"group {self.name!r}: stragglers and straggler_delay go together (a share and a delay > 0), got {self.stragglers}, {self.straggler_delay}")
+        if self.role != "train" and self.fleet_settings():
+            raise ValueError(f"group {self.name!r}: {', '.join(self.fleet_settings())} apply to training groups, not to {self.role} (scoring needs clean, complete data)")
+
+    def fleet_settings(self) -> list[str]:
+        """The federated-benchmark settings this group uses (they shape a fleet's nodes; central experiments refuse them)."""
+        return [k for k in ("label_skew", "missing_modality", "label_noise", "stragglers") if getattr(self, k) > 0]
 
 
 @dataclass
@@ -79,6 +98,13 @@ class Scenario:
     @property
     def modalities(self) -> list[str]:
         return sorted({m for g in self.groups for m in g.modalities})
+
+    def require_central(self) -> None:
+        """Refuse fleet-only settings: a central experiment pools each group's windows, so it cannot honour them."""
+        used = {g.name: g.fleet_settings() for g in self.groups if g.fleet_settings()}
+        if used:
+            name, keys = next(iter(used.items()))
+            raise ValueError(f"scenario {self.name!r}, group {name!r}: {', '.join(keys)} shape a fleet's nodes; run it with `edgebind-sim run`, not a central experiment")
 
     def group(self, name: str) -> GroupSpec:
         for g in self.groups:

@@ -571,6 +571,7 @@ def _run(dataset: str, plan: str, seeds: int, out: Path, quick: bool, device: to
     if not sc_name:
         raise ValueError(f"plan {gp.name!r} names no scenario; pass one")
     sc = Scenario.load(sc_name)
+    sc.require_central()
     alt = gp.reordered()
     available = {g.name: set(g.modalities) for g in sc.groups if g.role == "train"}
     gp.validate(available)

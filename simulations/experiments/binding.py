@@ -94,6 +94,7 @@ def run(dataset: str, scenario: str, seeds: int, out: Path, quick: bool, device:
     """Bind every seed's split through the shared modality; write ``out/results.json`` and print a table."""
     ds = load_dataset(dataset)
     sc = Scenario.load(scenario)
+    sc.require_central()
     if sc.binding != "sensor":
         raise ValueError(f"scenario {sc.name!r} binds by {sc.binding}: pair quality is a question for sensor binding only")
     if seeds < 1:

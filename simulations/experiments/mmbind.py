@@ -337,6 +337,7 @@ def run(dataset: str, scenario: str, seeds: int, out: Path, quick: bool, device:
     """Run the MMBind experiment for ``seeds`` seeds; write ``out/results.json`` and print a table."""
     ds = load_dataset(dataset)
     sc = Scenario.load(scenario)
+    sc.require_central()
     sc.check_dataset(ds)
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
