@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -167,18 +167,42 @@ def campaign(
         stop_process_group(proc, grace=10)
 
 
-def status(store: str, campaign_ids: Sequence[str] = ()) -> dict[str, Any]:
-    """Nodes (what they hold, what they run), the newest adapter per modality, and the named campaigns."""
+def status(store: str, campaign_ids: Sequence[str] = (), last: int = 5) -> dict[str, Any]:
+    """The fleet as the store knows it: one entry per node, the newest adapter per modality, and campaigns.
+
+    Per node: group and role (from the newest campaign that named it),
+    modalities, seconds since last seen, adapter version per modality, the
+    accuracy its test windows last gave, and how the newest campaign went for
+    it (``ok``, ``missing: ...``, ``refused: ...``, or ``absent``). Per
+    campaign (the ``last`` newest and any named): state, phases with their
+    times, how many nodes were missing or refused, and its accuracy.
+    """
     with open_store(store) as st:
-        nodes = {}
-        modalities: set[str] = set()
+        known = {c.campaign_id: c for c in st.campaigns()}
+        for cid in campaign_ids:
+            if cid not in known:
+                raise KeyError(f"no campaign {cid!r} in {store}")
+        shown = list(dict.fromkeys([*list(known)[:last], *campaign_ids]))
+        reports = {cid: st.report(cid) or {} for cid in shown}
+        newest = next(iter(known), None)
+        node_metrics: dict[str, dict[str, float]] = {}
+        for m in st.metrics(newest) if newest else []:
+            if m.node_id and m.name == "accuracy":
+                node_metrics.setdefault(m.node_id, {})[m.subset] = m.value
+        latest_report = reports.get(newest, {}) if newest else {}
+        nodes, modalities = {}, set()
         for n in st.nodes():
             s = st.node_status(n.node_id)
             modalities |= set(n.modalities)
+            seen = _last_seen_in(reports, n.node_id)
+            accuracy = node_metrics.get(n.node_id, {})
+            full = max(accuracy, key=lambda k: (k.count("+"), k), default=None)
             nodes[n.node_id] = {
-                "modalities": sorted(n.modalities), "hardware": n.hardware, "state": s.state if s else "",
-                "adapters": s.adapter_versions if s else {}, "windows_uploaded": s.windows_uploaded if s else 0,
+                "group": seen.get("group", ""), "role": seen.get("role", ""), "modalities": sorted(n.modalities), "hardware": n.hardware,
+                "state": s.state if s else "", "adapters": s.adapter_versions if s else {}, "windows_uploaded": s.windows_uploaded if s else 0,
                 "last_seen_s_ago": round((time.time_ns() - n.last_seen_ns) / 1e9, 1),
+                "accuracy": {"subset": full, "value": accuracy[full]} if full else None,
+                "last_campaign": _outcome(latest_report, n.node_id) if newest else "",
             }  # fmt: skip
         adapters = {}
         for m in sorted(modalities):
@@ -186,16 +210,75 @@ def status(store: str, campaign_ids: Sequence[str] = ()) -> dict[str, Any]:
             if latest is not None:
                 adapters[m] = latest[0]
         campaigns = {}
-        for cid in campaign_ids:
-            c = st.campaign(cid)
-            if c is None:
-                raise KeyError(f"no campaign {cid!r} in {store}")
+        for cid in shown:
+            c, rep = known[cid], reports[cid]
+            full = max(rep.get("accuracy", {}), key=lambda k: (k.count("+"), k), default=None)
             campaigns[cid] = {
-                "state": c.state, "detail": c.detail[:500],
+                "state": c.state, "detail": c.detail[:500], "created_ns": c.created_ns, "updated_ns": c.updated_ns,
+                "phases": {p: f.get("seconds") for p, f in rep.get("phases", {}).items()},
+                "missing": len(rep.get("missing", {})), "refused": len({r["node"] for r in rep.get("refused", [])}),
+                "accuracy": {"subset": full, **{k: rep["accuracy"][full][k] for k in ("accuracy", "macro_f1")}} if full else None,
                 "stages": [{"name": s.name, "status": s.status} for s in st.stages(cid)],
-                "metrics": [{"node": m.node_id, "name": m.name, "subset": m.subset, "value": m.value} for m in st.metrics(cid)],
+                "metrics": [{"node": m.node_id, "name": m.name, "subset": m.subset, "value": m.value} for m in st.metrics(cid)] if cid in campaign_ids else [],
             }  # fmt: skip
-    return {"nodes": nodes, "adapters": adapters, "campaigns": campaigns}
+    return {"store": str(store), "newest_campaign": newest, "nodes": nodes, "adapters": adapters, "campaigns": campaigns}
+
+
+def _last_seen_in(reports: Mapping[str, dict], node_id: str) -> dict:
+    """The group, role and modalities the newest report naming ``node_id`` gives it (reports newest first)."""
+    for rep in reports.values():
+        if node_id in rep.get("nodes", {}):
+            return rep["nodes"][node_id]
+    return {}
+
+
+def _outcome(report: dict, node_id: str) -> str:
+    if node_id in report.get("missing", {}):
+        m = report["missing"][node_id]
+        return f"missing in {m.get('phase', '?')}: {m.get('reason', '')}"
+    refused = [r for r in report.get("refused", []) if r.get("node") == node_id]
+    if refused:
+        return f"refused {len(refused)}x, first in {refused[0].get('phase', '?')}: {refused[0].get('reason', '')}"[:160]
+    return "ok" if node_id in report.get("nodes", {}) else "absent"
+
+
+def format_status(view: dict[str, Any]) -> str:
+    """``status`` as an operator reads it: a row per node, then a row per campaign with its phases' times."""
+    lines = [f"store {view['store']}: {len(view['nodes'])} nodes; newest adapters "
+             + (", ".join(f"{m} v{v}" for m, v in view["adapters"].items()) or "none")]  # fmt: skip
+    newest = view["newest_campaign"]
+    head = ("node", "group", "role", "modalities", "last seen", "adapters", "accuracy", f"in {newest}" if newest else "last campaign")
+    rows = []
+    for nid, n in sorted(view["nodes"].items()):
+        acc = n["accuracy"]
+        rows.append((nid, n["group"] or "-", n["role"] or "-", ",".join(n["modalities"]), _ago(n["last_seen_s_ago"]),
+                     " ".join(f"{m}:v{v}" for m, v in sorted(n["adapters"].items())) or "-",
+                     f"{acc['value']:.3f} ({acc['subset']})" if acc else "-", n["last_campaign"] or "-"))  # fmt: skip
+    lines += _table(head, rows)
+    if view["campaigns"]:
+        lines.append("")
+        head = ("campaign", "state", "missing", "refused", "accuracy", "phases (seconds)")
+        rows = []
+        for cid, c in view["campaigns"].items():
+            acc = c["accuracy"]
+            rows.append((cid, c["state"], str(c["missing"]), str(c["refused"]),
+                         f"{acc['accuracy']:.3f} / F1 {acc['macro_f1']:.3f} ({acc['subset']})" if acc else "-",
+                         " ".join(f"{p} {t:.0f}" for p, t in c["phases"].items() if t is not None) or "-"))  # fmt: skip
+        lines += _table(head, rows)
+    return "\n".join(lines)
+
+
+def _ago(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit} ago"
+    return f"{seconds:.0f} s ago"
+
+
+def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(str(r[k])) for r in [head, *rows]) for k in range(len(head))]
+    fmt = lambda r: "  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip()  # noqa: E731
+    return [fmt(head), fmt(["-" * w for w in widths]), *map(fmt, rows)]
 
 
 def keygen(directory: str | Path) -> dict[str, str]:
@@ -253,7 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(sub, "status", "nodes, adapter versions and campaigns in the store",
                 "edgebind-coordinator status --store coord/coordinator.db", "edgebind-coordinator status --store coord/coordinator.db --json")  # fmt: skip
     p.add_argument("--store", required=True, help="store URL or SQLite path (as `up` used)")
-    p.add_argument("--campaign", action="append", default=[], help="show this campaign too (repeatable)")
+    p.add_argument("--campaign", action="append", default=[], help="show this campaign too, with every metric it recorded (repeatable)")
+    p.add_argument("--last", type=int, default=5, help="show this many of the newest campaigns")
+    p.add_argument("--json", action="store_true", help="print the view as JSON, for scripts")
     return parser
 
 
@@ -268,7 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return campaign(args.superlink, app_dir=args.app, run_config=args.run_config, store=args.store,
                             flwr_home=args.flwr_home, stream=not args.no_stream, timeout=args.timeout)  # fmt: skip
         if args.command == "status":
-            print(json.dumps(status(args.store, args.campaign), indent=2, sort_keys=True))
+            view = status(args.store, args.campaign, last=args.last)
+            print(json.dumps(view, indent=2, sort_keys=True) if args.json else format_status(view))
             return 0
         if args.command == "keygen":
             print(json.dumps(keygen(args.dir), indent=2))

@@ -154,6 +154,7 @@ class Campaign:
             self.results["refused"] = self.refused
             self.results["bad_replies"] = self.bad_replies
             write_json(self.results_path, self.results)
+            self._save_report()
             self.store.close()
         log.info("campaign %s done in %.1fs; results in %s", self.campaign_id, self.results["seconds"], self.results_path)
         return self.results
@@ -168,6 +169,23 @@ class Campaign:
         figures["node_compute_seconds"] = round(self.node_compute, 3)  # summed over nodes: work, not orchestration
         self.results["phases"][name] = figures
         log.info("[%s] done in %.1fs %s", name, figures["seconds"], _brief(figures))
+        self._save_report(name)
+
+    def _save_report(self, phase: str = "") -> None:
+        """What ``edgebind-coordinator status`` shows of this campaign, saved after every phase; never fails the campaign."""
+        r = self.results
+        report = {
+            "state": r.get("state") or f"{phase} done",
+            "phases": {p: {k: f[k] for k in ("seconds", "node_compute_seconds") if k in f} for p, f in r["phases"].items()},
+            "nodes": {nid: {k: n[k] for k in ("group", "role", "modalities") if k in n} for nid, n in r.get("nodes", {}).items()},
+            "missing": self.missing,
+            "refused": self.refused,
+            "accuracy": {sub: {k: m[k] for k in ("accuracy", "macro_f1", "n", "nodes") if k in m} for sub, m in r.get("accuracy", {}).items()},
+        }
+        try:
+            self.store.save_report(self.campaign_id, report)
+        except ValueError as e:
+            log.warning("campaign %s: its report could not be saved: %s", self.campaign_id, e)
 
     # --- messaging -------------------------------------------------------------------
     def live(self, role: str | None = None) -> dict[int, NodeInfo]:

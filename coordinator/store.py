@@ -236,6 +236,15 @@ class _MetricRow(_Base):
     recorded_ns: Mapped[int] = mapped_column(BigInteger)
 
 
+class _ReportRow(_Base):
+    """A campaign's report as it goes: phases and their times, its nodes, who was missing or refused, accuracy (JSON)."""
+
+    __tablename__ = "campaign_reports"
+    campaign_id: Mapped[str] = mapped_column(String, ForeignKey(_CAMPAIGN_FK), primary_key=True)
+    report: Mapped[str] = mapped_column(Text)  # canonical JSON
+    updated_ns: Mapped[int] = mapped_column(BigInteger)
+
+
 # --- public records ----------------------------------------------------------------
 
 
@@ -489,6 +498,31 @@ class CoordinatorStore(SqlStore):
         if r is None:
             return None
         return CampaignRecord(r.campaign_id, json.loads(r.config), r.state, r.detail, r.created_ns, r.updated_ns)
+
+    def campaigns(self) -> list[CampaignRecord]:
+        """Every campaign, newest first."""
+        with self._tx() as s:
+            rows = s.scalars(select(_CampaignRow).order_by(_CampaignRow.created_ns.desc(), _CampaignRow.campaign_id)).all()
+        return [CampaignRecord(r.campaign_id, json.loads(r.config), r.state, r.detail, r.created_ns, r.updated_ns) for r in rows]
+
+    def save_report(self, campaign_id: str, report: Mapping[str, Any]) -> None:
+        """Replace a campaign's report (what ``edgebind-coordinator status`` shows of it)."""
+        _name("campaign_id", campaign_id)
+        text = _json("report", report)
+        now = time.time_ns()
+        with self._tx(write=True) as s:
+            self._require_campaign(s, campaign_id)
+            if _insert_ignore(s, _ReportRow.__table__, [dict(campaign_id=campaign_id, report=text, updated_ns=now)]) == 0:
+                row = s.get(_ReportRow, campaign_id, with_for_update=True)
+                assert row is not None
+                row.report, row.updated_ns = text, now
+
+    def report(self, campaign_id: str) -> dict[str, Any] | None:
+        """A campaign's last saved report, or None."""
+        _name("campaign_id", campaign_id)
+        with self._tx() as s:
+            row = s.get(_ReportRow, campaign_id)
+        return None if row is None else json.loads(row.report)
 
     # --- embeddings -----------------------------------------------------------------------
 

@@ -158,6 +158,14 @@ def test_campaign_on_an_in_process_grid(tmp_path):
     assert grid.sent.count("train.pretrain") == 2 * 5  # two rounds, five training nodes
     assert {"discover", "manifest", "pretrain", "collect", "bind", "grow", "head", "finetune", "push", "evaluate"} == set(res["phases"])
     assert (tmp_path / "out" / "coordinator.db").exists()
+    # the operator's view of the same campaign, from the store alone
+    from coordinator.cli import status
+
+    view = status(str(tmp_path / "out" / "coordinator.db"))
+    assert set(view["nodes"]) == set(res["nodes"]) and view["newest_campaign"] == res["campaign_id"]
+    assert all(n["last_campaign"] == "ok" and n["group"] == res["nodes"][nid]["group"] for nid, n in view["nodes"].items())
+    assert view["nodes"]["test-000"]["accuracy"]["subset"] == "a+b"
+    assert set(view["campaigns"][res["campaign_id"]]["phases"]) == set(res["phases"])
 
 
 @pytest.mark.parametrize("strategy", ["fedavg", "fedadam"])

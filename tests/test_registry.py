@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 
 import grpc
@@ -140,8 +141,38 @@ def test_coordinator_status_and_the_connection_flower_reads(tmp_path, monkeypatc
     assert got["nodes"]["n1"]["adapters"] == {"gyro": 1} and got["nodes"]["n1"]["state"] == "running"
     assert got["adapters"] == {"gyro": 1}
     assert got["campaigns"]["c1"]["state"] == "created"
+    assert got["nodes"]["n1"]["last_campaign"] == "absent" and got["nodes"]["n1"]["accuracy"] is None
     assert main(["status", "--store", str(db), "--campaign", "nope"]) == 2
     assert "no campaign 'nope'" in capsys.readouterr().err
+
+    # a later campaign in which n1 took part and was scored, n2 went missing and n3 refused a message
+    with open_store(db) as s:
+        for n in ("n2", "n3"):
+            s.upsert_node(n, {"gyro": {}})
+        s.create_campaign("c2", {"seed": 1})
+        s.record_metric("c2", "n1", "accuracy", 0.8, subset="gyro")
+        s.record_metric("c2", "n1", "accuracy", 0.9, subset="gyro+lin_acc")
+        s.save_report("c2", {"state": "done", "phases": {"manifest": {"seconds": 1.5}, "pretrain": {"seconds": 42.0}},
+                             "nodes": {n: {"group": "phone", "role": "train", "modalities": ["gyro"]} for n in ("n1", "n2", "n3")},
+                             "missing": {"n2": {"phase": "pretrain", "round": 2, "reason": "no reply within 600s"}},
+                             "refused": [{"node": "n3", "phase": "collect", "round": 0, "reason": "ValueError: bad"}],
+                             "accuracy": {"gyro+lin_acc": {"accuracy": 0.9, "macro_f1": 0.88, "n": 10, "nodes": ["n1"]}}})  # fmt: skip
+        s.set_campaign_state("c2", "done")
+    got = status(str(db))
+    assert got["newest_campaign"] == "c2" and list(got["campaigns"]) == ["c2", "c1"]
+    n1, n2, n3 = (got["nodes"][n] for n in ("n1", "n2", "n3"))
+    assert (n1["group"], n1["role"], n1["last_campaign"]) == ("phone", "train", "ok")
+    assert n1["accuracy"] == {"subset": "gyro+lin_acc", "value": 0.9}  # the fullest subset the node was scored on
+    assert n2["last_campaign"] == "missing in pretrain: no reply within 600s"
+    assert n3["last_campaign"].startswith("refused 1x, first in collect: ValueError: bad")
+    c2 = got["campaigns"]["c2"]
+    assert c2["phases"] == {"manifest": 1.5, "pretrain": 42.0} and (c2["missing"], c2["refused"]) == (1, 1)
+    assert c2["accuracy"] == {"subset": "gyro+lin_acc", "accuracy": 0.9, "macro_f1": 0.88}
+    assert main(["status", "--store", str(db)]) == 0
+    text = capsys.readouterr().out
+    assert "missing in pretrain" in text and "0.900 (gyro+lin_acc)" in text and "pretrain 42" in text
+    assert main(["status", "--store", str(db), "--json", "--last", "1"]) == 0
+    assert list(json.loads(capsys.readouterr().out)["campaigns"]) == ["c2"]
 
     write_connection(tmp_path / "flwr", "127.0.0.1:9093")
     monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr"))
