@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.progress import Progress
+
 log = logging.getLogger(__name__)
 
 
@@ -215,6 +217,7 @@ def pretrain_jointly(
     device: torch.device | None = None,
     seed: int = 0,
     heads: dict[str, nn.Module] | None = None,
+    progress: str = "",
 ) -> dict[str, float]:
     """Cross-modal pretraining of several encoders (in place) on parties that each hold some streams together.
 
@@ -224,6 +227,7 @@ def pretrain_jointly(
     views, and each pair of them (``cross_modal_loss``). With one party this is
     what a node runs in a federated round; the coordinator FedAvgs each
     encoder over the nodes that hold it. Returns the last epoch's mean terms.
+    ``progress`` names the step in a progress display (none when empty).
     """
     cfg = cfg or PretrainConfig(objective="cross-modal")
     device = device or torch.device("cpu")
@@ -254,6 +258,7 @@ def pretrain_jointly(
     sched = cosine_schedule(opt, cfg.epochs * steps_per_epoch, cfg.warmup, cfg.min_lr_ratio)
     gen = torch.Generator().manual_seed(seed)
     last: dict[str, float] = {}
+    shown = Progress(cfg.epochs, progress, unit="epoch") if progress else None
     for epoch in range(cfg.epochs):
         plan = [(k, order[i : i + cfg.batch_size]) for k, n in enumerate(sizes) for order in [torch.randperm(n, generator=gen)] for i in range(0, n, cfg.batch_size)]
         sums: dict[str, float] = {}
@@ -272,6 +277,10 @@ def pretrain_jointly(
                 counts[name] = counts.get(name, 0) + 1
         last = {name: v / counts[name] for name, v in sums.items()}
         log.debug("joint pretrain epoch %d/%d %s", epoch + 1, cfg.epochs, last)
+        if shown:
+            shown.update(loss=last.get("contrastive_loss", 0.0))
+    if shown:
+        shown.close()
     for enc in encoders.values():
         enc.eval()
     return last
@@ -316,11 +325,13 @@ def pretrain_encoder(
     device: torch.device | None = None,
     seed: int = 0,
     head: nn.Module | None = None,
+    progress: str = "",
 ) -> dict[str, float]:
     """Train ``encoder`` (in place) on unlabelled ``windows`` (N, T, C) with the configured objective.
 
     Returns the last epoch's mean loss terms. ``head`` lets a caller keep the
     objective's head across federated rounds; by default a new one is made.
+    ``progress`` names the step in a progress display (none when empty: a node's rounds show none).
     """
     cfg = cfg or PretrainConfig()
     device = device or torch.device("cpu")
@@ -338,6 +349,7 @@ def pretrain_encoder(
     gen = torch.Generator().manual_seed(seed)
     data = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))
     last: dict[str, float] = {}
+    shown = Progress(cfg.epochs, progress, unit="epoch") if progress else None
     for epoch in range(cfg.epochs):
         order = torch.randperm(n, generator=gen)
         sums: dict[str, float] = {}
@@ -360,6 +372,10 @@ def pretrain_encoder(
             steps += 1
         last = {k: v / max(steps, 1) for k, v in sums.items()}
         log.debug("pretrain epoch %d/%d %s", epoch + 1, cfg.epochs, last)
+        if shown:
+            shown.update(loss=next(iter(last.values()), 0.0))
+    if shown:
+        shown.close()
     encoder.eval()
     return last
 

@@ -48,6 +48,7 @@ from common.device import pick_device
 from common.files import atomic_write, write_json
 from common.modalities import ModalitySpec
 from common.processes import ensure_logging
+from common.progress import time_left
 from common.samples import SampleSet
 from common.towers import SHARED_BLOCK, TowerConfig, block_of, flat_state, model_from_flat
 from coordinator import phases
@@ -269,6 +270,7 @@ class Campaign:
         for m in sorted(set(self.specs) - held):
             log.warning("[pretrain] no training node holds %s: its encoder stays at its initialisation", m)
         losses = []
+        t_rounds = time.monotonic()
         for rnd in range(1, self.cfg.pretrain_rounds + 1):
             base = {"round": rnd, "rounds": self.cfg.pretrain_rounds, "epochs": self.cfg.local_epochs, "objective": self.cfg.pretrain_objective,
                     "batch-size": self.cfg.pretrain_batch_size, "lr": self.cfg.pretrain_lr, "seed": self.cfg.seed, **self._tower_cfg()}  # fmt: skip
@@ -310,8 +312,8 @@ class Campaign:
                         self.global_states[m][part] = phases.strategy_average(strategy, rnd, self.global_states[m][part], list(zip(states, w)))
                 round_loss[m] = float(np.average([loss for *_, loss in got], weights=w))
             losses.append({"round": rnd, "nodes": len(replies), "loss": round_loss})
-            log.info("[pretrain] round %d/%d: %d nodes, %s loss %s", rnd, self.cfg.pretrain_rounds, len(replies), self.cfg.pretrain_objective,
-                     " ".join(f"{m}={v:.3f}" for m, v in round_loss.items()))  # fmt: skip
+            log.info("[pretrain] round %d/%d: %d nodes, %s loss %s%s", rnd, self.cfg.pretrain_rounds, len(replies), self.cfg.pretrain_objective,
+                     " ".join(f"{m}={v:.3f}" for m, v in round_loss.items()), time_left(t_rounds, rnd, self.cfg.pretrain_rounds))  # fmt: skip
         return {"rounds": losses}
 
     def collect(self) -> dict:
@@ -410,6 +412,7 @@ class Campaign:
         draw = np.random.default_rng([self.cfg.seed, 0xF1])
         per_round = max(1, int(round(self.cfg.finetune_fraction * len(trainers))))
         ids = sorted(trainers)  # Flower node ids are 64-bit: draw positions, never the ids themselves (numpy would make them floats)
+        t_rounds = time.monotonic()
         for rnd in range(1, self.cfg.finetune_rounds + 1):
             picked = [ids[i] for i in sorted(draw.choice(len(ids), size=per_round, replace=False))]  # FedAvg's client sampling
             contents = {f: RecordDict({"config": ConfigRecord({**base, "round": rnd}), "arrays": ArrayRecord(_for_node(current, trainers[f]))}) for f in picked}
@@ -427,7 +430,8 @@ class Campaign:
             current = aggregator.aggregate(rnd, current, got)
             score = {"round": rnd, "nodes": len(got), **self.score(current, validators, "validation", rnd)}
             history.append(score)
-            log.info("[finetune] round %d/%d: %d nodes, validation accuracy %.3f macro-F1 %.3f", rnd, self.cfg.finetune_rounds, len(got), score["accuracy"], score["macro_f1"])
+            log.info("[finetune] round %d/%d: %d nodes, validation accuracy %.3f macro-F1 %.3f%s", rnd, self.cfg.finetune_rounds, len(got),
+                     score["accuracy"], score["macro_f1"], time_left(t_rounds, rnd, self.cfg.finetune_rounds))  # fmt: skip
             if best_tuned is None or score["macro_f1"] > best_tuned[0]["macro_f1"]:
                 best_tuned = (score, current)
             if score["macro_f1"] > best["macro_f1"]:

@@ -58,6 +58,7 @@ from common.growth import GrowthConfig, GrowthPlan, GrowthResult, PairData, Stag
 from common.losses import MultiViewContrastive
 from common.pretrain import PretrainConfig
 from common.processes import ensure_logging
+from common.progress import Progress
 from common.samples import SampleSet
 from common.towers import AlignedModel, TowerConfig
 from simulations.experiments.common import Encoders, commit_of, fingerprint, fmt, mean_std, pretrain_encoders, seed_everything
@@ -588,9 +589,11 @@ def _run(dataset: str, plan: str, seeds: int, out: Path, quick: bool, device: to
     per_seed = []
     selection = None
     if kd_weights is None:
+        shown = Progress(seeds, "babel experiment", unit="seed", bar=False, every=0)  # a line with the time left after each seed
         for seed in range(seeds):
             log.info("seed %d/%d", seed + 1, seeds)
             per_seed.append(run_seed(ds, sc, gp, alt, seed, st, device, out if seed == 0 else None))
+            shown.update()
             log.info("seed %d done in %.0fs", seed + 1, per_seed[-1]["seconds"]["total"])
     else:
         selection, st = _select_and_run(ds, sc, gp, alt, seeds, st, device, out, kd_weights, per_seed)

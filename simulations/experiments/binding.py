@@ -29,6 +29,7 @@ from common.data import load_dataset
 from common.data.scenarios import Scenario, split
 from common.files import write_json
 from common.mmbind import bound_pair_report, sensor_pseudo_pairs
+from common.progress import Progress
 from simulations.experiments.common import commit_of, fingerprint, mean_std, pretrain_encoders, seed_everything
 from simulations.experiments.mmbind import MMBindSettings
 
@@ -104,9 +105,11 @@ def run(dataset: str, scenario: str, seeds: int, out: Path, quick: bool, device:
              " [quick]" if quick else "")  # fmt: skip
     provenance = {"commit": commit_of(), "dataset_sha256": fingerprint(ds), "settings": st, "device": str(device)}
     per_seed, t0 = [], time.time()
+    shown = Progress(seeds, "binding experiment", unit="seed", bar=False, every=0)  # a line with the time left after each seed
     for seed in range(seeds):
         log.info("seed %d/%d", seed + 1, seeds)
         per_seed.append(run_seed(ds, sc, seed, st, device))
+        shown.update()
         result = {"experiment": "binding", "dataset": ds.name, "scenario": sc.name, "quick": quick, "seeds": len(per_seed), "seeds_planned": seeds,
                   **provenance, "summary": _summary(per_seed, ds.label_names), "per_seed": per_seed, "seconds": time.time() - t0}  # fmt: skip
         write_json(Path(out) / "results.json", result)

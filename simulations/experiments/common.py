@@ -62,13 +62,13 @@ def pretrain_encoders(
         groups = [{m: ds.X[m][rows] for m in mods} for mods, rows in parties]
         groups += [{m: ds.X[m][rows]} for m, rows in sorted(rows_by_modality.items()) if m not in held]
         t0 = time.time()
-        terms = pretrain_jointly(modules, groups, cfg, device, seed=seed * 1000)
+        terms = pretrain_jointly(modules, groups, cfg, device, seed=seed * 1000, progress="cross-modal pretraining")
         loss = ", ".join(f"{k} {v:.3f}" for k, v in terms.items())
         log.info("  encoders %s pretrained jointly on %d parties in %4.1fs (%s)", "+".join(sorted(modules)), len(groups), time.time() - t0, loss)
     else:
         for k, (m, rows) in enumerate(sorted(rows_by_modality.items())):
             t0 = time.time()
-            terms = pretrain_encoder(modules[m], ds.X[m][rows], cfg, device, seed=seed * 1000 + k)
+            terms = pretrain_encoder(modules[m], ds.X[m][rows], cfg, device, seed=seed * 1000 + k, progress=f"pretraining {m}")
             loss = ", ".join(f"{k} {v:.3f}" for k, v in terms.items())
             log.info("  encoder %-8s pretrained on %5d windows in %4.1fs (%s)", m, len(rows), time.time() - t0, loss)
     for enc in modules.values():

@@ -35,6 +35,7 @@ from common.evaluate import HeadConfig, evaluate_subsets, fit_head
 from common.files import write_json
 from common.mmbind import AlignConfig, PseudoPairs, align, bound_pair_report, label_pseudo_pairs, pseudo_pair_samples, sensor_pseudo_pairs
 from common.pretrain import PretrainConfig
+from common.progress import Progress
 from common.samples import SampleSet
 from common.towers import AlignedModel, TowerConfig
 from simulations.experiments.common import Encoders, commit_of, fingerprint, fmt, mean_ci, mean_std, pretrain_encoders, seed_everything
@@ -351,9 +352,11 @@ def run(dataset: str, scenario: str, seeds: int, out: Path, quick: bool, device:
     full = "+".join(sorted(tp.modalities))
     per_seed: list[dict] = []
     provenance = {"commit": commit_of(), "dataset_sha256": fingerprint(ds), "settings": st, "device": str(device)}
+    shown = Progress(seeds, "mmbind experiment", unit="seed", bar=False, every=0)  # a line with the time left after each seed
     for seed in range(seeds):
         log.info("seed %d/%d", seed + 1, seeds)
         per_seed.append(run_seed(ds, sc, seed, st, device, methods))
+        shown.update()
         # written after every seed, so a long run that is stopped keeps the seeds it finished
         result = {
             "experiment": "mmbind",

@@ -31,6 +31,7 @@ from common.data.dataset import WindowDataset
 from common.evaluate import HeadConfig, evaluate_subsets, fit_head
 from common.files import write_json
 from common.pretrain import PretrainConfig, augment
+from common.progress import Progress
 from common.samples import SampleSet
 from common.towers import AlignedModel, TowerConfig
 from simulations.experiments.common import commit_of, fingerprint, fmt, mean_ci, mean_std, pretrain_encoders, seed_everything
@@ -131,9 +132,11 @@ def run(dataset: str, seeds: int, out: Path, quick: bool, device: torch.device, 
     provenance = {"commit": commit_of(), "dataset_sha256": fingerprint(ds), "settings": st, "device": str(device)}
     per_seed = []
     t0 = time.time()
+    shown = Progress(seeds, "probe experiment", unit="seed", bar=False, every=0)  # a line with the time left after each seed
     for seed in range(seeds):
         log.info("seed %d/%d", seed + 1, seeds)
         per_seed.append(run_seed(ds, mods, seed, st, device))
+        shown.update()
         summary = {}
         for m in mods:
             runs = [s["modalities"][m] for s in per_seed]
