@@ -49,7 +49,7 @@ import torch  # noqa: E402
 
 GOALS = {"float16": (6.0, 0.99), "int8": (12.0, 0.95)}
 NODE_PEAK_GOAL_MIB = 300
-NODE_MODULES = ("node_agent.cli", "node_agent.client_app", "node_agent.runtime", "node_agent.ingest", "node_agent.store", "node_agent.tasks")
+NODE_MODULES = ("node_agent.cli", "node_agent.client_app", "node_agent.runtime", "node_agent.ingest", "node_agent.publish", "node_agent.store", "node_agent.tasks")
 IMPORT_PROBE = """
 import json, sys, time
 t0 = time.perf_counter()
@@ -118,7 +118,8 @@ def agent_worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     from common.modalities import ModalitySpec
     from common.towers import TowerConfig, build_encoder
-    from node_agent.ingest import Ingest, parse_broker, sensor_topic, window_frames
+    from node_agent.ingest import Ingest, parse_broker, sensor_topic
+    from node_agent.publish import window_frames
     from node_agent.data import StoreNodeData
     from node_agent.store import open_store
     from node_agent.tasks import encode_and_pack
@@ -176,7 +177,8 @@ def import_cost(python: str, modules: tuple[str, ...], repeats: int = 3) -> dict
 
 def agent_memory(ds, modalities: list[str], n_windows: int, python: str = sys.executable) -> dict:
     """Run a node agent in a child process (under ``python``) and read its peak resident memory."""
-    from node_agent.ingest import Publisher, mosquitto_conf, replay
+    from node_agent.ingest import mosquitto_conf
+    from node_agent.publish import Publisher, replay
 
     frames = n_windows * 2 * len(modalities)
     cmd = [python, __file__, "--worker", "agent", "--windows", str(n_windows), "--frames", str(frames),

@@ -30,16 +30,8 @@ import numpy as np
 
 from common.cli import command, parser as cli_parser
 from common.processes import free_port, setup_logging, stop_on_signals, stop_process_group
-from node_agent.ingest import (
-    DEFAULT_MAX_PAYLOAD,
-    Ingest,
-    IngestStats,
-    Publisher,
-    client_id_for,
-    node_specs,
-    parse_broker,
-    replay_dataset,
-)
+from node_agent.ingest import DEFAULT_MAX_PAYLOAD, Ingest, IngestStats, client_id_for, node_specs, parse_broker
+from node_agent.publish import Publisher, replay_dataset
 from node_agent.runtime import Inference, NodeRuntime, load_keys
 from node_agent.store import open_store
 

@@ -23,10 +23,7 @@ delay, a natural back-off for a busy store) brings the frame back. Frames that
 arrive on the dropped connection after the failure are neither stored nor
 acknowledged, so they too come back, in their order, after the failed one.
 
-``Publisher`` and ``replay`` play the sensor's side: they publish a dataset's
-windows as SensorFrames and wait for the broker's PUBACKs; ``replay_dataset``
-picks a node's windows from a dataset (by subjects, or as the fleet simulator
-gives them to it) and replays them (``edgebind-node replay``).
+The sensor's side (publishing frames, replaying a data set) is ``node_agent.publish``.
 """
 
 from __future__ import annotations
@@ -38,18 +35,18 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import CallbackAPIVersion
 
 from common import codec
 from common.codec import CodecError
 from common.modalities import ModalitySpec, default_registry
-from node_agent.store import NodeStore, open_store
+from node_agent.store import NodeStore
 from proto import edgebind_pb2 as pb
 
 __all__ = [
@@ -57,17 +54,13 @@ __all__ = [
     "DEFAULT_MAX_SEQ_JUMP",
     "Ingest",
     "IngestStats",
-    "Publisher",
     "REJECT_REASONS",
     "StoreWriteError",
     "client_id_for",
     "mosquitto_conf",
     "node_specs",
     "parse_broker",
-    "replay",
-    "replayed_windows",
     "sensor_topic",
-    "window_frames",
 ]
 
 log = logging.getLogger(__name__)
@@ -75,7 +68,6 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_PAYLOAD = 1 << 20
 DEFAULT_MAX_SEQ_JUMP = 1_000_000  # frames a stream may skip at once (at 50 Hz in 64-sample frames, about 15 days)
 RATE_TOLERANCE = 0.01  # a frame's rate may differ from its modality's by 1 %
-T0_NS = 1_700_000_000_000_000_000  # when a replayed recording starts (any fixed time will do)
 
 REJECT_REASONS = (
     "oversized",  # payload above max_payload
@@ -431,245 +423,3 @@ class Ingest:
             sock.shutdown(socket.SHUT_RDWR)
         except OSError as e:  # not connected any more: nothing to cut
             log.debug("node %s: shutting the broker socket down: %s", self.node_id, e)
-
-
-# --- the sensor's side -------------------------------------------------------------------
-
-
-class Publisher:
-    """A QoS-1 MQTT publisher that survives broker restarts and can wait for every PUBACK.
-
-    Messages published while the broker is away stay in paho's queue and go out
-    on reconnect; ``flush`` waits until the broker has acknowledged them all.
-    """
-
-    def __init__(self, broker: tuple[str, int], client_id: str, keepalive: int = 30) -> None:
-        self.broker = broker
-        self._pending: set[int] = set()
-        self._early: set[int] = set()
-        self._cond = threading.Condition()
-        self._connected = threading.Event()
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False, protocol=mqtt.MQTTv311)
-        c.max_queued_messages_set(0)
-        c.max_inflight_messages_set(100)
-        c.reconnect_delay_set(min_delay=1, max_delay=5)
-        c.on_connect = lambda *_a: self._connected.set()
-        c.on_disconnect = lambda *_a: self._connected.clear()
-        c.on_publish = self._on_publish
-        c.connect_async(broker[0], broker[1], keepalive=keepalive)
-        c.loop_start()
-        self._client = c
-
-    def wait_connected(self, timeout: float = 10.0) -> bool:
-        return self._connected.wait(timeout)
-
-    def publish(self, topic: str, payload: bytes) -> int:
-        """Queue one QoS-1 message; returns its message id."""
-        # Not under self._cond: paho calls on_publish holding its own lock, which publish() takes too.
-        info = self._client.publish(topic, payload, qos=1)
-        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
-            raise RuntimeError(f"publish on {topic!r} failed: {mqtt.error_string(info.rc)}")
-        with self._cond:
-            if info.mid in self._early:  # the PUBACK beat us here
-                self._early.discard(info.mid)
-            else:
-                self._pending.add(info.mid)
-        return info.mid
-
-    def pending(self) -> int:
-        with self._cond:
-            return len(self._pending)
-
-    def flush(self, timeout: float = 60.0, max_pending: int = 0) -> None:
-        """Wait until at most ``max_pending`` messages await a PUBACK; TimeoutError otherwise."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while len(self._pending) > max_pending:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"{len(self._pending)} messages not acknowledged by the broker after {timeout}s")
-                self._cond.wait(min(left, 0.5))
-
-    def close(self, timeout: float = 60.0) -> None:
-        """Flush, then disconnect."""
-        try:
-            self.flush(timeout)
-        finally:
-            self._client.disconnect()
-            self._client.loop_stop()
-
-    def __enter__(self) -> Publisher:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _on_publish(self, _client: mqtt.Client, _userdata: Any, mid: int, _reason: Any, _props: Any) -> None:
-        with self._cond:
-            if mid in self._pending:
-                self._pending.discard(mid)
-                self._cond.notify_all()
-            else:
-                self._early.add(mid)
-
-
-def window_frames(
-    node_id: str,
-    modality: str,
-    windows: np.ndarray,
-    rate_hz: float,
-    *,
-    sensor_id: str = "replay",
-    frame_len: int = 64,
-    t0_ns: int = T0_NS,
-    seq0: int = 0,
-) -> Iterator[pb.SensorFrame]:
-    """(N, T, C) windows as the SensorFrames a sensor would send, ``frame_len`` samples each.
-
-    Each window is a run of consecutive seq numbers and the next window starts
-    one seq later, so the node cuts exactly these windows (a missing seq ends a
-    run): window ``i`` becomes ``f"{modality}:{sensor_id}:{seq0 + i * (ceil(T / frame_len) + 1)}:0"``.
-    Modalities replayed with the same settings get the same seqs and timestamps,
-    which is how a node lines up windows of different modalities.
-    """
-    x = np.asarray(windows, dtype=np.float32)
-    if x.ndim != 3:
-        raise ValueError(f"windows of {modality!r} must be (N, T, C), got shape {x.shape}")
-    n, t, c = x.shape
-    dt_ns = 1e9 / rate_hz
-    ids, starts = replayed_windows(n, modality, t, rate_hz, sensor_id=sensor_id, frame_len=frame_len, t0_ns=t0_ns, seq0=seq0)
-    for i in range(n):
-        first = int(ids[i].split(":")[-2])
-        for k in range(math.ceil(t / frame_len)):
-            chunk = x[i, k * frame_len : (k + 1) * frame_len]
-            yield pb.SensorFrame(
-                node_id=node_id, sensor_id=sensor_id, modality=modality, seq=first + k,
-                timestamp_ns=starts[i] + round(k * frame_len * dt_ns), rate_hz=rate_hz, channels=c,
-                samples=chunk.reshape(-1).tolist(),
-            )  # fmt: skip
-
-
-def replayed_windows(
-    n: int,
-    modality: str,
-    window: int,
-    rate_hz: float,
-    *,
-    sensor_id: str = "replay",
-    frame_len: int = 64,
-    t0_ns: int = T0_NS,
-    seq0: int = 0,
-) -> tuple[list[str], list[int]]:
-    """The ids and start times a node gives the ``n`` windows ``window_frames`` sends.
-
-    With them a replay can attach labels to those windows in the node's store
-    (labels do not travel in SensorFrames).
-    """
-    per = math.ceil(window / frame_len)
-    ids = [f"{modality}:{sensor_id}:{seq0 + i * (per + 1)}:0" for i in range(n)]
-    starts = [t0_ns + round(i * (window + frame_len) * 1e9 / rate_hz) for i in range(n)]
-    return ids, starts
-
-
-def replay(
-    publisher: Publisher,
-    node_id: str,
-    windows: Mapping[str, np.ndarray],
-    rates: Mapping[str, float],
-    *,
-    sensor_id: str = "replay",
-    frame_len: int = 64,
-    max_in_flight: int = 1000,
-    timeout: float = 120.0,
-) -> dict[str, int]:
-    """Publish every modality's windows (see ``window_frames``) and wait for all PUBACKs.
-
-    Returns frames published per modality.
-    """
-    sent: dict[str, int] = {}
-    for m, x in windows.items():
-        sent[m] = 0
-        for frame in window_frames(node_id, m, x, rates[m], sensor_id=sensor_id, frame_len=frame_len):
-            publisher.publish(sensor_topic(node_id, m), frame.SerializeToString())
-            sent[m] += 1
-            if publisher.pending() >= max_in_flight:
-                publisher.flush(timeout, max_pending=max_in_flight // 2)
-        log.info("replayed %d windows of %r to node %s as %d frames", len(x), m, node_id, sent[m])
-    publisher.flush(timeout)
-    return sent
-
-
-def replay_dataset(
-    broker: str,
-    node_id: str = "",
-    *,
-    dataset: str = "hapt",
-    subjects: Sequence[int] | None = None,
-    modalities: Sequence[str] | None = None,
-    scenario: str = "",
-    partition_id: int | None = None,
-    num_partitions: int | None = None,
-    seed: int = 0,
-    max_windows: int | None = None,
-    frame_len: int = 64,
-    sensor_id: str = "replay",
-    timeout: float = 300.0,
-    label_store: str = "",
-) -> dict[str, Any]:
-    """Publish a dataset's windows to a node over MQTT as its sensors would, waiting for every PUBACK.
-
-    Windows are chosen by ``subjects`` or, with ``scenario`` and ``partition_id``,
-    as the fleet simulator gives them to that node (``node_agent.data.node_spec_for``).
-    Labels do not travel in SensorFrames: with ``label_store`` (the node's
-    store) the windows are first registered there under the ids the node will
-    cut, with their labels (those the fleet lets that node see; all with
-    ``subjects``) and subjects; the frames that follow then add nothing twice.
-    ``max_windows`` keeps at most that many, evenly spread over the node's windows.
-    Reading a data set needs the ``sim`` install profile (a node-only install has no scipy).
-    """
-    from common.data import load_dataset
-
-    try:
-        ds = load_dataset(dataset)
-    except ModuleNotFoundError as e:
-        raise RuntimeError(f"replaying a data set needs edgebind[sim] ({e.name} is not installed here): pip install 'edgebind[sim]'") from e
-    if scenario:
-        if partition_id is None:
-            raise ValueError("--scenario needs --partition-id (which node of the fleet)")
-        from common.data.scenarios import Scenario
-        from node_agent.data import node_spec_for
-
-        spec = node_spec_for(Scenario.load(scenario), ds, seed, partition_id, num_partitions)
-        rows, node_id, held, visible = spec.rows, node_id or spec.node_id, spec.modalities, spec.labelled
-        observed = spec.labels  # as the fleet lets that node see them (label noise included)
-    else:
-        if not subjects:
-            raise ValueError("give --subjects, or --scenario with --partition-id")
-        if not node_id:
-            raise ValueError("--node-id is required with --subjects")
-        rows, held = np.flatnonzero(np.isin(ds.subject, list(subjects))), ds.modalities
-        visible = np.ones(len(rows), dtype=bool)
-        observed = ds.y[rows]
-    mods = list(modalities) if modalities else list(held)
-    unknown = [m for m in mods if m not in held]
-    if unknown:
-        raise ValueError(f"modality {unknown[0]!r} is not among this node's {sorted(held)}")
-    if max_windows is not None and max_windows < len(rows):  # spread over the recording: a prefix is one subject's first activities
-        keep = np.unique(np.linspace(0, len(rows) - 1, max(max_windows, 0)).round().astype(np.int64))
-        rows, visible, observed = rows[keep], visible[keep], observed[keep]
-    windows = {m: ds.X[m][rows] for m in mods}
-    rates = {m: ds.rates.get(m, 50.0) for m in mods}
-    labelled = 0
-    if label_store:
-        labels = np.where(visible, observed, -1)
-        with open_store(label_store) as st:
-            for m in mods:
-                ids, starts = replayed_windows(len(rows), m, windows[m].shape[1], rates[m], sensor_id=sensor_id, frame_len=frame_len)
-                st.add_windows(m, ids, starts, windows[m], labels=labels, subjects=ds.subject[rows])
-        labelled = int((labels >= 0).sum())
-    with Publisher(parse_broker(broker), client_id_for(node_id, "replay")) as pub:
-        if not pub.wait_connected(30):
-            raise ConnectionError(f"no MQTT broker at {broker}")
-        sent = replay(pub, node_id, windows, rates, sensor_id=sensor_id, frame_len=frame_len, timeout=timeout)
-    return {"node_id": node_id, "windows": len(rows), "frames": sent, "labelled": labelled,
-            "subjects": sorted(set(ds.subject[rows].tolist()))}  # fmt: skip

@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from common.codec import BundleRejected, CodecError, bundle_to_states, key_from_hex, key_id_of, parse_message, verify_bundle
 from common.modalities import ModalitySpec
 from common.towers import AlignedModel, ConceptAdapter, FusionHead, PrototypeNet, TowerConfig, head_for_state, head_inputs
-from node_agent.ingest import Publisher, events_topic
+from node_agent.ingest import events_topic
+from node_agent.publish import Publisher
 from node_agent.state_dir import StateDir
 from proto import edgebind_pb2 as pb
 from proto import edgebind_pb2_grpc as pb_grpc

@@ -399,7 +399,7 @@ def test_three_deployed_nodes_one_holding_out_validation_and_test_subjects(tmp_p
     from coordinator.store import open_store as open_coordinator_store
     from node_agent.data import node_spec_for
     from node_agent.store import open_store
-    from simulations.deploy_local import plan_nodes
+    from simulations.deploy_plan import plan_nodes
 
     ds = load_dataset("hapt")
     plans, sc = plan_nodes("sensor-bind", "hapt", 3, 0, tmp_path)

@@ -16,18 +16,8 @@ import numpy as np
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from node_agent.ingest import (
-    REJECT_REASONS,
-    Ingest,
-    Publisher,
-    StoreWriteError,
-    mosquitto_conf,
-    node_specs,
-    replay,
-    replayed_windows,
-    sensor_topic,
-    window_frames,
-)
+from node_agent.ingest import REJECT_REASONS, Ingest, StoreWriteError, mosquitto_conf, node_specs, sensor_topic
+from node_agent.publish import Publisher, replay, replayed_windows, window_frames
 from node_agent.store import NodeStore, open_store
 from proto import edgebind_pb2 as pb
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SIM_ONLY = ("ray", "scipy", "sklearn", "matplotlib", "transformers", "sentence_transformers", "psycopg", "flwr_datasets", "datasets", "pandas")
-NODE_MODULES = ("node_agent.cli", "node_agent.client_app", "node_agent.runtime", "node_agent.ingest", "node_agent.store", "node_agent.tasks")
+NODE_MODULES = ("node_agent.cli", "node_agent.client_app", "node_agent.runtime", "node_agent.ingest", "node_agent.publish", "node_agent.store", "node_agent.tasks")
 
 
 def test_node_agent_imports_nothing_outside_the_node_profile() -> None:

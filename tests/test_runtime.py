@@ -21,7 +21,7 @@ from common.towers import ConceptAdapter, FusionHead, PrototypeNet, TowerConfig,
 from coordinator import phases
 from coordinator.registry import serve
 from coordinator.store import open_store as open_coordinator_store
-from node_agent.ingest import Publisher
+from node_agent.publish import Publisher
 from node_agent.runtime import NodeRuntime, load_keys
 from node_agent.state_dir import StateDir
 from node_agent.store import open_store
@@ -329,7 +329,8 @@ def test_cli_infer_and_status(rt, windows, tmp_path, capsys):
 
 def test_up_publishes_a_prediction_for_every_new_window_once(rt, windows):
     from node_agent.cli import _publish_new
-    from node_agent.ingest import Ingest, sensor_topic, window_frames
+    from node_agent.ingest import Ingest, sensor_topic
+    from node_agent.publish import window_frames
 
     class Sink:
         def __init__(self):

@@ -29,7 +29,9 @@ from pathlib import Path
 
 import pytest
 
-from simulations.deploy_local import deploy_local, find_mosquitto, node_layout, process_running
+from simulations.deploy_local import deploy_local
+from simulations.deploy_plan import node_layout
+from simulations.supervisor import find_mosquitto, process_running
 
 NODES = 3  # sensor-bind's three modality sets; validation and test held out on the labelled node
 SIM_ONLY = ("ray", "scipy", "sklearn", "matplotlib", "transformers", "sentence_transformers", "psycopg", "flwr_datasets")  # not in edgebind[node]
