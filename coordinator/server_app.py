@@ -51,7 +51,7 @@ from common.processes import ensure_logging
 from common.progress import time_left
 from common.samples import SampleSet
 from common.towers import SHARED_BLOCK, TowerConfig, block_of, flat_state, model_from_flat
-from coordinator import phases
+from coordinator import aggregation, phases
 from coordinator.phases import NodeInfo
 from coordinator.store import open_store
 
@@ -292,8 +292,8 @@ class Campaign:
                         continue
                     try:
                         cap = self.nodes[f].part("train").windows
-                        enc, n = phases.checked_update(r.content[f"encoder.{m}"].to_torch_state_dict(), self.global_states[m]["encoder"], r.content["metrics"][f"n.{m}"], cap, f"{m} encoder")
-                        head, _ = phases.checked_update(r.content[f"head.{m}"].to_torch_state_dict(), self.global_states[m]["head"], n, cap, f"{m} head")
+                        enc, n = aggregation.checked_update(r.content[f"encoder.{m}"].to_torch_state_dict(), self.global_states[m]["encoder"], r.content["metrics"][f"n.{m}"], cap, f"{m} encoder")
+                        head, _ = aggregation.checked_update(r.content[f"head.{m}"].to_torch_state_dict(), self.global_states[m]["head"], n, cap, f"{m} head")
                         loss = float(r.content["metrics"][f"loss.{m}"])
                         if not np.isfinite(loss):
                             raise ValueError(f"{m} loss is {loss}")
@@ -306,10 +306,10 @@ class Campaign:
                 w = [n for _, _, n, _ in got]
                 for part, states in (("encoder", [enc for enc, _, _, _ in got]), ("head", [head for _, head, _, _ in got])):
                     if self.cfg.pretrain_strategy == "fedavg":
-                        self.global_states[m][part] = phases.fedavg(states, w)
+                        self.global_states[m][part] = aggregation.fedavg(states, w)
                     else:  # a robust one of Flower's (median, trimmed mean), coordinate by coordinate
-                        strategy = phases.make_strategy(self.cfg.pretrain_strategy, self.cfg)
-                        self.global_states[m][part] = phases.strategy_average(strategy, rnd, self.global_states[m][part], list(zip(states, w)))
+                        strategy = aggregation.make_strategy(self.cfg.pretrain_strategy, self.cfg)
+                        self.global_states[m][part] = aggregation.strategy_average(strategy, rnd, self.global_states[m][part], list(zip(states, w)))
                 round_loss[m] = float(np.average([loss for *_, loss in got], weights=w))
             losses.append({"round": rnd, "nodes": len(replies), "loss": round_loss})
             log.info("[pretrain] round %d/%d: %d nodes, %s loss %s%s", rnd, self.cfg.pretrain_rounds, len(replies), self.cfg.pretrain_objective,
@@ -402,7 +402,7 @@ class Campaign:
             log.info("[finetune] skipped: %s; the head on features is the final model", why)
             return {"rounds": 0, "skipped": why}
         current = flat_state(self.model.cpu(), self.fusion_head.cpu())
-        aggregator = phases.FinetuneAggregator(self.cfg)
+        aggregator = aggregation.FinetuneAggregator(self.cfg)
         base = {**self.cfg.local_finetune().to_wire(), "seed": self.cfg.seed, **self._tower_cfg()}
         start = current
         best = {"round": 0, **self.score(current, validators, "validation", 0)}
@@ -421,7 +421,7 @@ class Campaign:
             for f, r in replies.items():
                 try:
                     sent = _for_node(current, trainers[f])
-                    got.append(phases.checked_update(r.content["arrays"].to_torch_state_dict(), sent, r.content["metrics"]["num-examples"], trainers[f].part("train").labelled, "fine-tuned model"))
+                    got.append(aggregation.checked_update(r.content["arrays"].to_torch_state_dict(), sent, r.content["metrics"]["num-examples"], trainers[f].part("train").labelled, "fine-tuned model"))
                 except (KeyError, TypeError, ValueError) as e:
                     self.bad_reply(f, "finetune", rnd, e)
             if not got:

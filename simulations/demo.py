@@ -192,7 +192,7 @@ def _final_model(campaign_dir: Path, campaign: dict) -> tuple[AlignedModel, Alig
 
 def make_plots(campaign: dict, ref: dict, ds, out: Path, seed: int) -> list[Path]:
     from common.growth import latest_checkpoint, load_checkpoint
-    from simulations.experiments.babel import _pyplot, plot_projections, plot_weights
+    from simulations.plots import plot_projections, plot_weights, pyplot
 
     files: list[Path] = []
     campaign_dir = out / "campaign"
@@ -202,7 +202,7 @@ def make_plots(campaign: dict, ref: dict, ds, out: Path, seed: int) -> list[Path
         files += plot_weights(state["records"], out)
     before, after, feats, labels, mods = _final_model(campaign_dir, campaign)
     files += plot_projections(before, after, feats, labels, ds.label_names, mods, n=300, iterations=500, seed=seed, out=out)
-    plt = _pyplot()
+    plt = pyplot()
     table = results_table(campaign, ref)
     methods = [EDGEBIND, "lower bound (central, few labels)", "unimodal (central)", "upper bound (central, natural pairs)"]
     fig, ax = plt.subplots(figsize=(8, 4))

@@ -21,6 +21,7 @@ from common.mmbind import AlignConfig
 from common.pretrain import PretrainConfig
 from common.samples import SampleSet
 from common.towers import AlignedModel, TowerConfig
+from coordinator import aggregation as A
 from coordinator import phases as P
 from coordinator.store import open_store
 from node_agent import tasks
@@ -127,16 +128,16 @@ def test_dropouts_are_deterministic_and_spare_the_last_node_of_a_group(sc):
 def test_fedavg_is_the_weighted_mean():
     a = {"w": torch.tensor([1.0, 2.0]), "steps": torch.tensor(5)}
     b = {"w": torch.tensor([3.0, 6.0]), "steps": torch.tensor(9)}
-    avg = P.fedavg([a, b], [1, 3])
+    avg = A.fedavg([a, b], [1, 3])
     assert torch.allclose(avg["w"], torch.tensor([2.5, 5.0]))
     assert avg["steps"].item() == 5  # integer entries are not averaged
-    assert torch.equal(P.fedavg([a], [7])["w"], a["w"])
+    assert torch.equal(A.fedavg([a], [7])["w"], a["w"])
     with pytest.raises(ValueError, match="keys"):
-        P.fedavg([a, {"w": a["w"]}], [1, 1])
+        A.fedavg([a, {"w": a["w"]}], [1, 1])
     with pytest.raises(ValueError, match="shape"):
-        P.fedavg([a, {"w": torch.zeros(3), "steps": torch.tensor(1)}], [1, 1])
+        A.fedavg([a, {"w": torch.zeros(3), "steps": torch.tensor(1)}], [1, 1])
     with pytest.raises(ValueError, match="not all zero"):
-        P.fedavg([a, b], [0, 0])
+        A.fedavg([a, b], [0, 0])
 
 
 def test_local_pretrain_round_trip_and_fedavg(ds, sc):
@@ -147,7 +148,7 @@ def test_local_pretrain_round_trip_and_fedavg(ds, sc):
     outs = [tasks.local_pretrain("s", glob["encoder"], glob["head"], s.data(ds), cfg, CPU, seed=i, tower=TOWER) for i, s in enumerate(specs)]
     assert [n for _, n, _ in outs] == [len(s.rows) for s in specs]
     assert all(np.isfinite(t["contrastive_loss"]) for _, _, t in outs)
-    new = P.fedavg([o[0]["encoder"] for o in outs], [o[1] for o in outs])
+    new = A.fedavg([o[0]["encoder"] for o in outs], [o[1] for o in outs])
     assert set(new) == set(glob["encoder"]) and not torch.equal(new["net.0.0.weight"], glob["encoder"]["net.0.0.weight"])
     with pytest.raises(KeyError, match="holds no modality 'b'"):
         tasks.local_pretrain("b", glob["encoder"], glob["head"], specs[0].data(ds), cfg, CPU, tower=TOWER)
@@ -174,17 +175,17 @@ def test_finetune_aggregation_is_per_block_over_the_nodes_that_hold_it():
     cur = {"model.prototype.net.0.weight": torch.zeros(2, 2), "model.encoders.a.w": torch.zeros(3), "model.encoders.b.w": torch.zeros(3)}
     only_a = ({"model.prototype.net.0.weight": torch.ones(2, 2), "model.encoders.a.w": torch.ones(3)}, 1.0)
     only_b = ({"model.prototype.net.0.weight": 3 * torch.ones(2, 2), "model.encoders.b.w": 2 * torch.ones(3)}, 3.0)
-    out = P.FinetuneAggregator(CampaignConfig()).aggregate(1, cur, [only_a, only_b])
+    out = A.FinetuneAggregator(CampaignConfig()).aggregate(1, cur, [only_a, only_b])
     assert torch.allclose(out["model.prototype.net.0.weight"], torch.full((2, 2), 2.5))  # weighted by labelled windows
     assert torch.allclose(out["model.encoders.a.w"], torch.ones(3)) and torch.allclose(out["model.encoders.b.w"], 2 * torch.ones(3))
-    adam = P.FinetuneAggregator(CampaignConfig(finetune_strategy="fedadam", finetune_server_lr=0.1))
+    adam = A.FinetuneAggregator(CampaignConfig(finetune_strategy="fedadam", finetune_server_lr=0.1))
     step1 = adam.aggregate(1, cur, [only_a, only_b])
     assert 0 < float(step1["model.encoders.a.w"][0]) <= 0.1 + 1e-6  # a server step towards the nodes, of about eta
     assert set(adam.strategies) == {"a", "b", "shared"}
     with pytest.raises(ValueError, match="shape"):
-        P.FinetuneAggregator(CampaignConfig()).aggregate(1, cur, [({"model.encoders.a.w": torch.ones(4), "model.prototype.net.0.weight": torch.ones(2, 2)}, 1.0)])
+        A.FinetuneAggregator(CampaignConfig()).aggregate(1, cur, [({"model.encoders.a.w": torch.ones(4), "model.prototype.net.0.weight": torch.ones(2, 2)}, 1.0)])
     with pytest.raises(ValueError, match="non-finite"):
-        P.FinetuneAggregator(CampaignConfig()).aggregate(1, cur, [({"model.encoders.a.w": torch.full((3,), float("nan")), "model.prototype.net.0.weight": torch.ones(2, 2)}, 1.0)])
+        A.FinetuneAggregator(CampaignConfig()).aggregate(1, cur, [({"model.encoders.a.w": torch.full((3,), float("nan")), "model.prototype.net.0.weight": torch.ones(2, 2)}, 1.0)])
     with pytest.raises(ValueError, match="finetune-strategy"):
         CampaignConfig.from_run_config({"finetune-strategy": "fedmagic"})
 
@@ -509,8 +510,8 @@ def test_robust_aggregation_is_not_dragged_by_one_poisoned_node(name):
     current = {"w": torch.zeros(4, 3), "steps": torch.zeros((), dtype=torch.int64)}
     honest = [({"w": torch.from_numpy(rng.normal(0, 0.01, (4, 3)).astype(np.float32)), "steps": torch.tensor(3)}, 10.0) for _ in range(4)]
     poisoned = ({"w": torch.full((4, 3), 1e3), "steps": torch.tensor(3)}, 10.0)  # finite, well-formed, and hostile
-    robust = P.strategy_average(P.make_strategy(name, cfg), 1, current, [*honest, poisoned])
-    plain = P.fedavg([s for s, _ in [*honest, poisoned]], [n for _, n in [*honest, poisoned]])
+    robust = A.strategy_average(A.make_strategy(name, cfg), 1, current, [*honest, poisoned])
+    plain = A.fedavg([s for s, _ in [*honest, poisoned]], [n for _, n in [*honest, poisoned]])
     assert robust["w"].abs().max() < 0.05 and plain["w"].abs().min() > 100  # the plain mean follows the poison, the robust one does not
     assert robust["w"].dtype == torch.float32 and robust["steps"].dtype == torch.int64
     with pytest.raises(ValueError, match="pretrain-strategy"):

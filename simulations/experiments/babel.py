@@ -52,7 +52,7 @@ import torch
 from common.data import load_dataset
 from common.data.dataset import WindowDataset
 from common.data.scenarios import Scenario, split
-from common.evaluate import HeadConfig, embed, evaluate_subsets, fit_head, pairs, retrieval_recall, subsets
+from common.evaluate import HeadConfig, evaluate_subsets, fit_head, pairs, retrieval_recall, subsets
 from common.files import write_json
 from common.growth import GrowthConfig, GrowthPlan, GrowthResult, PairData, StageRecord, grow
 from common.losses import MultiViewContrastive
@@ -62,6 +62,7 @@ from common.progress import Progress
 from common.samples import SampleSet
 from common.towers import AlignedModel, TowerConfig
 from simulations.experiments.common import Encoders, commit_of, fingerprint, fmt, mean_std, pretrain_encoders, seed_everything
+from simulations.plots import plot_projections, plot_weights
 
 log = logging.getLogger("edgebind")
 
@@ -373,82 +374,6 @@ def forgetting(plan: GrowthPlan, records: list[StageRecord]) -> dict:
     last = records[-1].metrics["test_retrieval"][key]
     return {"pair": key, **{f"after_stage1_{k}": first[k] for k in first}, **{f"after_last_{k}": last[k] for k in last},
             **{f"drop_{k}": first[k] - last[k] for k in first}}
-
-
-# --------------------------------------------------------------------------- plots
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_weights(records: list[StageRecord], out: Path) -> list[Path]:
-    """Adaptive weights w_a<-b and w_b<-a per step, one PNG per stage."""
-    plt = _pyplot()
-    files = []
-    out.mkdir(parents=True, exist_ok=True)
-    for r in records:
-        w = np.asarray(r.weights)
-        a, b = r.stage["connecting"], r.stage["branch"]
-        fig, ax = plt.subplots(figsize=(7, 3.5))
-        steps = np.arange(1, len(w) + 1)
-        k = max(1, len(w) // 30)
-        smooth = lambda v: np.convolve(v, np.ones(k) / k, mode="valid")  # noqa: E731
-        for col, label, c in ((0, f"w {a}<-{b}", "tab:blue"), (1, f"w {b}<-{a}", "tab:orange")):
-            ax.plot(steps, w[:, col], color=c, alpha=0.25, lw=0.8)
-            ax.plot(steps[k - 1 :], smooth(w[:, col]), color=c, lw=1.8, label=label)
-        ax.axhline(0.5, color="grey", lw=0.6, ls=":")
-        ax.set(xlabel="step", ylabel="weight", title=f"stage {r.index + 1}: {a} <-> {b} on {r.stage['source']!r}", ylim=(0, 1))
-        ax.legend(loc="best")
-        fig.tight_layout()
-        path = out / f"weights_stage{r.index + 1}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        files.append(path)
-    return files
-
-
-def plot_projections(before: AlignedModel, after: AlignedModel, feats: dict[str, np.ndarray], y: np.ndarray, label_names: list[str], mods: list[str], n: int, iterations: int, seed: int, out: Path) -> list[Path]:
-    """t-SNE of the same test windows' embeddings in every modality, before and after alignment."""
-    from sklearn.manifold import TSNE
-
-    plt = _pyplot()
-    rng = np.random.default_rng(seed)
-    rows = np.sort(rng.choice(len(y), size=min(n, len(y)), replace=False))
-    files = []
-    for tag, model in (("before", before), ("after", after)):
-        z = embed(model, {m: feats[m][rows] for m in mods})
-        pts = np.concatenate([z[m] for m in mods])
-        who = np.repeat(np.arange(len(mods)), len(rows))
-        lab = np.tile(y[rows], len(mods))
-        xy = TSNE(2, perplexity=min(30.0, max(5.0, len(pts) / 8)), init="pca", max_iter=iterations, random_state=seed).fit_transform(pts)
-        fig, axes = plt.subplots(1, 2, figsize=(11, 5))
-        markers = "o^sDvP"
-        for i, m in enumerate(mods):
-            sel = who == i
-            axes[0].scatter(xy[sel, 0], xy[sel, 1], s=9, alpha=0.7, label=m)
-            for c in np.unique(lab):
-                s2 = sel & (lab == c)
-                axes[1].scatter(xy[s2, 0], xy[s2, 1], s=9, alpha=0.7, marker=markers[i % len(markers)], color=f"C{c}",
-                                label=(label_names[c] if label_names and i == 0 else None))
-        axes[0].set_title(f"{tag} alignment: colour = modality")
-        axes[1].set_title(f"{tag} alignment: colour = activity, marker = modality")
-        axes[0].legend(markerscale=2)
-        axes[1].legend(markerscale=2, fontsize=7)
-        for ax in axes:
-            ax.set_xticks([])
-            ax.set_yticks([])
-        fig.tight_layout()
-        path = out / f"projection_{tag}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        files.append(path)
-    return files
 
 
 # --------------------------------------------------------------------------- summary

@@ -1,0 +1,151 @@
+"""Aggregating the nodes' updates: each reply checked against what was sent, then averaged.
+
+``checked_update`` refuses a reply whose tensors, shapes or sample count do
+not fit (NaN, a count above what the node holds); ``fedavg`` is the weighted
+mean the pretraining rounds use by default; the robust rules and federated
+fine-tuning's strategies are Flower's own classes (``make_strategy``), run on
+plain state dicts (``strategy_average``, ``FinetuneAggregator``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from common.config import FINETUNE_STRATEGIES, CampaignConfig
+from common.towers import block_of
+
+State = dict[str, torch.Tensor]
+
+def fedavg(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]) -> State:
+    """The weighted mean of state dicts (weights: windows trained on); integer entries come from the first."""
+    if not states:
+        raise ValueError("fedavg: no states")
+    if len(states) != len(weights):
+        raise ValueError(f"fedavg: {len(states)} states but {len(weights)} weights")
+    w = np.asarray(weights, dtype=np.float64)
+    if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"fedavg: weights must be finite, non-negative and not all zero, got {list(weights)}")
+    w = w / w.sum()
+    keys = list(states[0])
+    for i, s in enumerate(states[1:], 1):
+        if set(s) != set(keys):
+            raise ValueError(f"fedavg: state {i} has keys {sorted(set(s) ^ set(keys))[:3]} that state 0 does not share")
+    out: State = {}
+    for k in keys:
+        ref = states[0][k]
+        for i, s in enumerate(states):
+            if s[k].shape != ref.shape:
+                raise ValueError(f"fedavg: {k!r} has shape {tuple(s[k].shape)} in state {i}, {tuple(ref.shape)} in state 0")
+        if not ref.is_floating_point():
+            out[k] = ref.clone()
+            continue
+        acc = torch.zeros_like(ref, dtype=torch.float64)
+        for wi, s in zip(w, states):
+            acc += float(wi) * s[k].to(torch.float64)
+        out[k] = acc.to(ref.dtype)
+    return out
+
+
+def checked_update(state: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor], n: object, cap: int, what: str) -> tuple[State, float]:
+    """A node's trained state and its sample count, checked against what was sent and what it announced, or ValueError.
+
+    The state must hold exactly the reference's keys with the same shapes and
+    finite values; ``n`` (the FedAvg weight the node reports) must be a finite
+    number in [1, ``cap``], the windows its manifest announced: a node cannot
+    buy itself a larger share of the average.
+    """
+    missing, extra = sorted(set(reference) - set(state)), sorted(set(state) - set(reference))
+    if missing or extra:
+        raise ValueError(f"{what}: keys differ from what was sent (missing {missing[:3]}, unexpected {extra[:3]})")
+    for k, ref in reference.items():
+        v = state[k]
+        if tuple(v.shape) != tuple(ref.shape):
+            raise ValueError(f"{what}: {k!r} has shape {tuple(v.shape)}, expected {tuple(ref.shape)}")
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise ValueError(f"{what}: {k!r} holds NaN or Inf")
+    try:
+        count = float(n)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"{what}: sample count {n!r} is not a number") from None
+    if not (math.isfinite(count) and 1 <= count <= cap):
+        raise ValueError(f"{what}: sample count {count:g} is outside [1, {cap}] (the windows it announced)")
+    return dict(state), count
+
+
+# --- federated fine-tuning ---------------------------------------------------------------------
+
+
+def make_strategy(name: str, cfg: CampaignConfig):
+    """One of Flower's own strategy classes, used for its aggregation (our rounds send and wait themselves)."""
+    from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg, FedYogi
+
+    if name == "fedmedian":
+        return FedMedian()
+    if name == "fedtrimmedavg":
+        return FedTrimmedAvg(beta=cfg.trim_fraction)
+    if name == "fedavg":
+        return FedAvg()
+    if name == "fedprox":
+        return FedProx(proximal_mu=cfg.finetune_mu)
+    if name == "fedadam":
+        return FedAdam(eta=cfg.finetune_server_lr)
+    if name == "fedyogi":
+        return FedYogi(eta=cfg.finetune_server_lr)
+    raise ValueError(f"unknown fine-tuning strategy {name!r}; known: {', '.join(FINETUNE_STRATEGIES)}")
+
+
+class FinetuneAggregator:
+    """Aggregates fine-tuned models with a Flower strategy, one instance per block of parameters.
+
+    A block is one modality's encoder, adapter and head, or the shared
+    prototype; it is aggregated over the nodes that hold it (a gyro-only node
+    has no say in lin_acc's encoder), and a server-side optimiser (FedAdam,
+    FedYogi) keeps its moments per block across rounds.
+    """
+
+    def __init__(self, cfg: CampaignConfig):
+        self.cfg = cfg
+        self.strategies: dict[str, Any] = {}
+
+    def aggregate(self, rnd: int, current: Mapping[str, torch.Tensor], replies: Sequence[tuple[Mapping[str, torch.Tensor], float]]) -> dict[str, torch.Tensor]:
+        out = {k: v.clone() for k, v in current.items()}
+        blocks: dict[str, list[str]] = {}
+        for k in current:
+            blocks.setdefault(block_of(k), []).append(k)
+        for block, keys in sorted(blocks.items()):
+            holders = []
+            for state, n in replies:
+                if not all(k in state for k in keys):
+                    continue
+                for k in keys:
+                    if state[k].shape != current[k].shape or not torch.isfinite(state[k].float()).all():
+                        raise ValueError(f"a fine-tuned {k!r} has shape {tuple(state[k].shape)} or non-finite values (expected {tuple(current[k].shape)})")
+                holders.append(({k: state[k] for k in keys}, n))
+            if not holders:
+                continue
+            strategy = self.strategies.setdefault(block, make_strategy(self.cfg.finetune_strategy, self.cfg))
+            out.update(strategy_average(strategy, rnd, {k: current[k] for k in keys}, holders))
+        return out
+
+
+def strategy_average(strategy, rnd: int, current: Mapping[str, torch.Tensor], replies: Sequence[tuple[Mapping[str, torch.Tensor], float]]) -> State:
+    """``current``'s tensors aggregated from the nodes' (state, sample count) pairs by one of Flower's strategies, as it aggregates a round.
+
+    The states hold exactly ``current``'s keys and shapes (``checked_update``). A
+    server-side optimiser (FedOpt) takes its pseudo-gradient against ``current``.
+    """
+    from flwr.app import ArrayRecord, Message, Metadata, MetricRecord, RecordDict
+
+    def reply(state: Mapping[str, torch.Tensor], n: float) -> Message:
+        meta = Metadata(run_id=0, message_id="", src_node_id=0, dst_node_id=0, reply_to_message_id="", group_id="", created_at=0.0, ttl=0.0, message_type="train")
+        return Message(RecordDict({"arrays": ArrayRecord({k: state[k] for k in current}), "metrics": MetricRecord({"num-examples": float(n)})}), metadata=meta)
+
+    if hasattr(strategy, "current_arrays"):
+        strategy.current_arrays = {k: v.detach().cpu().numpy() for k, v in current.items()}
+    arrays, _ = strategy.aggregate_train(rnd, [reply(state, n) for state, n in replies])
+    return {k: v.to(current[k].dtype) for k, v in arrays.to_torch_state_dict().items()}
