@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from typing import Any
 
 log = logging.getLogger("edgebind")
@@ -50,6 +51,59 @@ def stop_process_group(proc: subprocess.Popen, grace: float = 20.0) -> None:
             proc.wait()
     else:  # its own children may outlive it
         signal_group(proc, signal.SIGTERM)
+
+
+class Restarting:
+    """A child process kept running: started in a session of its own, restarted with back-off whenever it exits.
+
+    ``check()`` (called from the owner's loop) notices an exit, logs it with the
+    status, and starts the process again once the back-off has passed: 1 s,
+    doubling up to ``max_backoff``, back to ``min_backoff`` after a run of
+    ``steady`` seconds. ``stop()`` ends it and everything it started.
+    """
+
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str] | None = None, min_backoff: float = 1.0, max_backoff: float = 60.0,
+                 steady: float = 60.0):  # fmt: skip
+        self.name, self.cmd, self.env = name, list(cmd), env
+        self.min_backoff, self.max_backoff, self.steady = min_backoff, max_backoff, steady
+        self.backoff = min_backoff
+        self.restarts = 0
+        self.exits: list[int] = []  # every exit status seen
+        self.proc: subprocess.Popen | None = None
+        self._due = 0.0
+        self._started = 0.0
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.cmd, env=self.env, start_new_session=True)
+        self._started = time.monotonic()
+
+    def check(self) -> bool:
+        """True while the process runs; after an exit, restarts it once its back-off is due."""
+        now = time.monotonic()
+        if self.proc is not None:
+            code = self.proc.poll()
+            if code is None:
+                return True
+            signal_group(self.proc, signal.SIGTERM)  # what it started may outlive it
+            self.exits.append(code)
+            if now - self._started >= self.steady:
+                self.backoff = self.min_backoff
+            self._due = now + self.backoff
+            log.error("%s exited with status %s; restarting in %.0f s", self.name, code, self.backoff)
+            self.backoff = min(self.backoff * 2, self.max_backoff)
+            self.proc = None
+        if now >= self._due:
+            self.restarts += 1
+            log.info("%s: restart %d", self.name, self.restarts)
+            self.start()
+            return True
+        return False
+
+    def stop(self, grace: float = 20.0) -> None:
+        if self.proc is not None:
+            stop_process_group(self.proc, grace)
+            self.proc = None
 
 
 def stop_on_signals() -> threading.Event:

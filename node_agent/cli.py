@@ -18,7 +18,6 @@ import argparse
 import json
 import logging
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -29,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from common.cli import command, parser as cli_parser
-from common.processes import free_port, setup_logging, stop_on_signals, stop_process_group
+from common.processes import Restarting, free_port, setup_logging, stop_on_signals
 from node_agent.ingest import DEFAULT_MAX_PAYLOAD, Ingest, IngestStats, client_id_for, node_specs, parse_broker
 from node_agent.publish import Publisher, replay_dataset
 from node_agent.runtime import Inference, NodeRuntime, load_keys
@@ -114,13 +113,14 @@ def up(
     events: bool = False,
     stop: threading.Event | None = None,
 ) -> int:
-    """Ingest plus a Flower SuperNode for this node, until ``stop`` is set or the SuperNode exits.
+    """Ingest plus a Flower SuperNode for this node, until ``stop`` is set.
 
     A node that comes back after a reboot first asks the Registry (``registry``)
     for adapters newer than the ones it holds. With ``events``, every new
     window is run through the runtime (with whatever adapters the ClientApp
     last swapped in) and its prediction published on ``edgebind/<node>/events``.
-    Returns the SuperNode's exit status (0 when stopped by us).
+    A SuperNode that exits is restarted with back-off (1 s doubling to 60 s)
+    while ingest keeps taking frames. Returns 0 once stopped.
     """
     stop = stop or threading.Event()
     Path(state_dir).mkdir(parents=True, exist_ok=True)
@@ -141,8 +141,7 @@ def up(
         cmd = [_beside_python("flower-supernode"), "--insecure", "--superlink", superlink,
                "--port", str(supernode_port or free_port()), "--node-config", cfg]  # fmt: skip
         log.info("node %s: starting %s", node_id, " ".join(cmd[:6]))
-        proc = subprocess.Popen(cmd, env=_flower_env(), start_new_session=True)
-        code = 0
+        supernode = Restarting(f"node {node_id}: the SuperNode", cmd, env=_flower_env())
         try:
             while not stop.wait(cut_every):
                 ing.cut()
@@ -151,18 +150,15 @@ def up(
                         _publish_new(rt, st, list(modalities), published)
                     except Exception:  # inference trouble must not stop ingest or the SuperNode
                         log.exception("node %s: publishing predictions failed", node_id)
-                if proc.poll() is not None:
-                    code = proc.returncode
-                    log.error("node %s: the SuperNode exited with status %s", node_id, code)
-                    break
+                supernode.check()  # a SuperNode that exits is started again (with back-off); ingest goes on meanwhile
         finally:
-            stop_process_group(proc)
+            supernode.stop()
             ing.stop()
             ing.cut()
             if rt.publisher is not None:
                 rt.publisher.close(timeout=10)
-            log.info("node %s stopped; ingest: %s", node_id, ing.stats.as_dict())
-    return code
+            log.info("node %s stopped; ingest: %s; SuperNode restarts: %d", node_id, ing.stats.as_dict(), supernode.restarts)
+    return 0
 
 
 def _publish_new(rt: NodeRuntime, st: Any, modalities: list[str], published: set[str], chunk: int = 256) -> int:
