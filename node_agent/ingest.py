@@ -61,6 +61,7 @@ __all__ = [
     "node_specs",
     "parse_broker",
     "sensor_topic",
+    "stream_of",
 ]
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,12 @@ def events_topic(node_id: str) -> str:
 def client_id_for(node_id: str, role: str = "ingest") -> str:
     """A stable MQTT client id: the broker keys the persistent session on it."""
     return f"edgebind-{role}-{node_id}"[:128]
+
+
+def stream_of(frame: pb.SensorFrame) -> str:
+    """The stream a frame belongs to: its sensor, and that sensor's boot when it names one (``boot_id``), since a
+    rebooted sensor starts its seq again. The store keeps frames, and cuts windows, per stream."""
+    return frame.sensor_id if frame.boot_id == 0 else f"{frame.sensor_id}@{frame.boot_id:x}"
 
 
 def parse_broker(address: str, default_port: int = 1883) -> tuple[str, int]:
@@ -230,20 +237,19 @@ class Ingest:
         """
         try:
             frame, samples = self._check(topic, payload)
+            stream = stream_of(frame)
             try:
-                added = self.store.add_frame(
-                    frame.sensor_id, frame.modality, frame.seq, frame.timestamp_ns, samples, rate_hz=frame.rate_hz
-                )
+                added = self.store.add_frame(stream, frame.modality, frame.seq, frame.timestamp_ns, samples, rate_hz=frame.rate_hz)
             except ValueError as e:
                 raise _Rejected("store", str(e)) from e
             except Exception as e:  # the database, not the frame: locked, disk full, connection gone, ...
                 with self._lock:
                     self.stats.store_errors += 1
                 raise StoreWriteError(
-                    f"store failed to write frame {frame.seq} of {frame.sensor_id!r}/{frame.modality!r}: "
+                    f"store failed to write frame {frame.seq} of {stream!r}/{frame.modality!r}: "
                     f"{type(e).__name__}: {e}"
                 ) from e
-            key = (frame.sensor_id, frame.modality)
+            key = (stream, frame.modality)
             if added and (self._top_seq.get(key) is None or frame.seq > self._top_seq[key]):
                 self._top_seq[key] = frame.seq
         except _Rejected as r:
@@ -292,7 +298,7 @@ class Ingest:
         except CodecError as e:
             reason = "non-finite" if not np.isfinite(np.asarray(frame.samples, np.float32)).all() else "invalid"
             raise _Rejected(reason, str(e)) from e
-        key = (frame.sensor_id, frame.modality)
+        key = (stream_of(frame), frame.modality)
         if key not in self._top_seq:
             self._top_seq[key] = self.store.max_seq(*key)
         top = self._top_seq[key]

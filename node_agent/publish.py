@@ -118,6 +118,7 @@ def window_frames(
     frame_len: int = 64,
     t0_ns: int = T0_NS,
     seq0: int = 0,
+    boot_id: int = 0,
 ) -> Iterator[pb.SensorFrame]:
     """(N, T, C) windows as the SensorFrames a sensor would send, ``frame_len`` samples each.
 
@@ -125,7 +126,8 @@ def window_frames(
     one seq later, so the node cuts exactly these windows (a missing seq ends a
     run): window ``i`` becomes ``f"{modality}:{sensor_id}:{seq0 + i * (ceil(T / frame_len) + 1)}:0"``.
     Modalities replayed with the same settings get the same seqs and timestamps,
-    which is how a node lines up windows of different modalities.
+    which is how a node lines up windows of different modalities. ``boot_id``
+    marks the frames of one start of the sensor (``SensorFrame.boot_id``).
     """
     x = np.asarray(windows, dtype=np.float32)
     if x.ndim != 3:
@@ -140,7 +142,7 @@ def window_frames(
             yield pb.SensorFrame(
                 node_id=node_id, sensor_id=sensor_id, modality=modality, seq=first + k,
                 timestamp_ns=starts[i] + round(k * frame_len * dt_ns), rate_hz=rate_hz, channels=c,
-                samples=chunk.reshape(-1).tolist(),
+                samples=chunk.reshape(-1).tolist(), boot_id=boot_id,
             )  # fmt: skip
 
 

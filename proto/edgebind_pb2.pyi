@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SensorFrame(_message.Message):
-    __slots__ = ("node_id", "sensor_id", "modality", "seq", "timestamp_ns", "rate_hz", "channels", "samples")
+    __slots__ = ("node_id", "sensor_id", "modality", "seq", "timestamp_ns", "rate_hz", "channels", "samples", "boot_id")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     SENSOR_ID_FIELD_NUMBER: _ClassVar[int]
     MODALITY_FIELD_NUMBER: _ClassVar[int]
@@ -17,6 +17,7 @@ class SensorFrame(_message.Message):
     RATE_HZ_FIELD_NUMBER: _ClassVar[int]
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    BOOT_ID_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     sensor_id: str
     modality: str
@@ -25,7 +26,8 @@ class SensorFrame(_message.Message):
     rate_hz: float
     channels: int
     samples: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, node_id: _Optional[str] = ..., sensor_id: _Optional[str] = ..., modality: _Optional[str] = ..., seq: _Optional[int] = ..., timestamp_ns: _Optional[int] = ..., rate_hz: _Optional[float] = ..., channels: _Optional[int] = ..., samples: _Optional[_Iterable[float]] = ...) -> None: ...
+    boot_id: int
+    def __init__(self, node_id: _Optional[str] = ..., sensor_id: _Optional[str] = ..., modality: _Optional[str] = ..., seq: _Optional[int] = ..., timestamp_ns: _Optional[int] = ..., rate_hz: _Optional[float] = ..., channels: _Optional[int] = ..., samples: _Optional[_Iterable[float]] = ..., boot_id: _Optional[int] = ...) -> None: ...
 
 class Tensor(_message.Message):
     __slots__ = ("name", "dtype", "shape", "data", "scale")

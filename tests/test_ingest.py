@@ -172,6 +172,27 @@ def test_replayed_frames_cut_back_into_the_same_windows(ingest):
         assert w.ids == [f"{m}:replay:{3 * i}:0" for i in range(4)] == replayed_windows(4, m, 128, RATES[m])[0]
 
 
+def test_a_rebooted_sensor_starting_its_seq_again_is_new_data_not_duplicates(ingest):
+    """A sensor that names its boot (``boot_id``) restarts seq at 0 after a reboot: its new frames are a stream of their own."""
+    x, y = _windows(2), {m: w + 100.0 for m, w in _windows(2).items()}  # the second boot records something else
+    for boot, data in ((0x1A, x), (0x2B, y)):
+        for m in SPECS:
+            for frame in window_frames(NODE, m, data[m], RATES[m], sensor_id="phone", boot_id=boot):
+                assert ingest.handle(sensor_topic(NODE, m), frame.SerializeToString()) == "accepted"
+    again = next(window_frames(NODE, "gyro", y["gyro"], RATES["gyro"], sensor_id="phone", boot_id=0x2B))
+    assert ingest.handle(sensor_topic(NODE, "gyro"), again.SerializeToString()) == "duplicate"  # QoS 1 redelivery within a boot
+    assert ingest.cut() == {"gyro": 4, "lin_acc": 4}
+    for m in SPECS:
+        w = ingest.store.windows(m)
+        assert sorted(w.ids) == sorted(f"{m}:phone@{b}:{3 * i}:0" for b in ("1a", "2b") for i in range(2))
+        by_id = dict(zip(w.ids, w.data))
+        np.testing.assert_array_equal(np.stack([by_id[f"{m}:phone@2b:{3 * i}:0"] for i in range(2)]), y[m])
+    # without a boot id a sensor keeps one stream: the same seq again is a duplicate, as before
+    first = next(window_frames(NODE, "gyro", x["gyro"], RATES["gyro"], sensor_id="old"))
+    assert ingest.handle(sensor_topic(NODE, "gyro"), first.SerializeToString()) == "accepted"
+    assert ingest.handle(sensor_topic(NODE, "gyro"), first.SerializeToString()) == "duplicate"
+
+
 # --- a real broker ----------------------------------------------------------------------
 
 

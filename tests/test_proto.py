@@ -64,6 +64,7 @@ EXAMPLES: list[Message] = [
         rate_hz=50.0,
         channels=3,
         samples=[0.5, -1.0, 2.0, 0.25, 0.0, 1.5],
+        boot_id=0x2B,
     ),
     _tensor(),
     pb.EmbeddingBatch(
