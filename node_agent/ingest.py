@@ -68,6 +68,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PAYLOAD = 1 << 20
 DEFAULT_MAX_SEQ_JUMP = 1_000_000  # frames a stream may skip at once (at 50 Hz in 64-sample frames, about 15 days)
+DEFAULT_MAX_STORE_ATTEMPTS = 5  # a frame the store fails to write this often goes to the dead-letter table
 RATE_TOLERANCE = 0.01  # a frame's rate may differ from its modality's by 1 %
 
 REJECT_REASONS = (
@@ -160,6 +161,7 @@ class IngestStats:
     duplicate: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     store_errors: int = 0  # good frames the store failed to write (not acknowledged: the broker resends them)
+    dead_letters: int = 0  # frames that failed ``max_store_attempts`` times: kept in the store's dead-letter table, acknowledged
     windows: Counter[str] = field(default_factory=Counter)  # modality -> windows cut
     connects: int = 0
 
@@ -169,6 +171,7 @@ class IngestStats:
             "duplicate": self.duplicate,
             "rejected": dict(self.rejected),
             "store_errors": self.store_errors,
+            "dead_letters": self.dead_letters,
             "windows": dict(self.windows),
             "connects": self.connects,
         }
@@ -201,6 +204,7 @@ class Ingest:
         *,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         max_seq_jump: int = DEFAULT_MAX_SEQ_JUMP,
+        max_store_attempts: int = DEFAULT_MAX_STORE_ATTEMPTS,
         steps: Mapping[str, int] | None = None,
         client_id: str | None = None,
         keepalive: int = 30,
@@ -215,6 +219,10 @@ class Ingest:
         self.broker = broker
         self.max_payload = max_payload
         self.max_seq_jump = max_seq_jump
+        if max_store_attempts < 1:
+            raise ValueError(f"max_store_attempts must be >= 1, got {max_store_attempts}")
+        self.max_store_attempts = max_store_attempts
+        self._failures: Counter[tuple[str, str, int]] = Counter()  # (stream, modality, seq) -> failed writes so far
         self._top_seq: dict[tuple[str, str], int | None] = {}  # (sensor, modality) -> highest seq stored, read once from the store
         self.steps = {m: (steps or {}).get(m, max(1, s.window // 2)) for m, s in self.specs.items()}
         self.client_id = client_id or client_id_for(node_id)
@@ -229,11 +237,15 @@ class Ingest:
     # --- one message --------------------------------------------------------------
 
     def handle(self, topic: str, payload: bytes) -> str:
-        """Check and store one payload; return ``accepted``, ``duplicate`` or the reject reason.
+        """Check and store one payload; return ``accepted``, ``duplicate``, ``dead-letter`` or the reject reason.
 
         Raises ``StoreWriteError`` (counted under ``store_errors``) if the store
         fails to write a good frame for any reason but bad input; the frame is
-        then not stored, and must come again.
+        then not stored, and must come again. A frame that fails
+        ``max_store_attempts`` times is kept in the store's dead-letter table
+        with the reason instead (``dead-letter``), so it no longer blocks the
+        frames behind it; if even that write fails (a full disk), it must come
+        again like any other.
         """
         try:
             frame, samples = self._check(topic, payload)
@@ -243,12 +255,9 @@ class Ingest:
             except ValueError as e:
                 raise _Rejected("store", str(e)) from e
             except Exception as e:  # the database, not the frame: locked, disk full, connection gone, ...
-                with self._lock:
-                    self.stats.store_errors += 1
-                raise StoreWriteError(
-                    f"store failed to write frame {frame.seq} of {stream!r}/{frame.modality!r}: "
-                    f"{type(e).__name__}: {e}"
-                ) from e
+                reason = f"store failed to write frame {frame.seq} of {stream!r}/{frame.modality!r}: {type(e).__name__}: {e}"
+                return self._failed(topic, payload, (stream, frame.modality, frame.seq), reason, e)
+            self._failures.pop((stream, frame.modality, frame.seq), None)
             key = (stream, frame.modality)
             if added and (self._top_seq.get(key) is None or frame.seq > self._top_seq[key]):
                 self._top_seq[key] = frame.seq
@@ -264,6 +273,23 @@ class Ingest:
             else:
                 self.stats.duplicate += 1
         return outcome
+
+    def _failed(self, topic: str, payload: bytes, key: tuple[str, str, int], reason: str, error: Exception) -> str:
+        with self._lock:
+            self.stats.store_errors += 1
+            self._failures[key] += 1
+            attempts = self._failures[key]
+        if attempts >= self.max_store_attempts:
+            try:
+                self.store.add_dead_letter(topic, payload, reason, attempts)
+            except Exception as e:  # the store takes nothing at all: leave the frame with the broker
+                raise StoreWriteError(f"{reason}; nor could it be kept as a dead letter: {type(e).__name__}: {e}") from error
+            with self._lock:
+                self.stats.dead_letters += 1
+                del self._failures[key]
+            log.error("node %s: %s, %d times: kept as a dead letter and acknowledged", self.node_id, reason, attempts)
+            return "dead-letter"
+        raise StoreWriteError(reason) from error
 
     def _check(self, topic: str, payload: bytes) -> tuple[pb.SensorFrame, np.ndarray]:
         if len(payload) > self.max_payload:

@@ -9,6 +9,7 @@ wrong, so bad input never changes what is already stored.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-from sqlalchemy import BigInteger, Double, Index, Integer, LargeBinary, String, UniqueConstraint, func, select
+from sqlalchemy import BigInteger, Double, Index, Integer, LargeBinary, String, Text, UniqueConstraint, func, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from common.sqlbase import (
@@ -124,6 +125,20 @@ class _AdapterRow(_Base):
     version: Mapped[int] = mapped_column(BigInteger)
     path: Mapped[str] = mapped_column(String)
     sha256: Mapped[str] = mapped_column(String(64))
+    recorded_ns: Mapped[int] = mapped_column(BigInteger)
+
+
+class _DeadLetterRow(_Base):
+    """A frame the store failed to write again and again: kept with the reason, out of the broker's queue."""
+
+    __tablename__ = "dead_letters"
+    __table_args__ = (UniqueConstraint("topic", "digest", name="uq_dead_letters_payload"),)
+    id: Mapped[int] = mapped_column(_ID, primary_key=True)
+    topic: Mapped[str] = mapped_column(String)
+    digest: Mapped[str] = mapped_column(String(64))  # sha256 of the payload: the same frame again is recorded once
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    reason: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer)
     recorded_ns: Mapped[int] = mapped_column(BigInteger)
 
 
@@ -487,6 +502,25 @@ class NodeStore(SqlStore):
                 .limit(1)
             ).first()
         return None if row is None else (row.version, row.path, row.sha256)
+
+    # --- dead letters -----------------------------------------------------------------------------
+
+    def add_dead_letter(self, topic: str, payload: bytes, reason: str, attempts: int) -> bool:
+        """Keep a frame that could not be stored, with why; False if this exact payload is already kept."""
+        _name("topic", topic)
+        if not isinstance(payload, (bytes, bytearray)):
+            raise ValueError(f"payload must be bytes, got {type(payload).__name__}")
+        attempts = _int("attempts", attempts, lo=1)
+        row = dict(topic=topic, digest=hashlib.sha256(payload).hexdigest(), payload=bytes(payload), reason=str(reason)[:2000],
+                   attempts=attempts, recorded_ns=time.time_ns())  # fmt: skip
+        with self._tx(write=True) as s:
+            return _insert_ignore(s, _DeadLetterRow.__table__, [row]) == 1
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        """Every kept frame, oldest first: topic, payload, reason, attempts, when."""
+        with self._tx() as s:
+            rows = s.scalars(select(_DeadLetterRow).order_by(_DeadLetterRow.id)).all()
+        return [{"topic": r.topic, "payload": bytes(r.payload), "reason": r.reason, "attempts": r.attempts, "recorded_ns": r.recorded_ns} for r in rows]
 
     # --- summary ----------------------------------------------------------------------------------
 

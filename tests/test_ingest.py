@@ -152,6 +152,30 @@ def test_a_store_failure_is_counted_and_raised_not_rejected(ingest, monkeypatch)
     assert ingest.handle(sensor_topic(NODE, "gyro"), payload) == "accepted"  # once the store is back
 
 
+def test_a_frame_that_never_stores_becomes_a_dead_letter_after_max_store_attempts(ingest, monkeypatch):
+    monkeypatch.setattr(ingest.store, "add_frame", _flaky(ingest.store, seq=2, failures=10**9))  # frame 2 can never be written
+    topic, poison = sensor_topic(NODE, "gyro"), _frame(seq=2).SerializeToString()
+    for _ in range(ingest.max_store_attempts - 1):
+        with pytest.raises(StoreWriteError, match="database is locked"):
+            ingest.handle(topic, poison)
+    assert ingest.handle(topic, poison) == "dead-letter"  # acknowledged: it no longer holds back the frames behind it
+    (kept,) = ingest.store.dead_letters()
+    assert kept["topic"] == topic and kept["payload"] == poison and kept["attempts"] == ingest.max_store_attempts
+    assert "frame 2 of 'imu'/'gyro'" in kept["reason"] and "database is locked" in kept["reason"]
+    assert ingest.handle(topic, _frame(seq=3).SerializeToString()) == "accepted"
+    assert [f.seq for f in ingest.store.frames("gyro")] == [3]
+    assert (ingest.stats.dead_letters, ingest.stats.store_errors, ingest.stats.accepted) == (1, ingest.max_store_attempts, 1)
+    # when the store takes nothing at all (a full disk), not even the dead letter: the frame stays with the broker
+    monkeypatch.setattr(ingest.store, "add_dead_letter", lambda *a, **kw: (_ for _ in ()).throw(OSError("No space left on device")))
+    other = _frame(seq=2, sensor_id="imu2").SerializeToString()
+    for _ in range(ingest.max_store_attempts - 1):
+        with pytest.raises(StoreWriteError):
+            ingest.handle(topic, other)
+    with pytest.raises(StoreWriteError, match="nor could it be kept as a dead letter: OSError: No space left"):
+        ingest.handle(topic, other)
+    assert len(ingest.store.dead_letters()) == 1
+
+
 def test_a_repeated_seq_with_other_samples_keeps_the_first(ingest):
     gyro = sensor_topic(NODE, "gyro")
     ingest.handle(gyro, _frame().SerializeToString())
@@ -366,3 +390,26 @@ def test_a_frame_the_store_failed_to_write_is_delivered_again_and_stored_once(br
     # frames after the failed one were left for redelivery too, so they are written after it, in order
     # (frame 0 may come again as a duplicate if its PUBACK was lost with the dropped connection)
     assert [k for k in flaky.calls if k != 0] == [1, 1, 1, 2, 3]
+
+
+def test_a_frame_that_never_stores_does_not_block_the_queue_over_mqtt(tmp_path, broker, monkeypatch):
+    """The broker resends an unacknowledged frame on every reconnect; after ``max_store_attempts`` the node keeps it as a
+    dead letter and acknowledges it, and the frames behind it are stored, each once."""
+    store = open_store(tmp_path / "poison.db")
+    node = Ingest(NODE, store, SPECS, broker.address, max_store_attempts=3)
+    monkeypatch.setattr(store, "add_frame", _flaky(store, seq=1, failures=10**9))
+    node.start()
+    try:
+        assert node.wait_connected(10)
+        with Publisher(broker.address, "test-poison") as pub:
+            assert pub.wait_connected(10)
+            for k in range(4):
+                pub.publish(sensor_topic(NODE, "gyro"), _frame(seq=k, timestamp_ns=10**18 + k * 1_280_000_000).SerializeToString())
+            pub.flush(10)
+        _wait(lambda: node.stats.dead_letters == 1 and node.stats.accepted == 3, timeout=60, what="frames 0, 2, 3 stored and frame 1 kept aside")
+        assert [f.seq for f in store.frames("gyro")] == [0, 2, 3]
+        assert [pb.SensorFrame.FromString(d["payload"]).seq for d in store.dead_letters()] == [1]
+        assert node.stats.store_errors == 3 and sum(node.stats.rejected.values()) == 0
+    finally:
+        node.stop()
+        store.close()
