@@ -528,7 +528,8 @@ class NodeStore(SqlStore):
         """Counts for a manifest or a status page.
 
         Keys: ``frames``, ``windows`` and ``labelled_windows`` (modality -> count),
-        ``uploads`` (batches) and ``uploaded_windows``, ``adapters`` (modality -> version).
+        ``uploads`` (batches) and ``uploaded_windows``, ``adapters`` (modality -> version),
+        ``dead_letters`` (frames kept aside because the store could not write them).
         """
         with self._tx() as s:
             frames = dict(s.execute(select(_FrameRow.modality, func.count()).group_by(_FrameRow.modality)).all())
@@ -543,6 +544,7 @@ class NodeStore(SqlStore):
             n_up, n_up_windows = s.execute(select(func.count(), func.sum(_UploadRow.n_windows))).one()
             newest = select(_AdapterRow.modality, func.max(_AdapterRow.version)).group_by(_AdapterRow.modality)
             adapters = dict(s.execute(newest).all())
+            dead = s.scalar(select(func.count()).select_from(_DeadLetterRow))
         return {
             "frames": frames,
             "windows": windows,
@@ -550,6 +552,7 @@ class NodeStore(SqlStore):
             "uploads": int(n_up),
             "uploaded_windows": int(n_up_windows or 0),
             "adapters": adapters,
+            "dead_letters": int(dead or 0),
         }
 
 

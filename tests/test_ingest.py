@@ -165,6 +165,7 @@ def test_a_frame_that_never_stores_becomes_a_dead_letter_after_max_store_attempt
     assert ingest.handle(topic, _frame(seq=3).SerializeToString()) == "accepted"
     assert [f.seq for f in ingest.store.frames("gyro")] == [3]
     assert (ingest.stats.dead_letters, ingest.stats.store_errors, ingest.stats.accepted) == (1, ingest.max_store_attempts, 1)
+    assert ingest.store.stats()["dead_letters"] == 1  # what `edgebind-node status` shows
     # when the store takes nothing at all (a full disk), not even the dead letter: the frame stays with the broker
     monkeypatch.setattr(ingest.store, "add_dead_letter", lambda *a, **kw: (_ for _ in ()).throw(OSError("No space left on device")))
     other = _frame(seq=2, sensor_id="imu2").SerializeToString()
