@@ -28,6 +28,7 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_SAMPLES = 1 << 20
 DEFAULT_BUNDLE_TTL_S = 30 * 24 * 3600.0  # a bundle is valid for 30 days after it is signed
 MAX_VERSION_JUMP = 1000  # a bundle more versions ahead of the node's is refused (a stolen old key cannot pin v2^63)
+MAX_FIRST_VERSION = 2**31 - 1  # a node holding no adapter for a modality refuses a first bundle above this (nor can that pin v2^63)
 
 _DTYPES = {"float32": pb.Tensor.FLOAT32, "float16": pb.Tensor.FLOAT16, "int8": pb.Tensor.INT8}
 _WIRE = {pb.Tensor.FLOAT32: np.dtype("<f4"), pb.Tensor.FLOAT16: np.dtype("<f2"), pb.Tensor.INT8: np.dtype("i1")}

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.codec import BundleRejected, CodecError, bundle_to_states, key_from_hex, key_id_of, parse_message, verify_bundle
+from common.codec import MAX_FIRST_VERSION, BundleRejected, CodecError, bundle_to_states, key_from_hex, key_id_of, parse_message, verify_bundle
 from common.modalities import ModalitySpec
 from common.towers import AlignedModel, ConceptAdapter, FusionHead, PrototypeNet, TowerConfig, head_for_state, head_inputs
 from node_agent.ingest import events_topic
@@ -145,7 +145,8 @@ def admit_bundles(
     ``state`` is the node's ``state.json``. Names are ``<modality> v<version>``.
     Reasons: ``malformed``, ``unsigned``, ``unknown-key``, ``bad-signature``,
     ``expired``, ``replay`` (not newer than the version held or admitted in this
-    call), ``version-jump`` (more than ``codec.MAX_VERSION_JUMP`` past it),
+    call), ``version-jump`` (more than ``codec.MAX_VERSION_JUMP`` past it, or
+    a first version above ``codec.MAX_FIRST_VERSION``),
     ``unknown-modality`` (no encoder here), ``encoder-mismatch``, ``bad-shape``.
     """
     current = {m: int(a["version"]) for m, a in state["adapters"].items()}
@@ -160,6 +161,8 @@ def admit_bundles(
             name = f"{b.modality or name} v{b.version}"
             held = max(current.get(b.modality, 0), accepted[b.modality].version if b.modality in accepted else 0)
             verify_bundle(b, keys, min_version=held or None)
+            if not held and b.version > MAX_FIRST_VERSION:
+                raise _Refused("version-jump", f"a first version above {MAX_FIRST_VERSION} would refuse every later bundle as a replay")
             if b.modality not in encoders:
                 raise _Refused("unknown-modality", f"no encoder for {b.modality!r} on this node (has {sorted(encoders)})")
             if b.encoder_version and b.encoder_version != encoders[b.modality]:

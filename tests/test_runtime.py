@@ -142,6 +142,14 @@ def test_rejected_bundles_are_counted_and_the_old_adapters_kept(rt, windows):
     assert rt.store.current_adapter("gyro")[0] == 2
 
 
+def test_a_first_bundle_whose_version_would_pin_the_node_is_refused(rt):
+    enc = rt.state_dir.encoder_versions()
+    pinned = sign(make_bundle("gyro", 2**63 - 1, enc["gyro"]))  # validly signed: a buggy or stolen signer
+    assert rt.install([pinned]) == {"applied": {}, "rejected": {f"gyro v{2**63 - 1}": "version-jump"}}
+    assert rt.install([sign(make_bundle("gyro", codec.MAX_FIRST_VERSION, enc["gyro"]))])["applied"] == {"gyro": codec.MAX_FIRST_VERSION}
+    assert rt.install(bundles_for(rt, 1))["applied"] == {"lin_acc": 1}  # gyro v1 is now a replay
+
+
 def test_good_bundles_in_a_mixed_batch_still_go_in(rt):
     rt.install(bundles_for(rt, 1))
     enc = rt.state_dir.encoder_versions()
