@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -481,6 +482,24 @@ def key_from_hex(hexkey: str, what: str, kind: str = "public") -> bytes:
     if len(key) != 32:
         raise ValueError(f"{what} is {len(key)} bytes; an Ed25519 {kind} key is 32")
     return key
+
+
+def key_from_file(path: str | Path, kind: str = "private") -> bytes:
+    """A 32-byte Ed25519 key read from a file of hex (as ``edgebind-coordinator keygen`` writes them).
+
+    A private key file must be the owner's alone (no group or other
+    permission bits, as ssh insists), so a key never has to travel on a command
+    line or in an environment that child processes inherit.
+    """
+    p = Path(path)
+    try:
+        mode = p.stat().st_mode
+        text = p.read_text().strip()
+    except OSError as e:
+        raise ValueError(f"signing {kind} key file {p}: {e.strerror or e}") from None
+    if kind == "private" and mode & 0o077:
+        raise ValueError(f"signing private key file {p} is readable by others (mode {mode & 0o777:o}): chmod 600 {p}")
+    return key_from_hex(text, f"signing {kind} key file {p}", kind)
 
 
 def new_signing_key() -> bytes:

@@ -160,7 +160,8 @@ class CampaignConfig:
     embedding_dtype: str = "float16"
     growth_plan: str = ""  # a Babel GrowthPlan (shipped name or .toml) instead of MMBind's one stage
     # signing
-    signing_key: str = ""
+    signing_key: str = ""  # hex; for a simulation (one process, no network): a deployment gives signing_key_file
+    signing_key_file: str = ""  # a 0600 file holding the private key (edgebind-coordinator keygen), read by the ServerApp
     signing_key_id: str = ""
 
     # The one quick schedule (tests, smoke runs, the experiments' --quick); it replaces what the run config says.

@@ -284,8 +284,8 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 def keygen(directory: str | Path) -> dict[str, str]:
     """Make the coordinator's Ed25519 signing key: ``signing.key`` (private, hex, 0600) and ``signing.pub`` (public, hex).
 
-    The coordinator reads the private key (``EDGEBIND_SIGNING_KEY`` or the run
-    config's ``signing-key``); every node is provisioned with the public one
+    The coordinator is given the private key file's path (``EDGEBIND_SIGNING_KEY_FILE``
+    or the run config's ``signing-key-file``); every node is provisioned with the public one
     (``edgebind-node up --signing-public-key``). An existing key is never overwritten.
     """
     from common.codec import key_id_of, new_signing_key, public_key_of

@@ -26,6 +26,7 @@ from common.codec import (
     bundle_from_modules,
     decode_embeddings,
     decode_manifest,
+    key_from_file,
     key_from_hex,
     key_id_of,
     manifest_specs,
@@ -447,15 +448,23 @@ def fit_head(model: AlignedModel, train: SampleSet, val: SampleSet, n_classes: i
 # --- push ----------------------------------------------------------------------------------------
 
 
-def signing_key(config_key: str, config_key_id: str, env: Mapping[str, str]) -> tuple[bytes, str, str]:
-    """(Ed25519 private key, key id, source) for signing bundles: the run config, else ``EDGEBIND_SIGNING_KEY``, else new.
+def signing_key(config_key: str, config_key_id: str, env: Mapping[str, str], config_key_file: str = "") -> tuple[bytes, str, str]:
+    """(Ed25519 private key, key id, source) for signing bundles.
 
-    Keys are hex (the 32-byte private seed). Nodes verify with the public key
-    alone, provisioned on each deployed node (``edgebind-node up
-    --signing-public-key``); a key made for one campaign can be trusted by
-    simulated nodes only (they take its public key in-band), never by a
-    deployed node. The id defaults to ``key_id_of`` the public key.
+    In order: the run config's ``signing-key-file``, then ``EDGEBIND_SIGNING_KEY_FILE``
+    (a 0600 file of hex, as ``edgebind-coordinator keygen`` writes it: the key
+    itself never travels on a command line or in an environment), then the run
+    config's ``signing-key`` and ``EDGEBIND_SIGNING_KEY`` (hex, for simulations),
+    else a new key. Nodes verify with the public key alone, provisioned on each
+    deployed node (``edgebind-node up --signing-public-key``); a key made for one
+    campaign can be trusted by simulated nodes only (they take its public key
+    in-band), never by a deployed node. The id defaults to ``key_id_of`` the public key.
     """
+    files = (("run-config file", config_key_file, config_key_id), ("env file", env.get("EDGEBIND_SIGNING_KEY_FILE", ""), env.get("EDGEBIND_SIGNING_KEY_ID", "")))
+    for source, path, key_id in files:
+        if path:
+            key = key_from_file(path, "private")
+            return key, key_id or key_id_of(public_key_of(key)), source
     for source, hexkey, key_id in (("run-config", config_key, config_key_id), ("env", env.get("EDGEBIND_SIGNING_KEY", ""), env.get("EDGEBIND_SIGNING_KEY_ID", ""))):
         if hexkey:
             key = key_from_hex(hexkey, f"signing key from {source}", "private")

@@ -14,8 +14,9 @@ phase and round) and not asked again in this campaign; the campaign goes on
 with the others.
 
 Signing key: bundles are signed with Ed25519. The coordinator's private key
-is ``signing-key`` (hex) in the run config, else the environment variable
-``EDGEBIND_SIGNING_KEY`` (hex, with ``EDGEBIND_SIGNING_KEY_ID`` optional);
+is read from a 0600 file named by ``signing-key-file`` in the run config or by
+``EDGEBIND_SIGNING_KEY_FILE`` (a simulation may give ``signing-key`` hex
+instead; see ``phases.signing_key``);
 deployed nodes are provisioned with its public key (``edgebind-node up
 --signing-public-key``) and accept no key in-band. Without a configured key the
 campaign makes one of its own and offers its *public* key with the encoders:
@@ -115,7 +116,7 @@ class Campaign:
         self.bad_replies: list[dict] = []  # replies refused on arrival (malformed, non-finite, implausible): that node's part in that step only
         self.node_compute = 0.0  # seconds of learning work the nodes report in the current phase
         self.results: dict = {"campaign_id": self.campaign_id, "config": {k: v for k, v in cfg.to_run_config().items() if k != "signing-key"}, "phases": {}}
-        self.key, self.key_id, self.key_source = phases.signing_key(cfg.signing_key, cfg.signing_key_id, os.environ)
+        self.key, self.key_id, self.key_source = phases.signing_key(cfg.signing_key, cfg.signing_key_id, os.environ, cfg.signing_key_file)
         self.finetuned = False  # set by the finetune phase when a fine-tuned round beat the head on features on validation
         # the scenario and growth plan are read and checked now, before any node is asked for anything
         self.scenario = Scenario.load(cfg.scenario)

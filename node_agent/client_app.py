@@ -52,7 +52,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from common.codec import CodecError, key_id_of, public_key_of
+from common.codec import CodecError, key_from_file, key_id_of, public_key_of
 from common.config import CampaignConfig
 from common.evaluate import LocalFinetuneConfig
 from common.pretrain import PretrainConfig
@@ -302,9 +302,17 @@ def node_for(context: Context, cfg: CampaignConfig | None = None) -> Node:
     return _virtual_node(
         context.run_id, str(get("dataset", cfg.dataset)), str(get("scenario", cfg.scenario)), int(get("seed", cfg.seed)),
         int(nc["partition-id"]), int(nc["num-partitions"]), cfg.window_cap(), cfg.state_dir,
-        str(get("signing-key", cfg.signing_key or os.environ.get("EDGEBIND_SIGNING_KEY", ""))), str(get("signing-key-id", cfg.signing_key_id)),
+        str(get("signing-key", cfg.signing_key or _simulation_key(cfg.signing_key_file))), str(get("signing-key-id", cfg.signing_key_id)),
         cfg.dropout, cfg.dropout_mode, cfg.round_timeout,
     )  # fmt: skip
+
+
+def _simulation_key(path: str) -> str:
+    """The coordinator's private key as hex, for a simulated node to derive the public key from (one trust domain)."""
+    path = path or os.environ.get("EDGEBIND_SIGNING_KEY_FILE", "")
+    if path:
+        return key_from_file(path, "private").hex()
+    return os.environ.get("EDGEBIND_SIGNING_KEY", "")
 
 
 @lru_cache(maxsize=64)

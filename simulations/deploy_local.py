@@ -62,7 +62,7 @@ from pathlib import Path
 from typing import Any
 
 from common.codec import new_signing_key, public_key_of
-from common.files import write_json
+from common.files import private_file, write_json
 from common.processes import free_port
 from simulations.deploy_report import format_summary, summary_of
 from simulations.deploy_plan import NodePlan, Timeouts, check_fleet, plan_nodes, prepare_out
@@ -121,7 +121,8 @@ class Deployment:
     def env(self, **extra: str) -> dict[str, str]:
         env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "PYTHONUNBUFFERED": "1",
                "EDGEBIND_SIGNING_PUBLIC_KEY": self.public_key, "EDGEBIND_SIGNING_KEY_ID": self.key_id}  # fmt: skip
-        env.pop("EDGEBIND_SIGNING_KEY", None)  # the private key reaches the coordinator's process alone (``coordinator_env``)
+        for name in ("EDGEBIND_SIGNING_KEY", "EDGEBIND_SIGNING_KEY_FILE"):  # only the coordinator's process learns where the key is
+            env.pop(name, None)
         env.update(extra)
         return env
 
@@ -136,7 +137,10 @@ class Deployment:
         return env
 
     def coordinator_env(self) -> dict[str, str]:
-        return self.env(EDGEBIND_SIGNING_KEY=self.key)
+        """The coordinator's environment: the path of its private key, a 0600 file (never the key itself)."""
+        path = private_file(self.out / "coordinator" / "signing.key")
+        path.write_text(self.key + "\n")
+        return self.env(EDGEBIND_SIGNING_KEY_FILE=str(path))
 
     def _alive_or_fail(self, child: Child, what: str) -> None:
         code = child.proc.poll()

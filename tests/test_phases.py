@@ -4,6 +4,7 @@ pooled evaluation, on a small synthetic dataset (and the shipped run config)."""
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from sklearn.metrics import f1_score
 
 from common.data.dataset import WindowDataset
 from common.data.scenarios import Scenario, split
+from common import codec
 from common.codec import public_key_of
 from common.config import CampaignConfig
 from common.evaluate import HeadConfig
@@ -444,6 +446,22 @@ def test_run_config_is_checked():
         P.signing_key("ab" * 16, "", {})
     with pytest.raises(ValueError, match="not hex"):
         P.signing_key("zz", "", {})
+
+
+def test_the_signing_key_is_read_from_a_file_only_its_owner_can_read(tmp_path):
+    from coordinator.cli import keygen
+
+    made = keygen(tmp_path / "coord")
+    path = made["private_key_file"]
+    key, key_id, source = P.signing_key("", "", {"EDGEBIND_SIGNING_KEY_FILE": path, "EDGEBIND_SIGNING_KEY": "cd" * 32})
+    assert source == "env file" and key_id == made["key_id"] and codec.public_key_of(key).hex() == made["public_key"]  # a file wins over hex
+    assert P.signing_key("", "", {}, config_key_file=path)[2] == "run-config file"
+    os.chmod(path, 0o644)
+    with pytest.raises(ValueError, match=r"is readable by others \(mode 644\): chmod 600"):
+        P.signing_key("", "", {}, config_key_file=path)
+    with pytest.raises(ValueError, match="signing private key file .*nope"):
+        P.signing_key("", "", {"EDGEBIND_SIGNING_KEY_FILE": str(tmp_path / "nope")})
+    assert codec.key_from_file(made["public_key_file"], "public") == bytes.fromhex(made["public_key"])  # a public key may be world-readable
 
 
 def test_a_babel_plan_grows_stage_by_stage_on_node_groups(campaign, ds, sc, tmp_path):
