@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 T0_NS = 1_700_000_000_000_000_000  # when a replayed recording starts (any fixed time will do)
 
+
 class Publisher:
     """A QoS-1 MQTT publisher that survives broker restarts and can wait for every PUBACK.
 
