@@ -22,7 +22,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from common.data.dataset import WindowDataset, load_dataset
+from common.data.dataset import WindowDataset
+from common.data.loading import load_dataset
 from common.data.scenarios import Scenario, Split, split
 from common.modalities import ModalitySpec
 

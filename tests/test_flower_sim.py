@@ -210,7 +210,7 @@ share = 0.2
 
 def test_a_campaign_over_nodes_with_label_skew_missing_modalities_noisy_labels_and_stragglers(tmp_path):
     from node_agent.data import node_spec_for
-    from common.data.dataset import load_dataset
+    from common.data import load_dataset
     from common.data.scenarios import Scenario
 
     res, _ = in_process_campaign(tmp_path, scenario_text=SKEWED_FLEET)
@@ -226,7 +226,7 @@ def test_a_campaign_over_nodes_with_label_skew_missing_modalities_noisy_labels_a
 
 def test_stragglers_slower_than_the_round_timeout_are_recorded_missing(tmp_path):
     from node_agent.data import node_spec_for
-    from common.data.dataset import load_dataset
+    from common.data import load_dataset
     from common.data.scenarios import Scenario
 
     text = SKEWED_FLEET.replace("straggler_delay = 0.05", "straggler_delay = 4.0")

@@ -42,3 +42,43 @@ def test_no_file_holds_more_than_600_lines():
             if not p.name.endswith(("_pb2.py", "_pb2_grpc.py")) and p.relative_to(ROOT).parts[0] in ("common", "node_agent", "coordinator", "proto", "simulations", "tests", "benchmarks")
             and (n := len(p.read_text().splitlines())) > 600}  # fmt: skip
     assert not long, f"split these by idea: {long}"
+
+
+def test_no_import_cycles_in_the_project_packages():
+    """Every ``from <package module> import`` (also inside functions) as a graph: it has no cycle."""
+    import ast
+
+    packages = ("common", "node_agent", "coordinator", "simulations")
+    modules = {}
+    for p in ROOT.glob("*/**/*.py"):
+        rel = p.relative_to(ROOT)
+        if rel.parts[0] in packages:
+            name = ".".join(rel.with_suffix("").parts).removesuffix(".__init__")
+            modules[name] = p
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for m, p in modules.items():
+        tree = ast.parse(p.read_text())
+        typing_only = {id(n) for f in ast.walk(tree) if isinstance(f, ast.If) and getattr(f.test, "id", "") == "TYPE_CHECKING" for n in ast.walk(f)}
+        for node in ast.walk(tree):
+            if id(node) in typing_only:  # annotations only, never run
+                continue
+            targets = []
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            graph[m] |= {t for t in targets if t in modules and t != m and not m.startswith(t + ".")}
+    state: dict[str, int] = {}
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for n in sorted(graph[m]):
+            if state.get(n) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(path[path.index(n) :] + [n]))  # on the stack: in the path
+            if n not in state:
+                visit(n, path + [n])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])

@@ -171,23 +171,3 @@ def _integers(a, what: str, name: str) -> np.ndarray:
     if arr.dtype.kind == "b" or arr.dtype.kind not in "f" or arr.size and not (np.isfinite(arr).all() and (arr == np.round(arr)).all() and np.abs(arr).max() < 2**62):
         raise ValueError(f"{name}: {what} must hold integers, got dtype {arr.dtype}" + (" with non-integer or out-of-range values" if arr.dtype.kind == "f" else ""))
     return arr.astype(np.int64)
-
-
-def load_dataset(name_or_path: str | Path, *, virtual: bool = True, **kwargs) -> WindowDataset:
-    """``hapt`` for the bundled UCI HAPT recordings, else a path to a generic ``.npz``.
-
-    With ``virtual`` the derived streams ``gravity`` and ``lin_acc`` are added
-    wherever the dataset has ``acc`` at a known rate.
-    """
-    from common.data.transforms import add_virtual_streams
-
-    if str(name_or_path).lower() == "hapt":
-        from common.data.hapt import load_hapt
-
-        ds = load_hapt(**kwargs)
-    else:
-        path = Path(name_or_path)
-        if path.suffix != ".npz":
-            raise ValueError(f"--dataset takes 'hapt' or a path to a .npz file, got {str(name_or_path)!r}")
-        ds = WindowDataset.load(path)
-    return add_virtual_streams(ds) if virtual else ds
