@@ -121,7 +121,7 @@ def deploy_local(args, device) -> dict:
     from simulations.deploy_local import deploy_local as run_deploy
 
     return run_deploy(nodes=args.nodes, dataset=args.dataset, scenario=args.scenario, out=args.out or Path("runs") / "deploy-local", quick=args.quick,
-                      node_venv=args.node_venv)  # fmt: skip
+                      node_venv=args.node_venv, hold=args.hold)  # fmt: skip
 
 
 def convert(args, device) -> dict:
@@ -199,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=run)
 
     p = command(sub, "deploy-local", "mosquitto + coordinator + SuperNodes on 127.0.0.1, one whole campaign, then everything stopped",
-                "edgebind-sim deploy-local --nodes 3 --quick", "edgebind-sim deploy-local --scenario babel-hapt --nodes 4")  # fmt: skip
+                "edgebind-sim deploy-local --nodes 3 --quick", "edgebind-sim deploy-local --quick --hold",
+                "edgebind-sim deploy-local --scenario babel-hapt --nodes 4")  # fmt: skip
     p.add_argument("--nodes", type=int, default=3,
                    help="node agents: one per training group at least, validation and test subjects held out on a node with their "
                         "modalities (3 for sensor-bind and label-bind, 4 for babel-hapt)")  # fmt: skip
@@ -209,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="the quick schedule on 64 windows per node (default: 400)")
     p.add_argument("--node-venv", type=Path, default=None,
                    help="run the node agents from this virtual environment, e.g. one made with pip install '.[node]' (default: this one)")
+    p.add_argument("--hold", action="store_true",
+                   help="after the campaign keep everything running until Ctrl-C, to explore (endpoints in OUT/deployment.json)")
     p.set_defaults(func=deploy_local)
 
     p = command(sub, "convert", "convert a published dataset to the generic .npz format",

@@ -17,21 +17,9 @@ What runs, all on 127.0.0.1 with free ports:
   ``label_store`` for the nodes that may see labels (SensorFrames carry none);
 - ``edgebind-coordinator campaign``: one whole campaign (``flwr run``).
 
-All but the replays are processes of their own.
-
-Nodes. Every training group of the scenario needs a node of its own: for
-``sensor-bind`` the two unlabelled groups bound through the gyroscope
-(gyro+lin_acc, gyro+gravity) and the labelled group (lin_acc+gravity). The
-validation and test subjects (the head's step is chosen on the first, only the
-second is scored) are held out on a node that already holds their modalities,
-here the labelled node, as parts of their own (``edgebind-node up
---validation-subjects/--test-subjects``): test windows never leave that node.
-So ``sensor-bind`` and ``label-bind`` run on 3 nodes, ``babel-hapt`` on 4, and
-fewer is refused with that explanation before anything starts. With more nodes
-the held-out parts move to nodes of their own, and from one node per group on
-the groups are rescaled exactly as the fleet simulator does
-(``node_agent.data.fleet_layout``): node ``p`` holds the windows of the
-simulator's partition ``p``.
+All but the replays are processes of their own. Which node holds what is
+planned in ``simulations.deploy_plan``; the processes are supervised by
+``simulations.supervisor``; the summary is ``simulations.deploy_report``.
 
 After the campaign every node is checked three ways: the adapter versions in its
 state dir (``edgebind-node status --state-dir``), those the Registry reports for
@@ -39,11 +27,9 @@ it, and the versions on the predictions its running agent published (so the
 agent process loaded them, not just received the files). A summary goes to
 stdout and ``out/summary.json``; each process logs to ``out/logs/``.
 
-Everything started is stopped on the way out, also on failure or Ctrl-C: each
-child runs in a session of its own, gets SIGTERM (so it stops its own children)
-and SIGKILL after a grace period; every process seen below a child (watched
-once a second) is then swept the same way. Every wait is bounded and a failure
-names what did not happen and prints the end of the log concerned.
+Everything started is stopped on the way out, also on failure or Ctrl-C (see
+``simulations.supervisor``). Every wait is bounded and a failure names what
+did not happen and prints the end of the log concerned.
 """
 
 from __future__ import annotations
@@ -64,9 +50,23 @@ from typing import Any
 from common.codec import new_signing_key, public_key_of
 from common.files import private_file, write_json
 from common.processes import free_port
-from simulations.deploy_report import format_summary, summary_of
+from simulations.deploy_report import format_summary, summary_of, write_deployment
 from simulations.deploy_plan import NodePlan, Timeouts, check_fleet, plan_nodes, prepare_out
-from simulations.supervisor import HOST, Child, Supervisor, find_mosquitto, hurry_handler, listening, node_bin, process_running, script_path, signals_raise, tail
+from simulations.supervisor import (
+    HOST,
+    Child,
+    Supervisor,
+    find_mosquitto,
+    hurry_handler,
+    listening,
+    node_bin,
+    process_running,
+    read_log,
+    script_path,
+    signals_raise,
+    symlink_log,
+    tail,
+)
 
 FRAME_LEN = 64  # samples per SensorFrame (replay's default)
 
@@ -90,8 +90,8 @@ class DeployError(RuntimeError):
 
 class Deployment:
     def __init__(self, nodes: int, dataset: str, scenario: str, out: Path, quick: bool, seed: int,
-                 max_windows: int | None, timeouts: Timeouts | None, node_venv: Path | None = None):  # fmt: skip
-        self.n, self.quick, self.seed = nodes, quick, seed
+                 max_windows: int | None, timeouts: Timeouts | None, node_venv: Path | None = None, hold: bool = False):  # fmt: skip
+        self.n, self.quick, self.seed, self.hold = nodes, quick, seed, hold
         self.node_bin = node_bin(node_venv) if node_venv else None
         self.dataset = str(Path(dataset).resolve()) if Path(dataset).suffix == ".npz" else dataset
         self.scenario = str(Path(scenario).resolve()) if Path(scenario).suffix == ".toml" else scenario
@@ -156,7 +156,7 @@ class Deployment:
             self.say(f"node {p.node_id}: {p.parts[0].role:<10} {'+'.join(p.modalities):<16} subjects {','.join(map(str, p.parts[0].subjects))}"
                      f"{'  (sees labels)' if p.parts[0].labels_visible else ''}{held}")  # fmt: skip
         self.app_dir = Path(__file__).resolve().parents[1]
-        if "[tool.flwr.app" not in _read(self.app_dir / "pyproject.toml"):
+        if "[tool.flwr.app" not in read_log(self.app_dir / "pyproject.toml"):
             raise FileNotFoundError(f"{self.app_dir} holds no Flower app (pyproject.toml with [tool.flwr.app]): run from an edgebind checkout (pip install -e .)")
         self.start_broker()
         self.start_coordinator_and_nodes()
@@ -165,7 +165,20 @@ class Deployment:
         self.run_campaign()
         self.check_adapters()
         self.summarise()
+        if self.hold:
+            self.hold_until_interrupted()
         return self.summary
+
+    def write_deployment(self, state: str) -> None:
+        write_deployment(self, state)
+
+    def hold_until_interrupted(self) -> None:
+        """Keep everything running after the campaign until Ctrl-C or SIGTERM."""
+        self.write_deployment("held")
+        self.say(f"holding: everything stays up until Ctrl-C; endpoints in {self.out / 'deployment.json'}, "
+                 f"`edgebind-coordinator status --store {self.coordinator_info['store']}` shows the fleet")  # fmt: skip
+        self.sup.watch_until_interrupted(self.say, skip=("campaign", "replay"))
+        self.say("released")
 
     def start_broker(self) -> None:
         from node_agent.ingest import mosquitto_conf
@@ -205,7 +218,7 @@ class Deployment:
              "--registry-port", str(self.registry_port), "--ready-file", str(self.ready_file)],
             self.out / "logs" / "coordinator.log", self.coordinator_env(),
         )  # fmt: skip
-        _symlink(self.out / "logs" / "superlink.log", cdir / "superlink.log")  # the SuperLink and ServerApp write there
+        symlink_log(self.out / "logs" / "superlink.log", cdir / "superlink.log")  # the SuperLink and ServerApp write there
         self.superlink = f"{HOST}:{self.superlink_port}"
         self.registry = f"{HOST}:{self.registry_port}"
         self.say(f"coordinator starting: SuperLink {self.superlink}, Registry {self.registry}")
@@ -223,6 +236,7 @@ class Deployment:
                     cmd += [f"--{role}-subjects", ",".join(map(str, p.held_out(role)))]
             self.nodes[p.node_id] = self.sup.start(f"node {p.node_id}", cmd, p.log, self.node_env(FLWR_HOME=str(p.flwr_home), OMP_NUM_THREADS="1"))
         self.say(f"{len(self.plans)} node agents starting (ingest + SuperNode each)")
+        self.write_deployment("starting")
         deadline = time.monotonic() + self.t.coordinator
         while not self.ready_file.exists():
             self._alive_or_fail(self.coordinator, "before it was ready")
@@ -237,7 +251,7 @@ class Deployment:
         while waiting:
             for nid, p in list(waiting.items()):
                 self._alive_or_fail(self.nodes[nid], "while starting")
-                if re.search(rf"node {re.escape(nid)} connected to ", _read(p.log)):
+                if re.search(rf"node {re.escape(nid)} connected to ", read_log(p.log)):
                     del waiting[nid]
                     self.say(f"node {nid} subscribed to edgebind/{nid}/sensors/+")
             if waiting and time.monotonic() > deadline:
@@ -505,23 +519,6 @@ class Deployment:
         return swept
 
 
-def _symlink(link: Path, target: Path) -> None:
-    try:
-        link.parent.mkdir(parents=True, exist_ok=True)
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.symlink_to(os.path.relpath(target, link.parent))
-    except OSError:
-        pass
-
-
-def _read(path: Path) -> str:
-    try:
-        return Path(path).read_text(errors="replace")
-    except OSError:
-        return ""
-
-
 def deploy_local(
     nodes: int = 3,
     dataset: str = "hapt",
@@ -533,13 +530,17 @@ def deploy_local(
     max_windows: int | None = None,
     timeouts: Timeouts | None = None,
     node_venv: Path | None = None,
+    hold: bool = False,
 ) -> dict[str, Any]:
     """Deploy broker, coordinator and ``nodes`` node agents on 127.0.0.1, run one campaign, check, stop everything.
 
     Returns the summary (also in ``out/summary.json``). ``max_windows`` replays
     at most that many windows per node (default 64 with ``quick``, else 400).
     ``node_venv`` runs the node agents (and their SuperNodes and ClientApps)
-    from that virtual environment, e.g. a node-only install.
+    from that virtual environment, e.g. a node-only install. Every run writes
+    ``out/deployment.json``, naming each endpoint and each node's files, as
+    soon as everything listens; with ``hold`` everything then stays up after
+    the campaign until Ctrl-C (or SIGTERM), for an operator to explore.
     Raises ``ValueError`` for a fleet that cannot run a campaign (before
     anything starts) and ``DeployError`` naming the step that did not happen.
     """
@@ -548,7 +549,7 @@ def deploy_local(
     if node_venv:
         node_bin(node_venv)
     prepare_out(out)
-    d = Deployment(nodes, dataset, scenario, out, quick, seed, max_windows, timeouts, node_venv)
+    d = Deployment(nodes, dataset, scenario, out, quick, seed, max_windows, timeouts, node_venv, hold)
     restore = signals_raise() if threading.current_thread() is threading.main_thread() else None
     error: BaseException | None = None
     try:
@@ -580,6 +581,8 @@ def deploy_local(
                        "error": f"{type(error).__name__}: {error}"}  # fmt: skip
         summary["processes"] = procs
         summary["left_running"] = running
+        if (out / "deployment.json").exists():
+            d.write_deployment("stopped")
         write_json(out / "summary.json", summary)
         if error is None:
             print(format_summary(summary), flush=True)

@@ -1,4 +1,19 @@
-"""What a local deployment will run, decided before anything starts: its timeouts and which node holds what."""
+"""What a local deployment will run, decided before anything starts: its timeouts and which node holds what.
+
+Nodes. Every training group of the scenario needs a node of its own: for
+``sensor-bind`` the two unlabelled groups bound through the gyroscope
+(gyro+lin_acc, gyro+gravity) and the labelled group (lin_acc+gravity). The
+validation and test subjects (the head's step is chosen on the first, only the
+second is scored) are held out on a node that already holds their modalities,
+here the labelled node, as parts of their own (``edgebind-node up
+--validation-subjects/--test-subjects``): test windows never leave that node.
+So ``sensor-bind`` and ``label-bind`` run on 3 nodes, ``babel-hapt`` on 4, and
+fewer is refused with that explanation before anything starts. With more nodes
+the held-out parts move to nodes of their own, and from one node per group on
+the groups are rescaled exactly as the fleet simulator does
+(``node_agent.data.fleet_layout``): node ``p`` holds the windows of the
+simulator's partition ``p``.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 MARKER = ".edgebind-deploy-local"  # an out dir with this file is ours to clear
-OWNED = ("logs", "nodes", "coordinator", "mosquitto", "campaign", "summary.json")
+OWNED = ("logs", "nodes", "coordinator", "mosquitto", "campaign", "summary.json", "deployment.json")
 
 @dataclass
 class Timeouts:

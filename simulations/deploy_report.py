@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+from common.files import write_json
+
 if TYPE_CHECKING:
     from simulations.deploy_local import Deployment
 
@@ -78,3 +80,18 @@ def format_summary(s: dict[str, Any]) -> str:
     for subset, m in s["accuracy"].items():
         lines.append(f"  {subset:<20} accuracy {m['accuracy']:.3f}  macro-F1 {m['macro_f1']:.3f}  ({m['n']} windows, {', '.join(m['nodes'])})")
     return "\n".join(lines)
+
+
+def write_deployment(d: Deployment, state: str) -> None:
+    """``out/deployment.json``: every endpoint and each node's files, for an operator or a script."""
+    host_port = lambda a: {"host": a.rsplit(":", 1)[0], "port": int(a.rsplit(":", 1)[1])}  # noqa: E731
+    write_json(d.out / "deployment.json", {
+        "state": state, "campaign_id": d.campaign_id,
+        "broker": host_port(d.broker), "superlink": host_port(d.superlink), "registry": host_port(d.registry),
+        "tls": False, "ca_certificate": None,  # the links are not encrypted yet (see docs/security.md)
+        "coordinator": {"dir": str(d.out / "coordinator"), "signing_key_file": str(d.out / "coordinator" / "signing.key"),
+                        "signing_key_id": d.key_id, "signing_public_key": d.public_key},
+        "nodes": [{"node_id": p.node_id, "modalities": p.modalities, "group": p.group, "role": p.role, "store": str(p.store),
+                   "state_dir": str(p.state_dir), "log": str(p.log), "credentials": None} for p in d.plans],
+        "logs": str(d.out / "logs"),
+    })  # fmt: skip

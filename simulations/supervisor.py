@@ -119,6 +119,20 @@ class Supervisor:
             for key, name in found.items():
                 self.seen.setdefault(key, name)
 
+    def watch_until_interrupted(self, say, skip: tuple[str, ...] = (), every: float = 1.0) -> None:
+        """Block until KeyboardInterrupt (Ctrl-C, or SIGTERM under ``signals_raise``), saying when a child exits meanwhile
+        (children whose name starts with one of ``skip`` are expected to end)."""
+        gone: set[str] = set()
+        try:
+            while True:
+                for c in self.children:
+                    if c.name not in gone and c.proc.poll() is not None and not c.name.startswith(skip):
+                        gone.add(c.name)
+                        say(f"{c.name} exited with status {c.proc.returncode} while held (log: {c.log})")
+                time.sleep(every)
+        except KeyboardInterrupt:
+            return
+
     def records(self) -> list[dict[str, Any]]:
         with self._lock:
             return [{"name": n, "pid": p, "start": s} for (p, s), n in sorted(self.seen.items())]
@@ -280,3 +294,22 @@ def hurry_handler(sup: Supervisor):
         sup.hurry.set()
 
     return handler
+
+
+def symlink_log(link: Path, target: Path) -> None:
+    """``link`` -> ``target`` (relative), quietly: a log link is a convenience, never a failure."""
+    try:
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(os.path.relpath(target, link.parent))
+    except OSError:
+        pass
+
+
+def read_log(path: Path) -> str:
+    """A log's text so far, or an empty string when there is none yet."""
+    try:
+        return Path(path).read_text(errors="replace")
+    except OSError:
+        return ""

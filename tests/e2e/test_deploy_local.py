@@ -162,6 +162,14 @@ def test_deploy_local_runs_a_whole_campaign_and_stops_everything(tmp_path: Path,
             assert f"starting {supernode} " in (out / "logs" / f"node-{nid}.log").read_text(), nid
     assert [nid for nid, n in nodes.items() if n["labelled_windows"] > 0] == [host["node_id"]]  # the unlabelled groups see no label
 
+    deployment = json.loads((out / "deployment.json").read_text())  # what an operator (or --hold) is given
+    assert deployment["state"] == "stopped" and deployment["campaign_id"] == summary["campaign_id"]
+    for name in ("broker", "superlink", "registry"):
+        assert f"{deployment[name]['host']}:{deployment[name]['port']}" == summary["addresses"][name], name
+    assert sorted(n["node_id"] for n in deployment["nodes"]) == sorted(nodes)
+    key_file = Path(deployment["coordinator"]["signing_key_file"])
+    assert key_file.stat().st_mode & 0o777 == 0o600  # the private key reached the coordinator as a 0600 file's path
+
     assert summary["embeddings"]["batches"] > 0 and sum(summary["embeddings"]["windows"].values()) > 0
     assert summary["pairs"]["total"] > 0
     assert [sorted(p["groups"]) for p in summary["pairs"]["by_groups"] if p["pairs"] > 0] == [["gyro-gravity", "gyro-linacc"]]
