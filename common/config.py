@@ -158,6 +158,7 @@ class CampaignConfig:
     pair_w_min: float = 0.1
     label_pairs_per_sample: int = 4
     embedding_dtype: str = "float16"
+    collect_wave: int = 64  # nodes asked for their uploads at once; each wave is stored before the next, so memory is bounded by a wave
     growth_plan: str = ""  # a Babel GrowthPlan (shipped name or .toml) instead of MMBind's one stage
     # signing
     signing_key: str = ""  # hex; for a simulation (one process, no network): a deployment gives signing_key_file
@@ -201,6 +202,8 @@ class CampaignConfig:
             raise ValueError("discovery-timeout and round-timeout must be positive: every wait is bounded")
         if self.dropout_mode not in ("raise", "stall"):
             raise ValueError(f"dropout-mode must be 'raise' or 'stall', got {self.dropout_mode!r}")
+        if self.collect_wave < 1:
+            raise ValueError(f"collect-wave must be >= 1 (nodes asked for uploads at once), got {self.collect_wave}")
         if self.embedding_dtype not in ("float16", "float32", "int8"):
             raise ValueError(f"embedding-dtype must be float16, float32 or int8, got {self.embedding_dtype!r}")
         if self.finetune_strategy not in FINETUNE_STRATEGIES:

@@ -77,6 +77,16 @@ class CollectReport:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def add(self, other: CollectReport) -> CollectReport:
+        """This report and ``other`` (a later wave's) together."""
+        self.stored += other.stored
+        self.duplicates += other.duplicates
+        self.rejected += other.rejected
+        for m, n in other.windows.items():
+            self.windows[m] = self.windows.get(m, 0) + n
+        self.bytes += other.bytes
+        return self
+
 
 def collect(
     store,

@@ -330,19 +330,25 @@ class Campaign:
             for m in n.modalities:
                 rd[f"encoder.{m}"] = encoders[m]
             contents[f] = rd
-        replies = self.send("collect", "query.collect", contents)
-        uploads, versions = [], {}
-        for f, r in replies.items():
-            node_id = self.nodes[f].node_id
-            uploads += [(node_id, bytes(b)) for b in r.content["upload"].get("batches", [])]
-            for m, v in r.content["versions"].items():
-                versions.setdefault(m, Counter())[str(v)] += 1
+        # in waves of collect-wave nodes: each wave's uploads are stored before the next is asked, so the
+        # coordinator holds one wave's replies at a time, whatever the fleet's size
+        rep, versions, answered, order = phases.CollectReport(), {}, 0, sorted(contents)
+        for w in range(0, len(order), self.cfg.collect_wave):
+            replies = self.send("collect", "query.collect", {f: contents[f] for f in order[w : w + self.cfg.collect_wave]}, w // self.cfg.collect_wave)
+            uploads = []
+            for f, r in replies.items():
+                node_id = self.nodes[f].node_id
+                uploads += [(node_id, bytes(b)) for b in r.content["upload"].get("batches", [])]
+                for m, v in r.content["versions"].items():
+                    versions.setdefault(m, Counter())[str(v)] += 1
+            answered += len(replies)
+            del replies
+            rep.add(phases.collect(self.store, self.campaign_id, uploads, sorted(self.specs), expected_dim=self.tower.feature_dim, groups=allowed))
         self.encoder_versions = {m: c.most_common(1)[0][0] for m, c in versions.items()}
         for m, c in versions.items():
             if len(c) > 1:
                 log.warning("[collect] nodes report different %s encoder versions %s", m, dict(c))
-        rep = phases.collect(self.store, self.campaign_id, uploads, sorted(self.specs), expected_dim=self.tower.feature_dim, groups=allowed)
-        return {**rep.to_dict(), "nodes": len(replies)}
+        return {**rep.to_dict(), "nodes": answered, "waves": -(-len(order) // self.cfg.collect_wave)}
 
     def bind(self) -> dict:
         sc = self.scenario

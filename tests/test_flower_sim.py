@@ -239,6 +239,19 @@ def test_stragglers_slower_than_the_round_timeout_are_recorded_missing(tmp_path)
     assert all(m["reason"] == "no reply within 1.5s" for m in res["missing"].values())
 
 
+def test_uploads_collected_in_waves_store_the_same_as_all_at_once(tmp_path):
+    """collect-wave bounds how many nodes' uploads the coordinator holds at once; what is stored does not change."""
+    (tmp_path / "whole").mkdir()
+    (tmp_path / "waves").mkdir()
+    whole, _ = in_process_campaign(tmp_path / "whole")
+    waves, grid = in_process_campaign(tmp_path / "waves", **{"collect-wave": 2})
+    a, b = whole["phases"]["collect"], waves["phases"]["collect"]
+    assert (a["waves"], b["waves"]) == (1, 4)  # 7 nodes, 2 at a time
+    assert {k: a[k] for k in ("stored", "windows", "bytes", "nodes")} == {k: b[k] for k in ("stored", "windows", "bytes", "nodes")}
+    assert b["stored"] > 0 and not b["rejected"] and grid.sent.count("query.collect") == 7
+    assert waves["accuracy"] == whole["accuracy"]
+
+
 def test_federated_finetuning_draws_a_share_of_the_labelled_nodes_each_round(tmp_path):
     # Flower's node ids are unsigned 64-bit: the labelled nodes (partitions 4-7) sit on both sides of 2**63, a list numpy makes float64
     res, grid = in_process_campaign(tmp_path, lab_nodes=4, id_base=2**63 - 6, **{"finetune-rounds": 3, "finetune-steps": 3, "finetune-fraction": 0.5})
