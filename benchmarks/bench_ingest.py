@@ -156,6 +156,10 @@ def main() -> None:
         lost = len(set(sent) - set(stored))
         print(f"node ingest: readings in {len(sent)}, out {in_store} stored; losses {lost}, duplicates stored "
               f"{in_store - len(stored)} (redeliveries refused: {node.stats.duplicate}); rejected {dict(node.stats.rejected)}")  # fmt: skip
+        if stored:
+            span = max(stored.values()) - min(sent.values())
+            print(f"stored {len(stored) / span:.0f} frames/s from the first publish to the last store ({per_s:.0f} frames/s offered); "
+                  f"a p50 far above the baseline's means the node fell behind and worked through a backlog")  # fmt: skip
         print(f"latency publish -> stored: p50 {n50:.1f} ms, p99 {n99:.1f} ms; "
               f"ratio to the bare subscriber: p50 {n50 / b50:.2f}x, p99 {n99 / b99:.2f}x")  # fmt: skip
         print(f"goal: losses 0 and duplicates 0: {'met' if lost == 0 and in_store == len(stored) == len(sent) else 'NOT met'}")
