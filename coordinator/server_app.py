@@ -51,10 +51,10 @@ from common.modalities import ModalitySpec
 from common.processes import ensure_logging
 from common.progress import time_left
 from common.samples import SampleSet
-from common.towers import SHARED_BLOCK, TowerConfig, block_of, flat_state, model_from_flat
+from common.towers import SHARED_BLOCK, AlignedModel, FusionHead, TowerConfig, block_of, flat_state, model_from_flat
 from coordinator import aggregation, phases
 from coordinator.phases import NodeInfo
-from coordinator.store import open_store
+from coordinator.store import CoordinatorStore, open_store
 
 UPLOAD_ROLES = ("train", "validation")  # whose windows' features go to the coordinator; test windows never do
 
@@ -118,6 +118,20 @@ class Campaign:
         self.results: dict = {"campaign_id": self.campaign_id, "config": {k: v for k, v in cfg.to_run_config().items() if k != "signing-key"}, "phases": {}}
         self.key, self.key_id, self.key_source = phases.signing_key(cfg.signing_key, cfg.signing_key_id, os.environ, cfg.signing_key_file)
         self.finetuned = False  # set by the finetune phase when a fine-tuned round beat the head on features on validation
+        # what the phases learn, each declared here and set by the phase named (so a phase reads nothing undeclared)
+        self.store: CoordinatorStore | None = None  # run: opened when the campaign starts
+        self.flower_ids: list[int] = []  # discover
+        self.specs: dict[str, ModalitySpec] = {}  # manifest
+        self.classes: list[str] = []  # manifest
+        self.global_states: dict[str, dict[str, dict[str, torch.Tensor]]] = {}  # pretrain: modality -> encoder/head state
+        self.encoder_versions: dict[str, str] = {}  # collect (what the nodes encoded with), push (fine-tuned encoders)
+        self.binding = ""  # bind: "sensor" or "label"
+        self.groups: dict[str, phases.GroupData] = {}  # bind
+        self.bound: phases.Bound | None = None  # bind
+        self.natural: SampleSet | None = None  # grow: every natural training sample
+        self.model: AlignedModel | None = None  # grow, then head and finetune
+        self.n_classes = 0  # head
+        self.fusion_head: FusionHead | None = None  # head, then finetune
         # the scenario and growth plan are read and checked now, before any node is asked for anything
         self.scenario = Scenario.load(cfg.scenario)
         if cfg.growth_plan:
@@ -243,7 +257,7 @@ class Campaign:
 
     def manifest(self) -> dict:
         replies = self.send("manifest", "query.manifest", {f: RecordDict() for f in self.flower_ids})
-        self.specs: dict[str, ModalitySpec] = {}
+        self.specs = {}
         classes: list[str] = []
         for f, r in sorted(replies.items()):
             try:  # one malformed manifest costs that node, not the campaign

@@ -82,3 +82,19 @@ def test_no_import_cycles_in_the_project_packages():
     for m in sorted(graph):
         if m not in state:
             visit(m, [m])
+
+
+def test_the_campaign_declares_in_init_everything_its_phases_set():
+    """A phase may only set what ``Campaign.__init__`` declares, so every piece of a campaign's state is found in one place."""
+    import ast
+
+    tree = ast.parse((ROOT / "coordinator" / "server_app.py").read_text())
+    (cls,) = [c for c in tree.body if isinstance(c, ast.ClassDef) and c.name == "Campaign"]
+    declared, set_in = set(), {}
+    for f in cls.body:
+        if isinstance(f, ast.FunctionDef):
+            for n in ast.walk(f):
+                if isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Store) and getattr(n.value, "id", "") == "self":
+                    (declared.add(n.attr) if f.name == "__init__" else set_in.setdefault(n.attr, f.name))
+    undeclared = {a: f for a, f in set_in.items() if a not in declared}
+    assert not undeclared, f"declare these in Campaign.__init__: {undeclared}"
