@@ -414,3 +414,43 @@ def test_a_frame_that_never_stores_does_not_block_the_queue_over_mqtt(tmp_path, 
     finally:
         node.stop()
         store.close()
+
+
+def test_a_full_disk_leaves_frames_with_the_broker_and_nothing_is_lost_when_space_returns(tmp_path, broker, monkeypatch):
+    """While the disk is full neither the frame nor a dead letter can be written: the frame stays unacknowledged (the
+    broker keeps it), past max_store_attempts too; once space returns every frame is stored once and none is set aside."""
+    store = open_store(tmp_path / "full.db")
+    node = Ingest(NODE, store, SPECS, broker.address, max_store_attempts=2)
+    full, tries = [True], {"frame": 0, "dead_letter": 0}
+    real_add, real_dead = store.add_frame, store.add_dead_letter
+
+    def add_frame(sensor_id, modality, seq, *a, **kw):
+        if seq == 1 and full[0]:
+            tries["frame"] += 1
+            raise OSError(28, "No space left on device")
+        return real_add(sensor_id, modality, seq, *a, **kw)
+
+    def add_dead_letter(*a, **kw):
+        if full[0]:
+            tries["dead_letter"] += 1
+            full[0] = tries["dead_letter"] < 3  # space comes back after the third attempt to set the frame aside
+            raise OSError(28, "No space left on device")
+        return real_dead(*a, **kw)
+
+    monkeypatch.setattr(store, "add_frame", add_frame)
+    monkeypatch.setattr(store, "add_dead_letter", add_dead_letter)
+    node.start()
+    try:
+        assert node.wait_connected(10)
+        with Publisher(broker.address, "test-full-disk") as pub:
+            assert pub.wait_connected(10)
+            for k in range(3):
+                pub.publish(sensor_topic(NODE, "gyro"), _frame(seq=k, timestamp_ns=10**18 + k * 1_280_000_000).SerializeToString())
+            pub.flush(10)
+        _wait(lambda: node.stats.accepted == 3, timeout=90, what="every frame stored once space returned")
+        assert [f.seq for f in store.frames("gyro")] == [0, 1, 2]
+        assert store.dead_letters() == [] and node.stats.dead_letters == 0
+        assert tries == {"frame": 4, "dead_letter": 3} and node.stats.store_errors == 4  # each refused write left with the broker
+    finally:
+        node.stop()
+        store.close()
