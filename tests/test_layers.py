@@ -98,3 +98,24 @@ def test_the_campaign_declares_in_init_everything_its_phases_set():
                     (declared.add(n.attr) if f.name == "__init__" else set_in.setdefault(n.attr, f.name))
     undeclared = {a: f for a, f in set_in.items() if a not in declared}
     assert not undeclared, f"declare these in Campaign.__init__: {undeclared}"
+
+
+def test_every_run_config_key_is_read_by_the_code_it_configures():
+    """A run-config key nothing reads would be a setting that silently changes nothing: each must be read outside
+    ``CampaignConfig``'s own parsing and checking (directly, or through one of its builders that the code calls)."""
+    import ast
+    import dataclasses
+    import re
+
+    from common.config import CampaignConfig
+
+    tree = ast.parse((ROOT / "common" / "config.py").read_text())
+    (cls,) = [c for c in tree.body if isinstance(c, ast.ClassDef) and c.name == "CampaignConfig"]
+    reads = {f.name: {n.attr for n in ast.walk(f) if isinstance(n, ast.Attribute) and getattr(n.value, "id", "") == "self"}
+             for f in cls.body if isinstance(f, ast.FunctionDef) and f.name not in ("check", "to_run_config", "from_run_config", "keys")}  # fmt: skip
+    code = "\n".join(p.read_text() for p in ROOT.glob("*/**/*.py") if p.relative_to(ROOT).parts[0] in ("common", "node_agent", "coordinator", "simulations")
+                     and p != ROOT / "common" / "config.py")  # fmt: skip
+    used = lambda name: re.search(rf"\.{name}\b", code) is not None  # noqa: E731
+    dead = [f.name for f in dataclasses.fields(CampaignConfig)
+            if not used(f.name) and not any(f.name in attrs and used(builder) for builder, attrs in reads.items())]  # fmt: skip
+    assert not dead, f"run-config keys nothing reads: {dead}"
