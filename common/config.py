@@ -112,6 +112,7 @@ class CampaignConfig:
     seed: int = 0
     quick: bool = False
     campaign_id: str = ""
+    resume: bool = False  # continue campaign-id from its store and checkpoints: finished pretraining rounds, uploads and stages are not repeated
     results_path: str = ""
     store: str = ""
     state_dir: str = ""

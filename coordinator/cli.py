@@ -131,8 +131,12 @@ def campaign(
     flwr_home: str | Path = "",
     stream: bool = True,
     timeout: float | None = None,
+    resume: str = "",
 ) -> int:
     """Submit one campaign (a ServerApp run) to the SuperLink with ``flwr run``; return its exit status.
+
+    ``resume`` names a campaign in ``store`` to continue (run config ``campaign-id`` and ``resume``): the
+    phases and pretraining rounds it finished, its uploads and its growth stages are not repeated.
 
     ``run_config`` items are ``key=value`` overrides of ``[tool.flwr.app.config]``
     (TOML values: strings quoted); ``store`` sets the coordinator store the
@@ -147,6 +151,10 @@ def campaign(
     home = Path(flwr_home or Path.home() / ".edgebind" / "flwr").resolve()
     write_connection(home, superlink)
     overrides = list(run_config)
+    if resume:
+        if not store:
+            raise ValueError("--resume needs --store: the store that holds the campaign")
+        overrides += [f"campaign-id={json.dumps(resume)}", "resume=true"]
     if store:
         overrides.append(f"store={json.dumps(str(Path(store).resolve()) if '://' not in store else store)}")
     cmd = ["flwr", "run", str(app), CONNECTION]
@@ -320,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ready-file", default="", help="write the addresses here as JSON once listening")
 
     p = command(sub, "campaign", "submit a campaign run (flwr run) to the SuperLink",
-                "edgebind-coordinator campaign --superlink HOST:9093 --store coord/coordinator.db -c scenario=sensor-bind -c seed=1")  # fmt: skip
+                "edgebind-coordinator campaign --superlink HOST:9093 --store coord/coordinator.db -c scenario=sensor-bind -c seed=1",
+                "edgebind-coordinator campaign --superlink HOST:9093 --store coord/coordinator.db --resume campaign-7")  # fmt: skip
     p.add_argument("--superlink", default="127.0.0.1:9093", help="the SuperLink's Exec API host:port")
     p.add_argument("--app", default=".", help="the Flower app directory (edgebind's checkout)")
     p.add_argument("-c", "--run-config", action="append", default=[], metavar="KEY=VALUE",
@@ -329,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flwr-home", default="", help="default ~/.edgebind/flwr")
     p.add_argument("--no-stream", action="store_true", help="submit and return instead of following the logs")
     p.add_argument("--timeout", type=float, default=None, help="seconds to wait for the run")
+    p.add_argument("--resume", default="", metavar="CAMPAIGN_ID",
+                   help="continue this campaign of --store where it stopped (a coordinator that died mid-campaign); results go where they went")
 
     p = command(sub, "keygen", "make the coordinator's Ed25519 signing key (private 0600, public for the nodes)", "edgebind-coordinator keygen --dir coord")
     p.add_argument("--dir", default="edgebind-coordinator", help="writes signing.key and signing.pub here")
@@ -351,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       store=args.store, ready_file=args.ready_file, stop=stop_on_signals())  # fmt: skip
         if args.command == "campaign":
             return campaign(args.superlink, app_dir=args.app, run_config=args.run_config, store=args.store,
-                            flwr_home=args.flwr_home, stream=not args.no_stream, timeout=args.timeout)  # fmt: skip
+                            flwr_home=args.flwr_home, stream=not args.no_stream, timeout=args.timeout, resume=args.resume)  # fmt: skip
         if args.command == "status":
             view = status(args.store, args.campaign, last=args.last)
             print(json.dumps(view, indent=2, sort_keys=True) if args.json else format_status(view))

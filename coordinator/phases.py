@@ -417,11 +417,13 @@ def grow_plan(
     store=None,
     campaign_id: str | None = None,
     checkpoint_dir=None,
+    resume: bool = False,
 ) -> dict:
     """Babel: grow the aligned space along a GrowthPlan (``common.growth``), one binary stage per plan stage.
 
     Each stage's source names a node group whose uploads pair its two
-    modalities (natural pairs); its towers must be in ``model``.
+    modalities (natural pairs); its towers must be in ``model``. With
+    ``resume``, stages whose checkpoints are in ``checkpoint_dir`` are loaded, not trained again.
     """
     from common.growth import GrowthConfig, GrowthPlan, PairData
     from common.growth import grow as grow_stages
@@ -434,7 +436,7 @@ def grow_plan(
     data = {s: PairData({m: groups[s].features[m] for m in groups[s].modalities if m in gp.modalities}) for s in sources}
     gcfg = GrowthConfig(**cfg.contrastive(), seed=seed)  # every alignment setting, the temperature too
     t0 = time.time()
-    result = grow_stages(model, gp, data, gcfg, device, checkpoint_dir=checkpoint_dir, resume=False)
+    result = grow_stages(model, gp, data, gcfg, device, checkpoint_dir=checkpoint_dir, resume=resume)
     stages = []
     for rec in result.records:
         w = np.array(rec.weights) if rec.weights else np.full((1, 2), np.nan)

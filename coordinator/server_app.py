@@ -35,6 +35,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -115,7 +116,7 @@ class Campaign:
         self.refused: list[dict] = []  # nodes that answered with an error record (alive, but could not do it)
         self.bad_replies: list[dict] = []  # replies refused on arrival (malformed, non-finite, implausible): that node's part in that step only
         self.node_compute = 0.0  # seconds of learning work the nodes report in the current phase
-        self.results: dict = {"campaign_id": self.campaign_id, "config": {k: v for k, v in cfg.to_run_config().items() if k != "signing-key"}, "phases": {}}
+        self.results: dict = {"campaign_id": self.campaign_id, "config": {k: v for k, v in cfg.to_run_config().items() if k not in ("signing-key", "resume")}, "phases": {}}
         self.key, self.key_id, self.key_source = phases.signing_key(cfg.signing_key, cfg.signing_key_id, os.environ, cfg.signing_key_file)
         self.finetuned = False  # set by the finetune phase when a fine-tuned round beat the head on features on validation
         # what the phases learn, each declared here and set by the phase named (so a phase reads nothing undeclared)
@@ -132,6 +133,8 @@ class Campaign:
         self.model: AlignedModel | None = None  # grow, then head and finetune
         self.n_classes = 0  # head
         self.fusion_head: FusionHead | None = None  # head, then finetune
+        self.done_before: set[str] = set()  # run, with resume: the phases an earlier run of this campaign finished
+        self.checkpoints = self.results_path.parent / "checkpoints"  # pretraining rounds and growth stages, for resume
         # the scenario and growth plan are read and checked now, before any node is asked for anything
         self.scenario = Scenario.load(cfg.scenario)
         if cfg.growth_plan:
@@ -143,7 +146,12 @@ class Campaign:
     def run(self) -> dict:
         self.results_path.parent.mkdir(parents=True, exist_ok=True)
         self.store = open_store(self.cfg.store or self.results_path.parent / "coordinator.db")
-        self.store.create_campaign(self.campaign_id, self.results["config"])
+        if self.cfg.resume:
+            if self.store.campaign(self.campaign_id) is None:
+                raise ValueError(f"resume: no campaign {self.campaign_id!r} in the store to resume (give its campaign-id and store)")
+            self.done_before = set((self.store.report(self.campaign_id) or {}).get("phases", {}))
+            log.info("campaign %s: resuming; finished before: %s", self.campaign_id, ", ".join(sorted(self.done_before)) or "nothing")
+        self.store.create_campaign(self.campaign_id, self.results["config"])  # a resumed campaign must have the same settings
         log.info("campaign %s: %s on %s, seed %d%s; signing key %s (%s)", self.campaign_id, self.cfg.scenario, self.cfg.dataset,
                  self.cfg.seed, " [quick]" if self.cfg.quick else "", self.key_id, self.key_source)  # fmt: skip
         t0, threads = time.time(), torch.get_num_threads()
@@ -284,9 +292,13 @@ class Campaign:
         held = {m for n in self.live("train").values() for m in n.modalities}
         for m in sorted(set(self.specs) - held):
             log.warning("[pretrain] no training node holds %s: its encoder stays at its initialisation", m)
-        losses = []
+        losses, first = [], 1
+        if self.cfg.resume and (self.checkpoints / "pretrain.pt").exists():
+            ck = torch.load(self.checkpoints / "pretrain.pt", weights_only=True)
+            self.global_states, losses, first = ck["states"], ck["losses"], int(ck["round"]) + 1
+            log.info("[pretrain] resuming after round %d of %d (checkpoint)", first - 1, self.cfg.pretrain_rounds)
         t_rounds = time.monotonic()
-        for rnd in range(1, self.cfg.pretrain_rounds + 1):
+        for rnd in range(first, self.cfg.pretrain_rounds + 1):
             base = {"round": rnd, "rounds": self.cfg.pretrain_rounds, "epochs": self.cfg.local_epochs, "objective": self.cfg.pretrain_objective,
                     "batch-size": self.cfg.pretrain_batch_size, "lr": self.cfg.pretrain_lr, "seed": self.cfg.seed, **self._tower_cfg()}  # fmt: skip
             arrays = {m: {part: ArrayRecord(st) for part, st in self.global_states[m].items()} for m in held}  # shared by all messages
@@ -328,10 +340,22 @@ class Campaign:
                 round_loss[m] = float(np.average([loss for *_, loss in got], weights=w))
             losses.append({"round": rnd, "nodes": len(replies), "loss": round_loss})
             log.info("[pretrain] round %d/%d: %d nodes, %s loss %s%s", rnd, self.cfg.pretrain_rounds, len(replies), self.cfg.pretrain_objective,
-                     " ".join(f"{m}={v:.3f}" for m, v in round_loss.items()), time_left(t_rounds, rnd, self.cfg.pretrain_rounds))  # fmt: skip
-        return {"rounds": losses}
+                     " ".join(f"{m}={v:.3f}" for m, v in round_loss.items()), time_left(t_rounds, rnd - first + 1, self.cfg.pretrain_rounds - first + 1))  # fmt: skip
+            self._checkpoint("pretrain.pt", {"round": rnd, "states": self.global_states, "losses": losses})
+        return {"rounds": losses, **({"resumed_after_round": first - 1} if first > 1 else {})}
+
+    def _checkpoint(self, name: str, obj: Any) -> None:
+        """Write a checkpoint atomically: a coordinator killed while writing leaves the previous one whole."""
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        atomic_write(self.checkpoints / name, buf.getvalue())
 
     def collect(self) -> dict:
+        if "collect" in self.done_before:  # the uploads are in the store; the nodes hold the encoders they were sent
+            self.encoder_versions = {m: state_version(st["encoder"]) for m, st in self.global_states.items()}
+            log.info("[collect] resumed: the uploads of the earlier run are in the store; nothing asked again")
+            return {"resumed": True}
         base = {"campaign-id": self.campaign_id, "dtype": self.cfg.embedding_dtype, "signing-key-id": self.key_id, **self._tower_cfg()}
         if self.key_source == "generated":
             base["signing-public-key"] = public_key_of(self.key).hex()  # for simulated nodes only: see the module docstring
@@ -387,9 +411,15 @@ class Campaign:
         if self.cfg.growth_plan:
             # Babel grows the trunk stage by stage on the groups' natural pairs; MMBind's
             # alignment below then binds, through the pseudo-pairs, what no node holds together.
-            babel = phases.grow_plan(self.model, self.cfg.growth_plan, self.groups, self.cfg.align(), self.device, self.cfg.seed, self.store, self.campaign_id, ckdir)
+            babel = phases.grow_plan(self.model, self.cfg.growth_plan, self.groups, self.cfg.align(), self.device, self.cfg.seed, self.store, self.campaign_id, ckdir,
+                                     resume=self.cfg.resume)  # fmt: skip
             self.results["stages"] = babel["stages"]
         index = len(babel.get("stages", []))
+        done = {st.index: st for st in self.store.stages(self.campaign_id)}.get(index)
+        if self.cfg.resume and done is not None and done.status == "done" and Path(done.checkpoint_path).exists():
+            self.model.load_state_dict(torch.load(done.checkpoint_path, weights_only=True))
+            log.info("[grow] resumed: stage %d (mmbind) finished before; its checkpoint is loaded", index)
+            return {**done.metrics, "resumed": True}
         out = phases.grow(self.model, self.natural, self.bound.samples, self.cfg.align(), self.device, self.cfg.seed, self.store, self.campaign_id, index)
         if babel:
             out = {"babel": {k: v for k, v in babel.items() if k != "stages"}, **out}

@@ -95,8 +95,10 @@ def demo(args, device) -> dict:
 
 
 def run(args, device) -> dict:
-    from simulations.fleet import run_fleet
+    from simulations.fleet import resume_fleet, run_fleet
 
+    if args.resume:
+        return resume_fleet(args.resume, device)
     return run_fleet(args.dataset, args.scenario, args.nodes, args.seed, args.out or Path("runs") / "fleet", args.quick, args.dropout, device,
                      **_run_config_pairs(args.config))  # fmt: skip
 
@@ -186,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command(sub, "run", "a federated campaign over a simulated fleet of any size (Flower's simulation engine, the real apps)",
                 "edgebind-sim run --scenario fleet-labelled --seed 0",
-                "edgebind-sim run --scenario sensor-bind --nodes 100 -c finetune-strategy=fedprox --quick")  # fmt: skip
+                "edgebind-sim run --scenario sensor-bind --nodes 100 -c finetune-strategy=fedprox --quick",
+                "edgebind-sim run --resume runs/fleet")  # fmt: skip
     p.add_argument("--dataset", default="hapt", help="'hapt' (bundled UCI HAPT) or a path to a .npz in the generic format")
     p.add_argument("--scenario", default="sensor-bind", help="shipped scenario name or a .toml path")
     p.add_argument("--nodes", type=int, default=None, help="number of virtual nodes (default: the scenario's)")
@@ -196,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a run config setting (see [tool.flwr.app.config] in pyproject.toml), e.g. -c finetune-strategy=fedprox; repeatable")
     p.add_argument("--out", type=Path, default=None, help="results folder (default: runs/fleet)")
     p.add_argument("--quick", action="store_true", help="the campaign's quick schedule on at most 160 windows per group")
+    p.add_argument("--resume", type=Path, default=None, metavar="DIR",
+                   help="continue the campaign a killed run left in DIR (its --out), with the settings it started with")
     p.set_defaults(func=run)
 
     p = command(sub, "deploy-local", "mosquitto + coordinator + SuperNodes on 127.0.0.1, one whole campaign, then everything stopped",

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import time
 from pathlib import Path
 
@@ -28,7 +27,8 @@ import numpy as np
 from common.config import CampaignConfig
 from common.data import load_dataset
 from common.data.scenarios import Scenario
-from common.files import write_json
+from common.codec import new_signing_key
+from common.files import private_file, write_json
 from common.processes import ensure_logging
 from node_agent.data import cached_dataset, cached_split, dropouts, fleet_layout, node_id_of, virtual_node
 from simulations.experiments.common import commit_of, fingerprint
@@ -57,13 +57,40 @@ def fleet_config(
         "store": str(out / "coordinator.db"), "state-dir": str(out / "nodes"), "device": str(device) if device else "",
         "expected-nodes": len(layout), "discovery-timeout": 120.0, "dropout": float(share),
         "coordinator-threads": 1,  # the virtual nodes share the cores; oversubscribed BLAS threads crawl
-        "signing-key": secrets.token_hex(32), "signing-key-id": f"fleet-{secrets.token_hex(4)}",
+        "signing-key-file": str(_fleet_key(out)),
     }  # fmt: skip
     base.update({k.replace("_", "-"): v for k, v in overrides.items()})
     cfg = CampaignConfig.from_run_config(base)
     plan = dropouts(sc, len(layout), share, seed, cfg.pretrain_rounds) if share > 0 else {}
     planned = {node_id_of(layout[p][0], layout[p][1]): r for p, r in plan.items()}
     return cfg, len(layout), planned
+
+
+def _fleet_key(out: Path) -> Path:
+    """The simulated fleet's signing key: a 0600 file in its results folder, made once (a resumed fleet signs with it again)."""
+    path = Path(out) / "signing.key"
+    if not path.exists():
+        private_file(path).write_text(new_signing_key().hex() + "\n")
+    return path
+
+
+def resume_fleet(out: Path, device=None, cpus: int = 2) -> dict:
+    """Continue the simulated campaign whose store is ``out/coordinator.db`` (a run that was killed) with the very
+    settings it started with; finished pretraining rounds, uploads and stages are not repeated."""
+    from coordinator.store import open_store
+
+    out = Path(out).resolve()
+    if not (out / "coordinator.db").exists():
+        raise FileNotFoundError(f"--resume {out}: no coordinator.db there (give the --out of the run to continue)")
+    with open_store(out / "coordinator.db") as st:
+        campaigns = st.campaigns()
+    if not campaigns:
+        raise ValueError(f"--resume {out}: its store holds no campaign")
+    cfg = dict(campaigns[0].config)
+    log.info("fleet: resuming campaign %s (state %s) from %s", campaigns[0].campaign_id, campaigns[0].state, out)
+    fixed = {k: cfg.pop(k) for k in ("dataset", "scenario", "seed", "quick", "dropout")}
+    return run_fleet(fixed["dataset"], fixed["scenario"], int(cfg["expected-nodes"]), int(fixed["seed"]), out, bool(fixed["quick"]), float(fixed["dropout"]),
+                     device, cpus, resume=True, **{k.replace("-", "_"): v for k, v in cfg.items()})  # fmt: skip
 
 
 def run_fleet(

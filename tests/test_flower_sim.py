@@ -20,6 +20,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from common.codec import public_key_of
 from common.data.dataset import WindowDataset
+from coordinator import phases as P
 from coordinator.server_app import app as server_app
 from coordinator.server_app import exchange
 from node_agent.client_app import app as client_app
@@ -249,6 +250,53 @@ def test_uploads_collected_in_waves_store_the_same_as_all_at_once(tmp_path):
     assert {k: a[k] for k in ("stored", "windows", "bytes", "nodes")} == {k: b[k] for k in ("stored", "windows", "bytes", "nodes")}
     assert b["stored"] > 0 and not b["rejected"] and grid.sent.count("query.collect") == 7
     assert waves["accuracy"] == whole["accuracy"]
+
+
+@pytest.mark.parametrize("kill_in", ["pretrain", "bind", "head"])
+def test_a_campaign_killed_mid_way_resumes_without_repeating_what_it_finished(tmp_path, monkeypatch, kill_in):
+    """The coordinator dies in pretraining round 2 (or in bind, after every upload is stored, or fitting the head, after
+    the alignment stage's checkpoint); run again with resume, it
+    goes on from the store and its checkpoints, asks no node for what it already has, and ends where an uninterrupted
+    campaign of the same seed ends."""
+    from coordinator.server_app import Campaign
+
+    (tmp_path / "whole").mkdir()
+    (tmp_path / "killed").mkdir()
+    whole, whole_grid = in_process_campaign(tmp_path / "whole", **{"pretrain-rounds": 3})
+    real_send, real_bind, real_head = Campaign.send, P.bind, P.fit_head
+
+    def dying_send(self, phase, kind, contents, rnd=0):
+        if phase == "pretrain" and rnd == 2:
+            raise RuntimeError("coordinator killed")
+        return real_send(self, phase, kind, contents, rnd)
+
+    def dying(*a, **kw):
+        raise RuntimeError("coordinator killed")
+
+    if kill_in == "pretrain":
+        monkeypatch.setattr(Campaign, "send", dying_send)
+    else:
+        monkeypatch.setattr(P, kill_in if kill_in == "bind" else "fit_head", dying)
+    with pytest.raises(RuntimeError, match="coordinator killed"):
+        in_process_campaign(tmp_path / "killed", **{"pretrain-rounds": 3})
+    monkeypatch.setattr(Campaign, "send", real_send)
+    monkeypatch.setattr(P, "bind", real_bind)
+    monkeypatch.setattr(P, "fit_head", real_head)
+    res, grid = in_process_campaign(tmp_path / "killed", **{"pretrain-rounds": 3, "resume": True})
+    assert res["state"] == "done" and res["missing_nodes"] == []
+    per_round = whole_grid.sent.count("train.pretrain") // 3
+    if kill_in == "pretrain":  # round 1 was kept; rounds 2 and 3 run now
+        assert res["phases"]["pretrain"]["resumed_after_round"] == 1 and grid.sent.count("train.pretrain") == 2 * per_round
+        assert grid.sent.count("query.collect") == 7
+    else:  # every round and every upload was kept
+        assert grid.sent.count("train.pretrain") == 0 and grid.sent.count("query.collect") == 0 and res["phases"]["collect"]["resumed"]
+    assert res["phases"]["grow"].get("resumed", False) == (kill_in == "head")  # the alignment stage was loaded, not trained again
+    assert res["accuracy"] == whole["accuracy"]  # the same end as without the kill
+
+
+def test_resume_needs_the_campaign_in_the_store(tmp_path):
+    with pytest.raises(ValueError, match="no campaign 'campaign-1' in the store to resume"):
+        in_process_campaign(tmp_path, resume=True)
 
 
 def test_federated_finetuning_draws_a_share_of_the_labelled_nodes_each_round(tmp_path):
@@ -482,6 +530,13 @@ def test_fleet_campaign_on_hapt(tmp_path):
     pushed = ft["test"]["finetuned" if ft["chosen_round"] > 0 else "head_on_features"]
     assert res["accuracy"]["gravity+lin_acc"]["accuracy"] == pytest.approx(pushed["accuracy"])
     print(f"fleet of 6 on HAPT (quick): {wall:.1f}s wall, phases {({k: v['seconds'] for k, v in res['phases'].items()})}")
+    # `edgebind-sim run --resume DIR`: the settings come back from the store, and nothing already done is done again
+    from simulations.fleet import resume_fleet
+
+    again = resume_fleet(tmp_path / "fleet")
+    assert again["state"] == "done" and again["campaign_id"] == res["campaign_id"] and again["config"] == res["config"]
+    assert again["phases"]["pretrain"]["resumed_after_round"] == res["config"]["pretrain-rounds"] and again["phases"]["pretrain"]["rounds"] == res["phases"]["pretrain"]["rounds"]
+    assert again["phases"]["collect"]["resumed"] and again["phases"]["grow"]["resumed"]
 
 
 @pytest.mark.slow
