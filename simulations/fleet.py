@@ -88,7 +88,8 @@ def resume_fleet(out: Path, device=None, cpus: int = 2) -> dict:
         raise ValueError(f"--resume {out}: its store holds no campaign")
     cfg = dict(campaigns[0].config)
     log.info("fleet: resuming campaign %s (state %s) from %s", campaigns[0].campaign_id, campaigns[0].state, out)
-    fixed = {k: cfg.pop(k) for k in ("dataset", "scenario", "seed", "quick", "dropout")}
+    fixed = {k: cfg.pop(k) for k in ("dataset", "scenario", "seed", "quick", "dropout", "device")}
+    device = device or fixed["device"] or None
     return run_fleet(fixed["dataset"], fixed["scenario"], int(cfg["expected-nodes"]), int(fixed["seed"]), out, bool(fixed["quick"]), float(fixed["dropout"]),
                      device, cpus, resume=True, **{k.replace("-", "_"): v for k, v in cfg.items()})  # fmt: skip
 
