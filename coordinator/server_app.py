@@ -133,7 +133,7 @@ class Campaign:
         self.model: AlignedModel | None = None  # grow, then head and finetune
         self.n_classes = 0  # head
         self.fusion_head: FusionHead | None = None  # head, then finetune
-        self.done_before: set[str] = set()  # run, with resume: the phases an earlier run of this campaign finished
+        self.done_before: dict[str, dict] = {}  # run, with resume: the phases earlier runs of this campaign finished (their report)
         self.checkpoints = self.results_path.parent / "checkpoints"  # pretraining rounds and growth stages, for resume
         # the scenario and growth plan are read and checked now, before any node is asked for anything
         self.scenario = Scenario.load(cfg.scenario)
@@ -149,7 +149,7 @@ class Campaign:
         if self.cfg.resume:
             if self.store.campaign(self.campaign_id) is None:
                 raise ValueError(f"resume: no campaign {self.campaign_id!r} in the store to resume (give its campaign-id and store)")
-            self.done_before = set((self.store.report(self.campaign_id) or {}).get("phases", {}))
+            self.done_before = dict((self.store.report(self.campaign_id) or {}).get("phases", {}))
             log.info("campaign %s: resuming; finished before: %s", self.campaign_id, ", ".join(sorted(self.done_before)) or "nothing")
         self.store.create_campaign(self.campaign_id, self.results["config"])  # a resumed campaign must have the same settings
         log.info("campaign %s: %s on %s, seed %d%s; signing key %s (%s)", self.campaign_id, self.cfg.scenario, self.cfg.dataset,
@@ -200,7 +200,8 @@ class Campaign:
         r = self.results
         report = {
             "state": r.get("state") or f"{phase} done",
-            "phases": {p: {k: f[k] for k in ("seconds", "node_compute_seconds") if k in f} for p, f in r["phases"].items()},
+            # phases an earlier run finished stay on record, so a resumed run that dies again still knows them
+            "phases": {**self.done_before, **{p: {k: f[k] for k in ("seconds", "node_compute_seconds") if k in f} for p, f in r["phases"].items()}},
             "nodes": {nid: {k: n[k] for k in ("group", "role", "modalities") if k in n} for nid, n in r.get("nodes", {}).items()},
             "missing": self.missing,
             "refused": self.refused,
