@@ -63,8 +63,12 @@ def up(
     ready_file: str = "",
     start_timeout: float = 60.0,
     stop: threading.Event | None = None,
+    tls_dir: str | Path = "",
 ) -> int:
     """Run the SuperLink (state in ``<workdir>/superlink.db``), the Registry and the store until ``stop``.
+
+    With ``tls_dir`` (as ``init-pki`` makes it: ``ca.pem``, ``coordinator.pem``,
+    ``coordinator.key``) the SuperLink speaks only TLS; without, plain text.
 
     Port 0 means a free port. Once both listen, their addresses are logged and,
     with ``ready_file``, written there as JSON (``superlink``, ``registry``,
@@ -76,9 +80,11 @@ def up(
     root.mkdir(parents=True, exist_ok=True)
     store_url = store or str(root / "coordinator.db")
     port = superlink_port or free_port(host)
-    cmd = ["flower-superlink", "--insecure", "--host", host, "--port", str(port),
+    tls = tls_files(tls_dir) if tls_dir else None
+    secure = ["--ssl-ca-certfile", tls["ca"], "--ssl-certfile", tls["cert"], "--ssl-keyfile", tls["key"]] if tls else ["--insecure"]
+    cmd = ["flower-superlink", *secure, "--host", host, "--port", str(port),
            "--database", str(root / "superlink.db"), "--disable-runtime-dependency-installation"]  # fmt: skip
-    write_connection(root / "flwr-home", f"{host}:{port}")  # so `FLWR_HOME=<dir>/flwr-home flwr ls` finds this SuperLink
+    write_connection(root / "flwr-home", f"{host}:{port}", root_certificates=tls["ca"] if tls else "")  # so `FLWR_HOME=<dir>/flwr-home flwr ls` finds it
     with open_store(store_url) as st:
         server, reg_port = serve(st, host=host, port=registry_port)
         log_file = open(root / "superlink.log", "ab")
@@ -88,7 +94,7 @@ def up(
         try:
             _wait_listening(host, port, proc, start_timeout)
             info = {"superlink": f"{host}:{port}", "registry": f"{host}:{reg_port}", "store": store_url,
-                    "flwr_home": str(root / "flwr-home"), "superlink_log": str(root / "superlink.log")}  # fmt: skip
+                    "flwr_home": str(root / "flwr-home"), "superlink_log": str(root / "superlink.log"), "superlink_tls": bool(tls)}  # fmt: skip
             log.info("coordinator up: %s", json.dumps(info))
             if ready_file:
                 tmp = Path(ready_file).with_suffix(".tmp")
@@ -108,17 +114,27 @@ def up(
     return code
 
 
-def write_connection(flwr_home: str | Path, superlink: str, name: str = CONNECTION) -> Path:
-    """Make ``name`` the default SuperLink connection (insecure, at ``superlink``) in ``$FLWR_HOME/config.toml``.
+def tls_files(tls_dir: str | Path) -> dict[str, str]:
+    """The CA, certificate and key of the coordinator in a folder ``init-pki`` made, or ValueError naming what is missing."""
+    root = Path(tls_dir).resolve()
+    files = {"ca": root / "ca.pem", "cert": root / "coordinator.pem", "key": root / "coordinator.key"}
+    missing = [str(p) for p in files.values() if not p.exists()]
+    if missing:
+        raise ValueError(f"--tls-dir {tls_dir}: {missing[0]} does not exist (make the folder with `edgebind-coordinator init-pki {tls_dir}`)")
+    return {k: str(p) for k, p in files.items()}
+
+
+def write_connection(flwr_home: str | Path, superlink: str, name: str = CONNECTION, root_certificates: str | Path = "") -> Path:
+    """Make ``name`` the default SuperLink connection at ``superlink`` in ``$FLWR_HOME/config.toml``: over TLS verified
+    against ``root_certificates`` (a CA's PEM) when given, else in plain text.
 
     The file is edgebind's own: ``campaign`` keeps its FLWR_HOME apart from the user's ``~/.flwr``.
     """
     home = Path(flwr_home)
     home.mkdir(parents=True, exist_ok=True)
     path = home / "config.toml"
-    path.write_text(
-        f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\naddress = {json.dumps(superlink)}\ninsecure = true\n'
-    )
+    link = f"root-certificates = {json.dumps(str(Path(root_certificates).resolve()))}" if root_certificates else "insecure = true"
+    path.write_text(f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\naddress = {json.dumps(superlink)}\n{link}\n')
     return path
 
 
@@ -132,9 +148,11 @@ def campaign(
     stream: bool = True,
     timeout: float | None = None,
     resume: str = "",
+    root_certificates: str | Path = "",
 ) -> int:
     """Submit one campaign (a ServerApp run) to the SuperLink with ``flwr run``; return its exit status.
 
+    ``root_certificates`` (a CA's PEM) reaches a SuperLink that speaks TLS.
     ``resume`` names a campaign in ``store`` to continue (run config ``campaign-id`` and ``resume``): the
     phases and pretraining rounds it finished, its uploads and its growth stages are not repeated.
 
@@ -149,7 +167,7 @@ def campaign(
     if not (app / "pyproject.toml").exists():
         raise FileNotFoundError(f"{app} is not a Flower app (no pyproject.toml)")
     home = Path(flwr_home or Path.home() / ".edgebind" / "flwr").resolve()
-    write_connection(home, superlink)
+    write_connection(home, superlink, root_certificates=root_certificates)
     overrides = list(run_config)
     if resume:
         if not store:
@@ -326,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--registry-port", type=int, default=9096, help="0: a free port")
     p.add_argument("--store", default="", help="store URL or SQLite path (default <dir>/coordinator.db)")
     p.add_argument("--ready-file", default="", help="write the addresses here as JSON once listening")
+    p.add_argument("--tls-dir", default="", help="folder made by init-pki (ca.pem, coordinator.pem, coordinator.key): the SuperLink speaks TLS")
+    p.add_argument("--insecure", action="store_true", help="run the SuperLink in plain text (anyone on the network can read and join); needed without --tls-dir")
 
     p = command(sub, "campaign", "submit a campaign run (flwr run) to the SuperLink",
                 "edgebind-coordinator campaign --superlink HOST:9093 --store coord/coordinator.db -c scenario=sensor-bind -c seed=1",
@@ -338,8 +358,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flwr-home", default="", help="default ~/.edgebind/flwr")
     p.add_argument("--no-stream", action="store_true", help="submit and return instead of following the logs")
     p.add_argument("--timeout", type=float, default=None, help="seconds to wait for the run")
+    p.add_argument("--root-certificates", default="", metavar="CA_PEM", help="the CA that signed the SuperLink's certificate (init-pki's ca.pem)")
+    p.add_argument("--insecure", action="store_true", help="reach a plain-text SuperLink; needed without --root-certificates")
     p.add_argument("--resume", default="", metavar="CAMPAIGN_ID",
                    help="continue this campaign of --store where it stopped (a coordinator that died mid-campaign); results go where they went")
+
+    p = command(sub, "init-pki", "make a CA, the coordinator's TLS certificate and a certificate per node (a test or a small deployment)",
+                "edgebind-coordinator init-pki coord/pki --nodes n1,n2,n3 --host 127.0.0.1 --host coordinator.lan")  # fmt: skip
+    p.add_argument("dir", help="the folder to write (0700; private keys 0600); must not hold a CA yet")
+    p.add_argument("--nodes", default="", help="comma-separated node ids to make client certificates for")
+    p.add_argument("--host", action="append", default=[], help="a name or address the coordinator is reached at (repeatable; default 127.0.0.1 and localhost)")
 
     p = command(sub, "keygen", "make the coordinator's Ed25519 signing key (private 0600, public for the nodes)", "edgebind-coordinator keygen --dir coord")
     p.add_argument("--dir", default="edgebind-coordinator", help="writes signing.key and signing.pub here")
@@ -353,16 +381,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _secure_or_insecure(secured: str, insecure: bool, what: str) -> None:
+    """TLS is the default: plain text takes an explicit --insecure, and says so loudly."""
+    if secured and insecure:
+        raise ValueError(f"give {what.split()[0]} or --insecure, not both")
+    if not secured and not insecure:
+        raise ValueError(f"the SuperLink link is TLS by default: give {what}, or --insecure to run it in plain text")
+    if insecure:
+        log.warning("INSECURE: the SuperLink link runs in plain text; anyone who reaches its port can read the traffic and join")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     try:
         if args.command == "up":
+            _secure_or_insecure(args.tls_dir, args.insecure, "--tls-dir DIR (made by `edgebind-coordinator init-pki DIR`)")
             return up(args.dir, host=args.host, superlink_port=args.superlink_port, registry_port=args.registry_port,
-                      store=args.store, ready_file=args.ready_file, stop=stop_on_signals())  # fmt: skip
+                      store=args.store, ready_file=args.ready_file, stop=stop_on_signals(), tls_dir=args.tls_dir)  # fmt: skip
         if args.command == "campaign":
-            return campaign(args.superlink, app_dir=args.app, run_config=args.run_config, store=args.store,
-                            flwr_home=args.flwr_home, stream=not args.no_stream, timeout=args.timeout, resume=args.resume)  # fmt: skip
+            _secure_or_insecure(args.root_certificates, args.insecure, "--root-certificates CA_PEM")
+            return campaign(args.superlink, app_dir=args.app, run_config=args.run_config, store=args.store, flwr_home=args.flwr_home,
+                            stream=not args.no_stream, timeout=args.timeout, resume=args.resume, root_certificates=args.root_certificates)  # fmt: skip
+        if args.command == "init-pki":
+            from coordinator.pki import init_pki
+
+            nodes = [n for n in args.nodes.split(",") if n]
+            print(json.dumps(init_pki(args.dir, nodes, args.host or ("127.0.0.1", "localhost")), indent=2))
+            return 0
         if args.command == "status":
             view = status(args.store, args.campaign, last=args.last)
             print(json.dumps(view, indent=2, sort_keys=True) if args.json else format_status(view))

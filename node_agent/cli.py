@@ -112,8 +112,11 @@ def up(
     threads: int = 1,
     events: bool = False,
     stop: threading.Event | None = None,
+    root_certificates: str | Path = "",
 ) -> int:
     """Ingest plus a Flower SuperNode for this node, until ``stop`` is set.
+
+    With ``root_certificates`` (the CA's PEM) the SuperNode reaches the SuperLink over TLS; without, in plain text.
 
     A node that comes back after a reboot first asks the Registry (``registry``)
     for adapters newer than the ones it holds. With ``events``, every new
@@ -138,7 +141,8 @@ def up(
         published: set[str] = set()
         cfg = node_config(node_id, store, state_dir, group=group, role=role, signing_public_key=signing_public_key, signing_key_id=signing_key_id,
                           threads=threads, validation_subjects=validation_subjects, test_subjects=test_subjects)  # fmt: skip
-        cmd = [_beside_python("flower-supernode"), "--insecure", "--superlink", superlink,
+        secure = ["--root-certificates", str(Path(root_certificates).resolve())] if root_certificates else ["--insecure"]
+        cmd = [_beside_python("flower-supernode"), *secure, "--superlink", superlink,
                "--port", str(supernode_port or free_port()), "--node-config", cfg]  # fmt: skip
         log.info("node %s: starting %s", node_id, " ".join(cmd[:6]))
         supernode = Restarting(f"node {node_id}: the SuperNode", cmd, env=_flower_env())
@@ -322,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_node(p)
     _add_keys(p)
     p.add_argument("--superlink", required=True, help="SuperLink host:port")
+    p.add_argument("--root-certificates", default="", metavar="CA_PEM", help="the CA that signed the SuperLink's certificate: the link is TLS")
+    p.add_argument("--insecure", action="store_true", help="reach the SuperLink in plain text instead (needed without --root-certificates)")
     p.add_argument("--state-dir", required=True, help="where encoders and adapters live")
     p.add_argument("--registry", default="", help="Registry host:port to fetch newer adapters from at boot")
     p.add_argument("--group", default="", help="the scenario group this node's data belongs to (default: its modalities joined)")
@@ -388,12 +394,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(stats.as_dict()))
             return 0
         if args.command == "up":
+            if bool(args.root_certificates) == bool(args.insecure):
+                raise ValueError("the SuperLink link is TLS by default: give --root-certificates CA_PEM (the coordinator's CA), or --insecure for plain text")
+            if args.insecure:
+                log.warning("INSECURE: this node reaches the SuperLink in plain text; anyone on the path can read and alter its messages")
             return up(args.node_id, args.broker, args.store, args.modalities, args.superlink, args.state_dir,
                       registry=args.registry, keys=load_keys(args.keys or None), signing_public_key=args.signing_public_key,
                       signing_key_id=args.signing_key_id, group=args.group, role=args.role,
                       validation_subjects=args.validation_subjects, test_subjects=args.test_subjects, supernode_port=args.supernode_port, window=args.window, rate_hz=args.rate,
                       cut_every=args.cut_every, threads=args.threads, events=args.events,
-                      stop=stop_on_signals())  # fmt: skip
+                      stop=stop_on_signals(), root_certificates=args.root_certificates)  # fmt: skip
         if args.command == "infer":
             out = infer(args.state_dir, args.node_id, keys=_keys(args), npz=args.npz, store=args.store,
                         modalities=args.modalities, limit=args.limit, publish=args.publish,

@@ -123,7 +123,7 @@ def deploy_local(args, device) -> dict:
     from simulations.deploy_local import deploy_local as run_deploy
 
     return run_deploy(nodes=args.nodes, dataset=args.dataset, scenario=args.scenario, out=args.out or Path("runs") / "deploy-local", quick=args.quick,
-                      node_venv=args.node_venv, hold=args.hold)  # fmt: skip
+                      node_venv=args.node_venv, hold=args.hold, insecure=args.insecure)  # fmt: skip
 
 
 def convert(args, device) -> dict:
@@ -215,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="the quick schedule on 64 windows per node (default: 400)")
     p.add_argument("--node-venv", type=Path, default=None,
                    help="run the node agents from this virtual environment, e.g. one made with pip install '.[node]' (default: this one)")
+    p.add_argument("--insecure", action="store_true",
+                   help="run the SuperLink link in plain text (default: TLS, with a CA made for the run in OUT/pki)")
     p.add_argument("--hold", action="store_true",
                    help="after the campaign keep everything running until Ctrl-C, to explore (endpoints in OUT/deployment.json)")
     p.set_defaults(func=deploy_local)

@@ -50,7 +50,7 @@ from typing import Any
 from common.codec import new_signing_key, public_key_of
 from common.files import private_file, write_json
 from common.processes import free_port
-from simulations.deploy_report import format_summary, summary_of, write_deployment
+from simulations.deploy_report import format_summary, listen_events, summary_of, write_deployment
 from simulations.deploy_plan import NodePlan, Timeouts, check_fleet, plan_nodes, prepare_out
 from simulations.supervisor import (
     HOST,
@@ -90,12 +90,14 @@ class DeployError(RuntimeError):
 
 class Deployment:
     def __init__(self, nodes: int, dataset: str, scenario: str, out: Path, quick: bool, seed: int,
-                 max_windows: int | None, timeouts: Timeouts | None, node_venv: Path | None = None, hold: bool = False):  # fmt: skip
-        self.n, self.quick, self.seed, self.hold = nodes, quick, seed, hold
+                 max_windows: int | None, timeouts: Timeouts | None, node_venv: Path | None = None, hold: bool = False,
+                 insecure: bool = False):  # fmt: skip
+        self.n, self.quick, self.seed, self.hold, self.insecure = nodes, quick, seed, hold, insecure
         self.node_bin = node_bin(node_venv) if node_venv else None
         self.dataset = str(Path(dataset).resolve()) if Path(dataset).suffix == ".npz" else dataset
         self.scenario = str(Path(scenario).resolve()) if Path(scenario).suffix == ".toml" else scenario
         self.out = Path(out).resolve()
+        self.pki = self.out / "pki"  # the run's CA and certificates (unless insecure)
         self.windows = max_windows or (QUICK_WINDOWS if quick else FULL_WINDOWS)
         self.t = timeouts or Timeouts.for_run(quick)
         self.sup = Supervisor()
@@ -135,6 +137,10 @@ class Deployment:
             env.pop("PYTHONPATH", None)
             env.pop("VIRTUAL_ENV", None)
         return env
+
+    def tls(self, flag: str, path: Path) -> list[str]:
+        """The command-line arguments for the SuperLink link: TLS by default, ``--insecure`` when asked."""
+        return ["--insecure"] if self.insecure else [flag, str(path)]
 
     def coordinator_env(self) -> dict[str, str]:
         """The coordinator's environment: the path of its private key, a 0600 file (never the key itself)."""
@@ -212,10 +218,14 @@ class Deployment:
         cdir = self.out / "coordinator"
         cdir.mkdir(parents=True, exist_ok=True)
         self.ready_file = cdir / "ready.json"
+        if not self.insecure:  # a CA, the coordinator's certificate and one per node, made for this run
+            from coordinator.pki import init_pki
+
+            init_pki(self.pki, [p.node_id for p in self.plans], (HOST, "localhost"))
         self.coordinator = self.sup.start(
             "coordinator",
             [script_path("edgebind-coordinator"), "up", "--dir", str(cdir), "--host", HOST, "--superlink-port", str(self.superlink_port),
-             "--registry-port", str(self.registry_port), "--ready-file", str(self.ready_file)],
+             "--registry-port", str(self.registry_port), "--ready-file", str(self.ready_file), *self.tls("--tls-dir", self.pki)],
             self.out / "logs" / "coordinator.log", self.coordinator_env(),
         )  # fmt: skip
         symlink_log(self.out / "logs" / "superlink.log", cdir / "superlink.log")  # the SuperLink and ServerApp write there
@@ -230,7 +240,8 @@ class Deployment:
             cmd = [str(self.node_bin / "edgebind-node") if self.node_bin else script_path("edgebind-node"), "up", "--node-id", p.node_id, "--broker", self.broker, "--store", str(p.store),
                    "--modalities", ",".join(p.modalities), "--window", str(p.window), "--rate", str(p.rate_hz),
                    "--cut-every", "1" if self.quick else "2", "--superlink", self.superlink, "--state-dir", str(p.state_dir),
-                   "--registry", self.registry, "--group", p.group, "--role", p.parts[0].role, "--threads", "1", "--events"]  # fmt: skip
+                   "--registry", self.registry, "--group", p.group, "--role", p.parts[0].role, "--threads", "1", "--events",
+                   *self.tls("--root-certificates", self.pki / "ca.pem")]  # fmt: skip
             for role in ("validation", "test"):
                 if p.held_out(role):
                     cmd += [f"--{role}-subjects", ",".join(map(str, p.held_out(role)))]
@@ -262,32 +273,7 @@ class Deployment:
         self.step("start", t)
 
     def _events_listener(self) -> None:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-
-        def on_connect(client, _u, _f, reason, _p):
-            if not reason.is_failure:
-                client.subscribe("edgebind/+/events", qos=1)
-
-        def on_message(_c, _u, msg):
-            try:
-                e = json.loads(msg.payload)
-                nid = str(e["node_id"])
-                with self._events_lock:
-                    rec = self.events.setdefault(nid, {"events": 0, "labels": Counter(), "adapter_versions": {}, "modalities": []})
-                    rec["events"] += 1
-                    rec["adapter_versions"] = {str(k): int(v) for k, v in e.get("adapter_versions", {}).items()}
-                    rec["modalities"] = list(e.get("modalities", []))
-                    if "label" in e:
-                        rec["labels"][str(e["label"])] += 1
-            except (ValueError, KeyError, TypeError):
-                pass
-
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"edgebind-deploy-local-events-{os.getpid()}", clean_session=True)
-        c.on_connect, c.on_message = on_connect, on_message
-        c.connect_async(HOST, self.mqtt_port)
-        c.loop_start()
-        self.events_client = c
+        self.events_client = listen_events(HOST, self.mqtt_port, self.events, self._events_lock)
 
     def replay(self) -> None:
         """Each node's windows over MQTT, as ``edgebind-node replay`` publishes them (the same function, here).
@@ -394,7 +380,7 @@ class Deployment:
               **schedule}  # fmt: skip
         cmd = [script_path("edgebind-coordinator"), "campaign", "--superlink", self.superlink, "--app", str(self.app_dir),
                "--store", self.coordinator_info["store"], "--flwr-home", self.coordinator_info["flwr_home"],
-               "--timeout", str(int(self.t.campaign))]  # fmt: skip
+               "--timeout", str(int(self.t.campaign)), *self.tls("--root-certificates", self.pki / "ca.pem")]  # fmt: skip
         for k, v in rc.items():
             cmd += ["-c", f"{k}={json.dumps(v)}"]
         self.say(f"campaign {self.campaign_id}: {' '.join(f'{k}={v}' for k, v in schedule.items()) or 'the run config defaults'}")
@@ -531,6 +517,7 @@ def deploy_local(
     timeouts: Timeouts | None = None,
     node_venv: Path | None = None,
     hold: bool = False,
+    insecure: bool = False,
 ) -> dict[str, Any]:
     """Deploy broker, coordinator and ``nodes`` node agents on 127.0.0.1, run one campaign, check, stop everything.
 
@@ -540,7 +527,9 @@ def deploy_local(
     from that virtual environment, e.g. a node-only install. Every run writes
     ``out/deployment.json``, naming each endpoint and each node's files, as
     soon as everything listens; with ``hold`` everything then stays up after
-    the campaign until Ctrl-C (or SIGTERM), for an operator to explore.
+    the campaign until Ctrl-C (or SIGTERM), for an operator to explore. The
+    SuperLink link (coordinator, nodes, campaign) is TLS, with a CA made for
+    the run in ``out/pki``; ``insecure`` runs it in plain text.
     Raises ``ValueError`` for a fleet that cannot run a campaign (before
     anything starts) and ``DeployError`` naming the step that did not happen.
     """
@@ -549,7 +538,7 @@ def deploy_local(
     if node_venv:
         node_bin(node_venv)
     prepare_out(out)
-    d = Deployment(nodes, dataset, scenario, out, quick, seed, max_windows, timeouts, node_venv, hold)
+    d = Deployment(nodes, dataset, scenario, out, quick, seed, max_windows, timeouts, node_venv, hold, insecure)
     restore = signals_raise() if threading.current_thread() is threading.main_thread() else None
     error: BaseException | None = None
     try:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 MARKER = ".edgebind-deploy-local"  # an out dir with this file is ours to clear
-OWNED = ("logs", "nodes", "coordinator", "mosquitto", "campaign", "summary.json", "deployment.json")
+OWNED = ("logs", "nodes", "coordinator", "mosquitto", "campaign", "summary.json", "deployment.json", "pki")
 
 @dataclass
 class Timeouts:

@@ -1,7 +1,11 @@
-"""The report of a local deployment: what each node did and what the campaign gave, as JSON and as text."""
+"""What a local deployment reports: what each node did and what the campaign gave (JSON and text), which protections
+were on, ``deployment.json`` for an operator, and the tally of the nodes' prediction events."""
 
 from __future__ import annotations
 
+import json
+import os
+import threading
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
@@ -58,7 +62,7 @@ def summary_of(d: Deployment) -> dict[str, Any]:
         "accuracy": {s: {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n": m["n"], "nodes": m["nodes"]}
                      for s, m in res.get("accuracy", {}).items()},
         "phases": {k: v.get("seconds") for k, v in res.get("phases", {}).items()},
-        "steps": d.steps, "results": str(d.results_path), "logs": str(d.out / "logs"),
+        "steps": d.steps, "results": str(d.results_path), "logs": str(d.out / "logs"), "protections": protections(d),
     }  # fmt: skip
 
 
@@ -82,16 +86,55 @@ def format_summary(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def protections(d: Deployment) -> dict[str, bool]:
+    """Which links and artefacts of the deployment are protected (docs/security.md says what is not yet)."""
+    return {"superlink_tls": not d.insecure, "signed_bundles": True, "signing_key_in_0600_file": True,
+            "registry_tls": False, "mqtt_access_control": False}  # fmt: skip
+
+
 def write_deployment(d: Deployment, state: str) -> None:
     """``out/deployment.json``: every endpoint and each node's files, for an operator or a script."""
     host_port = lambda a: {"host": a.rsplit(":", 1)[0], "port": int(a.rsplit(":", 1)[1])}  # noqa: E731
     write_json(d.out / "deployment.json", {
         "state": state, "campaign_id": d.campaign_id,
         "broker": host_port(d.broker), "superlink": host_port(d.superlink), "registry": host_port(d.registry),
-        "tls": False, "ca_certificate": None,  # the links are not encrypted yet (see docs/security.md)
+        "protections": protections(d), "ca_certificate": None if d.insecure else str(d.pki / "ca.pem"),
         "coordinator": {"dir": str(d.out / "coordinator"), "signing_key_file": str(d.out / "coordinator" / "signing.key"),
                         "signing_key_id": d.key_id, "signing_public_key": d.public_key},
         "nodes": [{"node_id": p.node_id, "modalities": p.modalities, "group": p.group, "role": p.role, "store": str(p.store),
-                   "state_dir": str(p.state_dir), "log": str(p.log), "credentials": None} for p in d.plans],
+                   "state_dir": str(p.state_dir), "log": str(p.log),
+                   "credentials": None if d.insecure else {"cert": str(d.pki / f"node-{p.node_id}.pem"), "key": str(d.pki / f"node-{p.node_id}.key")}}
+                  for p in d.plans],
         "logs": str(d.out / "logs"),
     })  # fmt: skip
+
+
+def listen_events(host: str, port: int, events: dict[str, dict[str, Any]], lock: threading.Lock):
+    """Tally every node's prediction events (``edgebind/+/events``) into ``events`` (node id -> counts, the adapter
+    versions and modalities of its newest event, labels predicted); returns the running MQTT client."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    def on_connect(client, _u, _f, reason, _p):
+        if not reason.is_failure:
+            client.subscribe("edgebind/+/events", qos=1)
+
+    def on_message(_c, _u, msg):
+        try:
+            e = json.loads(msg.payload)
+            nid = str(e["node_id"])
+            with lock:
+                rec = events.setdefault(nid, {"events": 0, "labels": Counter(), "adapter_versions": {}, "modalities": []})
+                rec["events"] += 1
+                rec["adapter_versions"] = {str(k): int(v) for k, v in e.get("adapter_versions", {}).items()}
+                rec["modalities"] = list(e.get("modalities", []))
+                if "label" in e:
+                    rec["labels"][str(e["label"])] += 1
+        except (ValueError, KeyError, TypeError):
+            pass
+
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"edgebind-deploy-local-events-{os.getpid()}", clean_session=True)
+    c.on_connect, c.on_message = on_connect, on_message
+    c.connect_async(host, port)
+    c.loop_start()
+    return c

@@ -162,7 +162,11 @@ def test_deploy_local_runs_a_whole_campaign_and_stops_everything(tmp_path: Path,
             assert f"starting {supernode} " in (out / "logs" / f"node-{nid}.log").read_text(), nid
     assert [nid for nid, n in nodes.items() if n["labelled_windows"] > 0] == [host["node_id"]]  # the unlabelled groups see no label
 
+    assert summary["protections"]["superlink_tls"] and summary["protections"]["signed_bundles"]  # secure by default
+    for nid in nodes:  # every SuperNode reached the SuperLink over TLS, verified against the run's CA
+        assert f"--root-certificates {out / 'pki' / 'ca.pem'}" in (out / "logs" / f"node-{nid}.log").read_text(), nid
     deployment = json.loads((out / "deployment.json").read_text())  # what an operator (or --hold) is given
+    assert Path(deployment["ca_certificate"]).exists() and all(Path(n["credentials"]["key"]).stat().st_mode & 0o777 == 0o600 for n in deployment["nodes"])
     assert deployment["state"] == "stopped" and deployment["campaign_id"] == summary["campaign_id"]
     for name in ("broker", "superlink", "registry"):
         assert f"{deployment[name]['host']}:{deployment[name]['port']}" == summary["addresses"][name], name
