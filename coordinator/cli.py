@@ -68,7 +68,8 @@ def up(
     """Run the SuperLink (state in ``<workdir>/superlink.db``), the Registry and the store until ``stop``.
 
     With ``tls_dir`` (as ``init-pki`` makes it: ``ca.pem``, ``coordinator.pem``,
-    ``coordinator.key``) the SuperLink speaks only TLS; without, plain text.
+    ``coordinator.key``) the SuperLink speaks only TLS and the Registry only
+    mutual TLS (a node shows its own certificate); without, both plain text.
 
     Port 0 means a free port. Once both listen, their addresses are logged and,
     with ``ready_file``, written there as JSON (``superlink``, ``registry``,
@@ -86,7 +87,7 @@ def up(
            "--database", str(root / "superlink.db"), "--disable-runtime-dependency-installation"]  # fmt: skip
     write_connection(root / "flwr-home", f"{host}:{port}", root_certificates=tls["ca"] if tls else "")  # so `FLWR_HOME=<dir>/flwr-home flwr ls` finds it
     with open_store(store_url) as st:
-        server, reg_port = serve(st, host=host, port=registry_port)
+        server, reg_port = serve(st, host=host, port=registry_port, tls=tls)  # mutual TLS with the SuperLink's files
         log_file = open(root / "superlink.log", "ab")
         proc = subprocess.Popen(cmd, env=flower_env(root / "flwr-home"), stdout=log_file, stderr=subprocess.STDOUT,
                                 start_new_session=True)  # fmt: skip

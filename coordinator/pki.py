@@ -2,9 +2,11 @@
 
 Makes, with the ``cryptography`` package, a CA (``ca.pem``, ``ca.key``), the
 coordinator's server certificate (``coordinator.pem``/``.key``: the names and
-addresses it is reached at, for the SuperLink's TLS) and one client
-certificate per node (``node-<id>.pem``/``.key``, the node id as its common
-name). Private keys are written 0600 in a 0700 folder; nothing is overwritten.
+addresses it is reached at, for the SuperLink's and the Registry's TLS), an
+operator's client certificate (``operator.pem``/``.key``: may read any node's
+status at the Registry) and one client certificate per node
+(``node-<id>.pem``/``.key``, the node id as its common name: the Registry lets
+it speak for that node only). Private keys are written 0600 in a 0700 folder; nothing is overwritten.
 A real deployment brings its own CA and files instead.
 """
 
@@ -22,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from common.files import private_dir
+from coordinator.registry import OPERATOR
 
 VALID_DAYS = 365
 
@@ -75,15 +78,16 @@ def init_pki(directory: str | Path, nodes: Sequence[str] = (), hosts: Sequence[s
     _write_key(root / "ca.key", ca_key)
     (root / "ca.pem").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     out = {"ca": str(root / "ca.pem")}
-    for stem, subject, usage, names in [("coordinator", "edgebind coordinator", ExtendedKeyUsageOID.SERVER_AUTH, hosts)] + [
+    for stem, subject, usage, names in [("coordinator", "edgebind coordinator", ExtendedKeyUsageOID.SERVER_AUTH, hosts),
+                                         ("operator", OPERATOR, ExtendedKeyUsageOID.CLIENT_AUTH, ())] + [
         (f"node-{n}", n, ExtendedKeyUsageOID.CLIENT_AUTH, ()) for n in nodes
     ]:
         key = ec.generate_private_key(ec.SECP256R1())
         cert = _issue(subject, key, ca_cert.subject, ca_key, hosts=names, usage=usage)
         _write_key(root / f"{stem}.key", key)
         (root / f"{stem}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        if stem == "coordinator":
-            out.update(coordinator_cert=str(root / "coordinator.pem"), coordinator_key=str(root / "coordinator.key"))
+        if stem in ("coordinator", "operator"):
+            out.update({f"{stem}_cert": str(root / f"{stem}.pem"), f"{stem}_key": str(root / f"{stem}.key")})
         else:
             out[f"node:{subject}"] = str(root / f"{stem}.pem")
     return out

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from concurrent import futures
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import grpc
@@ -84,9 +85,25 @@ def _check_name(what: str, value: str) -> str:
 class RegistryService(pb_grpc.RegistryServicer):
     """The Registry service over a CoordinatorStore. ``errors`` counts refusals by status code."""
 
-    def __init__(self, store: CoordinatorStore) -> None:
+    def __init__(self, store: CoordinatorStore, mutual_tls: bool = False) -> None:
         self.store = store
+        self.mutual_tls = mutual_tls  # then every caller shows a certificate of the CA, and a node may only speak for itself
         self.errors: dict[str, int] = {}
+
+    def _caller(self, context: grpc.ServicerContext) -> str:
+        """The common name on the caller's client certificate ("" without mutual TLS)."""
+        if not self.mutual_tls:
+            return ""
+        names = context.auth_context().get("x509_common_name", [])
+        if not names:
+            raise _BadRequest(grpc.StatusCode.UNAUTHENTICATED, "no client certificate")
+        return names[0].decode(errors="replace")
+
+    def _as_node(self, node_id: str, context: grpc.ServicerContext) -> None:
+        """With mutual TLS, a node's own request must come with that node's certificate."""
+        caller = self._caller(context)
+        if self.mutual_tls and caller != node_id:
+            raise _BadRequest(grpc.StatusCode.PERMISSION_DENIED, f"the client certificate names {caller!r}, the request node {node_id!r}")
 
     def _node(self, node_id: str) -> NodeStatus:
         _check_name("node_id", node_id)
@@ -110,6 +127,7 @@ class RegistryService(pb_grpc.RegistryServicer):
     @_rpc
     def LatestAdapters(self, request: pb.LatestAdaptersRequest, context: grpc.ServicerContext) -> pb.LatestAdaptersReply:
         """The newest signed bundle of each requested modality (default: all the node holds) newer than it has."""
+        self._as_node(request.node_id, context)
         status = self._node(request.node_id)
         mods = list(request.modalities) or status.modalities
         if len(set(mods)) != len(mods):
@@ -131,7 +149,10 @@ class RegistryService(pb_grpc.RegistryServicer):
 
     @_rpc
     def NodeStatus(self, request: pb.NodeStatusRequest, context: grpc.ServicerContext) -> pb.NodeStatusReply:
-        """What the store knows about a node: last seen, adapter versions in use, windows uploaded, state."""
+        """What the store knows about a node: last seen, adapter versions in use, windows uploaded, state (with mutual TLS:
+        asked by that node or by an operator's certificate)."""
+        if self.mutual_tls and self._caller(context) != OPERATOR:
+            self._as_node(request.node_id, context)
         s = self._node(request.node_id)
         return pb.NodeStatusReply(
             node_id=s.node_id, last_seen_ns=s.last_seen_ns, adapter_versions=s.adapter_versions,
@@ -141,6 +162,7 @@ class RegistryService(pb_grpc.RegistryServicer):
     @_rpc
     def ReportStatus(self, request: pb.NodeStatusReply, context: grpc.ServicerContext) -> pb.Ack:
         """A node reports its state and the adapter version it runs per modality."""
+        self._as_node(request.node_id, context)
         status = self._node(request.node_id)
         self._held(status, list(request.adapter_versions), "adapter versions")
         if len(request.state) > MAX_NAME:
@@ -151,16 +173,22 @@ class RegistryService(pb_grpc.RegistryServicer):
         return pb.Ack(ok=True, message=f"status of {status.node_id} recorded")
 
 
+OPERATOR = "edgebind operator"  # the common name of init-pki's operator certificate: may read any node's status
+
+
 def serve(
     store: CoordinatorStore,
     host: str = "127.0.0.1",
     port: int = 0,
     max_workers: int = 4,
     max_request_bytes: int = MAX_REQUEST_BYTES,
+    tls: dict[str, str] | None = None,
 ) -> tuple[grpc.Server, int]:
     """Start the Registry service on ``host:port`` (0: a free port); return the server and its port.
 
-    Stop it with ``server.stop(grace)``.
+    With ``tls`` (``ca``, ``cert``, ``key`` files, as ``coordinator.cli.tls_files`` gives them) it speaks mutual
+    TLS: every caller shows a certificate the CA signed, and a node's certificate (its id as common name) lets it
+    fetch and report for itself only. Stop it with ``server.stop(grace)``.
     """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="registry"),
@@ -169,8 +197,13 @@ def serve(
             ("grpc.max_send_message_length", MAX_REPLY_BYTES),
         ],
     )
-    pb_grpc.add_RegistryServicer_to_server(RegistryService(store), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    pb_grpc.add_RegistryServicer_to_server(RegistryService(store, mutual_tls=tls is not None), server)
+    if tls is not None:
+        read = lambda k: Path(tls[k]).read_bytes()  # noqa: E731
+        creds = grpc.ssl_server_credentials([(read("key"), read("cert"))], root_certificates=read("ca"), require_client_auth=True)
+        bound = server.add_secure_port(f"{host}:{port}", creds)
+    else:
+        bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"registry: cannot listen on {host}:{port}")
     server.start()

@@ -113,6 +113,7 @@ def up(
     events: bool = False,
     stop: threading.Event | None = None,
     root_certificates: str | Path = "",
+    registry_tls: dict[str, str] | None = None,
 ) -> int:
     """Ingest plus a Flower SuperNode for this node, until ``stop`` is set.
 
@@ -131,7 +132,7 @@ def up(
     if signing_public_key:
         keys.update(load_keys(None, signing_public_key, signing_key_id))
     with open_store(store) as st:
-        rt = NodeRuntime(state_dir, node_id, keys=keys, store=st)
+        rt = NodeRuntime(state_dir, node_id, keys=keys, store=st, registry_tls=registry_tls)
         if registry:
             _fetch_on_boot(rt, registry)
         ing = Ingest(node_id, st, node_specs(modalities, window, rate_hz), parse_broker(broker))
@@ -328,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--superlink", required=True, help="SuperLink host:port")
     p.add_argument("--root-certificates", default="", metavar="CA_PEM", help="the CA that signed the SuperLink's certificate: the link is TLS")
     p.add_argument("--insecure", action="store_true", help="reach the SuperLink in plain text instead (needed without --root-certificates)")
+    p.add_argument("--cert", default="", help="this node's certificate (init-pki's node-<id>.pem): the Registry is reached over mutual TLS")
+    p.add_argument("--key", dest="cert_key", default="", help="the private key of --cert (node-<id>.key, 0600)")
     p.add_argument("--state-dir", required=True, help="where encoders and adapters live")
     p.add_argument("--registry", default="", help="Registry host:port to fetch newer adapters from at boot")
     p.add_argument("--group", default="", help="the scenario group this node's data belongs to (default: its modalities joined)")
@@ -377,6 +380,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _registry_tls(args: argparse.Namespace) -> dict[str, str] | None:
+    """The files for mutual TLS with the Registry: the CA and this node's certificate and key (all three, or none)."""
+    given = [bool(args.root_certificates), bool(args.cert), bool(args.cert_key)]
+    if not any(given[1:]):
+        if args.registry and args.root_certificates:
+            raise ValueError("the Registry speaks mutual TLS when the SuperLink does: give --cert and --key (init-pki's node-<id>.pem and .key)")
+        return None
+    if not all(given):
+        raise ValueError("mutual TLS with the Registry needs --root-certificates, --cert and --key together")
+    return {"ca": args.root_certificates, "cert": args.cert, "key": args.cert_key}
+
+
 def _beside_python(script: str) -> str:
     """A console script of this interpreter's environment (so a node's SuperNode runs where the node agent runs), else from PATH."""
     here = Path(sys.executable).parent / script
@@ -403,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       signing_key_id=args.signing_key_id, group=args.group, role=args.role,
                       validation_subjects=args.validation_subjects, test_subjects=args.test_subjects, supernode_port=args.supernode_port, window=args.window, rate_hz=args.rate,
                       cut_every=args.cut_every, threads=args.threads, events=args.events,
-                      stop=stop_on_signals(), root_certificates=args.root_certificates)  # fmt: skip
+                      stop=stop_on_signals(), root_certificates=args.root_certificates, registry_tls=_registry_tls(args))  # fmt: skip
         if args.command == "infer":
             out = infer(args.state_dir, args.node_id, keys=_keys(args), npz=args.npz, store=args.store,
                         modalities=args.modalities, limit=args.limit, publish=args.publish,

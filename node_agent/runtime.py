@@ -249,12 +249,22 @@ def load_serving(root: Path, state: Mapping[str, Any], keys: Mapping[str, bytes]
     return _Loaded(key, model.eval().to(device), heads, versions)
 
 
+def registry_channel(address: str, tls: dict[str, str] | None = None, options: list | None = None) -> grpc.Channel:
+    """A channel to the Registry: mutual TLS with ``tls`` (``ca`` and the caller's ``cert`` and ``key``), else plain."""
+    if tls is None:
+        return grpc.insecure_channel(address, options=options)
+    read = lambda k: Path(tls[k]).read_bytes()  # noqa: E731
+    creds = grpc.ssl_channel_credentials(root_certificates=read("ca"), private_key=read("key"), certificate_chain=read("cert"))
+    return grpc.secure_channel(address, creds, options=options)
+
+
 class NodeRuntime:
     """Inference with a node's frozen encoders and current adapters, kept in ``root``.
 
     ``keys`` are the coordinator's public keys (key id -> Ed25519 public key)
     bundles must be signed with. ``store`` (a NodeStore) records adapter versions.
     ``publisher`` (an ``ingest.Publisher``) makes ``infer`` publish events.
+    ``registry_tls`` (``ca``, ``cert``, ``key`` files) reaches the Registry over mutual TLS.
     """
 
     def __init__(
@@ -265,9 +275,11 @@ class NodeRuntime:
         store: Any = None,
         publisher: Publisher | None = None,
         device: str = "cpu",
+        registry_tls: dict[str, str] | None = None,
     ) -> None:
         self.root = Path(root)
         self.node_id = node_id
+        self.registry_tls = registry_tls  # ca, cert, key: the Registry is reached over mutual TLS with this node's certificate
         self.state_dir = StateDir(self.root, store=store)
         self.store = store
         self.publisher = publisher
@@ -378,7 +390,7 @@ class NodeRuntime:
         req = pb.LatestAdaptersRequest(
             node_id=self.node_id, modalities=mods, known_versions=self.state_dir.adapter_versions()
         )
-        with grpc.insecure_channel(registry, options=_CHANNEL_OPTIONS) as channel:
+        with registry_channel(registry, self.registry_tls, options=_CHANNEL_OPTIONS) as channel:
             reply = pb_grpc.RegistryStub(channel).LatestAdapters(req, timeout=timeout)
         result = self.install(list(reply.bundles))
         log.info("node %s fetched %d bundles from %s: %s", self.node_id, len(reply.bundles), registry, result)
@@ -391,7 +403,7 @@ class NodeRuntime:
             node_id=self.node_id, last_seen_ns=time.time_ns(), adapter_versions=self.adapter_versions,
             windows_uploaded=uploaded, state=state,
         )  # fmt: skip
-        with grpc.insecure_channel(registry) as channel:
+        with registry_channel(registry, self.registry_tls) as channel:
             return pb_grpc.RegistryStub(channel).ReportStatus(msg, timeout=timeout)
 
     # --- inference ------------------------------------------------------------------------

@@ -242,6 +242,8 @@ class Deployment:
                    "--cut-every", "1" if self.quick else "2", "--superlink", self.superlink, "--state-dir", str(p.state_dir),
                    "--registry", self.registry, "--group", p.group, "--role", p.parts[0].role, "--threads", "1", "--events",
                    *self.tls("--root-certificates", self.pki / "ca.pem")]  # fmt: skip
+            if not self.insecure:  # the node's own certificate, for mutual TLS with the Registry
+                cmd += ["--cert", str(self.pki / f"node-{p.node_id}.pem"), "--key", str(self.pki / f"node-{p.node_id}.key")]
             for role in ("validation", "test"):
                 if p.held_out(role):
                     cmd += [f"--{role}-subjects", ",".join(map(str, p.held_out(role)))]
@@ -469,11 +471,13 @@ class Deployment:
     def _registry_status(self) -> dict[str, dict]:
         import grpc
 
+        from node_agent.runtime import registry_channel
         from proto import edgebind_pb2 as pb
         from proto import edgebind_pb2_grpc as pb_grpc
 
         out = {}
-        with grpc.insecure_channel(self.registry) as ch:
+        tls = None if self.insecure else {"ca": str(self.pki / "ca.pem"), "cert": str(self.pki / "operator.pem"), "key": str(self.pki / "operator.key")}
+        with registry_channel(self.registry, tls) as ch:
             stub = pb_grpc.RegistryStub(ch)
             for p in self.plans:
                 try:

@@ -194,3 +194,42 @@ def test_keygen_makes_a_key_pair_whose_public_half_verifies_what_the_private_hal
     b = codec.sign_bundle(pb.AdapterBundle(modality="acc", version=1), priv, out["key_id"])
     codec.verify_bundle(b, {out["key_id"]: pub})
     assert main(["keygen", "--dir", str(tmp_path / "keys")]) == 2  # never overwrites a key
+
+
+def test_with_mutual_tls_a_node_speaks_only_for_itself(store, tmp_path):
+    """The Registry over mutual TLS (init-pki's files): no certificate, no connection; a node's certificate fetches and
+    reports for that node only; the operator's reads any node's status."""
+    from coordinator.cli import tls_files
+    from coordinator.pki import init_pki
+    from node_agent.runtime import registry_channel
+
+    init_pki(tmp_path / "pki", ["n1", "n2"])
+    pki = tmp_path / "pki"
+    server, port = serve(store, port=0, tls=tls_files(pki))
+    addr = f"127.0.0.1:{port}"
+    who = lambda name: {"ca": str(pki / "ca.pem"), "cert": str(pki / f"{name}.pem"), "key": str(pki / f"{name}.key")}  # noqa: E731
+    record(store, "gyro", 1)
+    try:
+        with registry_channel(addr, who("node-n1")) as ch:
+            stub = pb_grpc.RegistryStub(ch)
+            assert [b.version for b in stub.LatestAdapters(pb.LatestAdaptersRequest(node_id="n1"), timeout=10).bundles] == [1]
+            assert stub.ReportStatus(pb.NodeStatusReply(node_id="n1", adapter_versions={"gyro": 1}, state="running"), timeout=10).ok
+            for call, req in ((stub.LatestAdapters, pb.LatestAdaptersRequest(node_id="n2")), (stub.ReportStatus, pb.NodeStatusReply(node_id="n2", state="x")),
+                              (stub.NodeStatus, pb.NodeStatusRequest(node_id="n2"))):  # fmt: skip
+                with pytest.raises(grpc.RpcError) as err:
+                    call(req, timeout=10)
+                assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and "names 'n1', the request node 'n2'" in err.value.details()
+        assert store.node_status("n2").state == ""  # the refused report changed nothing
+        with registry_channel(addr, who("operator")) as ch:
+            assert pb_grpc.RegistryStub(ch).NodeStatus(pb.NodeStatusRequest(node_id="n1"), timeout=10).adapter_versions == {"gyro": 1}
+        with grpc.insecure_channel(addr) as ch:  # plain text, or TLS without a client certificate: no connection at all
+            with pytest.raises(grpc.RpcError) as err:
+                pb_grpc.RegistryStub(ch).NodeStatus(pb.NodeStatusRequest(node_id="n1"), timeout=5)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        creds = grpc.ssl_channel_credentials(root_certificates=(pki / "ca.pem").read_bytes())
+        with grpc.secure_channel(addr, creds) as ch:
+            with pytest.raises(grpc.RpcError) as err:
+                pb_grpc.RegistryStub(ch).NodeStatus(pb.NodeStatusRequest(node_id="n1"), timeout=5)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        server.stop(0).wait()

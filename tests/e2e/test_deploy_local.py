@@ -162,7 +162,9 @@ def test_deploy_local_runs_a_whole_campaign_and_stops_everything(tmp_path: Path,
             assert f"starting {supernode} " in (out / "logs" / f"node-{nid}.log").read_text(), nid
     assert [nid for nid, n in nodes.items() if n["labelled_windows"] > 0] == [host["node_id"]]  # the unlabelled groups see no label
 
-    assert summary["protections"]["superlink_tls"] and summary["protections"]["signed_bundles"]  # secure by default
+    prot = summary["protections"]
+    assert prot["superlink_tls"] and prot["registry_mutual_tls"] and prot["signed_bundles"]  # secure by default
+    # (each node's adapters, read back below from the Registry, were reported by the node over mutual TLS with its own certificate)
     for nid in nodes:  # every SuperNode reached the SuperLink over TLS, verified against the run's CA
         assert f"--root-certificates {out / 'pki' / 'ca.pem'}" in (out / "logs" / f"node-{nid}.log").read_text(), nid
     deployment = json.loads((out / "deployment.json").read_text())  # what an operator (or --hold) is given
