@@ -68,7 +68,8 @@ def up(
     """Run the SuperLink (state in ``<workdir>/superlink.db``), the Registry and the store until ``stop``.
 
     With ``tls_dir`` (as ``init-pki`` makes it: ``ca.pem``, ``coordinator.pem``,
-    ``coordinator.key``) the SuperLink speaks only TLS and the Registry only
+    ``coordinator.key``) the SuperLink speaks only TLS and admits only
+    registered SuperNodes (``register_node``), and the Registry speaks only
     mutual TLS (a node shows its own certificate); without, both plain text.
 
     Port 0 means a free port. Once both listen, their addresses are logged and,
@@ -82,7 +83,8 @@ def up(
     store_url = store or str(root / "coordinator.db")
     port = superlink_port or free_port(host)
     tls = tls_files(tls_dir) if tls_dir else None
-    secure = ["--ssl-ca-certfile", tls["ca"], "--ssl-certfile", tls["cert"], "--ssl-keyfile", tls["key"]] if tls else ["--insecure"]
+    # with TLS, SuperNodes are authenticated too: only those whose public key was registered (register-node) may join
+    secure = ["--ssl-ca-certfile", tls["ca"], "--ssl-certfile", tls["cert"], "--ssl-keyfile", tls["key"], "--enable-supernode-auth"] if tls else ["--insecure"]
     cmd = ["flower-superlink", *secure, "--host", host, "--port", str(port),
            "--database", str(root / "superlink.db"), "--disable-runtime-dependency-installation"]  # fmt: skip
     write_connection(root / "flwr-home", f"{host}:{port}", root_certificates=tls["ca"] if tls else "")  # so `FLWR_HOME=<dir>/flwr-home flwr ls` finds it
@@ -113,6 +115,22 @@ def up(
             log_file.close()
             log.info("coordinator stopped")
     return code
+
+
+def register_node(workdir: str | Path, public_key: str | Path, timeout: float = 60.0) -> str:
+    """Register a SuperNode's public key (``supernode-<id>.pub``) with the SuperLink that ``up`` runs in ``workdir``;
+    returns Flower's node id for it. A SuperNode whose key is not registered is refused when it connects."""
+    pub = Path(public_key).resolve()
+    if not pub.exists():
+        raise FileNotFoundError(f"no public key at {pub} (init-pki writes supernode-<id>.pub)")
+    env = {**flower_env(Path(workdir).resolve() / "flwr-home")}
+    out = subprocess.run(["flwr", "supernode", "register", str(pub), "--format", "json"], capture_output=True, text=True, env=env, timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError(f"registering {pub.name} failed: {(out.stderr or out.stdout).strip()[-500:]}")
+    try:
+        return str(json.loads(out.stdout)["node-id"])
+    except (ValueError, KeyError):
+        return out.stdout.strip()[-200:]
 
 
 def tls_files(tls_dir: str | Path) -> dict[str, str]:
@@ -370,6 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes", default="", help="comma-separated node ids to make client certificates for")
     p.add_argument("--host", action="append", default=[], help="a name or address the coordinator is reached at (repeatable; default 127.0.0.1 and localhost)")
 
+    p = command(sub, "register-node", "let a SuperNode join: register its public key with the SuperLink that `up --dir DIR` runs",
+                "edgebind-coordinator register-node coord/pki/supernode-n1.pub --dir coord")  # fmt: skip
+    p.add_argument("public_key", help="the SuperNode's public key (init-pki's supernode-<id>.pub, OpenSSH ECDSA)")
+    p.add_argument("--dir", default="edgebind-coordinator", help="the folder `up` runs in")
+
     p = command(sub, "keygen", "make the coordinator's Ed25519 signing key (private 0600, public for the nodes)", "edgebind-coordinator keygen --dir coord")
     p.add_argument("--dir", default="edgebind-coordinator", help="writes signing.key and signing.pub here")
 
@@ -404,6 +427,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             _secure_or_insecure(args.root_certificates, args.insecure, "--root-certificates CA_PEM")
             return campaign(args.superlink, app_dir=args.app, run_config=args.run_config, store=args.store, flwr_home=args.flwr_home,
                             stream=not args.no_stream, timeout=args.timeout, resume=args.resume, root_certificates=args.root_certificates)  # fmt: skip
+        if args.command == "register-node":
+            print(register_node(args.dir, args.public_key))
+            return 0
         if args.command == "init-pki":
             from coordinator.pki import init_pki
 

@@ -6,7 +6,8 @@ addresses it is reached at, for the SuperLink's and the Registry's TLS), an
 operator's client certificate (``operator.pem``/``.key``: may read any node's
 status at the Registry) and one client certificate per node
 (``node-<id>.pem``/``.key``, the node id as its common name: the Registry lets
-it speak for that node only). Private keys are written 0600 in a 0700 folder; nothing is overwritten.
+it speak for that node only), with its SuperNode authentication key pair
+(``supernode-<id>.key``/``.pub``: the SuperLink admits registered SuperNodes only). Private keys are written 0600 in a 0700 folder; nothing is overwritten.
 A real deployment brings its own CA and files instead.
 """
 
@@ -90,4 +91,18 @@ def init_pki(directory: str | Path, nodes: Sequence[str] = (), hosts: Sequence[s
             out.update({f"{stem}_cert": str(root / f"{stem}.pem"), f"{stem}_key": str(root / f"{stem}.key")})
         else:
             out[f"node:{subject}"] = str(root / f"{stem}.pem")
+            out[f"supernode:{subject}"] = str(supernode_key(root, subject))
     return out
+
+
+def supernode_key(root: Path, node_id: str) -> Path:
+    """A node's SuperNode authentication key pair (``supernode-<id>.key`` 0600, ``.pub``; OpenSSH ECDSA P-384, as Flower
+    takes them): the SuperLink admits only SuperNodes whose public key was registered with it. Returns the public key's path."""
+    key = ec.generate_private_key(ec.SECP384R1())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+    fd = os.open(root / f"supernode-{node_id}.key", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    pub = root / f"supernode-{node_id}.pub"
+    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n")
+    return pub

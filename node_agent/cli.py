@@ -114,6 +114,7 @@ def up(
     stop: threading.Event | None = None,
     root_certificates: str | Path = "",
     registry_tls: dict[str, str] | None = None,
+    auth_key: str | Path = "",
 ) -> int:
     """Ingest plus a Flower SuperNode for this node, until ``stop`` is set.
 
@@ -143,6 +144,8 @@ def up(
         cfg = node_config(node_id, store, state_dir, group=group, role=role, signing_public_key=signing_public_key, signing_key_id=signing_key_id,
                           threads=threads, validation_subjects=validation_subjects, test_subjects=test_subjects)  # fmt: skip
         secure = ["--root-certificates", str(Path(root_certificates).resolve())] if root_certificates else ["--insecure"]
+        if auth_key:  # the SuperLink admits this SuperNode only if the key's public half was registered with it
+            secure += ["--auth-supernode-private-key", str(Path(auth_key).resolve())]
         cmd = [_beside_python("flower-supernode"), *secure, "--superlink", superlink,
                "--port", str(supernode_port or free_port()), "--node-config", cfg]  # fmt: skip
         log.info("node %s: starting %s", node_id, " ".join(cmd[:6]))
@@ -331,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--insecure", action="store_true", help="reach the SuperLink in plain text instead (needed without --root-certificates)")
     p.add_argument("--cert", default="", help="this node's certificate (init-pki's node-<id>.pem): the Registry is reached over mutual TLS")
     p.add_argument("--key", dest="cert_key", default="", help="the private key of --cert (node-<id>.key, 0600)")
+    p.add_argument("--auth-key", default="", help="this SuperNode's authentication key (init-pki's supernode-<id>.key), registered with the SuperLink")
     p.add_argument("--state-dir", required=True, help="where encoders and adapters live")
     p.add_argument("--registry", default="", help="Registry host:port to fetch newer adapters from at boot")
     p.add_argument("--group", default="", help="the scenario group this node's data belongs to (default: its modalities joined)")
@@ -413,12 +417,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ValueError("the SuperLink link is TLS by default: give --root-certificates CA_PEM (the coordinator's CA), or --insecure for plain text")
             if args.insecure:
                 log.warning("INSECURE: this node reaches the SuperLink in plain text; anyone on the path can read and alter its messages")
+            if args.root_certificates and not args.auth_key:
+                raise ValueError("a SuperLink that speaks TLS admits registered SuperNodes only: give --auth-key (init-pki's supernode-<id>.key)")
             return up(args.node_id, args.broker, args.store, args.modalities, args.superlink, args.state_dir,
                       registry=args.registry, keys=load_keys(args.keys or None), signing_public_key=args.signing_public_key,
                       signing_key_id=args.signing_key_id, group=args.group, role=args.role,
                       validation_subjects=args.validation_subjects, test_subjects=args.test_subjects, supernode_port=args.supernode_port, window=args.window, rate_hz=args.rate,
                       cut_every=args.cut_every, threads=args.threads, events=args.events,
-                      stop=stop_on_signals(), root_certificates=args.root_certificates, registry_tls=_registry_tls(args))  # fmt: skip
+                      stop=stop_on_signals(), root_certificates=args.root_certificates, registry_tls=_registry_tls(args),
+                      auth_key=args.auth_key)  # fmt: skip
         if args.command == "infer":
             out = infer(args.state_dir, args.node_id, keys=_keys(args), npz=args.npz, store=args.store,
                         modalities=args.modalities, limit=args.limit, publish=args.publish,

@@ -210,7 +210,8 @@ class Deployment:
         self.say(f"mosquitto listening on {self.broker}")
 
     def start_coordinator_and_nodes(self) -> None:
-        """The coordinator and the node agents start together (SuperNodes retry until the SuperLink listens)."""
+        """The coordinator and the node agents start together (SuperNodes retry until the SuperLink listens and, over TLS,
+        until their keys are registered with it)."""
         t = time.monotonic()
         self.superlink_port, self.registry_port = free_port(HOST), free_port(HOST)
         while self.registry_port == self.superlink_port:
@@ -242,8 +243,9 @@ class Deployment:
                    "--cut-every", "1" if self.quick else "2", "--superlink", self.superlink, "--state-dir", str(p.state_dir),
                    "--registry", self.registry, "--group", p.group, "--role", p.parts[0].role, "--threads", "1", "--events",
                    *self.tls("--root-certificates", self.pki / "ca.pem")]  # fmt: skip
-            if not self.insecure:  # the node's own certificate, for mutual TLS with the Registry
-                cmd += ["--cert", str(self.pki / f"node-{p.node_id}.pem"), "--key", str(self.pki / f"node-{p.node_id}.key")]
+            if not self.insecure:  # the node's certificate (mutual TLS with the Registry) and SuperNode key (registered below)
+                cmd += ["--cert", str(self.pki / f"node-{p.node_id}.pem"), "--key", str(self.pki / f"node-{p.node_id}.key"),
+                        "--auth-key", str(self.pki / f"supernode-{p.node_id}.key")]  # fmt: skip
             for role in ("validation", "test"):
                 if p.held_out(role):
                     cmd += [f"--{role}-subjects", ",".join(map(str, p.held_out(role)))]
@@ -259,6 +261,12 @@ class Deployment:
             time.sleep(0.2)
         self.coordinator_info = json.loads(self.ready_file.read_text())
         self.say(f"coordinator up: {json.dumps(self.coordinator_info)}")
+        if not self.insecure:  # until then the SuperLink refuses the SuperNodes, which their agents restart with back-off
+            from coordinator.cli import register_node
+
+            for p in self.plans:
+                register_node(cdir, self.pki / f"supernode-{p.node_id}.pub")
+            self.say(f"{len(self.plans)} SuperNode keys registered with the SuperLink")
         waiting = {p.node_id: p for p in self.plans}
         deadline = t + self.t.node  # from their start
         while waiting:

@@ -89,7 +89,7 @@ def format_summary(s: dict[str, Any]) -> str:
 def protections(d: Deployment) -> dict[str, bool]:
     """Which links and artefacts of the deployment are protected (docs/security.md says what is not yet)."""
     return {"superlink_tls": not d.insecure, "signed_bundles": True, "signing_key_in_0600_file": True,
-            "registry_mutual_tls": not d.insecure, "mqtt_access_control": False}  # fmt: skip
+            "registry_mutual_tls": not d.insecure, "supernode_auth": not d.insecure, "mqtt_access_control": False}  # fmt: skip
 
 
 def write_deployment(d: Deployment, state: str) -> None:

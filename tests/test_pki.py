@@ -74,3 +74,54 @@ def test_init_pki_keys_are_ec_p256(tmp_path):
     made = init_pki(tmp_path / "pki", ["n1"])
     key = load_pem_private_key(Path(made["coordinator_key"]).read_bytes(), None)
     assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp256r1"
+
+
+@pytest.mark.e2e
+def test_over_tls_the_superlink_admits_registered_supernodes_only(tmp_path):
+    """A SuperNode whose key was not registered is refused (and the SuperLink logs it); once registered it joins."""
+    import os
+    import subprocess
+    import threading
+    import time
+
+    from common.processes import free_port, stop_process_group
+    from coordinator.cli import register_node, up
+
+    pki = tmp_path / "pki"
+    init_pki(pki, ["n1"])
+    stop, ready = threading.Event(), tmp_path / "ready.json"
+    t = threading.Thread(target=up, args=(tmp_path / "coord",), daemon=True,
+                         kwargs={"superlink_port": 0, "registry_port": 0, "ready_file": str(ready), "stop": stop, "tls_dir": pki})  # fmt: skip
+    t.start()
+    try:
+        deadline = time.monotonic() + 90
+        while not ready.exists():
+            assert time.monotonic() < deadline, "the coordinator did not come up"
+            time.sleep(0.2)
+        superlink = json.loads(ready.read_text())["superlink"]
+        env = {**os.environ, "FLWR_HOME": str(tmp_path / "node-home"), "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+        node = ["flower-supernode", "--root-certificates", str(pki / "ca.pem"), "--superlink", superlink,
+                "--auth-supernode-private-key", str(pki / "supernode-n1.key")]  # fmt: skip
+        with open(tmp_path / "refused.log", "wb") as out:  # its SuperExec child outlives it: wait for the SuperNode itself, then end the group
+            refused = subprocess.Popen([*node, "--port", str(free_port()), "--max-retries", "1"], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                       start_new_session=True)  # fmt: skip
+            try:
+                assert refused.wait(120) != 0
+            finally:
+                stop_process_group(refused, grace=10)
+        assert "Failed to activate SuperNode" in (tmp_path / "refused.log").read_text()
+        log = (tmp_path / "coord" / "superlink.log").read_text()
+        assert "No SuperNode found with the given public key" in log
+        node_id = register_node(tmp_path / "coord", pki / "supernode-n1.pub")
+        joined = subprocess.Popen([*node, "--port", str(free_port())], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 60
+            while "Activated node_id" not in (tmp_path / "coord" / "superlink.log").read_text():
+                assert time.monotonic() < deadline and joined.poll() is None, "the registered SuperNode did not join"
+                time.sleep(0.3)
+        finally:
+            stop_process_group(joined, grace=10)
+        assert node_id
+    finally:
+        stop.set()
+        t.join(60)
