@@ -1,8 +1,12 @@
 """``edgebind-coordinator``: the SuperLink, the Registry service and the store; campaigns; status.
 
-    edgebind-coordinator up --dir coord/ [--superlink-port 9093] [--registry-port 9096]
-    edgebind-coordinator campaign --superlink 127.0.0.1:9093 --store coord/coordinator.db -c seed=1 -c quick=true
-    edgebind-coordinator status --store coord/coordinator.db [--campaign ID]
+    edgebind-coordinator init-pki coord/pki --nodes n1,n2 [--host HOST]
+    edgebind-coordinator up --dir coord/ (--tls-dir coord/pki | --insecure) [--superlink-port 9093] [--registry-port 9096]
+    edgebind-coordinator register-node coord/pki/supernode-n1.pub --dir coord/
+    edgebind-coordinator campaign --superlink 127.0.0.1:9093 (--root-certificates coord/pki/ca.pem | --insecure) \
+        --store coord/coordinator.db -c seed=1 -c quick=true [--resume ID]
+    edgebind-coordinator status --store coord/coordinator.db [--campaign ID] [--json]
+    edgebind-coordinator keygen --dir coord/
 
 Each subcommand is a thin wrapper over the function of the same name here.
 """
@@ -350,13 +354,14 @@ def keygen(directory: str | Path) -> dict[str, str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli_parser("edgebind-coordinator", __doc__.split("\n")[0], "edgebind-coordinator keygen --dir coord",
-                        "edgebind-coordinator up --dir coord --host 0.0.0.0",
-                        "edgebind-coordinator campaign --superlink HOST:9093 --store coord/coordinator.db -c scenario=sensor-bind",
+                        "edgebind-coordinator up --dir coord --host 0.0.0.0 --tls-dir coord/pki",
+                        "edgebind-coordinator campaign --superlink HOST:9093 --root-certificates coord/pki/ca.pem --store coord/coordinator.db",
                         "edgebind-coordinator status --store coord/coordinator.db")  # fmt: skip
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = command(sub, "up", "run the SuperLink, the Registry service and the store", "edgebind-coordinator up --dir coord --host 0.0.0.0")
+    p = command(sub, "up", "run the SuperLink, the Registry service and the store", "edgebind-coordinator up --dir coord --host 0.0.0.0 --tls-dir coord/pki",
+                "edgebind-coordinator up --dir coord --insecure   # plain text: a trusted network only")  # fmt: skip
     p.add_argument("--dir", default="edgebind-coordinator", help="SuperLink database, store, logs")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--superlink-port", type=int, default=9093, help="0: a free port")
@@ -367,8 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--insecure", action="store_true", help="run the SuperLink in plain text (anyone on the network can read and join); needed without --tls-dir")
 
     p = command(sub, "campaign", "submit a campaign run (flwr run) to the SuperLink",
-                "edgebind-coordinator campaign --superlink HOST:9093 --store coord/coordinator.db -c scenario=sensor-bind -c seed=1",
-                "edgebind-coordinator campaign --superlink HOST:9093 --store coord/coordinator.db --resume campaign-7")  # fmt: skip
+                "edgebind-coordinator campaign --superlink HOST:9093 --root-certificates coord/pki/ca.pem --store coord/coordinator.db -c scenario=sensor-bind",
+                "edgebind-coordinator campaign --superlink HOST:9093 --root-certificates coord/pki/ca.pem --store coord/coordinator.db --resume campaign-7")  # fmt: skip
     p.add_argument("--superlink", default="127.0.0.1:9093", help="the SuperLink's Exec API host:port")
     p.add_argument("--app", default=".", help="the Flower app directory (edgebind's checkout)")
     p.add_argument("-c", "--run-config", action="append", default=[], metavar="KEY=VALUE",

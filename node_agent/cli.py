@@ -2,7 +2,8 @@
 
     edgebind-node ingest --node-id n1 --broker 127.0.0.1:1883 --store n1.db --modalities gyro,lin_acc
     edgebind-node up     --node-id n1 --broker 127.0.0.1:1883 --store n1.db --modalities gyro,lin_acc \\
-                         --superlink 127.0.0.1:9093 --state-dir n1-state [--registry 127.0.0.1:9096] \
+                         --superlink 127.0.0.1:9093 --state-dir n1-state (--root-certificates ca.pem --auth-key KEY | --insecure) \
+                         [--registry 127.0.0.1:9096 --cert node-n1.pem --key node-n1.key] \
                          [--group G --role train] [--validation-subjects 4,9] [--test-subjects 2,11]
     edgebind-node infer  --state-dir n1-state --node-id n1 (--npz windows.npz | --store n1.db) [--publish BROKER]
     edgebind-node status --store n1.db --state-dir n1-state
@@ -313,7 +314,8 @@ def _add_keys(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli_parser("edgebind-node", __doc__.split("\n")[0],
-                        "edgebind-node up --node-id n1 --broker HOST:1883 --store n1.db --modalities gyro,lin_acc --superlink HOST:9092 --state-dir n1",
+                        "edgebind-node up --node-id n1 --broker HOST:1883 --store n1.db --modalities gyro,lin_acc --superlink HOST:9093 --state-dir n1 "
+                        "--root-certificates ca.pem --auth-key supernode-n1.key",
                         "edgebind-node status --store n1.db --state-dir n1")  # fmt: skip
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -324,9 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-payload", type=int, default=DEFAULT_MAX_PAYLOAD, help="largest SensorFrame accepted, in bytes; larger ones are refused by name")
 
     p = command(sub, "up", "ingest plus a Flower SuperNode with this node's config",
-                "edgebind-node up --node-id n1 --broker HOST:1883 --store n1.db --modalities gyro,lin_acc --superlink HOST:9092 --state-dir n1",
-                "edgebind-node up --node-id n3 --broker HOST:1883 --store n3.db --modalities lin_acc,gravity --superlink HOST:9092 "
-                "--state-dir n3 --group labelled --validation-subjects 4,9 --test-subjects 2,11")  # fmt: skip
+                "edgebind-node up --node-id n1 --broker HOST:1883 --store n1.db --modalities gyro,lin_acc --superlink HOST:9093 --state-dir n1 "
+                "--root-certificates ca.pem --auth-key supernode-n1.key --registry HOST:9096 --cert node-n1.pem --key node-n1.key",
+                "edgebind-node up --node-id n3 --broker HOST:1883 --store n3.db --modalities lin_acc,gravity --superlink HOST:9093 "
+                "--state-dir n3 --root-certificates ca.pem --auth-key supernode-n3.key --group labelled --validation-subjects 4,9 --test-subjects 2,11",
+                "edgebind-node up --node-id n1 --broker 127.0.0.1:1883 --store n1.db --modalities gyro --superlink 127.0.0.1:9093 --state-dir n1 --insecure")  # fmt: skip
     _add_node(p)
     _add_keys(p)
     p.add_argument("--superlink", required=True, help="SuperLink host:port")
