@@ -3,7 +3,7 @@
     edgebind-coordinator init-pki coord/pki --nodes n1,n2 [--host HOST]
     edgebind-coordinator up --dir coord/ (--tls-dir coord/pki | --insecure) [--superlink-port 9093] [--registry-port 9096]
     edgebind-coordinator register-node coord/pki/supernode-n1.pub --dir coord/
-    edgebind-coordinator campaign --superlink 127.0.0.1:9093 (--root-certificates coord/pki/ca.pem | --insecure) \
+    edgebind-coordinator campaign --superlink 127.0.0.1:9093 (--root-certificates coord/pki/ca.pem | --insecure) \\
         --store coord/coordinator.db -c seed=1 -c quick=true [--resume ID]
     edgebind-coordinator status --store coord/coordinator.db [--campaign ID] [--json]
     edgebind-coordinator keygen --dir coord/

@@ -2,8 +2,8 @@
 
     edgebind-node ingest --node-id n1 --broker 127.0.0.1:1883 --store n1.db --modalities gyro,lin_acc
     edgebind-node up     --node-id n1 --broker 127.0.0.1:1883 --store n1.db --modalities gyro,lin_acc \\
-                         --superlink 127.0.0.1:9093 --state-dir n1-state (--root-certificates ca.pem --auth-key KEY | --insecure) \
-                         [--registry 127.0.0.1:9096 --cert node-n1.pem --key node-n1.key] \
+                         --superlink 127.0.0.1:9093 --state-dir n1-state (--root-certificates ca.pem --auth-key KEY | --insecure) \\
+                         [--registry 127.0.0.1:9096 --cert node-n1.pem --key node-n1.key] \\
                          [--group G --role train] [--validation-subjects 4,9] [--test-subjects 2,11]
     edgebind-node infer  --state-dir n1-state --node-id n1 (--npz windows.npz | --store n1.db) [--publish BROKER]
     edgebind-node status --store n1.db --state-dir n1-state
