@@ -53,11 +53,12 @@ def ingest(
     cut_every: float = 5.0,
     max_payload: int = DEFAULT_MAX_PAYLOAD,
     stop: threading.Event | None = None,
+    tls: dict[str, str] | None = None,
 ) -> IngestStats:
-    """Take this node's sensor frames from MQTT into its store until ``stop`` is set."""
+    """Take this node's sensor frames from MQTT into its store until ``stop`` is set (over TLS as this node with ``tls``)."""
     stop = stop or threading.Event()
     with open_store(store) as st:
-        ing = Ingest(node_id, st, node_specs(modalities, window, rate_hz), parse_broker(broker), max_payload=max_payload)
+        ing = Ingest(node_id, st, node_specs(modalities, window, rate_hz), parse_broker(broker), max_payload=max_payload, tls=tls)
         return ing.run(stop, cut_every=cut_every)
 
 
@@ -114,12 +115,14 @@ def up(
     events: bool = False,
     stop: threading.Event | None = None,
     root_certificates: str | Path = "",
-    registry_tls: dict[str, str] | None = None,
+    node_tls: dict[str, str] | None = None,
     auth_key: str | Path = "",
 ) -> int:
     """Ingest plus a Flower SuperNode for this node, until ``stop`` is set.
 
     With ``root_certificates`` (the CA's PEM) the SuperNode reaches the SuperLink over TLS; without, in plain text.
+    With ``node_tls`` (``ca``, ``cert``, ``key``: this node's certificate) the broker and the Registry are reached over
+    TLS as this node.
 
     A node that comes back after a reboot first asks the Registry (``registry``)
     for adapters newer than the ones it holds. With ``events``, every new
@@ -134,13 +137,13 @@ def up(
     if signing_public_key:
         keys.update(load_keys(None, signing_public_key, signing_key_id))
     with open_store(store) as st:
-        rt = NodeRuntime(state_dir, node_id, keys=keys, store=st, registry_tls=registry_tls)
+        rt = NodeRuntime(state_dir, node_id, keys=keys, store=st, registry_tls=node_tls)
         if registry:
             _fetch_on_boot(rt, registry)
-        ing = Ingest(node_id, st, node_specs(modalities, window, rate_hz), parse_broker(broker))
+        ing = Ingest(node_id, st, node_specs(modalities, window, rate_hz), parse_broker(broker), tls=node_tls)
         ing.start()
         if events:
-            rt.publisher = Publisher(parse_broker(broker), client_id_for(node_id, "events"))
+            rt.publisher = Publisher(parse_broker(broker), client_id_for(node_id, "events"), tls=node_tls)
         published: set[str] = set()
         cfg = node_config(node_id, store, state_dir, group=group, role=role, signing_public_key=signing_public_key, signing_key_id=signing_key_id,
                           threads=threads, validation_subjects=validation_subjects, test_subjects=test_subjects)  # fmt: skip
@@ -289,6 +292,13 @@ def _subjects(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated subject numbers, got {text!r}") from None
 
 
+def _add_identity(p: argparse.ArgumentParser) -> None:
+    """The node's TLS identity for the broker, for commands that talk MQTT only."""
+    p.add_argument("--root-certificates", default="", metavar="CA_PEM", help="the CA of the broker's certificate: MQTT over TLS")
+    p.add_argument("--cert", default="", help="this node's certificate (init-pki's node-<id>.pem), shown to the broker")
+    p.add_argument("--key", dest="cert_key", default="", help="the private key of --cert (node-<id>.key, 0600)")
+
+
 def _keys(args: argparse.Namespace) -> dict[str, bytes]:
     return load_keys(args.keys or None, args.signing_public_key, args.signing_key_id)
 
@@ -324,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "edgebind-node ingest --node-id n1 --broker 127.0.0.1:1883 --store n1.db --modalities gyro,lin_acc")  # fmt: skip
     _add_node(p)
     p.add_argument("--max-payload", type=int, default=DEFAULT_MAX_PAYLOAD, help="largest SensorFrame accepted, in bytes; larger ones are refused by name")
+    _add_identity(p)
 
     p = command(sub, "up", "ingest plus a Flower SuperNode with this node's config",
                 "edgebind-node up --node-id n1 --broker HOST:1883 --store n1.db --modalities gyro,lin_acc --superlink HOST:9093 --state-dir n1 "
@@ -336,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--superlink", required=True, help="SuperLink host:port")
     p.add_argument("--root-certificates", default="", metavar="CA_PEM", help="the CA that signed the SuperLink's certificate: the link is TLS")
     p.add_argument("--insecure", action="store_true", help="reach the SuperLink in plain text instead (needed without --root-certificates)")
-    p.add_argument("--cert", default="", help="this node's certificate (init-pki's node-<id>.pem): the Registry is reached over mutual TLS")
+    p.add_argument("--cert", default="", help="this node's certificate (init-pki's node-<id>.pem): the broker and the Registry are reached over TLS as this node")
     p.add_argument("--key", dest="cert_key", default="", help="the private key of --cert (node-<id>.key, 0600)")
     p.add_argument("--auth-key", default="", help="this SuperNode's authentication key (init-pki's supernode-<id>.key), registered with the SuperLink")
     p.add_argument("--state-dir", required=True, help="where encoders and adapters live")
@@ -373,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "edgebind-node replay --scenario fleet-labelled --partition-id 3 --max-windows 200")  # fmt: skip
     p.add_argument("--broker", default="127.0.0.1:1883", help="MQTT broker host:port")
     p.add_argument("--node-id", default="", help="default with --scenario: the fleet's name for that node")
+    _add_identity(p)
     p.add_argument("--dataset", default="hapt", help="'hapt' or a .npz path")
     p.add_argument("--subjects", type=_subjects, default=None, help="e.g. 1,2")
     p.add_argument("--modalities", type=_csv, default=None, help="default: all the node holds")
@@ -388,15 +400,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _registry_tls(args: argparse.Namespace) -> dict[str, str] | None:
-    """The files for mutual TLS with the Registry: the CA and this node's certificate and key (all three, or none)."""
+def _node_tls(args: argparse.Namespace) -> dict[str, str] | None:
+    """This node's TLS identity (the CA, its certificate and key) for the broker and the Registry: all three, or none."""
     given = [bool(args.root_certificates), bool(args.cert), bool(args.cert_key)]
-    if not any(given[1:]):
-        if args.registry and args.root_certificates:
-            raise ValueError("the Registry speaks mutual TLS when the SuperLink does: give --cert and --key (init-pki's node-<id>.pem and .key)")
+    if not any(given):
         return None
     if not all(given):
-        raise ValueError("mutual TLS with the Registry needs --root-certificates, --cert and --key together")
+        raise ValueError("over TLS a node shows its own certificate to the broker and the Registry: give --root-certificates, --cert and --key "
+                         "(init-pki's ca.pem, node-<id>.pem and node-<id>.key)")  # fmt: skip
     return {"ca": args.root_certificates, "cert": args.cert, "key": args.cert_key}
 
 
@@ -413,7 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "ingest":
             stats = ingest(args.node_id, args.broker, args.store, args.modalities, window=args.window,
                            rate_hz=args.rate, cut_every=args.cut_every, max_payload=args.max_payload,
-                           stop=stop_on_signals())  # fmt: skip
+                           stop=stop_on_signals(), tls=_node_tls(args))  # fmt: skip
             print(json.dumps(stats.as_dict()))
             return 0
         if args.command == "up":
@@ -428,7 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       signing_key_id=args.signing_key_id, group=args.group, role=args.role,
                       validation_subjects=args.validation_subjects, test_subjects=args.test_subjects, supernode_port=args.supernode_port, window=args.window, rate_hz=args.rate,
                       cut_every=args.cut_every, threads=args.threads, events=args.events,
-                      stop=stop_on_signals(), root_certificates=args.root_certificates, registry_tls=_registry_tls(args),
+                      stop=stop_on_signals(), root_certificates=args.root_certificates, node_tls=_node_tls(args),
                       auth_key=args.auth_key)  # fmt: skip
         if args.command == "infer":
             out = infer(args.state_dir, args.node_id, keys=_keys(args), npz=args.npz, store=args.store,
@@ -445,7 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          modalities=args.modalities, scenario=args.scenario, partition_id=args.partition_id,
                          num_partitions=args.num_partitions, seed=args.seed, max_windows=args.max_windows,
                          frame_len=args.frame_len, sensor_id=args.sensor_id, timeout=args.timeout,
-                         label_store=args.label_store)  # fmt: skip
+                         label_store=args.label_store, tls=_node_tls(args))  # fmt: skip
             res["seconds"] = round(time.monotonic() - t0, 2)
             print(json.dumps(res))
             return 0

@@ -37,6 +37,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -62,6 +63,7 @@ __all__ = [
     "parse_broker",
     "sensor_topic",
     "stream_of",
+    "use_tls",
 ]
 
 log = logging.getLogger(__name__)
@@ -100,6 +102,12 @@ def client_id_for(node_id: str, role: str = "ingest") -> str:
     return f"edgebind-{role}-{node_id}"[:128]
 
 
+def use_tls(client: mqtt.Client, tls: Mapping[str, str] | None) -> None:
+    """Make a paho client speak TLS with a client certificate (``ca``, ``cert``, ``key`` files), when given."""
+    if tls is not None:
+        client.tls_set(ca_certs=tls["ca"], certfile=tls["cert"], keyfile=tls["key"])
+
+
 def stream_of(frame: pb.SensorFrame) -> str:
     """The stream a frame belongs to: its sensor, and that sensor's boot when it names one (``boot_id``), since a
     rebooted sensor starts its seq again. The store keeps frames, and cuts windows, per stream."""
@@ -122,19 +130,40 @@ def node_specs(modalities: Sequence[str], window: int = 128, rate_hz: float = 50
     return {m: reg.get(m) for m in modalities}
 
 
-def mosquitto_conf(port: int, data_dir: str, host: str = "127.0.0.1") -> str:
+MQTT_ACL = """# a node's certificate (its node id as common name): its own sensors' topics and its own events, nothing else
+pattern readwrite edgebind/%u/sensors/#
+pattern write edgebind/%u/events
+# an operator's certificate: every node's events, to watch the fleet
+user edgebind operator
+topic read edgebind/+/events
+"""
+
+
+def mosquitto_conf(port: int, data_dir: str, host: str = "127.0.0.1", tls: Mapping[str, str] | None = None) -> str:
     """A mosquitto 2 config for a local broker that keeps QoS-1 messages across restarts.
 
     Queues for offline persistent sessions are unbounded (mosquitto's default of
     1000 would drop frames of a node that is away for a while). Started as root,
     mosquitto stays the current user rather than dropping to ``mosquitto``, who
-    could not write to a private temporary directory.
+    could not write to a private temporary directory. With ``tls`` (``ca``,
+    ``cert``, ``key`` of the broker, and ``acl``, the path ``MQTT_ACL`` is
+    written to) the listener speaks TLS only, every client shows a certificate
+    of the CA whose common name is its user name, and the ACL lets a node touch
+    its own topics alone; without, anyone may connect (a trusted network only).
+    Messages above ``DEFAULT_MAX_PAYLOAD`` are refused by the broker either way.
     """
+    if tls is not None:
+        Path(tls["acl"]).write_text(MQTT_ACL)
+        access = [f"cafile {tls['ca']}", f"certfile {tls['cert']}", f"keyfile {tls['key']}", "require_certificate true",
+                  "use_identity_as_username true", "allow_anonymous false", f"acl_file {tls['acl']}"]  # fmt: skip
+    else:
+        access = ["allow_anonymous true"]
     return "\n".join(
         [
             f"listener {port} {host}",
+            *access,
             f"user {getpass.getuser()}",
-            "allow_anonymous true",
+            f"message_size_limit {DEFAULT_MAX_PAYLOAD + 4096}",
             "persistence true",
             f"persistence_location {data_dir.rstrip('/')}/",
             "autosave_interval 1",
@@ -208,6 +237,7 @@ class Ingest:
         steps: Mapping[str, int] | None = None,
         client_id: str | None = None,
         keepalive: int = 30,
+        tls: Mapping[str, str] | None = None,
     ) -> None:
         if not node_id or "/" in node_id or "+" in node_id or "#" in node_id:
             raise ValueError(f"node id must be non-empty without '/', '+' or '#', got {node_id!r}")
@@ -226,6 +256,7 @@ class Ingest:
         self._top_seq: dict[tuple[str, str], int | None] = {}  # (sensor, modality) -> highest seq stored, read once from the store
         self.steps = {m: (steps or {}).get(m, max(1, s.window // 2)) for m, s in self.specs.items()}
         self.client_id = client_id or client_id_for(node_id)
+        self.tls = tls  # ca, cert, key: the broker over TLS with this node's certificate
         self.keepalive = keepalive
         self.stats = IngestStats()
         self._lock = threading.Lock()
@@ -361,6 +392,7 @@ class Ingest:
             manual_ack=True,  # PUBACK only once the frame is stored (see _on_message)
         )
         c.reconnect_delay_set(min_delay=1, max_delay=5)
+        use_tls(c, self.tls)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message

@@ -21,7 +21,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from node_agent.ingest import client_id_for, parse_broker, sensor_topic
+from node_agent.ingest import client_id_for, parse_broker, sensor_topic, use_tls
 from node_agent.store import open_store
 from proto import edgebind_pb2 as pb
 
@@ -37,9 +37,10 @@ class Publisher:
 
     Messages published while the broker is away stay in paho's queue and go out
     on reconnect; ``flush`` waits until the broker has acknowledged them all.
+    ``tls`` (``ca``, ``cert``, ``key``) speaks TLS with that client certificate.
     """
 
-    def __init__(self, broker: tuple[str, int], client_id: str, keepalive: int = 30) -> None:
+    def __init__(self, broker: tuple[str, int], client_id: str, keepalive: int = 30, tls: Mapping[str, str] | None = None) -> None:
         self.broker = broker
         self._pending: set[int] = set()
         self._early: set[int] = set()
@@ -49,6 +50,7 @@ class Publisher:
         c.max_queued_messages_set(0)
         c.max_inflight_messages_set(100)
         c.reconnect_delay_set(min_delay=1, max_delay=5)
+        use_tls(c, tls)
         c.on_connect = lambda *_a: self._connected.set()
         c.on_disconnect = lambda *_a: self._connected.clear()
         c.on_publish = self._on_publish
@@ -213,6 +215,7 @@ def replay_dataset(
     sensor_id: str = "replay",
     timeout: float = 300.0,
     label_store: str = "",
+    tls: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Publish a dataset's windows to a node over MQTT as its sensors would, waiting for every PUBACK.
 
@@ -223,6 +226,7 @@ def replay_dataset(
     cut, with their labels (those the fleet lets that node see; all with
     ``subjects``) and subjects; the frames that follow then add nothing twice.
     ``max_windows`` keeps at most that many, evenly spread over the node's windows.
+    ``tls`` (``ca``, ``cert``, ``key``) reaches a TLS broker as the node, whose sensors these are.
     Reading a data set needs the ``sim`` install profile (a node-only install has no scipy).
     """
     from common.data import load_dataset
@@ -265,7 +269,7 @@ def replay_dataset(
                 ids, starts = replayed_windows(len(rows), m, windows[m].shape[1], rates[m], sensor_id=sensor_id, frame_len=frame_len)
                 st.add_windows(m, ids, starts, windows[m], labels=labels, subjects=ds.subject[rows])
         labelled = int((labels >= 0).sum())
-    with Publisher(parse_broker(broker), client_id_for(node_id, "replay")) as pub:
+    with Publisher(parse_broker(broker), client_id_for(node_id, "replay"), tls=tls) as pub:
         if not pub.wait_connected(30):
             raise ConnectionError(f"no MQTT broker at {broker}")
         sent = replay(pub, node_id, windows, rates, sensor_id=sensor_id, frame_len=frame_len, timeout=timeout)

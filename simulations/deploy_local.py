@@ -138,6 +138,10 @@ class Deployment:
             env.pop("VIRTUAL_ENV", None)
         return env
 
+    def identity(self, name: str) -> dict[str, str]:
+        """The CA and ``name``'s certificate and key in the run's PKI (``coordinator``, ``operator``, ``node-<id>``)."""
+        return {"ca": str(self.pki / "ca.pem"), "cert": str(self.pki / f"{name}.pem"), "key": str(self.pki / f"{name}.key")}
+
     def tls(self, flag: str, path: Path) -> list[str]:
         """The command-line arguments for the SuperLink link: TLS by default, ``--insecure`` when asked."""
         return ["--insecure"] if self.insecure else [flag, str(path)]
@@ -164,6 +168,10 @@ class Deployment:
         self.app_dir = Path(__file__).resolve().parents[1]
         if "[tool.flwr.app" not in read_log(self.app_dir / "pyproject.toml"):
             raise FileNotFoundError(f"{self.app_dir} holds no Flower app (pyproject.toml with [tool.flwr.app]): run from an edgebind checkout (pip install -e .)")
+        if not self.insecure:  # a CA, certificates for the coordinator (SuperLink, Registry, broker), the operator and each node
+            from coordinator.pki import init_pki
+
+            init_pki(self.pki, [p.node_id for p in self.plans], (HOST, "localhost"))
         self.start_broker()
         self.start_coordinator_and_nodes()
         self.replay()
@@ -197,7 +205,8 @@ class Deployment:
         (root / "data").mkdir(parents=True, exist_ok=True)
         self.mqtt_port = free_port(HOST)
         conf = root / "mosquitto.conf"
-        conf.write_text(mosquitto_conf(self.mqtt_port, str(root / "data"), host=HOST))
+        tls = None if self.insecure else {**self.identity("coordinator"), "acl": str(root / "acl")}
+        conf.write_text(mosquitto_conf(self.mqtt_port, str(root / "data"), host=HOST, tls=tls))
         self.broker = f"{HOST}:{self.mqtt_port}"
         self.mosquitto = self.sup.start("mosquitto", [exe, "-c", str(conf)], self.out / "logs" / "mosquitto.log", self.env())
         deadline = time.monotonic() + self.t.broker
@@ -219,10 +228,6 @@ class Deployment:
         cdir = self.out / "coordinator"
         cdir.mkdir(parents=True, exist_ok=True)
         self.ready_file = cdir / "ready.json"
-        if not self.insecure:  # a CA, the coordinator's certificate and one per node, made for this run
-            from coordinator.pki import init_pki
-
-            init_pki(self.pki, [p.node_id for p in self.plans], (HOST, "localhost"))
         self.coordinator = self.sup.start(
             "coordinator",
             [script_path("edgebind-coordinator"), "up", "--dir", str(cdir), "--host", HOST, "--superlink-port", str(self.superlink_port),
@@ -283,15 +288,11 @@ class Deployment:
         self.step("start", t)
 
     def _events_listener(self) -> None:
-        self.events_client = listen_events(HOST, self.mqtt_port, self.events, self._events_lock)
+        self.events_client = listen_events(HOST, self.mqtt_port, self.events, self._events_lock, None if self.insecure else self.identity("operator"))
 
     def replay(self) -> None:
-        """Each node's windows over MQTT, as ``edgebind-node replay`` publishes them (the same function, here).
-
-        Run in this process, one node after the other: a replay process per
-        node would spend more time importing torch than publishing. Each
-        replay's log and result go to ``logs/replay-<node>.log``.
-        """
+        """Each node's windows over MQTT, as ``edgebind-node replay`` publishes them (the same function, here, one node
+        after the other: a process per node would mostly import torch); logs go to ``logs/replay-<node>.log``."""
         import logging
 
         from node_agent.publish import replay_dataset as replay
@@ -316,7 +317,7 @@ class Deployment:
                             "sensor_id": f"replay-p{part.partition_id}", "label_store": str(p.store) if part.labels_visible else ""}  # fmt: skip
                     with open(p.replay_log, "a") as f:
                         f.write(f"### {time.strftime('%H:%M:%S')} replay {self.broker} {p.node_id} {json.dumps(args)}\n")
-                    results.append(replay(self.broker, p.node_id, **args))
+                    results.append(replay(self.broker, p.node_id, **args, tls=None if self.insecure else self.identity(f"node-{p.node_id}")))
             except (ValueError, KeyError, OSError, RuntimeError, TimeoutError) as e:  # ConnectionError is an OSError
                 logger.error("replay to %s failed: %s: %s", p.node_id, type(e).__name__, e)
                 raise DeployError(f"the replay to node {p.node_id} failed: {type(e).__name__}: {e}", [p.replay_log, self.mosquitto.log]) from e
@@ -484,8 +485,7 @@ class Deployment:
         from proto import edgebind_pb2_grpc as pb_grpc
 
         out = {}
-        tls = None if self.insecure else {"ca": str(self.pki / "ca.pem"), "cert": str(self.pki / "operator.pem"), "key": str(self.pki / "operator.key")}
-        with registry_channel(self.registry, tls) as ch:
+        with registry_channel(self.registry, None if self.insecure else self.identity("operator")) as ch:
             stub = pb_grpc.RegistryStub(ch)
             for p in self.plans:
                 try:

@@ -89,7 +89,8 @@ def format_summary(s: dict[str, Any]) -> str:
 def protections(d: Deployment) -> dict[str, bool]:
     """Which links and artefacts of the deployment are protected (docs/security.md says what is not yet)."""
     return {"superlink_tls": not d.insecure, "signed_bundles": True, "signing_key_in_0600_file": True,
-            "registry_mutual_tls": not d.insecure, "supernode_auth": not d.insecure, "mqtt_access_control": False}  # fmt: skip
+            "registry_mutual_tls": not d.insecure, "supernode_auth": not d.insecure,
+            "mqtt_tls_and_acl": not d.insecure}  # fmt: skip
 
 
 def write_deployment(d: Deployment, state: str) -> None:
@@ -109,11 +110,13 @@ def write_deployment(d: Deployment, state: str) -> None:
     })  # fmt: skip
 
 
-def listen_events(host: str, port: int, events: dict[str, dict[str, Any]], lock: threading.Lock):
+def listen_events(host: str, port: int, events: dict[str, dict[str, Any]], lock: threading.Lock, tls: dict[str, str] | None = None):
     """Tally every node's prediction events (``edgebind/+/events``) into ``events`` (node id -> counts, the adapter
     versions and modalities of its newest event, labels predicted); returns the running MQTT client."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
+
+    from node_agent.ingest import use_tls
 
     def on_connect(client, _u, _f, reason, _p):
         if not reason.is_failure:
@@ -135,6 +138,7 @@ def listen_events(host: str, port: int, events: dict[str, dict[str, Any]], lock:
 
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"edgebind-deploy-local-events-{os.getpid()}", clean_session=True)
     c.on_connect, c.on_message = on_connect, on_message
+    use_tls(c, tls)  # the operator's certificate: the ACL lets it read every node's events
     c.connect_async(host, port)
     c.loop_start()
     return c

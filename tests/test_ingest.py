@@ -230,12 +230,12 @@ def _free_port() -> int:
 class Mosquitto:
     """A mosquitto on 127.0.0.1 with persistence in ``root``; stop and start it again on the same port."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, tls: dict[str, str] | None = None) -> None:
         self.root = root
         self.port = _free_port()
         (root / "data").mkdir()
         self.conf = root / "mosquitto.conf"
-        self.conf.write_text(mosquitto_conf(self.port, str(root / "data")))
+        self.conf.write_text(mosquitto_conf(self.port, str(root / "data"), tls=tls))
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -454,3 +454,42 @@ def test_a_full_disk_leaves_frames_with_the_broker_and_nothing_is_lost_when_spac
     finally:
         node.stop()
         store.close()
+
+
+def test_over_tls_the_broker_takes_a_nodes_certificate_for_its_own_topics_only(tmp_path):
+    """With TLS (init-pki's files) the broker wants a client certificate; a node's may publish its own sensors' frames and
+    read them, and a frame published with another node's certificate never reaches this node."""
+    if shutil.which("mosquitto") is None:
+        pytest.skip("mosquitto is not installed")
+    from coordinator.pki import init_pki
+
+    init_pki(tmp_path / "pki", [NODE, "n2"])
+    who = lambda name: {"ca": str(tmp_path / "pki" / "ca.pem"), "cert": str(tmp_path / "pki" / f"{name}.pem"), "key": str(tmp_path / "pki" / f"{name}.key")}  # noqa: E731
+    (tmp_path / "b").mkdir()
+    b = Mosquitto(tmp_path / "b", tls={**who("coordinator"), "acl": str(tmp_path / "b" / "acl")})
+    b.start()
+    store = open_store(tmp_path / "node.db")
+    node = Ingest(NODE, store, SPECS, b.address, tls=who(f"node-{NODE}"))
+    node.start()
+    try:
+        assert node.wait_connected(15)
+        with Publisher(b.address, "test-other", tls=who("node-n2")) as other:  # n2's certificate, n1's topic: the ACL drops it
+            assert other.wait_connected(15)
+            other.publish(sensor_topic(NODE, "gyro"), _frame(seq=9).SerializeToString())
+            other.flush(10)
+        with Publisher(b.address, "test-own", tls=who(f"node-{NODE}")) as own:
+            assert own.wait_connected(15)
+            own.publish(sensor_topic(NODE, "gyro"), _frame(seq=0).SerializeToString())
+            own.flush(10)
+        _wait(lambda: node.stats.accepted == 1, timeout=20, what="the node's own frame")
+        time.sleep(1.0)
+        assert [f.seq for f in store.frames("gyro")] == [0]  # seq 9 from n2's certificate never arrived
+        anonymous = Publisher(b.address, "test-anonymous")  # no certificate: no connection at all
+        try:
+            assert not anonymous.wait_connected(3)
+        finally:
+            anonymous.close(1)
+    finally:
+        node.stop()
+        store.close()
+        b.stop()

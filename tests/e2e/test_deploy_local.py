@@ -163,7 +163,7 @@ def test_deploy_local_runs_a_whole_campaign_and_stops_everything(tmp_path: Path,
     assert [nid for nid, n in nodes.items() if n["labelled_windows"] > 0] == [host["node_id"]]  # the unlabelled groups see no label
 
     prot = summary["protections"]
-    assert prot["superlink_tls"] and prot["registry_mutual_tls"] and prot["supernode_auth"] and prot["signed_bundles"]  # secure by default
+    assert prot["superlink_tls"] and prot["registry_mutual_tls"] and prot["supernode_auth"] and prot["mqtt_tls_and_acl"] and prot["signed_bundles"]
     # (each node's adapters, read back below from the Registry, were reported by the node over mutual TLS with its own certificate)
     for nid in nodes:  # every SuperNode reached the SuperLink over TLS, verified against the run's CA
         assert f"--root-certificates {out / 'pki' / 'ca.pem'}" in (out / "logs" / f"node-{nid}.log").read_text(), nid
