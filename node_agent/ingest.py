@@ -150,7 +150,8 @@ def mosquitto_conf(port: int, data_dir: str, host: str = "127.0.0.1", tls: Mappi
     written to) the listener speaks TLS only, every client shows a certificate
     of the CA whose common name is its user name, and the ACL lets a node touch
     its own topics alone; without, anyone may connect (a trusted network only).
-    Messages above ``DEFAULT_MAX_PAYLOAD`` are refused by the broker either way.
+    The broker refuses messages above 4 x ``DEFAULT_MAX_PAYLOAD`` either way (the
+    node itself refuses, by name, any above its ``max_payload``).
     """
     if tls is not None:
         Path(tls["acl"]).write_text(MQTT_ACL)
@@ -163,7 +164,7 @@ def mosquitto_conf(port: int, data_dir: str, host: str = "127.0.0.1", tls: Mappi
             f"listener {port} {host}",
             *access,
             f"user {getpass.getuser()}",
-            f"message_size_limit {DEFAULT_MAX_PAYLOAD + 4096}",
+            f"message_size_limit {4 * DEFAULT_MAX_PAYLOAD}",  # the broker's own cap; the node names anything above max_payload
             "persistence true",
             f"persistence_location {data_dir.rstrip('/')}/",
             "autosave_interval 1",

@@ -1,149 +1,26 @@
 """The real ServerApp and ClientApp: first against an in-process grid (no Ray,
 seconds: bounded waits, missing nodes, refused messages), then whole campaigns
-in Flower's simulation engine on HAPT (``slow``)."""
+in Flower's simulation engine on HAPT (``slow``). Scenario settings, waves and
+resume are in test_campaign_settings.py."""
 
 from __future__ import annotations
 
 import json
 import re
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
-from flwr.common.constant import SUPERLINK_NODE_ID
-from flwr.serverapp import Grid
-from flwr.supercore.task_identity import TaskIdentity
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from common.codec import public_key_of
-from common.data.dataset import WindowDataset
-from coordinator import phases as P
 from coordinator.server_app import app as server_app
 from coordinator.server_app import exchange
-from node_agent.client_app import app as client_app
 from node_agent.data import dropouts, fleet_layout, node_id_of
 from proto import edgebind_pb2 as pb
-
-
-@pytest.fixture(autouse=True)
-def flower_env(tmp_path, monkeypatch):
-    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))
-    monkeypatch.setenv("FLWR_TELEMETRY_ENABLED", "0")
-    monkeypatch.setenv("FLWR_DISABLE_UPDATE_CHECK", "1")
-    # Messages take their run and sender from the process's task identity, which a SuperLink sets.
-    for attr, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", SUPERLINK_NODE_ID)):
-        monkeypatch.setattr(TaskIdentity, attr, value)
-
-
-class InProcessGrid(Grid):
-    """A Grid that runs the ClientApp in this process: one Context per node, replies kept until pulled.
-
-    Nodes in ``silent`` never answer (a node that vanished without a word).
-    """
-
-    def __init__(self, contexts: dict[int, Context], silent: set[int] = frozenset()):
-        self.contexts, self.silent = contexts, set(silent)
-        self.replies: dict[str, Message] = {}
-        self.sent: list[str] = []
-
-    def set_run(self, run):  # pragma: no cover - not used by the ServerApp
-        pass
-
-    @property
-    def run(self):  # pragma: no cover
-        raise AttributeError("InProcessGrid holds no Flower Run: the ServerApp under test never reads grid.run")
-
-    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):  # pragma: no cover
-        return Message(content, dst_node_id, message_type, group_id=group_id, ttl=ttl)
-
-    def get_node_ids(self):
-        return list(self.contexts)
-
-    def push_messages(self, messages):
-        ids = []
-        for msg in messages:
-            mid = uuid.uuid4().hex
-            msg.metadata.__dict__["_message_id"] = mid
-            ids.append(mid)
-            self.sent.append(msg.metadata.message_type)
-            node = msg.metadata.dst_node_id
-            if node in self.silent:
-                continue
-            try:
-                reply = client_app(msg, self.contexts[node])
-            except Exception as e:  # what the simulation engine does with a crashing ClientApp
-                reply = Message(Error(code=2, reason=f"{type(e).__name__}: {e}"), reply_to=msg)
-            reply.metadata.__dict__["_message_id"] = uuid.uuid4().hex
-            self.replies[mid] = reply
-        return ids
-
-    def pull_messages(self, message_ids):
-        return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]
-
-    def send_and_receive(self, messages, *, timeout=None):
-        """As Flower's grids: push, then pull what arrived in time (a silent node never replies; one that took longer than
-        ``timeout`` to answer, as a straggler does, is not waited for)."""
-        t0 = time.monotonic()
-        ids = []
-        for msg in messages:  # one at a time, so each node's own answering time is known
-            start = time.monotonic()
-            (mid,) = self.push_messages([msg])
-            if timeout is not None and time.monotonic() - start > timeout:
-                self.replies.pop(mid, None)
-            ids.append(mid)
-        self.waited = time.monotonic() - t0
-        return self.pull_messages(ids)
-
-
-def synthetic_files(tmp_path: Path, lab_nodes: int = 1) -> tuple[str, str]:
-    """A small three-stream dataset (.npz) and a scenario (.toml) that binds through ``s``."""
-    rng = np.random.default_rng(0)
-    n, window = 360, 32
-    y = rng.integers(0, 3, n)
-    t = np.linspace(0, 2 * np.pi, window, dtype=np.float32)
-    X = {m: (np.sin((y[:, None] + 1 + k) * t)[:, :, None] * np.ones(3) + 0.3 * rng.normal(size=(n, window, 3))).astype(np.float32) for k, m in enumerate("sab")}
-    ds = WindowDataset(X=X, y=y, subject=np.repeat(np.arange(1, 13), 30), label_names=["x", "y", "z"], name="synth")
-    data = ds.save(tmp_path / "synth.npz")
-    scenario = tmp_path / "synth-bind.toml"
-    scenario.write_text(
-        'binding = "sensor"\nshared = "s"\n'
-        '[[group]]\nname = "sa"\nmodalities = ["s", "a"]\nshare = 0.3\nnodes = 2\n'
-        '[[group]]\nname = "sb"\nmodalities = ["s", "b"]\nshare = 0.3\nnodes = 2\n'
-        '[[group]]\nname = "lab"\nmodalities = ["a", "b"]\nshare = 0.1\nlabelled = 0.5\n'
-        f"nodes = {lab_nodes}\n"
-        '[validation]\nmodalities = ["a", "b"]\nshare = 0.1\n[test]\nmodalities = ["a", "b"]\nshare = 0.2\n'
-    )
-    return str(data), str(scenario)
-
-
-def in_process_campaign(
-    tmp_path: Path, silent: set[int] = frozenset(), grid_cls: type[InProcessGrid] = InProcessGrid, lab_nodes: int = 1, id_base: int = 100,
-    scenario_text: str = "", **config
-) -> tuple[dict, InProcessGrid]:
-    data, scenario = synthetic_files(tmp_path, lab_nodes)
-    n = 6 + lab_nodes
-    if scenario_text:  # another scenario on the same data
-        Path(scenario).write_text(scenario_text)
-        from common.data.scenarios import Scenario
-
-        n = sum(g.nodes for g in Scenario.load(scenario).groups)
-    run_config = {
-        "dataset": data, "scenario": scenario, "seed": 0, "results-path": str(tmp_path / "out" / "results.json"),
-        "state-dir": str(tmp_path / "nodes"), "expected-nodes": n, "discovery-timeout": 5.0, "round-timeout": 20.0,
-        "pretrain-rounds": 2, "local-epochs": 1, "align-epochs": 2, "head-steps": 20, "head-finetune-steps": 20, "coordinator-threads": 1,
-        "finetune-rounds": 1, "finetune-steps": 5,
-        "signing-key": "11" * 32, **config,
-    }  # fmt: skip
-    contexts = {
-        id_base + p: Context(run_id=1, node_id=id_base + p, node_config={"partition-id": p, "num-partitions": n}, state=RecordDict(), run_config=run_config)
-        for p in range(n)
-    }
-    grid = grid_cls(contexts, silent={id_base + p for p in silent})
-    server_app(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config))
-    return json.loads((tmp_path / "out" / "results.json").read_text()), grid
+from tests.flower_grid import InProcessGrid, flower_env, in_process_campaign, synthetic_files  # noqa: F401  (flower_env: autouse)
 
 
 def test_campaign_on_an_in_process_grid(tmp_path):
@@ -184,119 +61,6 @@ def test_federated_finetuning_keeps_the_round_validation_chose_and_installs_it(t
     assert res["phases"]["push"]["nodes_applied"] == 7
     if ft["chosen_round"] > 0:  # fine-tuned encoders went out with the bundles that name them
         assert {b["encoder_version"] for b in res["bundles"].values()}.isdisjoint({""})
-
-
-SKEWED_FLEET = """binding = "sensor"
-shared = "s"
-[[group]]
-name = "phone"
-modalities = ["s", "a", "b"]
-share = 0.7
-nodes = 6
-labelled = 0.5
-label_skew = 0.5
-missing_modality = 0.3
-label_noise = 0.1
-stragglers = 0.5
-straggler_delay = 0.05
-[validation]
-modalities = ["a", "b"]
-share = 0.1
-[test]
-modalities = ["a", "b"]
-share = 0.2
-"""
-
-
-def test_a_campaign_over_nodes_with_label_skew_missing_modalities_noisy_labels_and_stragglers(tmp_path):
-    from node_agent.data import node_spec_for
-    from common.data import load_dataset
-    from common.data.scenarios import Scenario
-
-    res, _ = in_process_campaign(tmp_path, scenario_text=SKEWED_FLEET)
-    assert res["state"] == "done" and res["missing_nodes"] == []
-    sc = Scenario.load(res["config"]["scenario"])
-    ds = load_dataset(res["config"]["dataset"])
-    specs = [node_spec_for(sc, ds, 0, p) for p in range(6)]
-    assert any(s.lost for s in specs) and any(s.delay > 0 for s in specs)  # the draws this test relies on happened
-    for s in specs:  # every node announced what it holds after losing modalities, and nothing it lost
-        assert res["nodes"][s.node_id]["modalities"] == s.modalities, s.node_id
-    assert all(m["accuracy"] >= 0.8 for m in res["accuracy"].values()), res["accuracy"]  # chance is 1/3
-
-
-def test_stragglers_slower_than_the_round_timeout_are_recorded_missing(tmp_path):
-    from node_agent.data import node_spec_for
-    from common.data import load_dataset
-    from common.data.scenarios import Scenario
-
-    text = SKEWED_FLEET.replace("straggler_delay = 0.05", "straggler_delay = 4.0")
-    res, _ = in_process_campaign(tmp_path, scenario_text=text, **{"round-timeout": 1.5})
-    sc = Scenario.load(res["config"]["scenario"])
-    ds = load_dataset(res["config"]["dataset"])
-    late = {f"flower:{100 + p}" for p in range(6) if node_spec_for(sc, ds, 0, p).delay > 1.5}  # silent from the first exchange: named by Flower id
-    assert late and res["state"] == "done" and res["accuracy"]
-    assert set(res["missing_nodes"]) == late
-    assert all(m["reason"] == "no reply within 1.5s" for m in res["missing"].values())
-
-
-def test_uploads_collected_in_waves_store_the_same_as_all_at_once(tmp_path):
-    """collect-wave bounds how many nodes' uploads the coordinator holds at once; what is stored does not change."""
-    (tmp_path / "whole").mkdir()
-    (tmp_path / "waves").mkdir()
-    whole, _ = in_process_campaign(tmp_path / "whole")
-    waves, grid = in_process_campaign(tmp_path / "waves", **{"collect-wave": 2})
-    a, b = whole["phases"]["collect"], waves["phases"]["collect"]
-    assert (a["waves"], b["waves"]) == (1, 4)  # 7 nodes, 2 at a time
-    assert {k: a[k] for k in ("stored", "windows", "bytes", "nodes")} == {k: b[k] for k in ("stored", "windows", "bytes", "nodes")}
-    assert b["stored"] > 0 and not b["rejected"] and grid.sent.count("query.collect") == 7
-    assert waves["accuracy"] == whole["accuracy"]
-
-
-@pytest.mark.parametrize("kill_in", ["pretrain", "bind", "head"])
-def test_a_campaign_killed_mid_way_resumes_without_repeating_what_it_finished(tmp_path, monkeypatch, kill_in):
-    """The coordinator dies in pretraining round 2 (or in bind, after every upload is stored, or fitting the head, after
-    the alignment stage's checkpoint); run again with resume, it
-    goes on from the store and its checkpoints, asks no node for what it already has, and ends where an uninterrupted
-    campaign of the same seed ends."""
-    from coordinator.server_app import Campaign
-
-    (tmp_path / "whole").mkdir()
-    (tmp_path / "killed").mkdir()
-    whole, whole_grid = in_process_campaign(tmp_path / "whole", **{"pretrain-rounds": 3})
-    real_send, real_bind, real_head = Campaign.send, P.bind, P.fit_head
-
-    def dying_send(self, phase, kind, contents, rnd=0):
-        if phase == "pretrain" and rnd == 2:
-            raise RuntimeError("coordinator killed")
-        return real_send(self, phase, kind, contents, rnd)
-
-    def dying(*a, **kw):
-        raise RuntimeError("coordinator killed")
-
-    if kill_in == "pretrain":
-        monkeypatch.setattr(Campaign, "send", dying_send)
-    else:
-        monkeypatch.setattr(P, kill_in if kill_in == "bind" else "fit_head", dying)
-    with pytest.raises(RuntimeError, match="coordinator killed"):
-        in_process_campaign(tmp_path / "killed", **{"pretrain-rounds": 3})
-    monkeypatch.setattr(Campaign, "send", real_send)
-    monkeypatch.setattr(P, "bind", real_bind)
-    monkeypatch.setattr(P, "fit_head", real_head)
-    res, grid = in_process_campaign(tmp_path / "killed", **{"pretrain-rounds": 3, "resume": True})
-    assert res["state"] == "done" and res["missing_nodes"] == []
-    per_round = whole_grid.sent.count("train.pretrain") // 3
-    if kill_in == "pretrain":  # round 1 was kept; rounds 2 and 3 run now
-        assert res["phases"]["pretrain"]["resumed_after_round"] == 1 and grid.sent.count("train.pretrain") == 2 * per_round
-        assert grid.sent.count("query.collect") == 7
-    else:  # every round and every upload was kept
-        assert grid.sent.count("train.pretrain") == 0 and grid.sent.count("query.collect") == 0 and res["phases"]["collect"]["resumed"]
-    assert res["phases"]["grow"].get("resumed", False) == (kill_in == "head")  # the alignment stage was loaded, not trained again
-    assert res["accuracy"] == whole["accuracy"]  # the same end as without the kill
-
-
-def test_resume_needs_the_campaign_in_the_store(tmp_path):
-    with pytest.raises(ValueError, match="no campaign 'campaign-1' in the store to resume"):
-        in_process_campaign(tmp_path, resume=True)
 
 
 def test_federated_finetuning_draws_a_share_of_the_labelled_nodes_each_round(tmp_path):
