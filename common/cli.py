@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -28,3 +29,13 @@ def parser(prog: str, description: str, *examples: str) -> argparse.ArgumentPars
     """A top-level parser in the same style as ``command``."""
     epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples) if examples else None
     return argparse.ArgumentParser(prog=prog, description=description, epilog=epilog, formatter_class=HelpFormatter)
+
+
+def tls_or_insecure(secured: str, insecure: bool, what: str) -> None:
+    """TLS is the default for the SuperLink link: plain text takes an explicit --insecure, and says so loudly."""
+    if secured and insecure:
+        raise ValueError(f"give {what.split()[0]} or --insecure, not both")
+    if not secured and not insecure:
+        raise ValueError(f"the SuperLink link is TLS by default: give {what}, or --insecure to run it in plain text")
+    if insecure:
+        logging.getLogger("edgebind").warning("INSECURE: the SuperLink link runs in plain text; anyone on the path can read the traffic and join")

@@ -69,3 +69,13 @@ def private_file(path: str | Path) -> Path:
     except FileExistsError:
         pass
     return path
+
+
+def write_secret(path: str | Path, data: bytes) -> Path:
+    """Write a new file readable by its owner alone (0600, in a 0700 folder); an existing file is never overwritten."""
+    path = Path(path)
+    private_dir(path.parent)
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return path

@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from common.cli import command, parser as cli_parser
+from common.cli import command, parser as cli_parser, tls_or_insecure
 from common.processes import free_port, setup_logging, stop_on_signals, stop_process_group
 from coordinator.registry import serve
 from coordinator.store import open_store
@@ -338,16 +338,14 @@ def keygen(directory: str | Path) -> dict[str, str]:
     (``edgebind-node up --signing-public-key``). An existing key is never overwritten.
     """
     from common.codec import key_id_of, new_signing_key, public_key_of
-    from common.files import private_dir
+    from common.files import private_dir, write_secret
 
     d = private_dir(directory)
     priv, pub = d / "signing.key", d / "signing.pub"
     if priv.exists():
         raise FileExistsError(f"{priv} exists; remove it first to make a new key (nodes must then be given the new public key)")
     key = new_signing_key()
-    fd = os.open(priv, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(key.hex() + "\n")
+    write_secret(priv, (key.hex() + "\n").encode())
     pub.write_text(public_key_of(key).hex() + "\n")
     return {"private_key_file": str(priv), "public_key_file": str(pub), "public_key": public_key_of(key).hex(), "key_id": key_id_of(public_key_of(key))}
 
@@ -410,26 +408,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _secure_or_insecure(secured: str, insecure: bool, what: str) -> None:
-    """TLS is the default: plain text takes an explicit --insecure, and says so loudly."""
-    if secured and insecure:
-        raise ValueError(f"give {what.split()[0]} or --insecure, not both")
-    if not secured and not insecure:
-        raise ValueError(f"the SuperLink link is TLS by default: give {what}, or --insecure to run it in plain text")
-    if insecure:
-        log.warning("INSECURE: the SuperLink link runs in plain text; anyone who reaches its port can read the traffic and join")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     try:
         if args.command == "up":
-            _secure_or_insecure(args.tls_dir, args.insecure, "--tls-dir DIR (made by `edgebind-coordinator init-pki DIR`)")
+            tls_or_insecure(args.tls_dir, args.insecure, "--tls-dir DIR (made by `edgebind-coordinator init-pki DIR`)")
             return up(args.dir, host=args.host, superlink_port=args.superlink_port, registry_port=args.registry_port,
                       store=args.store, ready_file=args.ready_file, stop=stop_on_signals(), tls_dir=args.tls_dir)  # fmt: skip
         if args.command == "campaign":
-            _secure_or_insecure(args.root_certificates, args.insecure, "--root-certificates CA_PEM")
+            tls_or_insecure(args.root_certificates, args.insecure, "--root-certificates CA_PEM")
             return campaign(args.superlink, app_dir=args.app, run_config=args.run_config, store=args.store, flwr_home=args.flwr_home,
                             stream=not args.no_stream, timeout=args.timeout, resume=args.resume, root_certificates=args.root_certificates)  # fmt: skip
         if args.command == "register-node":

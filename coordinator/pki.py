@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from common.files import private_dir
+from common.files import private_dir, write_secret
 from coordinator.registry import OPERATOR
 
 VALID_DAYS = 365
@@ -34,11 +33,8 @@ def _name(common: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "edgebind"), x509.NameAttribute(NameOID.COMMON_NAME, common)])
 
 
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey, fmt=serialization.PrivateFormat.PKCS8) -> None:
+    write_secret(path, key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption()))
 
 
 def _issue(subject: str, key, issuer: x509.Name, issuer_key, *, ca: bool = False, hosts: Sequence[str] = (), usage=None) -> x509.Certificate:
@@ -99,10 +95,7 @@ def supernode_key(root: Path, node_id: str) -> Path:
     """A node's SuperNode authentication key pair (``supernode-<id>.key`` 0600, ``.pub``; OpenSSH ECDSA P-384, as Flower
     takes them): the SuperLink admits only SuperNodes whose public key was registered with it. Returns the public key's path."""
     key = ec.generate_private_key(ec.SECP384R1())
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
-    fd = os.open(root / f"supernode-{node_id}.key", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
+    _write_key(root / f"supernode-{node_id}.key", key, serialization.PrivateFormat.OpenSSH)
     pub = root / f"supernode-{node_id}.pub"
     pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n")
     return pub

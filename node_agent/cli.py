@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from common.cli import command, parser as cli_parser
+from common.cli import command, parser as cli_parser, tls_or_insecure
 from common.processes import Restarting, free_port, setup_logging, stop_on_signals
 from node_agent.ingest import DEFAULT_MAX_PAYLOAD, Ingest, IngestStats, client_id_for, node_specs, parse_broker
 from node_agent.publish import Publisher, replay_dataset
@@ -428,10 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(stats.as_dict()))
             return 0
         if args.command == "up":
-            if bool(args.root_certificates) == bool(args.insecure):
-                raise ValueError("the SuperLink link is TLS by default: give --root-certificates CA_PEM (the coordinator's CA), or --insecure for plain text")
-            if args.insecure:
-                log.warning("INSECURE: this node reaches the SuperLink in plain text; anyone on the path can read and alter its messages")
+            tls_or_insecure(args.root_certificates, args.insecure, "--root-certificates CA_PEM (the coordinator's CA)")
             if args.root_certificates and not args.auth_key:
                 raise ValueError("a SuperLink that speaks TLS admits registered SuperNodes only: give --auth-key (init-pki's supernode-<id>.key)")
             return up(args.node_id, args.broker, args.store, args.modalities, args.superlink, args.state_dir,
