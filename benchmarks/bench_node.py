@@ -48,7 +48,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 GOALS = {"float16": (6.0, 0.99), "int8": (12.0, 0.95)}
-NODE_PEAK_GOAL_MIB = 300
+NODE_PEAK_GOAL_MB = 300  # 10^6 bytes (286 MiB)
 NODE_MODULES = ("node_agent.cli", "node_agent.client_app", "node_agent.runtime", "node_agent.ingest", "node_agent.publish", "node_agent.store", "node_agent.tasks")
 IMPORT_PROBE = """
 import json, sys, time
@@ -330,8 +330,8 @@ def main() -> None:
     print(f"{'torch alone (baseline)':34s} {base['seconds']:8.2f} {base['VmHWM_MiB']:10.0f}")
     print(f"{'the node agent (' + str(len(NODE_MODULES)) + ' modules)':34s} {agent['seconds']:8.2f} {agent['VmHWM_MiB']:10.0f}")
     print(f"ratio to torch alone: time {agent['seconds'] / base['seconds']:.2f}x, memory {agent['VmHWM_MiB'] / base['VmHWM_MiB']:.2f}x; "
-          f"node agent peak {mem['end']['VmHWM'] / 1024:.0f} MiB against the goal of {NODE_PEAK_GOAL_MIB} MiB: "
-          f"{'met' if mem['end']['VmHWM'] / 1024 <= NODE_PEAK_GOAL_MIB else 'NOT met'}")  # fmt: skip
+          f"node agent peak {mem['end']['VmHWM'] / 1024:.0f} MiB ({mem['end']['VmHWM'] * 1024 / 1e6:.0f} MB) against the goal of "
+          f"{NODE_PEAK_GOAL_MB} MB: {'met' if mem['end']['VmHWM'] * 1024 <= NODE_PEAK_GOAL_MB * 1e6 else 'NOT met'}")  # fmt: skip
 
     sc = Scenario.load("sensor-bind")
     sp = split(sc, ds, args.seed)

@@ -27,9 +27,8 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import grpc
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -41,7 +40,9 @@ from node_agent.ingest import events_topic
 from node_agent.publish import Publisher
 from node_agent.state_dir import StateDir
 from proto import edgebind_pb2 as pb
-from proto import edgebind_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    import grpc
 
 __all__ = ["Inference", "NodeRuntime", "admit_bundles", "install_bundles", "load_keys", "load_serving", "read_encoder_dir"]
 
@@ -249,8 +250,16 @@ def load_serving(root: Path, state: Mapping[str, Any], keys: Mapping[str, bytes]
     return _Loaded(key, model.eval().to(device), heads, versions)
 
 
+def _registry_stub(channel):
+    from proto import edgebind_pb2_grpc as pb_grpc
+
+    return pb_grpc.RegistryStub(channel)
+
+
 def registry_channel(address: str, tls: dict[str, str] | None = None, options: list | None = None) -> grpc.Channel:
     """A channel to the Registry: mutual TLS with ``tls`` (``ca`` and the caller's ``cert`` and ``key``), else plain."""
+    import grpc  # here, not at the top: a node without a Registry never loads gRPC (8 MiB of its 300 MB budget)
+
     if tls is None:
         return grpc.insecure_channel(address, options=options)
     read = lambda k: Path(tls[k]).read_bytes()  # noqa: E731
@@ -391,7 +400,7 @@ class NodeRuntime:
             node_id=self.node_id, modalities=mods, known_versions=self.state_dir.adapter_versions()
         )
         with registry_channel(registry, self.registry_tls, options=_CHANNEL_OPTIONS) as channel:
-            reply = pb_grpc.RegistryStub(channel).LatestAdapters(req, timeout=timeout)
+            reply = _registry_stub(channel).LatestAdapters(req, timeout=timeout)
         result = self.install(list(reply.bundles))
         log.info("node %s fetched %d bundles from %s: %s", self.node_id, len(reply.bundles), registry, result)
         return result
@@ -404,7 +413,7 @@ class NodeRuntime:
             windows_uploaded=uploaded, state=state,
         )  # fmt: skip
         with registry_channel(registry, self.registry_tls) as channel:
-            return pb_grpc.RegistryStub(channel).ReportStatus(msg, timeout=timeout)
+            return _registry_stub(channel).ReportStatus(msg, timeout=timeout)
 
     # --- inference ------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-from sqlalchemy import BigInteger, Double, Index, Integer, LargeBinary, String, Text, UniqueConstraint, func, select
+from sqlalchemy import BigInteger, Engine, event, Double, Index, Integer, LargeBinary, String, Text, UniqueConstraint, func, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from common.sqlbase import (
@@ -37,6 +37,9 @@ from common.sqlbase import (
 
 __all__ = ["Frame", "NodeStore", "Windows", "open_store", "pack_array", "unpack_array"]
 
+CUT_BLOCK = 256  # frames read, and windows written, at a time when cutting
+SQLITE_CACHE_KIB = 256  # SQLite's page cache per connection (its default is 2 MiB); a node's budget is 300 MB
+
 
 # --- input checks ----------------------------------------------------------------
 
@@ -52,6 +55,10 @@ def _numeric(what: str, value: object, ndim: int) -> np.ndarray:
     if not np.isfinite(a).all():
         raise ValueError(f"{what} contains {int(np.isnan(a).sum())} NaN and {int(np.isinf(a).sum())} Inf values")
     return a
+
+
+def _small_page_cache(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
 
 
 # --- tables ----------------------------------------------------------------------
@@ -184,6 +191,11 @@ class NodeStore(SqlStore):
 
     _BASE = _Base
     _LOCK_KEY = 0x6564676E
+
+    def __init__(self, engine: Engine, memory: bool = False) -> None:
+        if engine.dialect.name == "sqlite":  # before the first connection: every connection gets it
+            event.listen(engine, "connect", _small_page_cache)
+        super().__init__(engine, memory=memory)
 
     # --- frames ---------------------------------------------------------------------
 
@@ -322,23 +334,34 @@ class NodeStore(SqlStore):
             raise ValueError("give ids or limit, not both")
         limit = None if limit is None else _int("limit", limit)
         wanted = None if ids is None else [_name("window id", w) for w in ids]
-        q = select(_WindowRow).where(_WindowRow.modality == modality)
+        # Plain columns unpacked into one array as they stream in: no blobs or row objects pile up.
+        q = select(_WindowRow.window_id, _WindowRow.dtype, _WindowRow.shape, _WindowRow.data, _WindowRow.label)
+        q = q.where(_WindowRow.modality == modality)
         with self._tx() as s:
             if wanted is None:
-                rows = list(s.scalars(q.order_by(_WindowRow.id).limit(limit)))
+                n = s.scalar(select(func.count()).select_from(_WindowRow).where(_WindowRow.modality == modality)) or 0
+                n = n if limit is None else min(n, limit)
+                found = s.execute(q.order_by(_WindowRow.id).limit(limit).execution_options(yield_per=CUT_BLOCK))
             else:
-                rows = [r for chunk in _chunks(wanted) for r in s.scalars(q.where(_WindowRow.window_id.in_(chunk)))]
-        if wanted is not None:
-            by_id = {r.window_id: r for r in rows}
-            _check_found(modality, wanted, by_id)
-            rows = [by_id[w] for w in wanted]
-        if not rows:
+                n = len(wanted)
+                found = (r for chunk in _chunks(sorted(set(wanted))) for r in s.execute(q.where(_WindowRow.window_id.in_(chunk))))
+            ids, labels, x = [], [], None
+            for i, r in enumerate(found):
+                a = unpack_array(r.dtype, r.shape, r.data)
+                if x is None:
+                    x = np.empty((n, *a.shape), a.dtype)
+                x[i] = a
+                ids.append(r.window_id)
+                labels.append(-1 if r.label is None else r.label)
+        if x is None:
+            _check_found(modality, wanted or [], {})
             return Windows([], np.zeros((0, 0, 0), np.float32), np.zeros(0, np.int64))
-        return Windows(
-            [r.window_id for r in rows],
-            np.stack([unpack_array(r.dtype, r.shape, r.data) for r in rows]),
-            np.array([-1 if r.label is None else r.label for r in rows], dtype=np.int64),
-        )
+        if wanted is not None:
+            at = {w: i for i, w in enumerate(ids)}
+            _check_found(modality, wanted, at)
+            order = [at[w] for w in wanted]
+            return Windows(list(wanted), x[: len(ids)][order], np.array(labels, dtype=np.int64)[order])
+        return Windows(ids, x[: len(ids)], np.array(labels, dtype=np.int64))
 
     def window_subjects(self, modality: str, ids: Sequence[str]) -> np.ndarray:
         """The subject of each window in ``ids`` (-1 = unknown), in that order, for evaluation splits."""
@@ -416,7 +439,11 @@ class NodeStore(SqlStore):
         seen = False
         held: list[_Piece] = []
         rows: list[dict[str, Any]] = []
-        for f in s.scalars(q.order_by(_FrameRow.seq)):
+        added, checked = 0, False
+        # Frames are read as plain columns in blocks and windows written in blocks, so a
+        # node that cuts a long backlog holds one block, not the backlog, in memory.
+        cols = q.with_only_columns(_FrameRow.seq, _FrameRow.timestamp_ns, _FrameRow.rate_hz, _FrameRow.dtype, _FrameRow.shape, _FrameRow.data)
+        for f in s.execute(cols.order_by(_FrameRow.seq).execution_options(yield_per=CUT_BLOCK)):
             if f.seq != prev + 1:  # a gap: a new run starts here
                 run_first, next_off, run_end, held = f.seq, 0, 0, []
             samples = unpack_array(f.dtype, f.shape, f.data)
@@ -428,6 +455,12 @@ class NodeStore(SqlStore):
                 next_off += step
             while held and held[0].offset + len(held[0].samples) <= next_off:
                 held.pop(0)
+            if len(rows) >= CUT_BLOCK:
+                if not checked:
+                    self._check_window_shape(s, modality, tuple(json.loads(rows[0]["shape"])))
+                    checked = True
+                added += _insert_ignore(s, _WindowRow.__table__, rows)
+                rows = []
         if not seen:
             return 0
         keep_seq, keep_offset = (held[0].seq, held[0].offset) if held else (prev + 1, run_end)
@@ -437,9 +470,9 @@ class NodeStore(SqlStore):
         else:
             for k, v in state.items():
                 setattr(cursor, k, v)
-        if rows:
+        if rows and not checked:
             self._check_window_shape(s, modality, tuple(json.loads(rows[0]["shape"])))
-        return _insert_ignore(s, _WindowRow.__table__, rows)
+        return added + _insert_ignore(s, _WindowRow.__table__, rows)
 
     @staticmethod
     def _window_row(

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import node_agent.store as node_store
 from node_agent.store import NodeStore, open_store, pack_array, unpack_array
 from tests.store_suite import StoreSuite
 
@@ -209,6 +210,26 @@ class NodeStoreSuite(StoreSuite):
         add_stream(store, [8])
         assert store.cut_windows("acc", window=100, step=50) == 1
         assert store.windows("acc").ids[-1] == "acc:s1:5:100"
+
+    def test_cutting_and_reading_in_small_blocks_gives_every_window_exactly(self, store: NodeStore, monkeypatch) -> None:
+        """A backlog is cut, and read back, a block at a time: blocks of 2 frames give the same windows as one pass."""
+        monkeypatch.setattr(node_store, "CUT_BLOCK", 2)
+        seqs = [*range(0, 9), *range(12, 20)]  # a gap: two runs
+        add_stream(store, seqs, t=30)
+        assert store.cut_windows("acc", window=64, step=16) == 2 * ((9 * 30 - 64) // 16 + 1) - 1  # run 2: 8 frames
+        ids, data, _ = store.windows("acc")
+        runs = {0: np.concatenate([frame(30, seed=s) for s in range(0, 9)]), 12: np.concatenate([frame(30, seed=s) for s in range(12, 20)])}
+        want = [(r, o) for r, x in runs.items() for o in range(0, len(x) - 64 + 1, 16)]
+        assert ids == [f"acc:s1:{r}:{o}" for r, o in want]
+        for i, (r, o) in enumerate(want):
+            np.testing.assert_array_equal(data[i], runs[r][o : o + 64])
+        asked = [ids[3], ids[0], ids[3]]  # any order, repeats allowed
+        got = store.windows("acc", ids=asked)
+        assert got.ids == asked
+        np.testing.assert_array_equal(got.data, data[[3, 0, 3]])
+        assert store.windows("acc", limit=3).ids == ids[:3]
+        with pytest.raises(ValueError, match="not stored"):
+            store.windows("acc", ids=[ids[0], "acc:s1:99:0"])
 
     def test_each_sensor_is_its_own_stream(self, store: NodeStore) -> None:
         add_stream(store, range(3), sensor="left")
