@@ -121,20 +121,33 @@ def up(
     return code
 
 
-def register_node(workdir: str | Path, public_key: str | Path, timeout: float = 60.0) -> str:
+def register_node(workdir: str | Path, public_key: str | Path, timeout: float = 60.0, node_id: str = "", store: str = "") -> str:
     """Register a SuperNode's public key (``supernode-<id>.pub``) with the SuperLink that ``up`` runs in ``workdir``;
-    returns Flower's node id for it. A SuperNode whose key is not registered is refused when it connects."""
+    returns Flower's node id for it. A SuperNode whose key is not registered is refused when it connects.
+
+    The key is also bound to the node's edgebind id (``node_id``, by default the one in the file's name) in the
+    coordinator store (``store``, by default ``<workdir>/coordinator.db``): a campaign then refuses a node whose
+    manifest claims any id but the one its key is bound to (``coordinator.identity``).
+    """
+    from coordinator.identity import key_pem, node_id_of_key_file
+
     pub = Path(public_key).resolve()
     if not pub.exists():
         raise FileNotFoundError(f"no public key at {pub} (init-pki writes supernode-<id>.pub)")
-    env = {**flower_env(Path(workdir).resolve() / "flwr-home")}
-    out = subprocess.run(["flwr", "supernode", "register", str(pub), "--format", "json"], capture_output=True, text=True, env=env, timeout=timeout)
-    if out.returncode != 0:
-        raise RuntimeError(f"registering {pub.name} failed: {(out.stderr or out.stdout).strip()[-500:]}")
-    try:
-        return str(json.loads(out.stdout)["node-id"])
-    except (ValueError, KeyError):
-        return out.stdout.strip()[-200:]
+    node_id = node_id or node_id_of_key_file(pub)
+    pem = key_pem(pub.read_bytes())
+    with open_store(store or Path(workdir).resolve() / "coordinator.db") as st:
+        st.register_node_key(node_id, pem)  # refused before Flower admits the key, if the id or the key is bound otherwise
+        env = {**flower_env(Path(workdir).resolve() / "flwr-home")}
+        out = subprocess.run(["flwr", "supernode", "register", str(pub), "--format", "json"], capture_output=True, text=True, env=env, timeout=timeout)
+        if out.returncode != 0:
+            raise RuntimeError(f"registering {pub.name} failed: {(out.stderr or out.stdout).strip()[-500:]}")
+        try:
+            flower_id = str(json.loads(out.stdout)["node-id"])
+        except (ValueError, KeyError):
+            return out.stdout.strip()[-200:]
+        st.register_node_key(node_id, pem, int(flower_id))
+    return flower_id
 
 
 def tls_files(tls_dir: str | Path) -> dict[str, str]:
@@ -395,6 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "edgebind-coordinator register-node coord/pki/supernode-n1.pub --dir coord")  # fmt: skip
     p.add_argument("public_key", help="the SuperNode's public key (init-pki's supernode-<id>.pub, OpenSSH ECDSA)")
     p.add_argument("--dir", default="edgebind-coordinator", help="the folder `up` runs in")
+    p.add_argument("--node-id", default="", help="the node's edgebind id the key is bound to (default: <id> in supernode-<id>.pub)")
+    p.add_argument("--store", default="", help="the coordinator store (default: DIR/coordinator.db, as `up` uses it)")
 
     p = command(sub, "keygen", "make the coordinator's Ed25519 signing key (private 0600, public for the nodes)", "edgebind-coordinator keygen --dir coord")
     p.add_argument("--dir", default="edgebind-coordinator", help="writes signing.key and signing.pub here")
@@ -421,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return campaign(args.superlink, app_dir=args.app, run_config=args.run_config, store=args.store, flwr_home=args.flwr_home,
                             stream=not args.no_stream, timeout=args.timeout, resume=args.resume, root_certificates=args.root_certificates)  # fmt: skip
         if args.command == "register-node":
-            print(register_node(args.dir, args.public_key))
+            print(register_node(args.dir, args.public_key, node_id=args.node_id, store=args.store))
             return 0
         if args.command == "init-pki":
             from coordinator.pki import init_pki

@@ -53,7 +53,7 @@ from common.processes import ensure_logging
 from common.progress import time_left
 from common.samples import SampleSet
 from common.towers import SHARED_BLOCK, AlignedModel, FusionHead, TowerConfig, block_of, flat_state, model_from_flat
-from coordinator import aggregation, phases
+from coordinator import aggregation, identity, phases
 from coordinator.phases import NodeInfo
 from coordinator.store import CoordinatorStore, open_store
 
@@ -268,9 +268,11 @@ class Campaign:
         replies = self.send("manifest", "query.manifest", {f: RecordDict() for f in self.flower_ids})
         self.specs = {}
         classes: list[str] = []
+        check_identity = identity.identity_check(self.grid, self.store)  # an id bound to a registered SuperNode key is that key's alone
         for f, r in sorted(replies.items()):
             try:  # one malformed manifest costs that node, not the campaign
                 info, specs, node_classes = phases.read_manifest(r.content["manifest"]["node-manifest"], f, self.specs, [n.node_id for n in self.nodes.values()])
+                check_identity(info.node_id, f)
                 held = " ".join(f"{p.group}:{p.role}" for p in info.parts)
                 self.store.upsert_node(info.node_id, {mod: asdict(spec) for mod, spec in specs.items()}, hardware=f"parts={held}")
             except (KeyError, ValueError, TypeError) as e:

@@ -61,6 +61,7 @@ from coordinator.store_schema import (
     _str_array,
     _text,
 )
+from coordinator.store_trust import TrustRecords
 
 __all__ = [
     "CampaignRecord",
@@ -80,7 +81,7 @@ __all__ = [
 # --- the store ------------------------------------------------------------------------
 
 
-class CoordinatorStore(SqlStore):
+class CoordinatorStore(TrustRecords, SqlStore):
     """Everything the coordinator keeps between phases and across restarts."""
 
     _BASE = _Base

@@ -177,6 +177,16 @@ class _AdapterRow(_Base):
     created_ns: Mapped[int] = mapped_column(BigInteger)
 
 
+class _NodeKeyRow(_Base):
+    """A node's SuperNode public key (PEM, as the SuperLink holds it), recorded by ``register-node``: who the node is."""
+
+    __tablename__ = "node_keys"
+    node_id: Mapped[str] = mapped_column(String, primary_key=True)
+    public_key: Mapped[str] = mapped_column(Text, unique=True)
+    flower_node_id: Mapped[str] = mapped_column(String)  # the SuperLink's id for this key, decimal (a uint64; "0": not known)
+    registered_ns: Mapped[int] = mapped_column(BigInteger)
+
+
 class _MetricRow(_Base):
     __tablename__ = "metrics"
     __table_args__ = (UniqueConstraint("campaign_id", "node_id", "name", "subset", name="uq_metrics_key"),)

@@ -270,8 +270,8 @@ class Deployment:
             from coordinator.cli import register_node
 
             for p in self.plans:
-                register_node(cdir, self.pki / f"supernode-{p.node_id}.pub")
-            self.say(f"{len(self.plans)} SuperNode keys registered with the SuperLink")
+                register_node(cdir, self.pki / f"supernode-{p.node_id}.pub", store=self.coordinator_info["store"])
+            self.say(f"{len(self.plans)} SuperNode keys registered with the SuperLink and bound to their node ids")
         waiting = {p.node_id: p for p in self.plans}
         deadline = t + self.t.node  # from their start
         while waiting:

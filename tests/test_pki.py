@@ -122,6 +122,19 @@ def test_over_tls_the_superlink_admits_registered_supernodes_only(tmp_path):
         finally:
             stop_process_group(joined, grace=10)
         assert node_id
+        # the key the SuperLink authenticates the node with (what a ServerApp reads in NodeInfo.public_key) is, byte for byte,
+        # the one register-node bound to the node's id in the coordinator store: so a campaign can take the id from the key
+        import sqlite3
+
+        from coordinator.identity import key_pem
+        from coordinator.store import open_store
+
+        with sqlite3.connect(tmp_path / "coord" / "superlink.db") as db:
+            held = [bytes(k) for (k,) in db.execute("SELECT public_key FROM node")]
+        pem = key_pem((pki / "supernode-n1.pub").read_bytes())
+        with open_store(tmp_path / "coord" / "coordinator.db") as st:
+            assert st.node_keys() == {"n1": pem}
+        assert held == [pem.encode()]
     finally:
         stop.set()
         t.join(60)
