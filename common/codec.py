@@ -517,16 +517,21 @@ def key_id_of(public_key: bytes) -> str:
     return "k-" + hashlib.sha256(b"edgebind-key-id" + public_key).hexdigest()[:12]
 
 
-def sign_bundle(bundle: pb.AdapterBundle, private_key: bytes, key_id: str, ttl_s: float = DEFAULT_BUNDLE_TTL_S) -> pb.AdapterBundle:
+def sign_bundle(
+    bundle: pb.AdapterBundle, private_key: bytes, key_id: str, ttl_s: float = DEFAULT_BUNDLE_TTL_S, rotations: Sequence[pb.KeyRotation] = ()
+) -> pb.AdapterBundle:
     """Set ``key_id``, an issue time, an expiry and an Ed25519 ``signature`` over every other field (in place); return it.
 
     A node verifies it with the coordinator's public key alone: no node holds
-    anything that could sign a bundle.
+    anything that could sign a bundle. ``rotations`` (``common.rotation``) lead a
+    node that trusts an earlier key of the coordinator's to this one.
     """
     if not key_id:
         raise ValueError("sign_bundle: empty key id")
     key = _private(private_key)
     bundle.key_id = key_id
+    del bundle.rotations[:]
+    bundle.rotations.extend(rotations)
     if not bundle.created_ns:
         bundle.created_ns = time.time_ns()
     bundle.expires_ns = bundle.created_ns + int(ttl_s * 1e9)

@@ -7,6 +7,7 @@
         --store coord/coordinator.db -c seed=1 -c quick=true [--resume ID]
     edgebind-coordinator status --store coord/coordinator.db [--campaign ID] [--json]
     edgebind-coordinator keygen --dir coord/
+    edgebind-coordinator rotate-key --dir coord/
 
 Each subcommand is a thin wrapper over the function of the same name here.
 """
@@ -414,6 +415,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(sub, "keygen", "make the coordinator's Ed25519 signing key (private 0600, public for the nodes)", "edgebind-coordinator keygen --dir coord")
     p.add_argument("--dir", default="edgebind-coordinator", help="writes signing.key and signing.pub here")
 
+    p = command(sub, "rotate-key", "replace the signing key with a new one the old one vouches for (nodes follow with the next bundles)",
+                "edgebind-coordinator rotate-key --dir coord")  # fmt: skip
+    p.add_argument("--dir", default="edgebind-coordinator", help="the folder keygen wrote signing.key in")
+
     p = command(sub, "status", "nodes, adapter versions and campaigns in the store",
                 "edgebind-coordinator status --store coord/coordinator.db", "edgebind-coordinator status --store coord/coordinator.db --json")  # fmt: skip
     p.add_argument("--store", required=True, help="store URL or SQLite path (as `up` used)")
@@ -435,6 +440,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             tls_or_insecure(args.root_certificates, args.insecure, "--root-certificates CA_PEM")
             return campaign(args.superlink, app_dir=args.app, run_config=args.run_config, store=args.store, flwr_home=args.flwr_home,
                             stream=not args.no_stream, timeout=args.timeout, resume=args.resume, root_certificates=args.root_certificates)  # fmt: skip
+        if args.command == "rotate-key":
+            from coordinator.keys import rotate_key
+
+            print(json.dumps(rotate_key(args.dir), indent=2))
+            return 0
         if args.command == "register-node":
             print(register_node(args.dir, args.public_key, node_id=args.node_id, store=args.store))
             return 0

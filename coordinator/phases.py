@@ -495,8 +495,10 @@ def make_bundles(
     key_id: str,
     head_classes: Sequence[str] = (),
     encoder_versions: Mapping[str, str] | None = None,
+    rotations: Sequence[pb.KeyRotation] = (),
 ) -> list[pb.AdapterBundle]:
-    """One signed AdapterBundle per modality (adapter, shared prototype and head), versioned by the store."""
+    """One signed AdapterBundle per modality (adapter, shared prototype and head), versioned by the store; each carries
+    the key's ``rotations`` (``coordinator.keys``)."""
     out = []
     for m in sorted(modalities):
         version = store.next_adapter_version(m)
@@ -504,7 +506,7 @@ def make_bundles(
             m, version, model.adapters[m], model.prototype, head, head_classes=head_classes,
             campaign_id=campaign_id, encoder_version=(encoder_versions or {}).get(m, ""),
         )  # fmt: skip
-        sign_bundle(b, key, key_id)
+        sign_bundle(b, key, key_id, rotations=rotations)
         blob = b.SerializeToString(deterministic=True)
         store.record_adapter_version(m, version, campaign_id, blob, hashlib.sha256(blob).hexdigest())
         out.append(b)

@@ -54,6 +54,7 @@ from common.progress import time_left
 from common.samples import SampleSet
 from common.towers import SHARED_BLOCK, AlignedModel, FusionHead, TowerConfig, block_of, flat_state, model_from_flat
 from coordinator import aggregation, identity, phases
+from coordinator.keys import rotations_for
 from coordinator.phases import NodeInfo
 from coordinator.store import CoordinatorStore, open_store
 
@@ -118,6 +119,7 @@ class Campaign:
         self.node_compute = 0.0  # seconds of learning work the nodes report in the current phase
         self.results: dict = {"campaign_id": self.campaign_id, "config": {k: v for k, v in cfg.to_run_config().items() if k not in ("signing-key", "resume")}, "phases": {}}
         self.key, self.key_id, self.key_source = phases.signing_key(cfg.signing_key, cfg.signing_key_id, os.environ, cfg.signing_key_file)
+        self.rotations = rotations_for(cfg.signing_key_file, os.environ, self.key)  # how nodes that trust an earlier key reach this one
         self.finetuned = False  # set by the finetune phase when a fine-tuned round beat the head on features on validation
         # what the phases learn, each declared here and set by the phase named (so a phase reads nothing undeclared)
         self.store: CoordinatorStore | None = None  # run: opened when the campaign starts
@@ -522,7 +524,8 @@ class Campaign:
         if self.finetuned:  # the encoders changed too: nodes install them first, and the bundles name their new versions
             encoders = {m: {k: v.detach().cpu() for k, v in self.model.encoders[m].state_dict().items()} for m in mods}
             self.encoder_versions = {m: state_version(st) for m, st in encoders.items()}
-        bundles = phases.make_bundles(self.model, self.fusion_head, mods, self.store, self.campaign_id, self.key, self.key_id, self.classes, self.encoder_versions)
+        bundles = phases.make_bundles(self.model, self.fusion_head, mods, self.store, self.campaign_id, self.key, self.key_id, self.classes, self.encoder_versions,
+                                      self.rotations)  # fmt: skip
         blobs = {b.modality: b.SerializeToString(deterministic=True) for b in bundles}
         contents = {}
         for f, n in self.live().items():

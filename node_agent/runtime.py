@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from common.codec import MAX_FIRST_VERSION, BundleRejected, CodecError, bundle_to_states, key_from_hex, key_id_of, parse_message, verify_bundle
 from common.modalities import ModalitySpec
+from common.rotation import KeyTrust, follow_rotations
 from common.towers import AlignedModel, ConceptAdapter, FusionHead, PrototypeNet, TowerConfig, head_for_state, head_inputs
 from node_agent.ingest import events_topic
 from node_agent.publish import Publisher
@@ -143,16 +144,28 @@ def admit_bundles(
 ) -> tuple[dict[str, pb.AdapterBundle], dict[str, str]]:
     """Every check a bundle passes before it may be written to a node: (admitted by modality, refused name -> reason).
 
-    ``state`` is the node's ``state.json``. Names are ``<modality> v<version>``.
+    ``state`` is the node's ``state.json``; ``keys`` the coordinator keys the
+    node was provisioned with. Names are ``<modality> v<version>``.
     Reasons: ``malformed``, ``unsigned``, ``unknown-key``, ``bad-signature``,
     ``expired``, ``replay`` (not newer than the version held or admitted in this
     call), ``version-jump`` (more than ``codec.MAX_VERSION_JUMP`` past it, or
     a first version above ``codec.MAX_FIRST_VERSION``),
     ``unknown-modality`` (no encoder here), ``encoder-mismatch``, ``bad-shape``.
+    A bundle's key rotations are followed first (``common.rotation``; refused
+    ones are named ``rotation <old> -> <new>``): see ``admit``.
     """
+    accepted, rejected, _ = admit(bundles, state, keys, node_id)
+    return accepted, rejected
+
+
+def admit(
+    bundles: Sequence[bytes | pb.AdapterBundle], state: Mapping[str, Any], keys: Mapping[str, bytes], node_id: str = ""
+) -> tuple[dict[str, pb.AdapterBundle], dict[str, str], KeyTrust]:
+    """``admit_bundles`` and the key trust after the rotations the bundles carried (to be kept with them)."""
     current = {m: int(a["version"]) for m, a in state["adapters"].items()}
     encoders = {m: e["version"] for m, e in state["encoders"].items()}
     tower = TowerConfig.from_dict(state.get("tower"))
+    trust = KeyTrust.from_state(state)
     accepted: dict[str, pb.AdapterBundle] = {}
     rejected: dict[str, str] = {}
     for i, raw in enumerate(bundles):
@@ -160,8 +173,16 @@ def admit_bundles(
         try:
             b = raw if isinstance(raw, pb.AdapterBundle) else _parse_bundle(raw)
             name = f"{b.modality or name} v{b.version}"
+            if b.rotations:  # a new coordinator key, vouched for by one trusted now: taken before the bundle it signed is checked
+                before = trust.signing_keys(keys)
+                trust, refused = follow_rotations(list(b.rotations), keys, trust)
+                rejected.update(refused)
+                for r, reason in refused.items():
+                    log.warning("node %s refused key %s: %s", node_id, r, reason)
+                if trust.signing_keys(keys) != before:
+                    log.warning("node %s: the coordinator's signing key rotated; now trusting %s", node_id, sorted(trust.rotated))
             held = max(current.get(b.modality, 0), accepted[b.modality].version if b.modality in accepted else 0)
-            verify_bundle(b, keys, min_version=held or None)
+            verify_bundle(b, trust.signing_keys(keys), min_version=held or None)
             if not held and b.version > MAX_FIRST_VERSION:
                 raise _Refused("version-jump", f"a first version above {MAX_FIRST_VERSION} would refuse every later bundle as a replay")
             if b.modality not in encoders:
@@ -173,7 +194,7 @@ def admit_bundles(
         except (BundleRejected, _Refused) as e:
             rejected[name] = e.reason
             log.warning("node %s refused adapter bundle %s: %s", node_id, name, e)
-    return accepted, rejected
+    return accepted, rejected, trust
 
 
 def install_bundles(state_dir: StateDir, bundles: Sequence[bytes | pb.AdapterBundle], keys: Mapping[str, bytes], node_id: str = "") -> dict[str, Any]:
@@ -181,12 +202,15 @@ def install_bundles(state_dir: StateDir, bundles: Sequence[bytes | pb.AdapterBun
 
     Returns ``{"applied": {modality: version}, "rejected": {name: reason}}``
     (see ``admit_bundles``; ``write-failed`` when the files could not be written,
-    in which case the node keeps its old adapters).
+    in which case the node keeps its old adapters). A key rotation the gate
+    took is pinned in ``state.json`` in the same write as the adapters.
     """
-    accepted, rejected = admit_bundles(bundles, state_dir.state(), keys, node_id)
-    if accepted:
+    state = state_dir.state()
+    accepted, rejected, trust = admit(bundles, state, keys, node_id)
+    rotated = trust != KeyTrust.from_state(state)
+    if accepted or rotated:
         try:
-            state_dir.swap_in(accepted)
+            state_dir.swap_in(accepted, key_trust=trust.to_state() if rotated else None)
         except OSError as e:  # nothing was renamed into place: the old adapters stay
             log.error("node %s could not write adapters %s: %s", node_id, sorted(accepted), e)
             return {"applied": {}, "rejected": {**rejected, **{f"{m} v{b.version}": "write-failed" for m, b in accepted.items()}}}
@@ -364,11 +388,12 @@ class NodeRuntime:
             key = json.dumps({k: state.get(k) for k in ("encoders", "adapters", "tower")}, sort_keys=True)
             if self._loaded is not None and self._loaded.key == key:
                 return False
-            attempt = (key, tuple(sorted(self.keys())))
+            keys = KeyTrust.from_state(state).serving_keys(self.keys())  # adapters signed by a key since rotated were admitted while it was trusted
+            attempt = (key, tuple(sorted(keys)))
             if attempt == self._refused:  # refused already: count it once, not on every inference
                 return False
             try:
-                loaded = load_serving(self.root, state, self.keys(), self.device, key)
+                loaded = load_serving(self.root, state, keys, self.device, key)
             except _Refused as e:
                 self._refused, self._refusal = attempt, str(e)
                 self.rejected[e.reason] += 1

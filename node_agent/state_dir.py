@@ -102,9 +102,12 @@ class StateDir:
     def bundles(self) -> dict[str, pb.AdapterBundle]:
         return {m: parse_message((self.root / a["file"]).read_bytes(), pb.AdapterBundle) for m, a in self.state()["adapters"].items()}
 
-    def swap_in(self, bundles: Mapping[str, pb.AdapterBundle]) -> None:
-        """Make ``bundles`` the current adapters, all at once (call only with bundles the gate admitted)."""
+    def swap_in(self, bundles: Mapping[str, pb.AdapterBundle], key_trust: dict | None = None) -> None:
+        """Make ``bundles`` the current adapters, all at once (call only with bundles the gate admitted); ``key_trust``
+        (``common.rotation.KeyTrust.to_state``: the coordinator keys taken by rotation) is pinned in the same write."""
         state = self.state()
+        if key_trust is not None:
+            state["key_trust"] = key_trust
         for m, b in bundles.items():
             blob = b.SerializeToString(deterministic=True)
             name = f"adapters/{m}-v{b.version}.pb"

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14proto/edgebind.proto\x12\x0b\x65\x64gebind.v1\"\xbc\x01\n\x0bSensorFrame\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\tsensor_id\x18\x02 \x01(\t\x12\x10\n\x08modality\x18\x03 \x01(\t\x12\x10\n\x03seq\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x14\n\x0ctimestamp_ns\x18\x05 \x01(\x03\x12\x0f\n\x07rate_hz\x18\x06 \x01(\x02\x12\x10\n\x08\x63hannels\x18\x07 \x01(\r\x12\x13\n\x07samples\x18\x08 \x03(\x02\x42\x02\x10\x01\x12\x0f\n\x07\x62oot_id\x18\t \x01(\x04\x42\x06\n\x04_seq\"\xb0\x01\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x05\x64type\x18\x02 \x01(\x0e\x32\x19.edgebind.v1.Tensor.DType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\r\n\x05scale\x18\x05 \x03(\x02\"B\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT16\x10\x02\x12\x08\n\x04INT8\x10\x03\"\xf8\x01\n\x0e\x45mbeddingBatch\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x61mpaign_id\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x03 \x01(\t\x12\x10\n\x08modality\x18\x04 \x01(\t\x12\x12\n\nwindow_ids\x18\x05 \x03(\t\x12\x15\n\rtimestamps_ns\x18\x06 \x03(\x03\x12\x0e\n\x06labels\x18\x07 \x03(\x05\x12\x10\n\x08subjects\x18\x08 \x03(\x05\x12\'\n\nembeddings\x18\t \x01(\x0b\x32\x13.edgebind.v1.Tensor\x12\x17\n\x0f\x65ncoder_version\x18\n \x01(\t\x12\r\n\x05group\x18\x0b \x01(\t\"\xba\x02\n\rAdapterBundle\x12\x10\n\x08modality\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x13\n\x0b\x63\x61mpaign_id\x18\x03 \x01(\t\x12\x17\n\x0f\x65ncoder_version\x18\x04 \x01(\t\x12$\n\x07tensors\x18\x05 \x03(\x0b\x32\x13.edgebind.v1.Tensor\x12\x12\n\ncreated_ns\x18\x06 \x01(\x03\x12\x0e\n\x06key_id\x18\x07 \x01(\t\x12\x11\n\tsignature\x18\x08 \x01(\x0c\x12&\n\tprototype\x18\t \x03(\x0b\x32\x13.edgebind.v1.Tensor\x12)\n\x0chead_tensors\x18\n \x03(\x0b\x32\x13.edgebind.v1.Tensor\x12\x14\n\x0chead_classes\x18\x0b \x03(\t\x12\x12\n\nexpires_ns\x18\x0c \x01(\x03\"v\n\x0cModalityInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x63hannels\x18\x02 \x01(\r\x12\x0f\n\x07rate_hz\x18\x03 \x01(\x02\x12\x0e\n\x06window\x18\x04 \x01(\r\x12\x11\n\tn_windows\x18\x05 \x01(\x04\x12\x12\n\nn_labelled\x18\x06 \x01(\x04\"R\n\x0cNodePartInfo\x12\r\n\x05group\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x11\n\tn_windows\x18\x03 \x01(\x04\x12\x12\n\nn_labelled\x18\x04 \x01(\x04\"\xcf\x01\n\x0cNodeManifest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12-\n\nmodalities\x18\x02 \x03(\x0b\x32\x19.edgebind.v1.ModalityInfo\x12\x10\n\x08hardware\x18\x03 \x01(\t\x12\x15\n\ragent_version\x18\x04 \x01(\t\x12\r\n\x05group\x18\x05 \x01(\t\x12\x0c\n\x04role\x18\x06 \x01(\t\x12\x0f\n\x07\x63lasses\x18\x07 \x03(\t\x12(\n\x05parts\x18\x08 \x03(\x0b\x32\x19.edgebind.v1.NodePartInfo\"\xc1\x01\n\x15LatestAdaptersRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nmodalities\x18\x02 \x03(\t\x12M\n\x0eknown_versions\x18\x03 \x03(\x0b\x32\x35.edgebind.v1.LatestAdaptersRequest.KnownVersionsEntry\x1a\x34\n\x12KnownVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"B\n\x13LatestAdaptersReply\x12+\n\x07\x62undles\x18\x01 \x03(\x0b\x32\x1a.edgebind.v1.AdapterBundle\"$\n\x11NodeStatusRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"\xe6\x01\n\x0fNodeStatusReply\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x14\n\x0clast_seen_ns\x18\x02 \x01(\x03\x12K\n\x10\x61\x64\x61pter_versions\x18\x03 \x03(\x0b\x32\x31.edgebind.v1.NodeStatusReply.AdapterVersionsEntry\x12\x18\n\x10windows_uploaded\x18\x04 \x01(\x04\x12\r\n\x05state\x18\x05 \x01(\t\x1a\x36\n\x14\x41\x64\x61pterVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\"\n\x03\x41\x63k\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t2\xee\x01\n\x08Registry\x12V\n\x0eLatestAdapters\x12\".edgebind.v1.LatestAdaptersRequest\x1a .edgebind.v1.LatestAdaptersReply\x12J\n\nNodeStatus\x12\x1e.edgebind.v1.NodeStatusRequest\x1a\x1c.edgebind.v1.NodeStatusReply\x12>\n\x0cReportStatus\x12\x1c.edgebind.v1.NodeStatusReply\x1a\x10.edgebind.v1.Ackb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14proto/edgebind.proto\x12\x0b\x65\x64gebind.v1\"\xbc\x01\n\x0bSensorFrame\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\tsensor_id\x18\x02 \x01(\t\x12\x10\n\x08modality\x18\x03 \x01(\t\x12\x10\n\x03seq\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x14\n\x0ctimestamp_ns\x18\x05 \x01(\x03\x12\x0f\n\x07rate_hz\x18\x06 \x01(\x02\x12\x10\n\x08\x63hannels\x18\x07 \x01(\r\x12\x13\n\x07samples\x18\x08 \x03(\x02\x42\x02\x10\x01\x12\x0f\n\x07\x62oot_id\x18\t \x01(\x04\x42\x06\n\x04_seq\"\xb0\x01\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x05\x64type\x18\x02 \x01(\x0e\x32\x19.edgebind.v1.Tensor.DType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\r\n\x05scale\x18\x05 \x03(\x02\"B\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT16\x10\x02\x12\x08\n\x04INT8\x10\x03\"\xf8\x01\n\x0e\x45mbeddingBatch\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x61mpaign_id\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x03 \x01(\t\x12\x10\n\x08modality\x18\x04 \x01(\t\x12\x12\n\nwindow_ids\x18\x05 \x03(\t\x12\x15\n\rtimestamps_ns\x18\x06 \x03(\x03\x12\x0e\n\x06labels\x18\x07 \x03(\x05\x12\x10\n\x08subjects\x18\x08 \x03(\x05\x12\'\n\nembeddings\x18\t \x01(\x0b\x32\x13.edgebind.v1.Tensor\x12\x17\n\x0f\x65ncoder_version\x18\n \x01(\t\x12\r\n\x05group\x18\x0b \x01(\t\"\xe7\x02\n\rAdapterBundle\x12\x10\n\x08modality\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x13\n\x0b\x63\x61mpaign_id\x18\x03 \x01(\t\x12\x17\n\x0f\x65ncoder_version\x18\x04 \x01(\t\x12$\n\x07tensors\x18\x05 \x03(\x0b\x32\x13.edgebind.v1.Tensor\x12\x12\n\ncreated_ns\x18\x06 \x01(\x03\x12\x0e\n\x06key_id\x18\x07 \x01(\t\x12\x11\n\tsignature\x18\x08 \x01(\x0c\x12&\n\tprototype\x18\t \x03(\x0b\x32\x13.edgebind.v1.Tensor\x12)\n\x0chead_tensors\x18\n \x03(\x0b\x32\x13.edgebind.v1.Tensor\x12\x14\n\x0chead_classes\x18\x0b \x03(\t\x12\x12\n\nexpires_ns\x18\x0c \x01(\x03\x12+\n\trotations\x18\r \x03(\x0b\x32\x18.edgebind.v1.KeyRotation\"s\n\x0bKeyRotation\x12\x12\n\nold_key_id\x18\x01 \x01(\t\x12\x12\n\nnew_key_id\x18\x02 \x01(\t\x12\x16\n\x0enew_public_key\x18\x03 \x01(\x0c\x12\x11\n\tissued_ns\x18\x04 \x01(\x03\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"v\n\x0cModalityInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x63hannels\x18\x02 \x01(\r\x12\x0f\n\x07rate_hz\x18\x03 \x01(\x02\x12\x0e\n\x06window\x18\x04 \x01(\r\x12\x11\n\tn_windows\x18\x05 \x01(\x04\x12\x12\n\nn_labelled\x18\x06 \x01(\x04\"R\n\x0cNodePartInfo\x12\r\n\x05group\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x11\n\tn_windows\x18\x03 \x01(\x04\x12\x12\n\nn_labelled\x18\x04 \x01(\x04\"\xcf\x01\n\x0cNodeManifest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12-\n\nmodalities\x18\x02 \x03(\x0b\x32\x19.edgebind.v1.ModalityInfo\x12\x10\n\x08hardware\x18\x03 \x01(\t\x12\x15\n\ragent_version\x18\x04 \x01(\t\x12\r\n\x05group\x18\x05 \x01(\t\x12\x0c\n\x04role\x18\x06 \x01(\t\x12\x0f\n\x07\x63lasses\x18\x07 \x03(\t\x12(\n\x05parts\x18\x08 \x03(\x0b\x32\x19.edgebind.v1.NodePartInfo\"\xc1\x01\n\x15LatestAdaptersRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nmodalities\x18\x02 \x03(\t\x12M\n\x0eknown_versions\x18\x03 \x03(\x0b\x32\x35.edgebind.v1.LatestAdaptersRequest.KnownVersionsEntry\x1a\x34\n\x12KnownVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"B\n\x13LatestAdaptersReply\x12+\n\x07\x62undles\x18\x01 \x03(\x0b\x32\x1a.edgebind.v1.AdapterBundle\"$\n\x11NodeStatusRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"\xe6\x01\n\x0fNodeStatusReply\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x14\n\x0clast_seen_ns\x18\x02 \x01(\x03\x12K\n\x10\x61\x64\x61pter_versions\x18\x03 \x03(\x0b\x32\x31.edgebind.v1.NodeStatusReply.AdapterVersionsEntry\x12\x18\n\x10windows_uploaded\x18\x04 \x01(\x04\x12\r\n\x05state\x18\x05 \x01(\t\x1a\x36\n\x14\x41\x64\x61pterVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\"\n\x03\x41\x63k\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t2\xee\x01\n\x08Registry\x12V\n\x0eLatestAdapters\x12\".edgebind.v1.LatestAdaptersRequest\x1a .edgebind.v1.LatestAdaptersReply\x12J\n\nNodeStatus\x12\x1e.edgebind.v1.NodeStatusRequest\x1a\x1c.edgebind.v1.NodeStatusReply\x12>\n\x0cReportStatus\x12\x1c.edgebind.v1.NodeStatusReply\x1a\x10.edgebind.v1.Ackb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,27 +46,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EMBEDDINGBATCH']._serialized_start=408
   _globals['_EMBEDDINGBATCH']._serialized_end=656
   _globals['_ADAPTERBUNDLE']._serialized_start=659
-  _globals['_ADAPTERBUNDLE']._serialized_end=973
-  _globals['_MODALITYINFO']._serialized_start=975
-  _globals['_MODALITYINFO']._serialized_end=1093
-  _globals['_NODEPARTINFO']._serialized_start=1095
-  _globals['_NODEPARTINFO']._serialized_end=1177
-  _globals['_NODEMANIFEST']._serialized_start=1180
-  _globals['_NODEMANIFEST']._serialized_end=1387
-  _globals['_LATESTADAPTERSREQUEST']._serialized_start=1390
-  _globals['_LATESTADAPTERSREQUEST']._serialized_end=1583
-  _globals['_LATESTADAPTERSREQUEST_KNOWNVERSIONSENTRY']._serialized_start=1531
-  _globals['_LATESTADAPTERSREQUEST_KNOWNVERSIONSENTRY']._serialized_end=1583
-  _globals['_LATESTADAPTERSREPLY']._serialized_start=1585
-  _globals['_LATESTADAPTERSREPLY']._serialized_end=1651
-  _globals['_NODESTATUSREQUEST']._serialized_start=1653
-  _globals['_NODESTATUSREQUEST']._serialized_end=1689
-  _globals['_NODESTATUSREPLY']._serialized_start=1692
-  _globals['_NODESTATUSREPLY']._serialized_end=1922
-  _globals['_NODESTATUSREPLY_ADAPTERVERSIONSENTRY']._serialized_start=1868
-  _globals['_NODESTATUSREPLY_ADAPTERVERSIONSENTRY']._serialized_end=1922
-  _globals['_ACK']._serialized_start=1924
-  _globals['_ACK']._serialized_end=1958
-  _globals['_REGISTRY']._serialized_start=1961
-  _globals['_REGISTRY']._serialized_end=2199
+  _globals['_ADAPTERBUNDLE']._serialized_end=1018
+  _globals['_KEYROTATION']._serialized_start=1020
+  _globals['_KEYROTATION']._serialized_end=1135
+  _globals['_MODALITYINFO']._serialized_start=1137
+  _globals['_MODALITYINFO']._serialized_end=1255
+  _globals['_NODEPARTINFO']._serialized_start=1257
+  _globals['_NODEPARTINFO']._serialized_end=1339
+  _globals['_NODEMANIFEST']._serialized_start=1342
+  _globals['_NODEMANIFEST']._serialized_end=1549
+  _globals['_LATESTADAPTERSREQUEST']._serialized_start=1552
+  _globals['_LATESTADAPTERSREQUEST']._serialized_end=1745
+  _globals['_LATESTADAPTERSREQUEST_KNOWNVERSIONSENTRY']._serialized_start=1693
+  _globals['_LATESTADAPTERSREQUEST_KNOWNVERSIONSENTRY']._serialized_end=1745
+  _globals['_LATESTADAPTERSREPLY']._serialized_start=1747
+  _globals['_LATESTADAPTERSREPLY']._serialized_end=1813
+  _globals['_NODESTATUSREQUEST']._serialized_start=1815
+  _globals['_NODESTATUSREQUEST']._serialized_end=1851
+  _globals['_NODESTATUSREPLY']._serialized_start=1854
+  _globals['_NODESTATUSREPLY']._serialized_end=2084
+  _globals['_NODESTATUSREPLY_ADAPTERVERSIONSENTRY']._serialized_start=2030
+  _globals['_NODESTATUSREPLY_ADAPTERVERSIONSENTRY']._serialized_end=2084
+  _globals['_ACK']._serialized_start=2086
+  _globals['_ACK']._serialized_end=2120
+  _globals['_REGISTRY']._serialized_start=2123
+  _globals['_REGISTRY']._serialized_end=2361
 # @@protoc_insertion_point(module_scope)

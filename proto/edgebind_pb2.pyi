@@ -80,7 +80,7 @@ class EmbeddingBatch(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., campaign_id: _Optional[str] = ..., batch_id: _Optional[str] = ..., modality: _Optional[str] = ..., window_ids: _Optional[_Iterable[str]] = ..., timestamps_ns: _Optional[_Iterable[int]] = ..., labels: _Optional[_Iterable[int]] = ..., subjects: _Optional[_Iterable[int]] = ..., embeddings: _Optional[_Union[Tensor, _Mapping]] = ..., encoder_version: _Optional[str] = ..., group: _Optional[str] = ...) -> None: ...
 
 class AdapterBundle(_message.Message):
-    __slots__ = ("modality", "version", "campaign_id", "encoder_version", "tensors", "created_ns", "key_id", "signature", "prototype", "head_tensors", "head_classes", "expires_ns")
+    __slots__ = ("modality", "version", "campaign_id", "encoder_version", "tensors", "created_ns", "key_id", "signature", "prototype", "head_tensors", "head_classes", "expires_ns", "rotations")
     MODALITY_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -93,6 +93,7 @@ class AdapterBundle(_message.Message):
     HEAD_TENSORS_FIELD_NUMBER: _ClassVar[int]
     HEAD_CLASSES_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_NS_FIELD_NUMBER: _ClassVar[int]
+    ROTATIONS_FIELD_NUMBER: _ClassVar[int]
     modality: str
     version: int
     campaign_id: str
@@ -105,7 +106,22 @@ class AdapterBundle(_message.Message):
     head_tensors: _containers.RepeatedCompositeFieldContainer[Tensor]
     head_classes: _containers.RepeatedScalarFieldContainer[str]
     expires_ns: int
-    def __init__(self, modality: _Optional[str] = ..., version: _Optional[int] = ..., campaign_id: _Optional[str] = ..., encoder_version: _Optional[str] = ..., tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., created_ns: _Optional[int] = ..., key_id: _Optional[str] = ..., signature: _Optional[bytes] = ..., prototype: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., head_tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., head_classes: _Optional[_Iterable[str]] = ..., expires_ns: _Optional[int] = ...) -> None: ...
+    rotations: _containers.RepeatedCompositeFieldContainer[KeyRotation]
+    def __init__(self, modality: _Optional[str] = ..., version: _Optional[int] = ..., campaign_id: _Optional[str] = ..., encoder_version: _Optional[str] = ..., tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., created_ns: _Optional[int] = ..., key_id: _Optional[str] = ..., signature: _Optional[bytes] = ..., prototype: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., head_tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., head_classes: _Optional[_Iterable[str]] = ..., expires_ns: _Optional[int] = ..., rotations: _Optional[_Iterable[_Union[KeyRotation, _Mapping]]] = ...) -> None: ...
+
+class KeyRotation(_message.Message):
+    __slots__ = ("old_key_id", "new_key_id", "new_public_key", "issued_ns", "signature")
+    OLD_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    NEW_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    NEW_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_NS_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    old_key_id: str
+    new_key_id: str
+    new_public_key: bytes
+    issued_ns: int
+    signature: bytes
+    def __init__(self, old_key_id: _Optional[str] = ..., new_key_id: _Optional[str] = ..., new_public_key: _Optional[bytes] = ..., issued_ns: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class ModalityInfo(_message.Message):
     __slots__ = ("name", "channels", "rate_hz", "window", "n_windows", "n_labelled")

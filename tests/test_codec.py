@@ -427,3 +427,63 @@ def test_a_decoded_batch_keeps_its_wire_array_and_scales(dtype, wire_dtype):
     assert (d.scales is not None) == (dtype == "int8")
     np.testing.assert_array_equal(d.embeddings, codec.dequantize(d.wire, d.scales))
     np.testing.assert_allclose(d.embeddings, x, atol=0.02 if dtype == "int8" else 2e-3)
+
+
+# --- key rotation (common.rotation) ---------------------------------------------------------
+
+
+def test_a_rotation_the_trusted_key_signed_moves_trust_to_the_new_key():
+    from common.rotation import KeyTrust, follow_rotations, make_rotation
+
+    k2 = b"t" * 32
+    pub2 = codec.public_key_of(k2)
+    provisioned = {codec.key_id_of(PUB): PUB, "k1": PUB}  # one key under two ids, as a node files its --signing-public-key
+    trust, refused = follow_rotations([make_rotation(KEY, pub2, issued_ns=10)], provisioned, KeyTrust(), now_ns=20)
+    assert refused == {} and trust.last_issued_ns == 10
+    assert trust.signing_keys(provisioned) == {codec.key_id_of(pub2): pub2}  # the old key signs no new bundle, under either id
+    assert set(trust.serving_keys(provisioned).values()) == {PUB, pub2}  # but what it signed before still loads
+    assert KeyTrust.from_state({"key_trust": trust.to_state()}) == trust  # as state.json keeps it
+    again, refused = follow_rotations([make_rotation(KEY, pub2, issued_ns=10)], provisioned, trust, now_ns=20)
+    assert again == trust and refused == {}  # a record to a key already taken is nothing new
+
+
+def test_rotations_signed_by_another_key_replayed_tampered_or_from_the_future_are_refused():
+    from common.rotation import MAX_CLOCK_SKEW_NS, KeyTrust, follow_rotations, make_rotation
+
+    k2, k3 = b"t" * 32, b"u" * 32
+    pub2, pub3 = codec.public_key_of(k2), codec.public_key_of(k3)
+    provisioned = {"k1": PUB}
+    name = lambda old, new: f"rotation {codec.key_id_of(old)} -> {codec.key_id_of(new)}"  # noqa: E731
+
+    def refused(rec, trust=KeyTrust()):
+        after, why = follow_rotations([rec], provisioned, trust, now_ns=100)
+        assert after == trust  # nothing taken
+        return why
+
+    assert refused(make_rotation(OTHER, pub2, issued_ns=10)) == {name(OTHER_PUB, pub2): "rotation-unknown-key"}
+    forged = make_rotation(OTHER, pub2, issued_ns=10)
+    forged.old_key_id = codec.key_id_of(PUB)  # somebody else's key, claiming to be the trusted one
+    assert refused(forged) == {name(PUB, pub2): "rotation-bad-signature"}
+    moved = make_rotation(KEY, pub2, issued_ns=10)
+    moved.new_public_key = pub3  # the trusted key's record, pointing at another key
+    assert refused(moved) == {f"rotation {codec.key_id_of(PUB)} -> {codec.key_id_of(pub2)}": "rotation-malformed"}
+    assert refused(make_rotation(KEY, pub2, issued_ns=100 + MAX_CLOCK_SKEW_NS + 1)) == {name(PUB, pub2): "rotation-future"}
+    # k1 -> k2 -> k3 taken; then the older k1 -> k2 again, a new record by the replaced k2, and one issued before the last
+    trust, why = follow_rotations([make_rotation(KEY, pub2, issued_ns=10), make_rotation(k2, pub3, issued_ns=20)], provisioned, KeyTrust(), now_ns=100)
+    assert why == {} and trust.signing_keys(provisioned) == {codec.key_id_of(pub3): pub3}
+    assert follow_rotations([make_rotation(KEY, pub2, issued_ns=10)], provisioned, trust, now_ns=100) == (trust, {})  # history: changes nothing
+    assert refused(make_rotation(KEY, OTHER_PUB, issued_ns=40), trust) == {name(PUB, OTHER_PUB): "rotation-replay"}  # the replaced k1 signing again
+    assert refused(make_rotation(k2, OTHER_PUB, issued_ns=30), trust) == {name(pub2, OTHER_PUB): "rotation-replay"}
+    assert refused(make_rotation(k3, OTHER_PUB, issued_ns=15), trust) == {name(pub3, OTHER_PUB): "rotation-replay"}
+    taken, why = follow_rotations([make_rotation(k3, OTHER_PUB, issued_ns=30)], provisioned, trust, now_ns=100)
+    assert why == {} and taken.signing_keys(provisioned) == {codec.key_id_of(OTHER_PUB): OTHER_PUB}
+
+
+def test_a_bundle_signs_the_rotations_it_carries(bundle):
+    from common.rotation import make_rotation
+
+    rec = make_rotation(OTHER, PUB, issued_ns=1)
+    b = codec.sign_bundle(pb.AdapterBundle.FromString(bundle.SerializeToString()), KEY, "k1", rotations=[rec])
+    codec.verify_bundle(b, {"k1": PUB})
+    b.rotations[0].issued_ns = 2
+    _rejected(b, "bad-signature")

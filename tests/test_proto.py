@@ -45,7 +45,12 @@ def _bundle() -> pb.AdapterBundle:
         prototype=[_tensor()],
         head_tensors=[_tensor()],
         head_classes=["walk", "sit"],
+        rotations=[_rotation()],
     )
+
+
+def _rotation() -> pb.KeyRotation:
+    return pb.KeyRotation(old_key_id="k0", new_key_id="k1", new_public_key=b"\x01" * 32, issued_ns=1_699_000_000_000_000_000, signature=b"\x02" * 64)
 
 
 def _status() -> pb.NodeStatusReply:
@@ -81,6 +86,7 @@ EXAMPLES: list[Message] = [
         group="validation",
     ),
     _bundle(),
+    _rotation(),
     pb.ModalityInfo(name="acc", channels=3, rate_hz=50.0, window=128, n_windows=10, n_labelled=2),
     pb.NodeManifest(
         node_id="n1",

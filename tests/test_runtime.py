@@ -378,3 +378,68 @@ def test_a_key_offered_in_band_is_trusted_by_simulated_nodes_only(tmp_path):
     assert deployed.keys() == {codec.key_id_of(PUB): PUB}  # only what it was provisioned with
     assert simulated.keys() == {"campaign-key": offered}
     assert NodeRuntime(tmp_path / "d", "n1", keys=deployed.keys()).keys() == deployed.keys()  # the runtime adds nothing from state
+
+
+def test_after_rotate_key_a_node_follows_the_new_key_with_the_next_bundles_and_refuses_the_old_one(rt, windows, tmp_path):
+    from coordinator.cli import keygen
+    from coordinator.keys import rotate_key, rotations_for
+
+    made = keygen(tmp_path / "coord")
+    old = codec.key_from_file(made["private_key_file"])
+    provisioned = {KEY_ID: PUB, made["key_id"]: codec.public_key_of(old)}  # the node was given the coordinator's public key by hand
+    node = NodeRuntime(rt.root, "n1", keys=provisioned, store=rt.store)
+    enc = node.state_dir.encoder_versions()
+    signed = lambda v, key, chain=(): [codec.sign_bundle(make_bundle(m, v, enc[m]), key, codec.key_id_of(codec.public_key_of(key)), rotations=chain) for m in SPECS]  # noqa: E731
+    assert node.install(signed(1, old))["applied"] == {"gyro": 1, "lin_acc": 1}
+    first, second = rotate_key(tmp_path / "coord"), rotate_key(tmp_path / "coord")  # twice: the node missed the first
+    assert (tmp_path / "coord" / "signing.pub").read_text().strip() == second["public_key"] and first["replaces"] == made["key_id"]
+    assert oct((tmp_path / "coord" / "signing.key").stat().st_mode & 0o777) == "0o600"
+    assert codec.key_from_file(first["retired_key_file"]) == old  # each replaced private key is kept (0600) beside the new one
+    assert codec.key_id_of(codec.public_key_of(codec.key_from_file(second["retired_key_file"]))) == first["key_id"]
+    new = codec.key_from_file(tmp_path / "coord" / "signing.key")
+    chain = rotations_for(str(tmp_path / "coord" / "signing.key"), {}, new)
+    assert [r.new_key_id for r in chain] == [first["key_id"], second["key_id"]]
+    assert node.install(signed(2, new))["rejected"] == {"gyro v2": "unknown-key", "lin_acc v2": "unknown-key"}  # without the chain: not trusted
+    assert node.install(signed(2, new, chain)) == {"applied": {"gyro": 2, "lin_acc": 2}, "rejected": {}}
+    assert json.loads((rt.root / "state.json").read_text())["key_trust"]["rotated"] == {second["key_id"]: second["public_key"]}
+    rebooted = NodeRuntime(rt.root, "n1", keys=provisioned, store=rt.store)  # the pin outlives a restart: the provisioned keys are retired
+    assert rebooted.infer(windows).adapter_versions == {"gyro": 2, "lin_acc": 2}
+    assert rebooted.install(signed(3, old))["rejected"] == {"gyro v3": "unknown-key", "lin_acc v3": "unknown-key"}
+    assert rebooted.install(signed(3, new, chain))["applied"] == {"gyro": 3, "lin_acc": 3}
+    # the Registry path takes the same chain, through the same gate: a node that never saw a push follows it too
+    fresh = NodeRuntime(tmp_path / "fresh", "n2", keys=provisioned)
+    fresh.install_encoders({m: rt.state_dir.encoders()[m].state_dict() for m in SPECS}, SPECS, TOWER)
+    coord = open_coordinator_store("sqlite://")
+    coord.upsert_node("n2", {m: {} for m in SPECS})
+    coord.create_campaign("c1", {})
+    for b in signed(4, new, chain):
+        blob = b.SerializeToString(deterministic=True)
+        coord.record_adapter_version(b.modality, b.version, "c1", blob, hashlib.sha256(blob).hexdigest())
+    server, port = serve(coord)
+    try:
+        assert fresh.fetch_latest(f"127.0.0.1:{port}") == {"applied": {"gyro": 4, "lin_acc": 4}, "rejected": {}}
+    finally:
+        server.stop(0).wait()
+        coord.close()
+    assert json.loads((tmp_path / "fresh" / "state.json").read_text())["key_trust"]["rotated"] == {second["key_id"]: second["public_key"]}
+
+
+def test_a_broken_rotation_chain_is_named_before_anything_is_signed(tmp_path):
+    from coordinator.cli import keygen
+    from coordinator.keys import rotate_key, rotations_for
+
+    keygen(tmp_path / "c")
+    for _ in range(3):
+        rotate_key(tmp_path / "c")
+    key_file = tmp_path / "c" / "signing.key"
+    key = codec.key_from_file(key_file)
+    assert len(rotations_for(str(key_file), {}, key)) == 3
+    with pytest.raises(ValueError, match="a rotation did not finish"):  # a key that is not where the chain ends
+        rotations_for("", {"EDGEBIND_SIGNING_KEY_FILE": str(key_file)}, b"z" * 32)
+    sorted((tmp_path / "c" / "rotations").glob("*.pb"))[1].unlink()  # the middle record lost: the third no longer chains on
+    with pytest.raises(ValueError, match="the chain is broken"):
+        rotations_for(str(key_file), {}, key)
+    with pytest.raises(ValueError, match="the chain is broken"):
+        rotate_key(tmp_path / "c")  # nor is a fourth rotation written onto it
+    with pytest.raises(FileNotFoundError, match="keygen"):
+        rotate_key(tmp_path / "none")
