@@ -8,6 +8,7 @@
     edgebind-coordinator status --store coord/coordinator.db [--campaign ID] [--json]
     edgebind-coordinator keygen --dir coord/
     edgebind-coordinator rotate-key --dir coord/
+    edgebind-coordinator recover --store coord/coordinator.db (--from-nodes | --floor gyro=57)
 
 Each subcommand is a thin wrapper over the function of the same name here.
 """
@@ -364,6 +365,17 @@ def keygen(directory: str | Path) -> dict[str, str]:
     return {"private_key_file": str(priv), "public_key_file": str(pub), "public_key": public_key_of(key).hex(), "key_id": key_id_of(public_key_of(key))}
 
 
+def _floors(items: Sequence[str]) -> dict[str, int]:
+    """``--floor MODALITY=VERSION`` items as a dict, or ValueError naming the bad one."""
+    out = {}
+    for item in items:
+        m, _, v = item.partition("=")
+        if not m or not v.isdigit():
+            raise ValueError(f"--floor {item!r}: expected MODALITY=VERSION, e.g. gyro=57")
+        out[m] = int(v)
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = cli_parser("edgebind-coordinator", __doc__.split("\n")[0], "edgebind-coordinator keygen --dir coord",
                         "edgebind-coordinator up --dir coord --host 0.0.0.0 --tls-dir coord/pki",
@@ -419,6 +431,12 @@ def build_parser() -> argparse.ArgumentParser:
                 "edgebind-coordinator rotate-key --dir coord")  # fmt: skip
     p.add_argument("--dir", default="edgebind-coordinator", help="the folder keygen wrote signing.key in")
 
+    p = command(sub, "recover", "after the store was lost: number adapters above the versions nodes hold (campaigns also do this on their own)",
+                "edgebind-coordinator recover --store coord/coordinator.db --from-nodes", "edgebind-coordinator recover --store coord/coordinator.db --floor gyro=57")  # fmt: skip
+    p.add_argument("--store", required=True, help="the coordinator store (a new one, after the old was lost)")
+    p.add_argument("--from-nodes", action="store_true", help="from the versions nodes reported (their manifests, Registry status reports)")
+    p.add_argument("--floor", action="append", default=[], metavar="MODALITY=VERSION", help="number MODALITY's adapters above VERSION (repeatable)")
+
     p = command(sub, "status", "nodes, adapter versions and campaigns in the store",
                 "edgebind-coordinator status --store coord/coordinator.db", "edgebind-coordinator status --store coord/coordinator.db --json")  # fmt: skip
     p.add_argument("--store", required=True, help="store URL or SQLite path (as `up` used)")
@@ -440,6 +458,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             tls_or_insecure(args.root_certificates, args.insecure, "--root-certificates CA_PEM")
             return campaign(args.superlink, app_dir=args.app, run_config=args.run_config, store=args.store, flwr_home=args.flwr_home,
                             stream=not args.no_stream, timeout=args.timeout, resume=args.resume, root_certificates=args.root_certificates)  # fmt: skip
+        if args.command == "recover":
+            from coordinator.recovery import recover
+
+            with open_store(args.store) as st:
+                print(json.dumps(recover(st, _floors(args.floor), from_nodes=args.from_nodes), indent=2))
+            return 0
         if args.command == "rotate-key":
             from coordinator.keys import rotate_key
 

@@ -53,7 +53,7 @@ from common.processes import ensure_logging
 from common.progress import time_left
 from common.samples import SampleSet
 from common.towers import SHARED_BLOCK, AlignedModel, FusionHead, TowerConfig, block_of, flat_state, model_from_flat
-from coordinator import aggregation, identity, phases
+from coordinator import aggregation, identity, phases, recovery
 from coordinator.keys import rotations_for
 from coordinator.phases import NodeInfo
 from coordinator.store import CoordinatorStore, open_store
@@ -275,8 +275,10 @@ class Campaign:
             try:  # one malformed manifest costs that node, not the campaign
                 info, specs, node_classes = phases.read_manifest(r.content["manifest"]["node-manifest"], f, self.specs, [n.node_id for n in self.nodes.values()])
                 check_identity(info.node_id, f)
+                versions = recovery.held_versions(r.content.config_records.get("adapter-versions", {}), info.modalities)
                 held = " ".join(f"{p.group}:{p.role}" for p in info.parts)
                 self.store.upsert_node(info.node_id, {mod: asdict(spec) for mod, spec in specs.items()}, hardware=f"parts={held}")
+                self.store.report_node_status(info.node_id, "manifest", versions)
             except (KeyError, ValueError, TypeError) as e:
                 self.missing[f"flower:{f}"] = {"phase": "manifest", "round": 0, "reason": f"bad manifest: {type(e).__name__}: {e}"}
                 log.warning("[manifest] node flower:%s sent a bad manifest (%s: %s); leaving it out", f, type(e).__name__, e)
@@ -524,6 +526,7 @@ class Campaign:
         if self.finetuned:  # the encoders changed too: nodes install them first, and the bundles name their new versions
             encoders = {m: {k: v.detach().cpu() for k, v in self.model.encoders[m].state_dict().items()} for m in mods}
             self.encoder_versions = {m: state_version(st) for m, st in encoders.items()}
+        floors = recovery.resume_numbering(self.store, mods, [self.store.node_status(n.node_id).adapter_versions for n in self.live().values()])
         bundles = phases.make_bundles(self.model, self.fusion_head, mods, self.store, self.campaign_id, self.key, self.key_id, self.classes, self.encoder_versions,
                                       self.rotations)  # fmt: skip
         blobs = {b.modality: b.SerializeToString(deterministic=True) for b in bundles}
@@ -546,7 +549,7 @@ class Campaign:
                 refused[node.node_id] = dict(r.content["rejected"])
             self.store.report_node_status(node.node_id, "adapters-applied", versions)
         self.results["bundles"] = {b.modality: {"version": b.version, "bytes": len(blobs[b.modality]), "encoder_version": b.encoder_version} for b in bundles}
-        return {"bundles": len(bundles), "nodes_applied": applied, "nodes_refused": refused}
+        return {"bundles": len(bundles), "nodes_applied": applied, "nodes_refused": refused, **({"numbering_resumed": floors} if floors else {})}
 
     def evaluate(self) -> dict:
         ask = RecordDict({"config": ConfigRecord({"role": "test"})})

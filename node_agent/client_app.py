@@ -4,7 +4,9 @@ Messages (``message_type`` -> content in, content out):
 
 - ``query.manifest``: nothing -> ``manifest`` (``node-manifest``: a serialised
   ``NodeManifest``: node id, group, role, class names, each modality's spec and
-  counts, and each part the node holds, its own first)
+  counts, and each part the node holds, its own first) and ``adapter-versions``
+  (the adapter version it holds per modality: numbering resumes above them after
+  the coordinator's store was lost, ``coordinator.recovery``)
 - ``train.pretrain``: ``config`` (round, epochs, batch-size, lr, seed, tower.*) and
   ``encoder.<m>`` / ``head.<m>`` arrays -> the trained arrays and ``metrics``
   (``n.<m>``, ``loss.<m>``); trained on the node's ``train`` part only
@@ -126,7 +128,7 @@ class Node:
 def manifest(msg: Message, context: Context) -> Message:
     def work(node: Node) -> RecordDict:
         m = tasks.manifest(node.node_id, node.group, node.role, node.data, [(p.group, p.role, p.data) for p in node.parts])
-        return RecordDict({"manifest": ConfigRecord({"node-manifest": m.SerializeToString()})})
+        return RecordDict({"manifest": ConfigRecord({"node-manifest": m.SerializeToString()}), "adapter-versions": ConfigRecord(node.state_dir.adapter_versions())})
 
     return _handle(msg, context, "manifest", work)
 
