@@ -47,7 +47,7 @@ def one(name: str, nodes: int, scenario: str, out: Path) -> None:
     """One deployment, in this process's own network namespace; writes ``out/<name>.json`` (summary and bytes per step)."""
     from simulations.deploy_local import Deployment, deploy_local
 
-    if os.readlink("/proc/self/ns/net") == os.readlink("/proc/1/ns/net"):
+    if os.readlink("/proc/self/ns/net") == os.environ.get("BENCH_SECURE_PARENT_NETNS", os.readlink("/proc/self/ns/net")):
         raise SystemExit("not in a network namespace of its own: the loopback's counters would include every other process's traffic")
     marks: list[tuple[str, int, int]] = [("begin", *lo_sent())]
     step = Deployment.step
@@ -67,7 +67,8 @@ def one(name: str, nodes: int, scenario: str, out: Path) -> None:
 def _in_namespace(name: str, args: argparse.Namespace, out: Path) -> dict:
     cmd = ["unshare", "-n", "--", "sh", "-c", 'ip link set lo up && exec "$0" "$@"', sys.executable, __file__, "--one", name,
            "--nodes", str(args.nodes), "--scenario", args.scenario, "--out", str(out)]  # fmt: skip
-    subprocess.run(cmd, check=True, env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"})
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "BENCH_SECURE_PARENT_NETNS": os.readlink("/proc/self/ns/net")}
+    subprocess.run(cmd, check=True, env=env)
     return json.loads((out / f"{name}.json").read_text())
 
 

@@ -65,12 +65,13 @@ def check_identity(claimed: str, flower_id: int, keys: Mapping[int, str], regist
     """Raise ValueError, naming why, unless the node ``flower_id`` may be ``claimed``.
 
     ``keys``: Flower node id -> authenticated key (``flower_keys``);
-    ``registered``: node id -> its key (``CoordinatorStore.node_keys``). With
-    nothing registered every claim passes (ids come from manifests).
+    ``registered``: node id -> its key (``CoordinatorStore.node_keys``), both
+    PEM as ``key_pem`` writes it. With nothing registered every claim passes
+    (ids come from manifests).
     """
     if not registered:
         return
-    owners = {key_pem(pem): node for node, pem in registered.items()}
+    owners = {pem: node for node, pem in registered.items()}
     key = keys.get(flower_id)
     if key is None:
         raise ValueError(f"node claims id {claimed!r}, but the SuperLink shows no SuperNode key for Flower node {flower_id}: "
@@ -84,7 +85,7 @@ def check_identity(claimed: str, flower_id: int, keys: Mapping[int, str], regist
 
 def identity_check(grid, store) -> Callable[[str, int], None]:
     """``check(claimed id, Flower node id)`` for one campaign's manifests: the store's bindings and the grid's keys, read once."""
-    registered = store.node_keys()
+    registered = {node: key_pem(pem) for node, pem in store.node_keys().items()}  # read once per campaign, in one form with the grid's
     keys = flower_keys(grid) if registered else {}
     log.info("[manifest] node ids: %s", f"bound to the SuperNode keys of {len(registered)} registered nodes" if registered else "as the manifests say (no node key registered)")
     return lambda claimed, flower_id: check_identity(claimed, flower_id, keys, registered)
