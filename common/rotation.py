@@ -92,7 +92,9 @@ def follow_rotations(records: Sequence[pb.KeyRotation], provisioned: Mapping[str
     now = time.time_ns() if now_ns is None else now_ns
     out = KeyTrust(dict(trust.rotated), dict(trust.retired), trust.last_issued_ns)
     refused: dict[str, str] = {}
-    for rec in records:
+    known = {*out.signing_keys(provisioned).values(), *out.retired.values()}
+    start = max((i + 1 for i, r in enumerate(records) if bytes(r.new_public_key) in known), default=0)  # before it: history (or re-provisioned by hand)
+    for rec in records[start:]:
         name = f"rotation {rec.old_key_id or '?'} -> {rec.new_key_id or '?'}"
         trusted = out.signing_keys(provisioned)
         if bytes(rec.new_public_key) in {*trusted.values(), *out.retired.values()}:

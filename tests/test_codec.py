@@ -445,6 +445,8 @@ def test_a_rotation_the_trusted_key_signed_moves_trust_to_the_new_key():
     assert KeyTrust.from_state({"key_trust": trust.to_state()}) == trust  # as state.json keeps it
     again, refused = follow_rotations([make_rotation(KEY, pub2, issued_ns=10)], provisioned, trust, now_ns=20)
     assert again == trust and refused == {}  # a record to a key already taken is nothing new
+    by_hand = {"k2": pub2}  # a node re-provisioned with the new key: the chain before it is history, not a refusal
+    assert follow_rotations([make_rotation(OTHER, PUB, issued_ns=5), make_rotation(KEY, pub2, issued_ns=10)], by_hand, KeyTrust(), now_ns=20) == (KeyTrust(), {})
 
 
 def test_rotations_signed_by_another_key_replayed_tampered_or_from_the_future_are_refused():
