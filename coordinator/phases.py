@@ -373,7 +373,7 @@ def new_model(specs: Mapping[str, ModalitySpec], tower: TowerConfig, seed: int, 
     return model
 
 
-def grow(
+def align_mmbind(
     model: AlignedModel,
     natural: SampleSet,
     pseudo: SampleSet | None,
@@ -407,7 +407,7 @@ def grow(
     return out
 
 
-def grow_plan(
+def grow_babel(
     model: AlignedModel,
     plan: str,
     groups: Mapping[str, GroupData],

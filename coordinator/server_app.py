@@ -418,7 +418,7 @@ class Campaign:
         if self.cfg.growth_plan:
             # Babel grows the trunk stage by stage on the groups' natural pairs; MMBind's
             # alignment below then binds, through the pseudo-pairs, what no node holds together.
-            babel = phases.grow_plan(self.model, self.cfg.growth_plan, self.groups, self.cfg.align(), self.device, self.cfg.seed, self.store, self.campaign_id, ckdir,
+            babel = phases.grow_babel(self.model, self.cfg.growth_plan, self.groups, self.cfg.align(), self.device, self.cfg.seed, self.store, self.campaign_id, ckdir,
                                      resume=self.cfg.resume)  # fmt: skip
             self.results["stages"] = babel["stages"]
         index = len(babel.get("stages", []))
@@ -427,7 +427,7 @@ class Campaign:
             self.model.load_state_dict(torch.load(done.checkpoint_path, weights_only=True))
             log.info("[grow] resumed: stage %d (mmbind) finished before; its checkpoint is loaded", index)
             return {**done.metrics, "resumed": True}
-        out = phases.grow(self.model, self.natural, self.bound.samples, self.cfg.align(), self.device, self.cfg.seed, self.store, self.campaign_id, index)
+        out = phases.align_mmbind(self.model, self.natural, self.bound.samples, self.cfg.align(), self.device, self.cfg.seed, self.store, self.campaign_id, index)
         if babel:
             out = {"babel": {k: v for k, v in babel.items() if k != "stages"}, **out}
         ckdir.mkdir(parents=True, exist_ok=True)

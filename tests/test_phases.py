@@ -340,7 +340,7 @@ def test_bind_grow_head_bundles_apply_and_evaluate(campaign, ds, sc):
     specs = {m: ds.spec(m) for m in sc.modalities}
     model = P.new_model(specs, TOWER, 0, {m: s["encoder"] for m, s in campaign["glob"].items()})
     natural = SampleSet.concat([g.samples() for g in groups.values() if g.role == "train"])
-    out = P.grow(model, natural, bound.samples, AlignConfig(epochs=2, batch_size=64), CPU, 0, store=store, campaign_id="c1")
+    out = P.align_mmbind(model, natural, bound.samples, AlignConfig(epochs=2, batch_size=64), CPU, 0, store=store, campaign_id="c1")
     assert out["samples"] == len(natural) + info["pairs"] and np.isfinite(out["final_contrastive_loss"])
     assert store.stages("c1")[0].status == "done"
     labelled = natural.take(np.flatnonzero(natural.label >= 0))
@@ -473,7 +473,7 @@ def test_a_babel_plan_grows_stage_by_stage_on_node_groups(campaign, ds, sc, tmp_
     before = {k: v.clone() for k, v in model.adapters["b"].state_dict().items()}
     store = open_store("sqlite://")
     store.create_campaign("g1", {})
-    out = P.grow_plan(model, str(plan), groups, AlignConfig(epochs=1, batch_size=32, temperature=0.2, lr=2e-3), CPU, 0, store, "g1", tmp_path / "ck")
+    out = P.grow_babel(model, str(plan), groups, AlignConfig(epochs=1, batch_size=32, temperature=0.2, lr=2e-3), CPU, 0, store, "g1", tmp_path / "ck")
     from common.growth import load_checkpoint
 
     grown = load_checkpoint(tmp_path / "ck" / "stage-2.pt")[1]["config"]  # the stages trained on every alignment setting given
@@ -483,7 +483,7 @@ def test_a_babel_plan_grows_stage_by_stage_on_node_groups(campaign, ds, sc, tmp_
     assert [r.name for r in store.stages("g1")] == ["s<->a@sa", "s<->b@sb"]
     assert any(not torch.equal(before[k], v) for k, v in model.adapters["b"].state_dict().items())
     with pytest.raises(ValueError, match="uploaded nothing"):
-        P.grow_plan(model, str(plan), {"sa": groups["sa"]}, AlignConfig(epochs=1), CPU, 0)
+        P.grow_babel(model, str(plan), {"sa": groups["sa"]}, AlignConfig(epochs=1), CPU, 0)
 
 
 def test_store_node_data_lines_up_modalities_by_span(ds):
