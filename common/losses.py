@@ -1,10 +1,15 @@
 """Contrastive losses. Each returns a dict of named ``*_loss`` terms (and
 diagnostics) so a trainer can log every term and a new loss never touches the
-training loop."""
+training loop.
+
+The convention is open_clip's: a key ends in ``_loss`` only if it is a term of
+the objective, so the objective is always the sum of the ``*_loss`` terms
+(``objective``); a diagnostic (one direction of a symmetric loss, an unweighted
+distance, a running total) is named without the suffix."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 
 import torch
@@ -43,10 +48,19 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.07, weight
     return (per_row * weights).sum() / weights.sum().clamp_min(1e-8)
 
 
+def objective(terms: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """What a trainer backpropagates: the sum of the ``*_loss`` terms, in their order."""
+    parts = [v for k, v in terms.items() if k.endswith("_loss")]
+    if not parts:
+        raise ValueError(f"objective: no *_loss term among {sorted(terms)}")
+    return sum(parts[1:], parts[0])
+
+
 def symmetric_info_nce(a, b, temperature: float = 0.07, weights=None) -> dict[str, torch.Tensor]:
+    """The symmetric InfoNCE (``contrastive_loss``) and its two directions (``a_from_b``, ``b_from_a``: diagnostics, not summed)."""
     l_ab = info_nce(a, b, temperature, weights)
     l_ba = info_nce(b, a, temperature, weights)
-    return {"a_from_b_loss": l_ab, "b_from_a_loss": l_ba, "contrastive_loss": (l_ab + l_ba) / 2}
+    return {"a_from_b": l_ab, "b_from_a": l_ba, "contrastive_loss": (l_ab + l_ba) / 2}
 
 
 class MultiViewContrastive(nn.Module):

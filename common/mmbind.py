@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from common.binding import PairWeighting, bind, bind_both_ways, label_bind
-from common.losses import ContrastiveConfig, MultiViewContrastive
+from common.losses import ContrastiveConfig, MultiViewContrastive, objective
 from common.samples import SampleSet, scatter
 from common.towers import AlignedModel
 
@@ -181,7 +181,7 @@ def align(model: AlignedModel, samples: SampleSet, cfg: AlignConfig, device: tor
             full = {m: scatter(z, b.masks[m]) for m, z in emb.items()}
             terms = loss_fn(full, b.masks, b.weight)
             opt.zero_grad(set_to_none=True)
-            terms["contrastive_loss"].backward()
+            objective(terms).backward()
             opt.step()
             total += float(terms["contrastive_loss"].detach())
             steps += 1

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.losses import objective
 from common.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -190,7 +191,8 @@ def cross_modal_loss(
     """Each stream's two views find each other, and every two streams of one window find each other.
 
     ``x`` holds the same windows (rows) in every modality. The terms are the
-    mean view loss over streams and the mean symmetric InfoNCE over pairs of streams.
+    mean view loss over streams and the mean symmetric InfoNCE over pairs of streams;
+    the objective is their sum (``common.losses.objective``).
     """
     mods = sorted(x)
     z = {m: [F.normalize(heads[m](encoders[m](augment(x[m], generator, aug))), dim=-1) for _ in range(2)] for m in mods}
@@ -206,7 +208,6 @@ def cross_modal_loss(
     if pairs:
         out["cross_loss"] = torch.stack([p[0] for p in pairs]).mean()
         out["cross_accuracy"] = torch.stack([p[1] for p in pairs]).mean()
-    out["contrastive_loss"] = out["view_loss"] + out.get("cross_loss", 0.0)
     return out
 
 
@@ -268,17 +269,18 @@ def pretrain_jointly(
             if len(rows) < 2:
                 continue  # one window has no negatives
             terms = cross_modal_loss(encoders, heads, {m: x[rows].to(device) for m, x in data[k].items()}, gen, cfg.temperature, cfg.augment)
+            loss = objective(terms)
             opt.zero_grad(set_to_none=True)
-            terms["contrastive_loss"].backward()
+            loss.backward()
             opt.step()
             sched.step()
-            for name, v in terms.items():
+            for name, v in {**terms, "total": loss}.items():
                 sums[name] = sums.get(name, 0.0) + float(v.detach())
                 counts[name] = counts.get(name, 0) + 1
         last = {name: v / counts[name] for name, v in sums.items()}
         log.debug("joint pretrain epoch %d/%d %s", epoch + 1, cfg.epochs, last)
         if shown:
-            shown.update(loss=last.get("contrastive_loss", 0.0))
+            shown.update(loss=last.get("total", 0.0))
     if shown:
         shown.close()
     for enc in encoders.values():
@@ -302,7 +304,7 @@ def masked_reconstruction_loss(encoder: nn.Module, head: SequenceDecoder, x: tor
     err = ((recon - x) / scale) ** 2
     hidden = mask.unsqueeze(-1).expand_as(err)
     loss = err[hidden].mean() if hidden.any() else err.mean()
-    return {"reconstruction_loss": loss, "visible_loss": err[~hidden].mean().detach() if (~hidden).any() else loss.detach()}
+    return {"reconstruction_loss": loss, "visible_error": err[~hidden].mean().detach() if (~hidden).any() else loss.detach()}
 
 
 def cosine_schedule(opt: torch.optim.Optimizer, total_steps: int, warmup: float, min_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
@@ -362,12 +364,12 @@ def pretrain_encoder(
                 terms = contrastive_view_loss(encoder, head, x, gen, cfg.temperature, cfg.augment)
             else:
                 terms = masked_reconstruction_loss(encoder, head, x, span_mask(len(x), t, cfg.mask_ratio, cfg.span, gen, device))
-            loss = terms["reconstruction_loss" if cfg.objective == "masked" else "contrastive_loss"]
+            loss = objective(terms)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            for k, v in terms.items():
+            for k, v in {**terms, "total": loss}.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             steps += 1
         last = {k: v / max(steps, 1) for k, v in sums.items()}

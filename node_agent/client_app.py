@@ -150,7 +150,7 @@ def pretrain(msg: Message, context: Context) -> Message:
         for m, (states, n, terms) in trained.items():
             out[f"encoder.{m}"], out[f"head.{m}"] = ArrayRecord(states["encoder"]), ArrayRecord(states["head"])
             metrics[f"n.{m}"] = n
-            metrics[f"loss.{m}"] = float(terms.get("reconstruction_loss" if pcfg.objective == "masked" else "contrastive_loss", 0.0))
+            metrics[f"loss.{m}"] = float(terms["total"])
         out["metrics"] = MetricRecord(metrics)
         return out
 

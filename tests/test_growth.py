@@ -104,7 +104,7 @@ def _stage_losses(model: AlignedModel, seed: int = 3):
     fa, fb = torch.randn(32, 16, generator=g), torch.randn(32, 16, generator=g)
     z = model.embed_features({"gyro": fa, "lin_acc": fb})
     t = symmetric_info_nce(z["gyro"], z["lin_acc"], 0.07)
-    return t["a_from_b_loss"], t["b_from_a_loss"]
+    return t["a_from_b"], t["b_from_a"]
 
 
 def _groups(model: AlignedModel):
@@ -169,7 +169,7 @@ def test_trainer_step_applies_that_update_and_trains_only_its_towers():
     z = twin.embed_features({"gyro": fa, "lin_acc": fb})
     t = symmetric_info_nce(z["gyro"], z["lin_acc"], cfg.temperature)
     norm, extra = _groups(twin)
-    w_ab, w_ba, g_ab, g_ba = adaptive_weights(t["a_from_b_loss"], t["b_from_a_loss"], norm, extra)
+    w_ab, w_ba, g_ab, g_ba = adaptive_weights(t["a_from_b"], t["b_from_a"], norm, extra)
     opt = torch.optim.AdamW(norm + extra, lr=cfg.lr, weight_decay=0.0)
     for p, u in zip(norm + extra, combine(w_ab, w_ba, g_ab, g_ba)):
         p.grad = u
@@ -305,8 +305,8 @@ def test_pair_weights_multiply_the_loss_and_pseudo_pairs_feed_a_stage():
         expected = symmetric_info_nce(z["gyro"], z["lin_acc"], 0.07, w)
         unweighted = symmetric_info_nce(z["gyro"], z["lin_acc"], 0.07)
     out = tr.step(fa, fb, w)
-    assert out["a_from_b_loss"].item() == pytest.approx(expected["a_from_b_loss"].item(), rel=1e-6)
-    assert out["a_from_b_loss"].item() != pytest.approx(unweighted["a_from_b_loss"].item(), rel=1e-3)
+    assert out["a_from_b"].item() == pytest.approx(expected["a_from_b"].item(), rel=1e-6)
+    assert out["a_from_b"].item() != pytest.approx(unweighted["a_from_b"].item(), rel=1e-3)
 
 
 def test_recall_at_k_on_a_constructed_case():

@@ -69,19 +69,23 @@ class StageTrainer:
         self.record = StageRecord(index=index, stage=asdict(stage))
 
     def step(self, fa: torch.Tensor, fb: torch.Tensor, weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """One update on a batch of paired features (connecting, branch); returns the named loss terms."""
+        """One update on a batch of paired features (connecting, branch); returns the named terms.
+
+        The objective stepped on is ``total``, the sum of the ``*_loss`` terms (the
+        weighted contrastive term and, when distilling, ``kd_weight`` times the distance ``kd``).
+        """
         a, b = self.stage.pair
         z = self.model.embed_features({a: fa, b: fb})
         terms = symmetric_info_nce(z[a], z[b], self.cfg.temperature, weights)
         kd = self._distillation(fa, z[a]) if self.use_kd else None
         if self.cfg.adaptive:
             w_ab, w_ba, g_ab, g_ba = adaptive_weights(
-                terms["a_from_b_loss"], terms["b_from_a_loss"], self.norm_params, self.extra_params, retain_graph=kd is not None
+                terms["a_from_b"], terms["b_from_a"], self.norm_params, self.extra_params, retain_graph=kd is not None
             )
             grads = combine(w_ab, w_ba, g_ab, g_ba)
         else:
             w_ab = w_ba = torch.tensor(0.5)
-            grads = list(grads_of((terms["a_from_b_loss"] + terms["b_from_a_loss"]) / 4, self.params, retain_graph=kd is not None))
+            grads = list(grads_of((terms["a_from_b"] + terms["b_from_a"]) / 4, self.params, retain_graph=kd is not None))
         if kd is not None:
             for g, gk in zip(grads, grads_of(self.cfg.kd_weight * kd, self.params, retain_graph=False)):
                 g.add_(gk)
@@ -92,17 +96,18 @@ class StageTrainer:
             p.grad = None
         if self.ema is not None:
             ema_update(self.ema, self.model.prototype, self.cfg.ema_momentum)
-        contrastive = (w_ab * terms["a_from_b_loss"] + w_ba * terms["b_from_a_loss"]).detach() / 2
+        contrastive = (w_ab * terms["a_from_b"] + w_ba * terms["b_from_a"]).detach() / 2
         out = {
-            "a_from_b_loss": terms["a_from_b_loss"].detach(),
-            "b_from_a_loss": terms["b_from_a_loss"].detach(),
+            "a_from_b": terms["a_from_b"].detach(),
+            "b_from_a": terms["b_from_a"].detach(),
             "contrastive_loss": contrastive,
             "w_ab": w_ab.detach(),
             "w_ba": w_ba.detach(),
         }
         if kd is not None:
-            out["kd_loss"] = kd.detach()
-        out["total_loss"] = contrastive + (self.cfg.kd_weight * out["kd_loss"] if kd is not None else 0.0)
+            out["kd"] = kd.detach()  # the distance itself; the term the step added is kd_loss
+            out["kd_loss"] = self.cfg.kd_weight * out["kd"]
+        out["total"] = contrastive + (out["kd_loss"] if kd is not None else 0.0)
         self.record.weights.append([float(w_ab), float(w_ba)])
         self.record.steps += 1
         return out
