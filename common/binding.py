@@ -15,7 +15,7 @@ import os
 import re
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,8 +31,10 @@ _CHUNK = 128  # columns per chunk when locating a row's top-k inside a block (se
 
 
 @dataclass(frozen=True)
-class BindResult:
-    """Top-k matches per query row: gallery row ``index[i, r]`` at cosine ``similarity[i, r]``.
+class TopMatches:
+    """What ``bind`` finds: the top-k gallery rows of each query row (a search result, not yet pairs).
+
+    Gallery row ``index[i, r]`` at cosine ``similarity[i, r]``.
 
     Columns are in decreasing similarity. Both tensors live on the query's device.
     """
@@ -41,12 +43,27 @@ class BindResult:
     similarity: torch.Tensor  # float [N, k]
 
 
-class BoundPairs(NamedTuple):
-    """Flat pseudo-pairs (row ``a_index[p]`` of A, row ``b_index[p]`` of B, cosine ``similarity[p]``)."""
+@dataclass
+class BoundPairs:
+    """Windows bound across modalities (MMBind's pseudo-pairs): row ``i[p]`` of side A with row ``j[p]`` of side B.
 
-    a_index: torch.Tensor
-    b_index: torch.Tensor
-    similarity: torch.Tensor
+    ``similarity[p]`` is the pair's cosine through the shared modality (1 for
+    label binding); ``weight[p]`` its loss weight, None until the pairs are
+    weighted. The arrays are torch tensors straight out of ``bind_both_ways``,
+    numpy arrays once weighted (``common.mmbind``).
+    """
+
+    i: np.ndarray | torch.Tensor
+    j: np.ndarray | torch.Tensor
+    similarity: np.ndarray | torch.Tensor
+    weight: np.ndarray | torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.i)
+
+    def label_agreement(self, labels_a: np.ndarray, labels_b: np.ndarray) -> float:
+        """Share of pairs whose two windows carry the same label (an experimenter's check)."""
+        return float((labels_a[self.i] == labels_b[self.j]).mean()) if len(self) else float("nan")
 
 
 # --- sensor binding -----------------------------------------------------------
@@ -126,7 +143,7 @@ def bind(
     *,
     max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES,
     index: str = "blocked",
-) -> BindResult:
+) -> TopMatches:
     """Exact cosine top-k of each query row among the gallery rows, with replacement.
 
     Both sides are L2-normalised (a zero row has similarity 0 to everything).
@@ -187,7 +204,7 @@ def _rows_topk(cand: torch.Tensor, kk: int) -> tuple[torch.Tensor, torch.Tensor]
 
 
 @torch.no_grad()
-def _bind_blocked(query, gallery, k, qb, gb, device, dtype, q_norm) -> BindResult:
+def _bind_blocked(query, gallery, k, qb, gb, device, dtype, q_norm) -> TopMatches:
     n, m = query.shape[0], gallery.shape[0]
     # Only the gallery is normalised inside the loop: scaling a query row by a
     # positive constant does not change its ranking, so queries are scaled
@@ -240,11 +257,11 @@ def _bind_blocked(query, gallery, k, qb, gb, device, dtype, q_norm) -> BindResul
     if q_norm is None:  # integer input
         q_norm = torch.cat([torch.linalg.vector_norm(query[r : r + qb].to(dtype), dim=1) for r in range(0, n, qb)])
     sim = (best_val / q_norm.to(device=device, dtype=dtype).clamp_min(1e-12)[:, None]).clamp_(-1.0, 1.0)
-    return BindResult(index=best_idx.to(query.device), similarity=sim.to(query.device))
+    return TopMatches(index=best_idx.to(query.device), similarity=sim.to(query.device))
 
 
 @torch.no_grad()
-def _bind_faiss(query, gallery, k, qb, gb) -> BindResult:
+def _bind_faiss(query, gallery, k, qb, gb) -> TopMatches:
     try:
         import faiss  # type: ignore[import-not-found]
     except ImportError as e:
@@ -263,7 +280,7 @@ def _bind_faiss(query, gallery, k, qb, gb) -> BindResult:
         sims.append(torch.from_numpy(np.asarray(s, dtype=np.float32)))
         inds.append(torch.from_numpy(np.asarray(i, dtype=np.int64)))
     sim = torch.cat(sims).clamp_(-1.0, 1.0)
-    return BindResult(index=torch.cat(inds).to(query.device), similarity=sim.to(query.device))
+    return TopMatches(index=torch.cat(inds).to(query.device), similarity=sim.to(query.device))
 
 
 def bind_both_ways(a: torch.Tensor, b: torch.Tensor, k: int = 1, **kwargs: Any) -> BoundPairs:
@@ -282,7 +299,7 @@ def bind_both_ways(a: torch.Tensor, b: torch.Tensor, k: int = 1, **kwargs: Any) 
     keys, inverse = torch.unique(i * n_b + j, sorted=True, return_inverse=True)
     order = torch.arange(len(i), device=dev)
     first = torch.full((len(keys),), len(i), dtype=torch.long, device=dev).scatter_reduce(0, inverse, order, reduce="amin")
-    return BoundPairs(a_index=i[first], b_index=j[first], similarity=s[first])
+    return BoundPairs(i=i[first], j=j[first], similarity=s[first])
 
 
 # --- pair weights -------------------------------------------------------------

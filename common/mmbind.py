@@ -13,29 +13,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from common.binding import PairWeighting, bind, bind_both_ways, label_bind
+from common.binding import BoundPairs, PairWeighting, bind, bind_both_ways, label_bind
 from common.losses import ContrastiveConfig, MultiViewContrastive, objective
 from common.samples import SampleSet, scatter
 from common.towers import AlignedModel
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class PseudoPairs:
-    """Matches (i in side A, j in side B) with their similarity and weight."""
-
-    i: np.ndarray
-    j: np.ndarray
-    similarity: np.ndarray
-    weight: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.i)
-
-    def label_agreement(self, labels_a: np.ndarray, labels_b: np.ndarray) -> float:
-        """Share of pairs whose two windows carry the same label (an experimenter's check)."""
-        return float((labels_a[self.i] == labels_b[self.j]).mean()) if len(self) else float("nan")
 
 
 def sensor_pseudo_pairs(
@@ -44,7 +27,7 @@ def sensor_pseudo_pairs(
     weighting: PairWeighting,
     k: int = 1,
     device: torch.device | None = None,
-) -> PseudoPairs:
+) -> BoundPairs:
     """Bind two parties through their shared-modality features, both directions, top-k.
 
     Pairs below the weighting's threshold are dropped; the rest carry a weight
@@ -52,11 +35,11 @@ def sensor_pseudo_pairs(
     """
     a = torch.as_tensor(shared_a, dtype=torch.float32)
     b = torch.as_tensor(shared_b, dtype=torch.float32)
-    i, j, s = bind_both_ways(a, b, k=k, device=device)
-    i, j, s = (np.asarray(v) for v in (i, j, s))
+    both = bind_both_ways(a, b, k=k, device=device)
+    i, j, s = (np.asarray(v) for v in (both.i, both.j, both.similarity))
     w, keep = weighting.apply(torch.as_tensor(s, dtype=torch.float32))
     keep = np.asarray(keep, dtype=bool)
-    return PseudoPairs(i[keep], j[keep], s[keep].astype(np.float32), np.asarray(w, dtype=np.float32)[keep])
+    return BoundPairs(i[keep], j[keep], s[keep].astype(np.float32), np.asarray(w, dtype=np.float32)[keep])
 
 
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -71,7 +54,7 @@ def _accuracy(hit: np.ndarray) -> float:
 
 
 def bound_pair_report(
-    pairs: PseudoPairs,
+    pairs: BoundPairs,
     labels_a: np.ndarray,
     labels_b: np.ndarray,
     n_classes: int,
@@ -114,14 +97,14 @@ def bound_pair_report(
     return out
 
 
-def label_pseudo_pairs(labels_a: np.ndarray, labels_b: np.ndarray, max_pairs_per_sample: int, seed: int) -> PseudoPairs:
+def label_pseudo_pairs(labels_a: np.ndarray, labels_b: np.ndarray, max_pairs_per_sample: int, seed: int) -> BoundPairs:
     """Label binding: each labelled A-window with up to ``max_pairs_per_sample`` same-class B-windows."""
     ia, jb = label_bind(labels_a, labels_b, max_pairs_per_sample=max_pairs_per_sample, rng=np.random.default_rng(seed))
     ones = np.ones(len(ia), dtype=np.float32)
-    return PseudoPairs(np.asarray(ia), np.asarray(jb), ones, ones)
+    return BoundPairs(np.asarray(ia), np.asarray(jb), ones, ones)
 
 
-def pseudo_pair_samples(side_a: dict[str, np.ndarray], side_b: dict[str, np.ndarray], pairs: PseudoPairs, keep_shared: str | None = None) -> SampleSet:
+def pseudo_pair_samples(side_a: dict[str, np.ndarray], side_b: dict[str, np.ndarray], pairs: BoundPairs, keep_shared: str | None = None) -> SampleSet:
     """Samples (A_i, B_j[, S_i]) from matched rows of two parties, weighted by the pair weights.
 
     Modalities present on both sides are taken from side A (the query side)

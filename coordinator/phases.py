@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.binding import PairWeighting
+from common.binding import BoundPairs, PairWeighting
 from common.codec import (
     CodecError,
     bundle_from_modules,
@@ -37,7 +37,7 @@ from common.codec import (
 )
 from common.evaluate import HeadConfig, confusion_metrics
 from common.evaluate import fit_head as _fit_head
-from common.mmbind import AlignConfig, PseudoPairs, align, label_pseudo_pairs, pseudo_pair_samples, sensor_pseudo_pairs
+from common.mmbind import AlignConfig, align, label_pseudo_pairs, pseudo_pair_samples, sensor_pseudo_pairs
 from common.modalities import ModalitySpec
 from common.pretrain import PretrainConfig, make_pretrain_head
 from common.samples import SampleSet
@@ -296,8 +296,8 @@ class BindSettings:
 
 
 @dataclass
-class Bound:
-    """Pseudo-pair samples of every bound pair of groups, and what was bound."""
+class BoundSamples:
+    """The training samples built from every two groups' ``BoundPairs``, and a summary of each two groups' pairs."""
 
     samples: SampleSet | None
     info: list[dict]
@@ -314,7 +314,7 @@ def bind(
     device: torch.device | None = None,
     store=None,
     campaign_id: str | None = None,
-) -> Bound:
+) -> BoundSamples:
     """MMBind across every two training groups that hold different modalities.
 
     Sensor binding pairs windows through the shared modality both groups hold
@@ -337,7 +337,7 @@ def bind(
         elif settings.binding == "label":
             ia, ib = np.flatnonzero(ga.labels >= 0), np.flatnonzero(gb.labels >= 0)
             lp = label_pseudo_pairs(ga.labels[ia], gb.labels[ib], settings.label_pairs_per_sample, seed)
-            pairs = PseudoPairs(ia[lp.i], ib[lp.j], lp.similarity, lp.weight)
+            pairs = BoundPairs(ia[lp.i], ib[lp.j], lp.similarity, lp.weight)
             samples = pseudo_pair_samples(a, b, pairs)
             samples.label = ga.labels[pairs.i]  # label-bound windows share a known class
         else:
@@ -357,7 +357,7 @@ def bind(
         })  # fmt: skip
         if len(pairs):
             sets.append(samples)
-    return Bound(SampleSet.concat(sets) if sets else None, info)
+    return BoundSamples(SampleSet.concat(sets) if sets else None, info)
 
 
 # --- grow and fit the head ---------------------------------------------------------------------

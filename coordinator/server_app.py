@@ -130,7 +130,7 @@ class Campaign:
         self.encoder_versions: dict[str, str] = {}  # collect (what the nodes encoded with), push (fine-tuned encoders)
         self.binding = ""  # bind: "sensor" or "label"
         self.groups: dict[str, phases.GroupData] = {}  # bind
-        self.bound: phases.Bound | None = None  # bind
+        self.bound: phases.BoundSamples | None = None  # bind
         self.natural: SampleSet | None = None  # grow: every natural training sample
         self.model: AlignedModel | None = None  # grow, then head and finetune
         self.n_classes = 0  # head

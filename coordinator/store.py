@@ -41,7 +41,7 @@ from coordinator.store_schema import (
     MetricRow,
     NodeRecord,
     NodeStatus,
-    Pairs,
+    StoredPairs,
     StageStatus,
     _AdapterCounterRow,
     _AdapterRow,
@@ -71,7 +71,7 @@ __all__ = [
     "MetricRow",
     "NodeRecord",
     "NodeStatus",
-    "Pairs",
+    "StoredPairs",
     "StageStatus",
     "open_store",
     "pack_array",
@@ -404,7 +404,7 @@ class CoordinatorStore(TrustRecords, SqlStore):
             self._require_campaign(s, campaign_id)
             return _insert_ignore(s, _PairRow.__table__, rows)
 
-    def pairs(self, campaign_id: str, stage_name: str) -> Pairs:
+    def pairs(self, campaign_id: str, stage_name: str) -> StoredPairs:
         """The pairs stored for a stage, in the order they were first added."""
         _name("campaign_id", campaign_id)
         _name("stage_name", stage_name)
@@ -416,7 +416,7 @@ class CoordinatorStore(TrustRecords, SqlStore):
                 .order_by(_PairRow.id)
             ).all()
         cols_out = list(zip(*rows, strict=True)) if rows else [()] * 6
-        return Pairs(
+        return StoredPairs(
             *(_str_array(list(c)) for c in cols_out[:4]),
             similarity=np.array(cols_out[4], dtype=np.float64),
             weight=np.array(cols_out[5], dtype=np.float64),

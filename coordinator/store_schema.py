@@ -292,8 +292,8 @@ class EmbeddingBatchRecord:
 
 
 @dataclass
-class Pairs:
-    """Bound pairs of one stage, in the order they were added."""
+class StoredPairs:
+    """The rows of the pairs table for one stage: each pair by its two windows' node and window ids, in the order they were added."""
 
     src_node_ids: np.ndarray
     src_window_ids: np.ndarray

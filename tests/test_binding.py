@@ -14,7 +14,7 @@ from common import binding
 from common.processes import reset_peak_rss, status_kib
 from common.binding import (
     WEIGHT_RULES,
-    BindResult,
+    TopMatches,
     PairWeighting,
     bind,
     bind_both_ways,
@@ -45,7 +45,7 @@ def test_blocked_bind_equals_dense_topk(k, block_size):
     q, g = _randn(53, 16, seed=1), _randn(41, 16, seed=2)  # 53 and 41 divide by none of the block sizes
     res = bind(q, g, k=k, block_size=block_size, device=CPU)
     ref = _dense_topk(q, g, k)
-    assert isinstance(res, BindResult)
+    assert isinstance(res, TopMatches)
     assert res.index.shape == (53, k) and res.index.dtype == torch.long
     assert res.similarity.shape == (53, k)
     assert torch.equal(res.index, ref.indices)
@@ -111,7 +111,8 @@ def test_bind_both_ways_deduplicates_mutual_matches():
     b = _randn(30, 12, seed=10)
     perm = torch.randperm(30, generator=torch.Generator().manual_seed(0))
     a = b[perm] + 1e-3 * _randn(30, 12, seed=11)  # a[i] and b[perm[i]] are mutual nearest neighbours
-    i, j, s = bind_both_ways(a, b, k=1)
+    both = bind_both_ways(a, b, k=1)
+    i, j, s = both.i, both.j, both.similarity
     assert len(i) == 30
     assert torch.equal(j[torch.argsort(i)], perm)
     assert (s > 0.99).all()
@@ -123,12 +124,12 @@ def test_bind_both_ways_is_the_union_of_both_directions():
     ab, ba = bind(a, b, k=2), bind(b, a, k=2)
     expected = {(i, int(j)) for i in range(25) for j in ab.index[i]}
     expected |= {(int(i), j) for j in range(18) for i in ba.index[j]}
-    got = list(zip(pairs.a_index.tolist(), pairs.b_index.tolist()))
+    got = list(zip(pairs.i.tolist(), pairs.j.tolist()))
     assert len(got) == len(set(got)), "a pair appears twice"
     assert set(got) == expected
     assert got == sorted(got)
     dense = F.normalize(a) @ F.normalize(b).T
-    torch.testing.assert_close(pairs.similarity, dense[pairs.a_index, pairs.b_index], atol=1e-5, rtol=0)
+    torch.testing.assert_close(pairs.similarity, dense[pairs.i, pairs.j], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize(
@@ -381,10 +382,11 @@ def test_match_label_names_with_minilm(minilm):
 
 
 def test_bound_pair_report_counts_what_the_labels_say():
-    from common.mmbind import PseudoPairs, bound_pair_report
+    from common.binding import BoundPairs
+    from common.mmbind import bound_pair_report
 
     ya, yb = np.array([0, 0, 1, 1, 2]), np.array([0, 1, 1, 2])
-    pairs = PseudoPairs(i=np.array([0, 1, 2, 3, 4]), j=np.array([0, 1, 2, 3, 3]), similarity=np.array([0.9, 0.1, 0.8, 0.2, 0.7], dtype=np.float32),
+    pairs = BoundPairs(i=np.array([0, 1, 2, 3, 4]), j=np.array([0, 1, 2, 3, 3]), similarity=np.array([0.9, 0.1, 0.8, 0.2, 0.7], dtype=np.float32),
                         weight=np.array([1.0, 0.2, 0.9, 0.3, 0.8], dtype=np.float32))  # fmt: skip
     rep = bound_pair_report(pairs, ya, yb, 3)
     assert rep["pairs"] == 5 and rep["pair_accuracy"] == pytest.approx(0.6)  # pairs 0, 2 and 4 agree

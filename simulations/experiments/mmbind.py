@@ -26,14 +26,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.binding import PairWeighting
+from common.binding import BoundPairs, PairWeighting
 from common.config import CampaignConfig
 from common.data import load_dataset
 from common.data.dataset import WindowDataset
 from common.data.scenarios import Scenario, Split, split
 from common.evaluate import HeadConfig, evaluate_subsets, fit_head
 from common.files import write_json
-from common.mmbind import AlignConfig, PseudoPairs, align, bound_pair_report, label_pseudo_pairs, pseudo_pair_samples, sensor_pseudo_pairs
+from common.mmbind import AlignConfig, align, bound_pair_report, label_pseudo_pairs, pseudo_pair_samples, sensor_pseudo_pairs
 from common.pretrain import PretrainConfig
 from common.progress import Progress
 from common.samples import SampleSet
@@ -174,7 +174,7 @@ def pseudo_pairs(sd: SeedData, sc: Scenario, ds: WindowDataset, st: MMBindSettin
             la, lb = sd.train_labels[ga.name], sd.train_labels[gb.name]
             ia, ib = np.flatnonzero(la >= 0), np.flatnonzero(lb >= 0)
             lp = label_pseudo_pairs(la[ia], lb[ib], st.label_pairs_per_sample, seed)
-            pairs = PseudoPairs(ia[lp.i], ib[lp.j], lp.similarity, lp.weight)
+            pairs = BoundPairs(ia[lp.i], ib[lp.j], lp.similarity, lp.weight)
             samples = pseudo_pair_samples(a, b, pairs)
             samples.label = la[pairs.i]  # label binding pairs same-class windows: the class is known
         if st.finetune_encoders and sc.binding == "label" and len(pairs):  # only label-bound pairs train the head
