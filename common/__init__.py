@@ -1,6 +1,6 @@
 """edgebind's learning library: modalities, data, towers, losses, binding, growth.
 
-Nothing here imports Flower or MQTT. The one module that imports a database
-library is ``common.sqlbase``, the engine plumbing the node and coordinator
-stores share; the learning code never imports it.
+Nothing here imports Flower, MQTT, gRPC or a database library
+(``tests/test_layers.py`` checks every import statement). The SQL plumbing the
+node and coordinator stores share is ``node_agent.sqlbase``.
 """

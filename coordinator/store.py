@@ -22,7 +22,7 @@ import numpy as np
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from common.sqlbase import (
+from node_agent.sqlbase import (
     SqlStore,
     _engine_for,  # noqa: F401  (tests reach it here)
     _insert_ignore,

@@ -15,7 +15,7 @@ import numpy as np
 from sqlalchemy import BigInteger, Double, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from common.sqlbase import _ID, _name
+from node_agent.sqlbase import _ID, _name
 
 EMBEDDING_DTYPES = frozenset({"float16", "float32", "int8"})
 

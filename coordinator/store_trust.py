@@ -13,7 +13,7 @@ import time
 
 from sqlalchemy import select, update
 
-from common.sqlbase import _insert_ignore, _int, _name
+from node_agent.sqlbase import _insert_ignore, _int, _name
 from coordinator.store_schema import _AdapterCounterRow, _NodeKeyRow, _text
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from sqlalchemy import BigInteger, Engine, event, Double, Index, Integer, LargeBinary, String, Text, UniqueConstraint, func, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from common.sqlbase import (
+from node_agent.sqlbase import (
     _ID,
     SqlStore,
     _chunks,

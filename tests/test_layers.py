@@ -12,13 +12,28 @@ import common
 
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = ("flwr", "paho", "grpc", "sqlalchemy", "psycopg")
-# The SQL base of the node's and the coordinator's stores: both need it and neither may import the other, so it waits here
-# until the stores move to a package of their own; nothing else in common imports it.
-SQL_BASE = "common.sqlbase"
+SQL_BASE = "node_agent.sqlbase"  # the SQL plumbing both stores share; the one node_agent module the coordinator may import
+
+
+def _imports(path: Path) -> list[str]:
+    """Every module an import statement in ``path`` names, at any level (inside functions and ``TYPE_CHECKING`` too)."""
+    import ast
+
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.append(node.module)
+    return out
+
+
+def _package_files(package: str) -> list[Path]:
+    return sorted(p for p in (ROOT / package).rglob("*.py") if not p.name.endswith(("_pb2.py", "_pb2_grpc.py")))
 
 
 def test_common_imports_no_flower_mqtt_grpc_or_database():
-    modules = sorted(m.name for m in pkgutil.walk_packages(common.__path__, "common.") if m.name != SQL_BASE)
+    modules = sorted(m.name for m in pkgutil.walk_packages(common.__path__, "common."))
     assert "common.codec" in modules and "common.growth" in modules and "common.config" in modules
     code = (
         "import importlib, json, sys\n"
@@ -30,9 +45,23 @@ def test_common_imports_no_flower_mqtt_grpc_or_database():
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
 
+def test_no_import_statement_in_common_names_flower_mqtt_grpc_or_a_database():
+    """Also the imports a run above would not execute: inside functions, behind ``TYPE_CHECKING``, in rarely used modules."""
+    files = _package_files("common")
+    assert ROOT / "common" / "codec.py" in files and ROOT / "common" / "growth" / "trainer.py" in files
+    found = {str(p.relative_to(ROOT)): sorted({m for m in _imports(p) if m.split(".")[0] in FORBIDDEN}) for p in files}
+    assert not {f: m for f, m in found.items() if m}, "common/ must not import these"
+
+
+def test_the_node_agent_and_the_coordinator_import_each_other_only_through_the_sql_base():
+    node_uses = {str(p.relative_to(ROOT)): [m for m in _imports(p) if m.split(".")[0] == "coordinator"] for p in _package_files("node_agent")}
+    assert not {f: m for f, m in node_uses.items() if m}, "the node agent imports nothing of the coordinator"
+    coord_uses = {str(p.relative_to(ROOT)): sorted({m for m in _imports(p) if m.split(".")[0] == "node_agent"}) for p in _package_files("coordinator")}
+    assert {f: m for f, m in coord_uses.items() if m} == {f"coordinator/{f}.py": [SQL_BASE] for f in ("store", "store_schema", "store_trust")}
+
+
 def test_only_the_stores_use_the_sql_base():
-    imports = lambda p: any(line.lstrip().startswith(("from common.sqlbase", "import common.sqlbase")) for line in p.read_text().splitlines())  # noqa: E731
-    users = sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("*/**/*.py") if "tests" not in p.parts and imports(p))
+    users = sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("*/**/*.py") if "tests" not in p.parts and SQL_BASE in _imports(p))
     assert users == ["coordinator/store.py", "coordinator/store_schema.py", "coordinator/store_trust.py", "node_agent/store.py"]
 
 

@@ -1,11 +1,13 @@
-"""The one module in common/ that imports SQLAlchemy: the engine plumbing and input checks both stores share.
+"""The SQL plumbing and input checks both stores share: the node's store and the coordinator's.
 
 ``node_agent/store.py`` and ``coordinator/store.py`` build on it: arrays as
 (dtype, shape, bytes), an engine for a URL or a file path (SQLite in WAL mode
 with ``BEGIN IMMEDIATE`` for writes, or PostgreSQL through psycopg 3), tables
 created under a lock, idempotent inserts, the read/write transaction plumbing
 of a store, and the checks that turn bad input into a ``ValueError`` naming what
-was wrong. The learning library never imports it.
+was wrong. It lives with the node agent, whose store is the one every device runs;
+the coordinator's store imports it from here (the only ``node_agent`` module the
+coordinator imports), and ``common`` never does.
 """
 
 from __future__ import annotations
