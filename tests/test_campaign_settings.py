@@ -81,28 +81,28 @@ def test_a_campaign_killed_mid_way_resumes_without_repeating_what_it_finished(tm
     the alignment stage's checkpoint); run again with resume, it
     goes on from the store and its checkpoints, asks no node for what it already has, and ends where an uninterrupted
     campaign of the same seed ends."""
-    from coordinator.server_app import Campaign
+    from coordinator import server_app
 
     (tmp_path / "whole").mkdir()
     (tmp_path / "killed").mkdir()
     whole, whole_grid = in_process_campaign(tmp_path / "whole", **{"pretrain-rounds": 3})
-    real_send, real_bind, real_head = Campaign.send, P.bind, P.fit_head
+    real_send, real_bind, real_head = server_app.send, P.bind, P.fit_head
 
-    def dying_send(self, phase, kind, contents, rnd=0):
+    def dying_send(grid, st, phase, kind, contents, rnd=0):
         if phase == "pretrain" and rnd == 2:
             raise RuntimeError("coordinator killed")
-        return real_send(self, phase, kind, contents, rnd)
+        return real_send(grid, st, phase, kind, contents, rnd)
 
     def dying(*a, **kw):
         raise RuntimeError("coordinator killed")
 
     if kill_in == "pretrain":
-        monkeypatch.setattr(Campaign, "send", dying_send)
+        monkeypatch.setattr(server_app, "send", dying_send)
     else:
         monkeypatch.setattr(P, kill_in if kill_in == "bind" else "fit_head", dying)
     with pytest.raises(RuntimeError, match="coordinator killed"):
         in_process_campaign(tmp_path / "killed", **{"pretrain-rounds": 3})
-    monkeypatch.setattr(Campaign, "send", real_send)
+    monkeypatch.setattr(server_app, "send", real_send)
     monkeypatch.setattr(P, "bind", real_bind)
     monkeypatch.setattr(P, "fit_head", real_head)
     res, grid = in_process_campaign(tmp_path / "killed", **{"pretrain-rounds": 3, "resume": True})

@@ -113,20 +113,32 @@ def test_no_import_cycles_in_the_project_packages():
             visit(m, [m])
 
 
-def test_the_campaign_declares_in_init_everything_its_phases_set():
-    """A phase may only set what ``Campaign.__init__`` declares, so every piece of a campaign's state is found in one place."""
+def test_the_campaign_declares_up_front_everything_its_phases_set():
+    """A phase may only set what ``CampaignState`` declares, so every piece of a campaign's state is found in one place:
+    checked in the source (every ``st.<name> = ...`` in the phases and the ServerApp, every ``self.<name> = ...`` in the
+    state's own methods) and at run time (the dataclass has slots, so setting anything else raises)."""
     import ast
+    import dataclasses
 
-    tree = ast.parse((ROOT / "coordinator" / "server_app.py").read_text())
-    (cls,) = [c for c in tree.body if isinstance(c, ast.ClassDef) and c.name == "Campaign"]
-    declared, set_in = set(), {}
-    for f in cls.body:
-        if isinstance(f, ast.FunctionDef):
-            for n in ast.walk(f):
-                if isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Store) and getattr(n.value, "id", "") == "self":
-                    (declared.add(n.attr) if f.name == "__init__" else set_in.setdefault(n.attr, f.name))
+    from coordinator.state import CampaignState
+
+    declared = {f.name for f in dataclasses.fields(CampaignState)}
+    set_in = {}
+    for path, owner in (("campaign.py", "st"), ("server_app.py", "st"), ("state.py", "self")):
+        for n in ast.walk(ast.parse((ROOT / "coordinator" / path).read_text())):
+            if isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Store) and getattr(n.value, "id", "") == owner:
+                set_in.setdefault(n.attr, path)
+    assert {"flower_ids", "specs", "global_states", "model", "fusion_head", "finetuned", "store"} <= set(set_in), "the walk found the phases' writes"
     undeclared = {a: f for a, f in set_in.items() if a not in declared}
-    assert not undeclared, f"declare these in Campaign.__init__: {undeclared}"
+    assert not undeclared, f"declare these in CampaignState: {undeclared}"
+    st = object.__new__(CampaignState)
+    st.model = None  # a declared field takes a value
+    try:
+        st.learned_on_the_side = 1
+    except AttributeError:
+        pass
+    else:
+        raise AssertionError("CampaignState took an undeclared attribute: it must be a dataclass with slots")
 
 
 def test_every_run_config_key_is_read_by_the_code_it_configures():
