@@ -36,7 +36,7 @@ hold its own training windows and the validation and test subjects of its
 modalities, subject-disjoint); a simulated node has Flower's
 ``partition-id``/``num-partitions`` and takes dataset, scenario and seed from
 the run config (see ``node_agent.data.node_spec_for``). The batches a node
-hands over are written to its store's upload ledger.
+hands over are written to its store's upload ledger (``tasks.upload_batches``).
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ import logging
 import os
 import tempfile
 import time
-import zlib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -116,6 +115,11 @@ class Node:
                 keys[self.key_id or announced_id] = self.key
         return keys
 
+    def take_in_band_key(self, key_id: str, public_hex: str) -> None:
+        """A simulated node without a provisioned key remembers a campaign's public key offered in a message; a deployed node never does."""
+        if public_hex and self.key is None and self.simulated:
+            self.state_dir.remember_key(key_id, public_hex)
+
     def runtime(self, announced_id: str = "") -> NodeRuntime:
         """The node's serving runtime over its state directory (loaded through the same checks as on a device)."""
         return NodeRuntime(self.state_dir.root, self.node_id, keys=self.keys(announced_id), store=self.state_dir.store)
@@ -138,19 +142,12 @@ def pretrain(msg: Message, context: Context) -> Message:
     def work(node: Node) -> RecordDict:
         cfg = msg.content["config"]
         pcfg = PretrainConfig(objective=str(cfg["objective"]), epochs=int(cfg["epochs"]), batch_size=int(cfg["batch-size"]), lr=float(cfg["lr"]))
-        out, metrics = RecordDict(), {}
         mods = _modalities_in(msg, node, "encoder.")
         given = {m: (msg.content[f"encoder.{m}"].to_torch_state_dict(), msg.content[f"head.{m}"].to_torch_state_dict()) for m in mods}
-        seed = lambda m: int(cfg["seed"]) + 7919 * int(cfg["round"]) + 104729 * _stable(node.node_id + m)  # noqa: E731
-        if pcfg.objective == "cross-modal" and len(mods) > 1:  # the streams held together train each other
-            states, n, terms = tasks.local_pretrain_joint(given, node.part("train").data, pcfg, torch.device("cpu"), seed("+".join(mods)), _tower(cfg))
-            trained = {m: (states[m], n, terms) for m in mods}
-        else:
-            trained = {m: tasks.local_pretrain(m, *given[m], node.part("train").data, pcfg, torch.device("cpu"), seed(m), _tower(cfg)) for m in mods}
-        for m, (states, n, terms) in trained.items():
+        trained, metrics = tasks.pretrain_round(given, node.part("train").data, pcfg, node.node_id, int(cfg["seed"]), int(cfg["round"]), torch.device("cpu"), _tower(cfg))
+        out = RecordDict()
+        for m, states in trained.items():
             out[f"encoder.{m}"], out[f"head.{m}"] = ArrayRecord(states["encoder"]), ArrayRecord(states["head"])
-            metrics[f"n.{m}"] = n
-            metrics[f"loss.{m}"] = float(terms["total"])
         out["metrics"] = MetricRecord(metrics)
         return out
 
@@ -164,17 +161,9 @@ def collect(msg: Message, context: Context) -> Message:
         mods = _modalities_in(msg, node, "encoder.")
         states = {m: msg.content[f"encoder.{m}"].to_torch_state_dict() for m in mods}
         versions = node.state_dir.install_encoders(states, {m: node.data.spec(m) for m in mods}, _tower(cfg))
-        if cfg.get("signing-public-key") and node.key is None and node.simulated:  # a deployed node never takes a key in-band
-            node.state_dir.remember_key(str(cfg["signing-key-id"]), str(cfg["signing-public-key"]))
-        batches, parts = [], [node.part(str(role)) for role in cfg["upload-roles"]]  # the roles the coordinator takes; test stays here
-        encoders = node.state_dir.encoders() if parts else {}
-        for part in parts:
-            packed = tasks.encode_and_pack(part.data, encoders, node.node_id, str(cfg["campaign-id"]), str(cfg["dtype"]),
-                                           encoder_versions=versions, group=part.group)  # fmt: skip
-            batches += [b.SerializeToString() for b in packed]
-            if node.state_dir.store is not None:  # the node's upload ledger: what it handed over, per campaign
-                for b in packed:
-                    node.state_dir.store.record_upload(b.campaign_id, b.batch_id, b.modality, len(b.window_ids))
+        node.take_in_band_key(str(cfg.get("signing-key-id", "")), str(cfg.get("signing-public-key", "")))
+        parts = [(p.group, p.data) for p in (node.part(str(role)) for role in cfg["upload-roles"])]  # the roles the coordinator takes; test stays here
+        batches = tasks.upload_batches(node.state_dir, parts, node.node_id, str(cfg["campaign-id"]), str(cfg["dtype"]), versions)
         return RecordDict({"upload": ConfigRecord({"batches": batches} if batches else {}), "versions": ConfigRecord(versions)})
 
     return _handle(msg, context, "collect", work)
@@ -184,11 +173,10 @@ def collect(msg: Message, context: Context) -> Message:
 def finetune(msg: Message, context: Context) -> Message:
     def work(node: Node) -> RecordDict:
         cfg = msg.content["config"]
-        lcfg = LocalFinetuneConfig.from_wire(cfg)
-        seed = int(cfg["seed"]) + 7919 * int(cfg["round"]) + 104729 * _stable(node.node_id)
         flat = msg.content["arrays"].to_torch_state_dict()
-        states, n, terms = tasks.local_finetune(flat, node.part("train").data, lcfg, torch.device("cpu"), seed, _tower(cfg))
-        return RecordDict({"arrays": ArrayRecord(states), "metrics": MetricRecord({"num-examples": n, **terms})})
+        states, metrics = tasks.finetune_round(flat, node.part("train").data, LocalFinetuneConfig.from_wire(cfg), node.node_id, int(cfg["seed"]), int(cfg["round"]),
+                                               torch.device("cpu"), _tower(cfg))  # fmt: skip
+        return RecordDict({"arrays": ArrayRecord(states), "metrics": MetricRecord(metrics)})
 
     return _handle(msg, context, "finetune", work)
 
@@ -278,10 +266,6 @@ def _modalities_in(msg: Message, node: Node, prefix: str) -> list[str]:
 
 def _tower(cfg: ConfigRecord) -> TowerConfig:
     return TowerConfig.from_dict({k[6:].replace("-", "_"): int(v) for k, v in cfg.items() if k.startswith("tower.")})
-
-
-def _stable(text: str) -> int:
-    return zlib.crc32(text.encode()) % 10007
 
 
 def node_for(context: Context, cfg: CampaignConfig | None = None) -> Node:

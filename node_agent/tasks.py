@@ -5,12 +5,16 @@ windows (one FedAvg round); ``encode_and_pack`` turns every window into
 encoder features in EmbeddingBatches; ``evaluate_local`` scores the model the
 node serves on its labelled windows with every subset of its modalities;
 ``local_finetune`` and ``local_validate`` are one node's part of federated
-fine-tuning. Bundles reach the node's state directory
+fine-tuning. ``pretrain_round``, ``upload_batches`` and ``finetune_round`` are
+what the Flower handlers call: they pick the round's seed (``round_seed``),
+report the objective and keep the upload ledger, so a handler only unpacks and
+packs. Bundles reach the node's state directory
 (``node_agent.state_dir``) only through the gate in ``node_agent.runtime``.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -24,6 +28,7 @@ from common.samples import SampleSet
 from common.towers import SHARED_BLOCK, AlignedModel, FusionHead, TowerConfig, block_of, build_encoder, flat_state, load_strict, model_from_flat
 from node_agent.data import NodeData
 from node_agent.runtime import NodeRuntime
+from node_agent.state_dir import StateDir
 from proto import edgebind_pb2 as pb
 
 State = dict[str, torch.Tensor]
@@ -119,6 +124,83 @@ def local_pretrain_joint(
 def _cpu_state(module: nn.Module) -> State:
     return {k: v.detach().to("cpu").clone() for k, v in module.state_dict().items()}
 
+
+
+# --- one round, as a handler asks for it ----------------------------------------------------
+
+
+def round_seed(seed: int, rnd: int, who: str) -> int:
+    """The seed of one node's work in one round: the campaign's seed, the round, and who trains (stable across processes)."""
+    return int(seed) + 7919 * int(rnd) + 104729 * (zlib.crc32(who.encode()) % 10007)
+
+
+def pretrain_round(
+    given: Mapping[str, tuple[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]]],
+    data: NodeData,
+    cfg: PretrainConfig,
+    node_id: str,
+    seed: int,
+    rnd: int,
+    device: torch.device | None = None,
+    tower: TowerConfig | None = None,
+) -> tuple[dict[str, dict[str, State]], dict[str, float]]:
+    """One pretraining round on the node's training windows, from the global (encoder, head) states ``given`` per modality.
+
+    With the cross-modal objective, streams held together train each other;
+    otherwise each trains alone. Returns the trained states per modality and
+    the metrics the coordinator reads: ``n.<m>`` (windows, the FedAvg weight)
+    and ``loss.<m>`` (the objective: the last epoch's ``total``, the sum of its ``*_loss`` terms).
+    """
+    mods = list(given)
+    if cfg.objective == "cross-modal" and len(mods) > 1:
+        states, n, terms = local_pretrain_joint(given, data, cfg, device, round_seed(seed, rnd, node_id + "+".join(mods)), tower)
+        trained = {m: (states[m], n, terms) for m in mods}
+    else:
+        trained = {m: local_pretrain(m, *given[m], data, cfg, device, round_seed(seed, rnd, node_id + m), tower) for m in mods}
+    metrics: dict[str, float] = {}
+    for m, (_, n, terms) in trained.items():
+        metrics[f"n.{m}"] = n
+        metrics[f"loss.{m}"] = float(terms["total"])
+    return {m: states for m, (states, _, _) in trained.items()}, metrics
+
+
+def upload_batches(
+    state_dir: StateDir,
+    parts: Sequence[tuple[str, NodeData]],
+    node_id: str,
+    campaign_id: str,
+    dtype: str,
+    encoder_versions: Mapping[str, str],
+) -> list[bytes]:
+    """Every window of the given (group, data) parts, encoded with the installed encoders, as serialised EmbeddingBatches.
+
+    Each batch names its part's group; each one handed over is written to the
+    node's upload ledger (when the state directory has a store).
+    """
+    encoders = state_dir.encoders() if parts else {}
+    out = []
+    for group, data in parts:
+        packed = encode_and_pack(data, encoders, node_id, campaign_id, dtype, encoder_versions=encoder_versions, group=group)
+        out += [b.SerializeToString() for b in packed]
+        if state_dir.store is not None:
+            for b in packed:
+                state_dir.store.record_upload(b.campaign_id, b.batch_id, b.modality, len(b.window_ids))
+    return out
+
+
+def finetune_round(
+    flat: Mapping[str, torch.Tensor],
+    data: NodeData,
+    cfg: LocalFinetuneConfig,
+    node_id: str,
+    seed: int,
+    rnd: int,
+    device: torch.device | None = None,
+    tower: TowerConfig | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """One round of federated fine-tuning (``local_finetune``) with this node's seed for the round; the metrics as Flower's strategies read them."""
+    states, n, terms = local_finetune(flat, data, cfg, device, round_seed(seed, rnd, node_id), tower)
+    return states, {"num-examples": n, **terms}
 
 # --- manifest ----------------------------------------------------------------------------
 

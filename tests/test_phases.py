@@ -173,6 +173,31 @@ def test_local_cross_modal_round_trains_the_streams_a_node_holds_together(ds, sc
                                    spec.data(ds), cfg, CPU, tower=TOWER)
 
 
+
+def test_a_handlers_round_seeds_by_node_and_round_reports_the_objective_and_keeps_the_ledger(ds, sc, tmp_path):
+    """What ``client_app``'s handlers hand to ``tasks``: the seed is picked from the campaign's seed, the round and who
+    trains; ``loss.<m>`` is the objective of the round; every batch handed over is in the node's upload ledger."""
+    from node_agent.store import open_store as open_node_store
+
+    assert tasks.round_seed(5, 2, "n1s") == tasks.round_seed(5, 2, "n1s")
+    assert len({tasks.round_seed(5, 2, "n1s"), tasks.round_seed(5, 3, "n1s"), tasks.round_seed(5, 2, "n2s"), tasks.round_seed(6, 2, "n1s")}) == 4
+    spec = node_spec_for(sc, ds, 0, 0, split_=split(sc, ds, 0))  # an (s, a) node
+    cfg = PretrainConfig(objective="cross-modal", epochs=1, batch_size=32)
+    glob = P.initial_encoders({m: ds.spec(m) for m in ("a", "s")}, TOWER, 0, cfg)
+    given = {m: (glob[m]["encoder"], glob[m]["head"]) for m in ("a", "s")}
+    trained, metrics = tasks.pretrain_round(given, spec.data(ds), cfg, spec.node_id, 5, 2, CPU, TOWER)
+    _, n, terms = tasks.local_pretrain_joint(given, spec.data(ds), cfg, CPU, tasks.round_seed(5, 2, spec.node_id + "a+s"), TOWER)
+    assert metrics == {"n.a": n, "loss.a": terms["total"], "n.s": n, "loss.s": terms["total"]}
+    assert terms["total"] == pytest.approx(terms["view_loss"] + terms["cross_loss"], rel=1e-6)
+    store = open_node_store(tmp_path / "node.db")
+    sd = StateDir(tmp_path / "state", store=store)
+    versions = sd.install_encoders({m: trained[m]["encoder"] for m in ("a", "s")}, {m: ds.spec(m) for m in ("a", "s")}, TOWER)
+    blobs = tasks.upload_batches(sd, [(spec.group, spec.data(ds))], spec.node_id, "c9", "float16", versions)
+    sent = [codec.parse_embedding_batch(b) for b in blobs]
+    assert sent and {b.group for b in sent} == {spec.group} and {b.encoder_version for b in sent} == set(versions.values())
+    assert store.uploaded("c9") == {b.batch_id for b in sent}
+    assert tasks.upload_batches(sd, [], spec.node_id, "c9", "float16", versions) == []
+
 def test_finetune_aggregation_is_per_block_over_the_nodes_that_hold_it():
     cur = {"model.prototype.net.0.weight": torch.zeros(2, 2), "model.encoders.a.w": torch.zeros(3), "model.encoders.b.w": torch.zeros(3)}
     only_a = ({"model.prototype.net.0.weight": torch.ones(2, 2), "model.encoders.a.w": torch.ones(3)}, 1.0)
