@@ -90,6 +90,27 @@ class InProcessGrid(Grid):
         return self.pull_messages(ids)
 
 
+class ManifestRewritingGrid(InProcessGrid):
+    """Node 101's manifest is changed by ``mutate`` (a ``NodeManifest`` -> changed in place, or raw bytes to send instead),
+    as a buggy or hostile node might send it."""
+
+    @staticmethod
+    def mutate(m):  # a subclass names what it changes
+        return None
+
+    def push_messages(self, messages):
+        from proto import edgebind_pb2 as pb
+
+        ids = super().push_messages(messages)
+        for mid, msg in zip(ids, messages):
+            if msg.metadata.message_type == "query.manifest" and msg.metadata.dst_node_id == 101 and mid in self.replies:
+                rec = self.replies[mid].content["manifest"]
+                m = pb.NodeManifest.FromString(rec["node-manifest"])
+                raw = self.mutate(m)
+                rec["node-manifest"] = raw if raw is not None else m.SerializeToString()
+        return ids
+
+
 def synthetic_files(tmp_path: Path, lab_nodes: int = 1) -> tuple[str, str]:
     """A small three-stream dataset (.npz) and a scenario (.toml) that binds through ``s``."""
     rng = np.random.default_rng(0)

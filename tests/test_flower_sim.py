@@ -19,8 +19,7 @@ from common.codec import public_key_of
 from coordinator.server_app import app as server_app
 from coordinator.server_app import exchange
 from node_agent.data import dropouts, fleet_layout, node_id_of
-from proto import edgebind_pb2 as pb
-from tests.flower_grid import InProcessGrid, flower_env, in_process_campaign, synthetic_files  # noqa: F401  (flower_env: autouse)
+from tests.flower_grid import InProcessGrid, ManifestRewritingGrid, flower_env, in_process_campaign, synthetic_files  # noqa: F401  (flower_env: autouse)
 
 
 def test_campaign_on_an_in_process_grid(tmp_path):
@@ -104,20 +103,10 @@ def _garbage(m):
     return b"\xff\xff not a protobuf"
 
 
-class CorruptManifestGrid(InProcessGrid):
+class CorruptManifestGrid(ManifestRewritingGrid):
     """Node 101's manifest is malformed (``mutate`` changes it), as a buggy or hostile node might send."""
 
     mutate = staticmethod(_twice_train)
-
-    def push_messages(self, messages):
-        ids = super().push_messages(messages)
-        for mid, msg in zip(ids, messages):
-            if msg.metadata.message_type == "query.manifest" and msg.metadata.dst_node_id == 101 and mid in self.replies:
-                rec = self.replies[mid].content["manifest"]
-                m = pb.NodeManifest.FromString(rec["node-manifest"])
-                raw = self.mutate(m)
-                rec["node-manifest"] = raw if raw is not None else m.SerializeToString()
-        return ids
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,7 @@ from common.data.scenarios import Scenario
 from coordinator.identity import check_identity, key_pem, node_id_of_key_file
 from coordinator.store import open_store
 from node_agent.data import fleet_layout, node_id_of
-from proto import edgebind_pb2 as pb
-from tests.flower_grid import InProcessGrid, flower_env, in_process_campaign, synthetic_files  # noqa: F401  (flower_env: autouse fixture)
+from tests.flower_grid import ManifestRewritingGrid, flower_env, in_process_campaign, synthetic_files  # noqa: F401  (flower_env: autouse fixture)
 
 
 def _key(seed: int) -> str:
@@ -50,24 +49,19 @@ def test_the_store_binds_one_key_to_one_id(tmp_path):
         node_id_of_key_file("/x/node.pub")
 
 
-class KeyedGrid(InProcessGrid):
+def _claim_sb_001(m):
+    m.node_id = "sb-001"
+
+
+class KeyedGrid(ManifestRewritingGrid):
     """A grid that shows each node's SuperNode key, as the SuperLink does with --enable-supernode-auth (``keys``: Flower id -> PEM);
     node 101's manifest claims sb-001's id."""
 
     keys: dict[int, str] = {}
+    mutate = staticmethod(_claim_sb_001)
 
     def get_nodes(self):
         return [NodeInfo(node_id=f, public_key=self.keys[f].encode()) for f in self.get_node_ids()]
-
-    def push_messages(self, messages):
-        ids = super().push_messages(messages)
-        for mid, msg in zip(ids, messages):
-            if msg.metadata.message_type == "query.manifest" and msg.metadata.dst_node_id == 101 and mid in self.replies:
-                rec = self.replies[mid].content["manifest"]
-                m = pb.NodeManifest.FromString(rec["node-manifest"])
-                m.node_id = "sb-001"
-                rec["node-manifest"] = m.SerializeToString()
-        return ids
 
 
 def test_a_node_claiming_another_id_or_holding_an_unbound_key_is_left_out(tmp_path):
