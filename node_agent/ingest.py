@@ -139,6 +139,9 @@ topic read edgebind/+/events
 """
 
 
+AUTOSAVE_INTERVAL = 1  # seconds between the broker's saves of its in-memory messages (see Publisher's resend window)
+
+
 def mosquitto_conf(port: int, data_dir: str, host: str = "127.0.0.1", tls: Mapping[str, str] | None = None) -> str:
     """A mosquitto 2 config for a local broker that keeps QoS-1 messages across restarts.
 
@@ -152,6 +155,10 @@ def mosquitto_conf(port: int, data_dir: str, host: str = "127.0.0.1", tls: Mappi
     its own topics alone; without, anyone may connect (a trusted network only).
     The broker refuses messages above 4 x ``DEFAULT_MAX_PAYLOAD`` either way (the
     node itself refuses, by name, any above its ``max_payload``).
+    mosquitto saves its messages every ``AUTOSAVE_INTERVAL`` seconds, not on
+    each PUBACK: a SIGKILLed broker restarts without what it acknowledged since
+    its last save, which is why ``Publisher`` sends its recently acknowledged
+    messages again after a lost connection.
     """
     if tls is not None:
         Path(tls["acl"]).write_text(MQTT_ACL)
@@ -167,7 +174,7 @@ def mosquitto_conf(port: int, data_dir: str, host: str = "127.0.0.1", tls: Mappi
             f"message_size_limit {4 * DEFAULT_MAX_PAYLOAD}",  # the broker's own cap; the node names anything above max_payload
             "persistence true",
             f"persistence_location {data_dir.rstrip('/')}/",
-            "autosave_interval 1",
+            f"autosave_interval {AUTOSAVE_INTERVAL}",
             "max_queued_messages 0",
             "max_queued_bytes 0",
             "persistent_client_expiration 1d",

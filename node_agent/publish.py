@@ -14,6 +14,7 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -21,7 +22,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from node_agent.ingest import client_id_for, parse_broker, sensor_topic, use_tls
+from node_agent.ingest import AUTOSAVE_INTERVAL, client_id_for, parse_broker, sensor_topic, use_tls
 from node_agent.store import open_store
 from proto import edgebind_pb2 as pb
 
@@ -30,6 +31,7 @@ __all__ = ["Publisher", "replay", "replay_dataset", "replayed_windows", "window_
 log = logging.getLogger(__name__)
 
 T0_NS = 1_700_000_000_000_000_000  # when a replayed recording starts (any fixed time will do)
+RESEND_WINDOW = 10.0 * AUTOSAVE_INTERVAL  # seconds of acknowledged messages sent again after a lost connection
 
 
 class Publisher:
@@ -38,12 +40,28 @@ class Publisher:
     Messages published while the broker is away stay in paho's queue and go out
     on reconnect; ``flush`` waits until the broker has acknowledged them all.
     ``tls`` (``ca``, ``cert``, ``key``) speaks TLS with that client certificate.
+
+    A PUBACK alone does not make a message safe: mosquitto writes its messages
+    to disk every ``AUTOSAVE_INTERVAL`` seconds, and a broker killed in between
+    restarts without the ones it acknowledged since (those not yet passed on).
+    So the publisher keeps what was acknowledged in the last ``resend_window``
+    seconds before it last heard from the broker and, on every reconnect,
+    publishes those again (``resent`` counts them); the node stores a frame once
+    by its stream and seq, so a frame that did arrive is a duplicate, dropped.
+    ``resend_window`` must exceed the broker's time between two saves.
     """
 
-    def __init__(self, broker: tuple[str, int], client_id: str, keepalive: int = 30, tls: Mapping[str, str] | None = None) -> None:
+    def __init__(self, broker: tuple[str, int], client_id: str, keepalive: int = 30, tls: Mapping[str, str] | None = None,
+                 resend_window: float = RESEND_WINDOW) -> None:  # fmt: skip
         self.broker = broker
+        self.resend_window = resend_window
+        self.resent = 0
         self._pending: set[int] = set()
         self._early: set[int] = set()
+        self._sent: dict[int, tuple[str, bytes]] = {}  # mid -> (topic, payload) awaiting its PUBACK
+        self._early_acks: dict[int, float] = {}  # mid -> when, for a PUBACK that beat publish() to its bookkeeping
+        self._acked: deque[tuple[float, str, bytes]] = deque()  # (when, topic, payload), oldest first, within resend_window
+        self._connects = 0
         self._cond = threading.Condition()
         self._connected = threading.Event()
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False, protocol=mqtt.MQTTv311)
@@ -51,7 +69,7 @@ class Publisher:
         c.max_inflight_messages_set(100)
         c.reconnect_delay_set(min_delay=1, max_delay=5)
         use_tls(c, tls)
-        c.on_connect = lambda *_a: self._connected.set()
+        c.on_connect = self._on_connect
         c.on_disconnect = lambda *_a: self._connected.clear()
         c.on_publish = self._on_publish
         c.connect_async(broker[0], broker[1], keepalive=keepalive)
@@ -70,8 +88,10 @@ class Publisher:
         with self._cond:
             if info.mid in self._early:  # the PUBACK beat us here
                 self._early.discard(info.mid)
+                self._keep(self._early_acks.pop(info.mid), topic, payload)
             else:
                 self._pending.add(info.mid)
+                self._sent[info.mid] = (topic, payload)
         return info.mid
 
     def pending(self) -> int:
@@ -103,12 +123,38 @@ class Publisher:
         self.close()
 
     def _on_publish(self, _client: mqtt.Client, _userdata: Any, mid: int, _reason: Any, _props: Any) -> None:
+        now = time.monotonic()
         with self._cond:
             if mid in self._pending:
                 self._pending.discard(mid)
+                self._keep(now, *self._sent.pop(mid))
                 self._cond.notify_all()
             else:
                 self._early.add(mid)
+                self._early_acks[mid] = now
+
+    def _keep(self, when: float, topic: str, payload: bytes) -> None:
+        """Hold an acknowledged message for ``resend_window`` seconds (called under ``_cond``)."""
+        if self.resend_window <= 0:
+            return
+        self._acked.append((when, topic, payload))
+        while self._acked and self._acked[0][0] < when - self.resend_window:
+            self._acked.popleft()
+
+    def _on_connect(self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        if reason.is_failure:
+            log.warning("broker %s:%d refused the connection: %s", *self.broker, reason)
+            return
+        self._connects += 1
+        if self._connects > 1:  # a reconnect: the broker may have lost what it acknowledged since its last save
+            with self._cond:
+                again, self._acked = list(self._acked), deque()
+            for _when, topic, payload in again:
+                self.publish(topic, payload)
+            self.resent += len(again)
+            if again:
+                log.info("sent %d messages the broker acknowledged in the last %.0fs again after a reconnect", len(again), self.resend_window)
+        self._connected.set()
 
 
 def window_frames(

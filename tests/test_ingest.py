@@ -262,6 +262,14 @@ class Mosquitto:
             self.proc.wait()
         self.proc = None
 
+    def kill(self) -> None:
+        """SIGKILL: no chance to save its persistence file (what it saved last is what it restarts from)."""
+        if self.proc is None:
+            return
+        self.proc.kill()
+        self.proc.wait(10)
+        self.proc = None
+
     @property
     def address(self) -> tuple[str, int]:
         return ("127.0.0.1", self.port)
