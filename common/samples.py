@@ -8,7 +8,7 @@ pseudo-pairs is stored once and an absent modality is never materialised.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -76,15 +76,18 @@ class SampleSet:
         mods = sorted({m for s in sets for m in s.index})
         sources, index = {}, {}
         for m in mods:
-            chunks, idxs, offset = [], [], 0
+            chunks, idxs, offset, at = [], [], 0, {}
             for s in sets:
                 if m in s.index:
-                    chunks.append(s.sources[m])
-                    idxs.append(np.where(s.index[m] >= 0, s.index[m] + offset, -1))
-                    offset += len(s.sources[m])
+                    src = s.sources[m]
+                    if id(src) not in at:  # sets that point into the same windows share them
+                        at[id(src)] = offset
+                        chunks.append(src)
+                        offset += len(src)
+                    idxs.append(np.where(s.index[m] >= 0, s.index[m] + at[id(src)], -1))
                 else:
                     idxs.append(np.full(len(s), -1, dtype=np.int64))
-            sources[m] = np.concatenate(chunks)
+            sources[m] = chunks[0] if len(chunks) == 1 else RowStack(chunks)
             index[m] = np.concatenate(idxs)
         return cls(
             sources=sources,
@@ -120,6 +123,41 @@ class SampleSet:
         stop = len(order) - (len(order) % batch_size if drop_last and len(order) > batch_size else 0)
         for i in range(0, stop, batch_size):
             yield self.batch(order[i : i + batch_size], device)
+
+
+class RowStack:
+    """Arrays stacked row-wise without a copy: ``x[rows]`` gathers those rows from the parts.
+
+    ``SampleSet.concat`` stacks its sets' windows this way, so that windows kept
+    in file-backed arrays (``coordinator.phases.spill_features``) stay there
+    and a batch reads only its own rows.
+    """
+
+    def __init__(self, parts: list[Any]) -> None:
+        self.parts = [q for p in parts for q in (p.parts if isinstance(p, RowStack) else [p])]
+        if not self.parts or len({p.shape[1:] for p in self.parts}) != 1:
+            raise ValueError(f"RowStack: parts must share their row shape, got {[p.shape for p in self.parts]}")
+        self.starts = np.cumsum([0] + [len(p) for p in self.parts])
+        self.shape = (int(self.starts[-1]), *self.parts[0].shape[1:])
+        self.dtype = np.result_type(*[p.dtype for p in self.parts])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: Any) -> np.ndarray:
+        rows = np.asarray(rows)
+        if rows.dtype == bool:
+            rows = np.flatnonzero(rows)
+        if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer):
+            raise TypeError(f"RowStack: index with a 1-D array of row numbers, got {rows.dtype} of shape {rows.shape}")
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"RowStack: rows must be in [0, {len(self)}), got {int(rows.min())}..{int(rows.max())}")
+        out = np.empty((len(rows), *self.shape[1:]), self.dtype)
+        part = np.searchsorted(self.starts, rows, side="right") - 1
+        for k in np.unique(part):
+            hit = part == k
+            out[hit] = self.parts[k][rows[hit] - self.starts[k]]
+        return out
 
 
 def scatter(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import tempfile
 import time
 from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -43,6 +44,9 @@ from common.pretrain import PretrainConfig, make_pretrain_head
 from common.samples import SampleSet
 from common.towers import AlignedModel, FusionHead, TowerConfig, build_encoder
 from proto import edgebind_pb2 as pb
+
+if TYPE_CHECKING:
+    from coordinator.store_schema import Embeddings
 
 log = logging.getLogger("edgebind.campaign")
 
@@ -260,27 +264,63 @@ def group_data(store, campaign_id: str, nodes: Sequence[NodeInfo], roles: Sequen
 
 
 def _natural_group(store, campaign_id: str, base: str, name: str, role: str, mods: list[str], members: list[NodeInfo]) -> GroupData | None:
-    """The windows that ``members`` uploaded for scenario group ``base`` in every one of ``mods``, as one group called ``name``."""
+    """The windows that ``members`` uploaded for scenario group ``base`` in every one of ``mods``, as one group called ``name``.
+
+    The store is read twice per modality, one batch at a time: first without the
+    vectors, to choose the windows, then for the chosen rows, which go to a
+    file-backed array (``spill_features``). What is held in memory is one
+    stored batch and the group's ids and labels, whatever the fleet uploaded.
+    """
     ids = [n.node_id for n in members]
     by_id = {n.node_id: n for n in members}
-    emb = {m: store.embeddings(campaign_id, m, node_ids=ids) for m in mods}
-    pos = {}
-    for m, e in emb.items():
-        rows = zip(e.node_ids.tolist(), e.groups.tolist(), e.window_ids.tolist())
+    index = {m: list(store.embedding_blocks(campaign_id, m, node_ids=ids, vectors=False)) for m in mods}
+    pos, labels_of = {}, {}
+    for m, blocks in index.items():
+        rows = ((nid, g, w) for b in blocks for nid, g, w in zip(b.node_ids.tolist(), b.groups.tolist(), b.window_ids.tolist()))
         pos[m] = {(nid, w): i for i, (nid, g, w) in enumerate(rows) if by_id[nid].group_of(g) == base}
+        labels_of[m] = np.concatenate([b.labels for b in blocks]) if blocks else np.zeros(0, np.int64)
+    del index
     first = pos[mods[0]]
     common = [key for key in first if all(key in pos[m] for m in mods[1:])]
     if not common:
         log.warning("group %s: no window uploaded in all of %s", name, mods)
         return None
     feats, labels = {}, None
-    for m, e in emb.items():
+    for m in mods:
         sel = np.fromiter((pos[m][key] for key in common), dtype=np.int64, count=len(common))
-        feats[m] = e.x[sel].astype(np.float32)
-        labels = e.labels[sel] if labels is None else np.maximum(labels, e.labels[sel])
+        feats[m] = read_rows(store.embedding_blocks(campaign_id, m, node_ids=ids), sel)
+        labels = labels_of[m][sel] if labels is None else np.maximum(labels, labels_of[m][sel])
     node_ids = np.array([k[0] for k in common])
     window_ids = np.array([k[1] for k in common])
     return GroupData(name, role, mods, node_ids, window_ids, feats, labels)
+
+
+def spill_features(rows: int, dim: int) -> np.ndarray:
+    """A (rows, dim) float32 array backed by an unnamed temporary file (``$TMPDIR``), not by memory.
+
+    The kernel pages it in and out as binding and growth read their blocks;
+    the file goes with the last reference to the array.
+    """
+    with tempfile.TemporaryFile(prefix="edgebind-features-") as f:
+        return np.memmap(f, dtype=np.float32, mode="w+", shape=(rows, dim))
+
+
+def read_rows(blocks: Iterable[Embeddings], sel: np.ndarray) -> np.ndarray:
+    """Rows ``sel`` (positions in the blocks' concatenated order) of blocks read one at a time, into ``spill_features``."""
+    order = np.argsort(sel, kind="stable")
+    wanted = sel[order]
+    out, start = None, 0
+    for b in blocks:
+        n = len(b.window_ids)
+        lo, hi = np.searchsorted(wanted, [start, start + n])
+        if hi > lo:
+            if out is None:
+                out = spill_features(len(sel), b.x.shape[1])
+            out[order[lo:hi]] = b.x[wanted[lo:hi] - start]
+        start += n
+    if out is None or (len(wanted) and wanted[-1] >= start):
+        raise ValueError(f"read_rows: rows up to {int(wanted[-1]) if len(wanted) else -1} asked of {start} stored")
+    return out
 
 
 # --- bind ----------------------------------------------------------------------------------------

@@ -14,13 +14,13 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from node_agent.sqlbase import (
     SqlStore,
@@ -343,25 +343,35 @@ class CoordinatorStore(TrustRecords, SqlStore):
 
     def embeddings(self, campaign_id: str, modality: str, node_ids: Sequence[str] | None = None) -> Embeddings:
         """All stored embeddings of ``modality`` in a campaign (optionally from ``node_ids`` only), concatenated."""
-        _name("campaign_id", campaign_id)
-        _name("modality", modality)
-        q = select(_BatchRow).where(_BatchRow.campaign_id == campaign_id, _BatchRow.modality == modality)
-        if node_ids is not None:
-            q = q.where(_BatchRow.node_id.in_(_ids("node_ids", node_ids)))
-        with self._tx() as s:
-            records = [self._record(r) for r in s.scalars(q.order_by(_BatchRow.node_id, _BatchRow.batch_id))]
-        if not records:
+        blocks = list(self.embedding_blocks(campaign_id, modality, node_ids))
+        if not blocks:
             empty = np.zeros(0, np.int64)
             return Embeddings(_str_array([]), _str_array([]), _str_array([]), np.zeros((0, 0), np.float32), empty, empty, empty)
-        return Embeddings(
-            node_ids=_str_array([b.node_id for b in records for _ in b.window_ids]),
-            groups=_str_array([b.group for b in records for _ in b.window_ids]),
-            window_ids=_str_array([w for b in records for w in b.window_ids]),
-            x=np.concatenate([b.dequantised() for b in records]),
-            labels=np.concatenate([b.labels for b in records]),
-            subjects=np.concatenate([_or_unknown(b.subjects, len(b.window_ids)) for b in records]),
-            timestamps_ns=np.concatenate([_or_unknown(b.timestamps_ns, len(b.window_ids)) for b in records]),
-        )
+        return Embeddings(*(np.concatenate([getattr(b, f) for b in blocks]) for f in Embeddings.__dataclass_fields__))
+
+    def embedding_blocks(self, campaign_id: str, modality: str, node_ids: Sequence[str] | None = None, vectors: bool = True) -> Iterator[Embeddings]:
+        """``embeddings`` one stored batch at a time, in the same order, read from the database as they go.
+
+        Without ``vectors`` the embeddings themselves are not read at all (``x`` is (n, 0)):
+        what a caller needs to choose rows before it reads them.
+        """
+        _name("campaign_id", campaign_id)
+        _name("modality", modality)
+        q = select(_BatchRow.id).where(_BatchRow.campaign_id == campaign_id, _BatchRow.modality == modality)
+        if node_ids is not None:
+            q = q.where(_BatchRow.node_id.in_(_ids("node_ids", node_ids)))
+        one = select(_BatchRow) if vectors else select(_BatchRow).options(defer(_BatchRow.data), defer(_BatchRow.scales))
+        with self._tx() as s:
+            for row_id in s.scalars(q.order_by(_BatchRow.node_id, _BatchRow.batch_id)).all():
+                r = s.scalars(one.where(_BatchRow.id == row_id)).one()  # one batch in memory at a time
+                s.expunge(r)
+                n = r.n_rows
+                labels = _int64_from(r.labels, n)
+                subjects = _or_unknown(None if r.subjects is None else _int64_from(r.subjects, n), n)
+                stamps = _or_unknown(None if r.timestamps_ns is None else _int64_from(r.timestamps_ns, n), n)
+                x = self._record(r).dequantised() if vectors else np.zeros((n, 0), np.float32)
+                yield Embeddings(_str_array([r.node_id] * n), _str_array([r.group_name or ""] * n), _str_array(json.loads(r.window_ids)),
+                                 x, labels, subjects, stamps)  # fmt: skip
 
     # --- pairs --------------------------------------------------------------------------
 

@@ -256,7 +256,7 @@ class PairData:
         for m, x in self.features.items():
             if x.ndim != 2:
                 raise ValueError(f"PairData: features of {m!r} must be (rows, feature_dim), got shape {x.shape}")
-            if not np.isfinite(x).all():
+            if not all(np.isfinite(x[r : r + 4096]).all() for r in range(0, len(x), 4096)):  # in blocks: x may be file-backed
                 raise ValueError(f"PairData: features of {m!r} contain NaN or Inf")
         if self.weights is not None:
             self.weights = np.asarray(self.weights, dtype=np.float32)
