@@ -1,0 +1,160 @@
+"""SIGKILL one node's SuperNode while a campaign's pretraining round runs, in a real local deployment.
+
+mosquitto, the coordinator (SuperLink + Registry), three node agents (each
+with ingest and a SuperNode it supervises) and ``edgebind-coordinator
+campaign``, all as processes on 127.0.0.1 (``simulations.deploy_local``'s
+steps, plain-text SuperLink link to save the PKI's time). One training node's
+SuperNode (and the ClientApp it runs) is killed mid-round: the campaign
+finishes with the other two, recording that node missing with the phase and
+a reason; its agent keeps ingesting and restarts the SuperNode with back-off;
+a second campaign then takes that node's uploads, each window exactly once.
+
+Takes a few minutes (two quick campaigns on HAPT). Needs mosquitto (skipped
+without it, except with CI=true).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from coordinator.store import open_store
+from simulations.deploy_local import Deployment
+from simulations.deploy_plan import plan_nodes, prepare_out
+from simulations.supervisor import read_log, script_path
+from tests.e2e.test_deploy_local import flower_env, mosquitto, node_venv  # noqa: F401  (fixtures)
+
+
+def wait(cond, timeout: float, what: str, every: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = cond()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(every)
+
+
+def _children(pid: int, name: str) -> list[int]:
+    """Live child processes of ``pid`` whose command line mentions ``name``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError):
+            continue
+        if int(stat[1]) == pid and stat[0] not in ("Z", "X") and name in cmd:
+            found.append(int(entry))
+    return found
+
+
+def _descendants(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of every live process below ``pid``."""
+    parent, cmds = {}, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            cmds[int(entry)] = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError):
+            continue
+        if stat[0] not in ("Z", "X"):
+            parent[int(entry)] = int(stat[1])
+    below, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        below += [(c, cmds[c]) for c in kids]
+        todo += kids
+    return below
+
+
+def start(d: Deployment) -> None:
+    """``Deployment.run``'s steps up to the campaign: broker, coordinator, node agents, replay, every window ingested."""
+    d.plans, d.sc = plan_nodes(d.scenario, d.dataset, d.n, d.seed, d.out)
+    d.app_dir = Path(__file__).resolve().parents[2]
+    d.start_broker()
+    d.start_coordinator_and_nodes()
+    d.replay()
+    d.wait_ingested()
+
+
+# The quick schedule (CampaignConfig.QUICK, which ``quick`` would impose over any setting) with one pretraining round and
+# no federated fine-tuning: what these tests kill and resume is in the phases before.
+QUICKER = {"pretrain-rounds": 1, "local-epochs": 1, "align-epochs": 4, "head-steps": 60, "head-finetune-steps": 40, "finetune-rounds": 0,
+           "max-windows-per-group": 160}  # fmt: skip
+
+
+def start_campaign(d: Deployment, campaign_id: str, resume: bool = False, **extra):
+    """``edgebind-coordinator campaign`` against the deployment, as ``Deployment.run_campaign`` starts it (``QUICKER``, one thread)."""
+    results = d.out / campaign_id / "results.json"
+    rc = {"dataset": d.dataset, "scenario": d.scenario, "seed": d.seed, "results-path": str(results), "expected-nodes": d.n, "min-nodes": d.n,
+          "discovery-timeout": d.t.discovery, "coordinator-threads": 1, **QUICKER, **({} if resume else {"campaign-id": campaign_id}), **extra}  # fmt: skip
+    cmd = [script_path("edgebind-coordinator"), "campaign", "--superlink", d.superlink, "--app", str(d.app_dir), "--store", d.coordinator_info["store"],
+           "--flwr-home", d.coordinator_info["flwr_home"], "--timeout", str(int(d.t.campaign)), "--insecure", *(["--resume", campaign_id] if resume else [])]  # fmt: skip
+    for k, v in rc.items():
+        cmd += ["-c", f"{k}={json.dumps(v)}"]
+    name = f"campaign {campaign_id}{' resumed' if resume else ''}"
+    return d.sup.start(name, cmd, d.out / "logs" / f"{name.replace(' ', '-')}.log", d.env()), results
+
+
+def finish(child, results: Path, timeout: float) -> dict:
+    wait(lambda: child.proc.poll() is not None, timeout, f"{child.name} to finish", every=1.0)
+    assert results.exists(), f"{child.name} wrote no results (exit {child.proc.returncode}):\n{read_log(child.log)[-3000:]}"
+    return json.loads(results.read_text())
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(900)
+def test_a_supernode_killed_mid_round_costs_that_round_only_and_its_data_is_taken_once_later(tmp_path, flower_env, mosquitto, node_venv):  # noqa: F811
+    out = tmp_path / "deploy"
+    prepare_out(out)
+    d = Deployment(3, "hapt", "sensor-bind", out, True, 0, None, None, node_venv, insecure=True)
+    try:
+        start(d)
+        # a training node that holds no other part (the labelled node also holds validation and test)
+        victim = next(p for p in d.plans if len(p.parts) == 1 and p.parts[0].role == "train")
+        agent = d.nodes[victim.node_id]
+
+        first, first_results = start_campaign(d, "killed", **{"round-timeout": 120.0})
+        wait(lambda: re.search(r"\[pretrain\]", read_log(first.log)), 300, "pretraining to start")
+        supernodes = wait(lambda: _children(agent.proc.pid, "flower-supernode"), 30, f"node {victim.node_id}'s SuperNode")
+        os.killpg(supernodes[0], signal.SIGKILL)  # the SuperNode and the ClientApp it runs, with no chance to say goodbye
+        res = finish(first, first_results, 600)
+        assert res["state"] == "done", res.get("error")
+        assert res["missing_nodes"] == [victim.node_id]
+        why = res["missing"][victim.node_id]
+        assert why["phase"] == "pretrain" and why["reason"], why
+        assert agent.proc.poll() is None, "the node agent died with its SuperNode"
+        log = read_log(victim.log)
+        assert re.search(r"the SuperNode exited with status -?\d+; restarting in", log), log[-3000:]
+        wait(lambda: "the SuperNode: restart 1" in read_log(victim.log), 120, "the agent to restart the SuperNode")
+
+        second, second_results = start_campaign(d, "after", **{"round-timeout": 300.0})
+        res2 = finish(second, second_results, 600)
+        assert res2["state"] == "done", res2.get("error")
+        assert not res2["missing_nodes"], res2["missing"]
+
+        store = open_store(d.coordinator_info["store"])
+        try:
+            for m in victim.modalities:
+                e = store.embeddings("after", m, node_ids=[victim.node_id])
+                ids = e.window_ids.tolist()
+                assert len(ids) == len(set(ids)), f"{m}: a window of node {victim.node_id} stored twice"
+                assert len(ids) == d.ingested[victim.node_id]["windows"], (m, len(ids), d.ingested[victim.node_id])
+                assert len(store.embeddings("killed", m, node_ids=[victim.node_id])) == 0  # it was gone before collect
+        finally:
+            store.close()
+    finally:
+        d.shutdown()
