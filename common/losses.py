@@ -70,6 +70,12 @@ class MultiViewContrastive(nn.Module):
     of each other, all views of other samples in the batch are negatives, and
     absent modalities take no part at all (they are neither zero-filled nor
     counted). Each sample's loss is multiplied by its pair weight.
+
+    Positives are by window, not by row, when ``keys`` (modality -> an id per
+    present window, ``Batch.keys``) are given: a window that several samples of
+    the batch hold (one gallery window bound to several queries, or a window in
+    both a natural sample and a pseudo-pair) is a positive of every view of
+    those samples, never a negative, and an anchor's own copies take no part.
     """
 
     def __init__(self, temperature: float = 0.07):
@@ -81,6 +87,7 @@ class MultiViewContrastive(nn.Module):
         embeddings: dict[str, torch.Tensor],
         masks: dict[str, torch.Tensor],
         weights: torch.Tensor | None = None,
+        keys: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         mods = sorted(embeddings)
         batch = next(iter(embeddings.values())).shape[0]
@@ -93,8 +100,18 @@ class MultiViewContrastive(nn.Module):
         n = len(zi)
         logits = zi @ zi.T / self.temperature
         eye = torch.eye(n, dtype=torch.bool, device=device)
+        pos = own[:, None] == own[None, :]
+        if keys:
+            # (modality, window key) of each present view, in z's order; a modality without keys: all distinct
+            mod = torch.cat([torch.full((int(masks[m].sum()),), i, device=device) for i, m in enumerate(mods)])
+            key = torch.cat([keys[m].to(device).long() if m in keys else -1 - torch.arange(int(masks[m].sum()), device=device) for m in mods])
+            same = (mod[:, None] == mod[None, :]) & (key[:, None] == key[None, :])  # one window, held by one or several samples
+            holds = torch.zeros(batch, n, dtype=torch.bool, device=device)
+            holds[own[:, None].expand(n, n)[same], torch.arange(n, device=device)[None, :].expand(n, n)[same]] = True
+            pos = holds[own]  # j's window is one that i's sample holds (a copy held by another row included)
+            eye = same  # the anchor and its own copies take no part
         logits = logits.masked_fill(eye, float("-inf"))
-        pos = (own[:, None] == own[None, :]) & ~eye
+        pos = pos & ~eye
         has_pos = pos.any(1)
         log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
         mean_pos = (log_prob.masked_fill(~pos, 0.0)).sum(1) / pos.sum(1).clamp_min(1)

@@ -162,7 +162,7 @@ def align(model: AlignedModel, samples: SampleSet, cfg: AlignConfig, device: tor
         for b in samples.batches(cfg.batch_size, device, rng, drop_last=True):
             emb = model.embed_features(b.inputs)
             full = {m: scatter(z, b.masks[m]) for m, z in emb.items()}
-            terms = loss_fn(full, b.masks, b.weight)
+            terms = loss_fn(full, b.masks, b.weight, b.keys)
             opt.zero_grad(set_to_none=True)
             objective(terms).backward()
             opt.step()

@@ -7,6 +7,7 @@ pseudo-pairs is stored once and an absent modality is never materialised.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -20,6 +21,7 @@ class Batch:
     masks: dict[str, torch.Tensor]  # modality -> bool per sample of the batch
     weight: torch.Tensor
     label: torch.Tensor
+    keys: dict[str, torch.Tensor] = field(default_factory=dict)  # modality -> window key of each present window
 
     def __len__(self) -> int:
         return len(self.weight)
@@ -32,9 +34,14 @@ class SampleSet:
     weight: np.ndarray
     label: np.ndarray
     kind: np.ndarray = field(default=None)  # 0 = natural sample, 1 = pseudo-pair
+    keys: dict[str, np.ndarray] = field(default=None)  # modality -> one key per source window (window_keys)
 
     def __post_init__(self) -> None:
         n = len(self.weight)
+        self.keys = {m: window_keys(x) for m, x in self.sources.items()} if self.keys is None else self.keys
+        for m, x in self.sources.items():
+            if m not in self.keys or self.keys[m].shape != (len(x),):
+                raise ValueError(f"SampleSet: {m!r} needs one window key per source window ({len(x)})")
         self.weight = np.asarray(self.weight, dtype=np.float32)
         self.label = np.asarray(self.label, dtype=np.int64)
         if self.kind is None:
@@ -74,31 +81,35 @@ class SampleSet:
         if not sets:
             raise ValueError("SampleSet.concat: nothing to concatenate")
         mods = sorted({m for s in sets for m in s.index})
-        sources, index = {}, {}
+        sources, index, all_keys = {}, {}, {}
         for m in mods:
-            chunks, idxs, offset, at = [], [], 0, {}
+            # sets that point into the same windows share them (and their keys, ``Batch.keys``)
+            chunks, keys, idxs, offset, at = [], [], [], 0, {}
             for s in sets:
                 if m in s.index:
                     src = s.sources[m]
-                    if id(src) not in at:  # sets that point into the same windows share them
+                    if id(src) not in at:
                         at[id(src)] = offset
                         chunks.append(src)
+                        keys.append(s.keys[m])
                         offset += len(src)
                     idxs.append(np.where(s.index[m] >= 0, s.index[m] + at[id(src)], -1))
                 else:
                     idxs.append(np.full(len(s), -1, dtype=np.int64))
             sources[m] = chunks[0] if len(chunks) == 1 else RowStack(chunks)
             index[m] = np.concatenate(idxs)
+            all_keys[m] = np.concatenate(keys)
         return cls(
             sources=sources,
             index=index,
             weight=np.concatenate([s.weight for s in sets]),
             label=np.concatenate([s.label for s in sets]),
             kind=np.concatenate([s.kind for s in sets]),
+            keys=all_keys,
         )
 
     def take(self, rows: np.ndarray) -> SampleSet:
-        return SampleSet(self.sources, {m: i[rows] for m, i in self.index.items()}, self.weight[rows], self.label[rows], self.kind[rows])
+        return SampleSet(self.sources, {m: i[rows] for m, i in self.index.items()}, self.weight[rows], self.label[rows], self.kind[rows], self.keys)
 
     def restrict(self, modalities: list[str]) -> SampleSet:
         """Only the given modalities; samples left with none are dropped."""
@@ -106,17 +117,18 @@ class SampleSet:
         if not idx:
             raise ValueError(f"none of {modalities} is in this sample set ({self.modalities})")
         keep = np.flatnonzero(np.stack([i >= 0 for i in idx.values()]).any(0))
-        return SampleSet({m: self.sources[m] for m in idx}, {m: i[keep] for m, i in idx.items()}, self.weight[keep], self.label[keep], self.kind[keep])
+        return SampleSet({m: self.sources[m] for m in idx}, {m: i[keep] for m, i in idx.items()}, self.weight[keep], self.label[keep], self.kind[keep], {m: self.keys[m] for m in idx})
 
     def batch(self, rows: np.ndarray, device: torch.device) -> Batch:
-        inputs, masks = {}, {}
+        inputs, masks, keys = {}, {}, {}
         for m, idx in self.index.items():
             sel = idx[rows]
             present = sel >= 0
             if present.any():
                 inputs[m] = torch.from_numpy(np.ascontiguousarray(self.sources[m][sel[present]])).to(device)
                 masks[m] = torch.from_numpy(present).to(device)
-        return Batch(inputs, masks, torch.from_numpy(self.weight[rows]).to(device), torch.from_numpy(self.label[rows]).to(device))
+                keys[m] = torch.from_numpy(self.keys[m][sel[present]]).to(device)
+        return Batch(inputs, masks, torch.from_numpy(self.weight[rows]).to(device), torch.from_numpy(self.label[rows]).to(device), keys)
 
     def batches(self, batch_size: int, device: torch.device, rng: np.random.Generator | None = None, drop_last: bool = False) -> Iterator[Batch]:
         order = rng.permutation(len(self)) if rng is not None else np.arange(len(self))
@@ -158,6 +170,33 @@ class RowStack:
             hit = part == k
             out[hit] = self.parts[k][rows[hit] - self.starts[k]]
         return out
+
+
+_KEY_BASES: dict[int, tuple[weakref.ref, int]] = {}
+_next_key = 0
+
+
+def window_keys(source: np.ndarray) -> np.ndarray:
+    """One key per window of ``source``, the same every time this array object is asked.
+
+    Natural samples and the pseudo-pairs bound from them point into the same
+    feature arrays, so a window keeps its key through ``concat``, ``take`` and
+    ``restrict``, and the contrastive loss can tell when two samples of a batch
+    hold the same window (``MultiViewContrastive``'s ``keys``).
+    """
+    global _next_key
+    if len(_KEY_BASES) > 4096:  # forget arrays that are gone
+        for k in [k for k, (ref, _) in _KEY_BASES.items() if ref() is None]:
+            del _KEY_BASES[k]
+    known = _KEY_BASES.get(id(source))
+    if known is None or known[0]() is not source:
+        try:
+            ref = weakref.ref(source)
+        except TypeError:  # not weak-referenceable: keys of its own
+            ref = lambda: None  # noqa: E731
+        known = _KEY_BASES[id(source)] = (ref, _next_key)
+        _next_key += len(source)
+    return np.arange(known[1], known[1] + len(source), dtype=np.int64)
 
 
 def scatter(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -79,6 +79,57 @@ def test_multiview_loss_is_mask_aware_and_weighted():
     assert torch.isfinite(loss_fn(drop_last, {m: k[:5] for m, k in masks.items()})["contrastive_loss"])
 
 
+def _multiview_by_hand(z, masks, keys, weights, t):
+    """The documented loss, one anchor view at a time: positives are the views of windows the
+    anchor's sample holds (other than the anchor's own window), the denominator every view but
+    the anchor's own window's copies."""
+    views = [(r, m, int(keys[m][masks[m][: r + 1].sum() - 1]), z[m][r]) for m in sorted(z) for r in range(len(masks[m])) if masks[m][r]]
+    held = {r: {(m, k) for (rr, m, k, _) in views if rr == r} for r in range(len(weights))}
+    losses, ws = [], []
+    for r, m, k, v in views:
+        others = [(rr, mm, kk, u) for (rr, mm, kk, u) in views if (mm, kk) != (m, k)]
+        logits = torch.stack([v @ u / t for (*_, u) in others])
+        log_prob = logits - torch.logsumexp(logits, 0)
+        pos = [i for i, (rr, mm, kk, _) in enumerate(others) if (mm, kk) in held[r]]
+        if pos:
+            losses.append(-log_prob[pos].mean() * weights[r])
+            ws.append(weights[r])
+    return torch.stack(losses).sum() / torch.stack(ws).sum()
+
+
+def test_a_window_several_samples_hold_is_a_positive_of_each_not_a_negative():
+    torch.manual_seed(1)
+    g = {"x": torch.nn.functional.normalize(torch.randn(5, 8), dim=-1), "y": torch.nn.functional.normalize(torch.randn(5, 8), dim=-1)}
+    # rows 0 and 1 hold the same y-window (2); row 3 holds x-window 0 again (as a natural sample and a pseudo-pair would)
+    keys = {"x": torch.tensor([0, 1, 4, 0]), "y": torch.tensor([2, 2, 3])}
+    masks = {"x": torch.tensor([1, 1, 1, 1]).bool(), "y": torch.tensor([1, 1, 0, 1]).bool()}
+    z = {"x": g["x"][keys["x"]], "y": torch.zeros(4, 8)}
+    z["y"][masks["y"]] = g["y"][keys["y"]]
+    w = torch.tensor([1.0, 0.5, 1.0, 0.8])
+    loss_fn = MultiViewContrastive(0.1)
+    got = loss_fn(z, masks, w, keys)["contrastive_loss"]
+    torch.testing.assert_close(got, _multiview_by_hand(z, masks, keys, w, 0.1))
+    assert not torch.isclose(got, loss_fn(z, masks, w)["contrastive_loss"])  # by row, the shared window was a negative
+    distinct = {"x": torch.arange(4), "y": torch.arange(3) + 10}  # every window distinct: keys change nothing
+    torch.testing.assert_close(loss_fn(z, masks, w, distinct)["contrastive_loss"], loss_fn(z, masks, w)["contrastive_loss"])
+
+
+def test_sample_sets_keep_a_shared_source_once_so_its_windows_keep_one_key():
+    x = {"a": np.arange(8, dtype=np.float32).reshape(4, 2), "b": np.arange(8, dtype=np.float32).reshape(4, 2) + 50}
+    natural = SampleSet.natural(x)
+    bound = SampleSet({"a": x["a"]}, {"a": np.array([2, 2, 0])}, np.ones(3), np.full(3, -1))  # the same array object
+    other = SampleSet.natural({"a": x["a"].copy()})  # equal values, another array: other windows
+    s = SampleSet.concat([natural, bound, other])
+    assert len(s.sources["a"]) == 8 and len(s.sources["b"]) == 4
+    b = s.batch(np.array([2, 4, 6, 0, 8]), CPU)  # natural rows 2 and 0, bound rows 0 and 2 (windows 2, 0), the copy's row 1
+    k = b.keys["a"].tolist()
+    assert k[0] == k[1] and k[2] == k[3] and len(set(k)) == 3  # the copy (k[4]) is a window of its own
+    np.testing.assert_array_equal(b.inputs["a"].numpy(), np.stack([x["a"][i] for i in (2, 2, 0, 0, 1)]))
+    assert s.take(np.array([4, 2])).batch(np.arange(2), CPU).keys["a"].tolist() == [k[0], k[0]]  # keys survive take
+    assert s.restrict(["a"]).batch(np.array([2, 4]), CPU).keys["a"].tolist() == [k[0], k[0]]  # and restrict
+    assert SampleSet.natural({"a": x["a"]}).keys["a"].tolist() == natural.keys["a"].tolist()  # the same array, the same keys
+
+
 def test_info_nce_prefers_matching_rows():
     a = torch.nn.functional.normalize(torch.randn(16, 8), dim=-1)
     assert info_nce(a, a) < info_nce(a, a.roll(1, 0))
