@@ -48,6 +48,30 @@ def _all_stats() -> dict[int, tuple[str, int, int, int, int]]:
     return out
 
 
+def _children(stats: dict[int, tuple[str, int, int, int, int]], live_only: bool = False) -> dict[int, list[int]]:
+    """Parent pid -> its children's pids (``live_only``: zombies left out, and with them what is below them)."""
+    kids: dict[int, list[int]] = {}
+    for pid, st in stats.items():
+        if not (live_only and st[0] in ("Z", "X")):
+            kids.setdefault(st[1], []).append(pid)
+    return kids
+
+
+def _below(kids: dict[int, list[int]], root: int) -> list[int]:
+    """Every pid below ``root`` in a parent -> children map."""
+    out, todo = [], list(kids.get(root, []))
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo += kids.get(pid, [])
+    return out
+
+
+def descendants(root: int) -> list[tuple[int, str]]:
+    """(pid, what it runs) of every live process below ``root``."""
+    return [(pid, _cmd_name(pid)) for pid in _below(_children(_all_stats(), live_only=True), root)]
+
+
 def process_running(pid: int, start: int) -> bool:
     """True while the process ``pid`` that started at ``start`` (ticks) runs (a zombie does not)."""
     st = _proc_stat(pid)
@@ -99,22 +123,16 @@ class Supervisor:
     def scan(self) -> None:
         """Record every live process below a child (orphans keep their session, which ``sweep`` stops)."""
         stats = _all_stats()
-        kids: dict[int, list[int]] = {}
-        for pid, st in stats.items():
-            kids.setdefault(st[1], []).append(pid)
+        kids = _children(stats)
         with self._lock:
             roots = [(c.proc.pid, c.name) for c in self.children]
             known = dict(self.seen)
         found = {}
         for root, name in roots:
-            pending = list(kids.get(root, []))
-            while pending:
-                pid = pending.pop()
-                st = stats.get(pid)
-                if st is None or pid == os.getpid():
-                    continue
-                found[(pid, st[4])] = known.get((pid, st[4])) or f"{name}/{_cmd_name(pid)}"
-                pending += kids.get(pid, [])
+            for pid in _below(kids, root):
+                st = stats[pid]
+                if pid != os.getpid():
+                    found[(pid, st[4])] = known.get((pid, st[4])) or f"{name}/{_cmd_name(pid)}"
         with self._lock:
             for key, name in found.items():
                 self.seen.setdefault(key, name)

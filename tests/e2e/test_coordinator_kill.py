@@ -20,11 +20,9 @@ import signal
 import pytest
 
 from coordinator.store import open_store
-from simulations.deploy_local import Deployment
-from simulations.deploy_plan import prepare_out
-from simulations.supervisor import read_log
+from simulations.supervisor import descendants, read_log
 from tests.e2e.test_deploy_local import flower_env, mosquitto, node_venv  # noqa: F401  (fixtures)
-from tests.e2e.test_supernode_kill import _descendants, finish, start, start_campaign, wait
+from tests.e2e.test_supernode_kill import finish, running_deployment, start_campaign, wait
 
 SAME = ("pairs", "validation", "accuracy")  # what the campaign learnt and scored, free of timings
 
@@ -32,22 +30,18 @@ SAME = ("pairs", "validation", "accuracy")  # what the campaign learnt and score
 @pytest.mark.e2e
 @pytest.mark.timeout(900)
 def test_a_coordinator_killed_during_growth_resumes_to_the_uninterrupted_result(tmp_path, flower_env, mosquitto, node_venv):  # noqa: F811
-    out = tmp_path / "deploy"
-    prepare_out(out)
-    d = Deployment(3, "hapt", "sensor-bind", out, True, 0, None, None, node_venv, insecure=True)
     settings = {"round-timeout": 300.0, "align-epochs": 40}  # growth long enough (tens of seconds) to be killed in
-    try:
-        start(d)
+    with running_deployment(tmp_path, node_venv) as d:
         ref, ref_results = start_campaign(d, "whole", **settings)
         whole = finish(ref, ref_results, 600)
         assert whole["state"] == "done" and not whole["missing_nodes"], whole.get("error") or whole["missing"]
 
         cut, cut_results = start_campaign(d, "cut", **settings)
         wait(lambda: re.search(r"\[grow\] \.\.\.", read_log(cut.log)), 600, "growth to begin", every=0.2)
-        apps = [pid for pid, cmd in _descendants(d.coordinator.proc.pid) if "flwr-serverapp" in cmd]
+        apps = [pid for pid, cmd in descendants(d.coordinator.proc.pid) if cmd == "flwr-serverapp"]
         assert len(apps) == 1, apps
         os.kill(apps[0], signal.SIGKILL)
-        wait(lambda: cut.proc.poll() is not None or not any(p == apps[0] for p, _ in _descendants(d.coordinator.proc.pid)), 30, "the ServerApp to die")
+        wait(lambda: cut.proc.poll() is not None or not any(p == apps[0] for p, _ in descendants(d.coordinator.proc.pid)), 30, "the ServerApp to die")
         d.sup.stop([cut], 20)  # `flwr run` may follow a dead run's logs until its timeout
         with open_store(d.coordinator_info["store"]) as st:
             state = next(c for c in st.campaigns() if c.campaign_id == "cut").state
@@ -60,5 +54,3 @@ def test_a_coordinator_killed_during_growth_resumes_to_the_uninterrupted_result(
         assert "resumed_after_round" in resumed["phases"]["pretrain"] or resumed["phases"]["pretrain"].get("resumed"), resumed["phases"]["pretrain"]
         for key in SAME:
             assert resumed[key] == whole[key], f"{key}: {resumed[key]} after the kill and resume, {whole[key]} without"
-    finally:
-        d.shutdown()

@@ -20,6 +20,8 @@ import os
 import re
 import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -27,7 +29,7 @@ import pytest
 from coordinator.store import open_store
 from simulations.deploy_local import Deployment
 from simulations.deploy_plan import plan_nodes, prepare_out
-from simulations.supervisor import read_log, script_path
+from simulations.supervisor import descendants, read_log, script_path
 from tests.e2e.test_deploy_local import flower_env, mosquitto, node_venv  # noqa: F401  (fixtures)
 
 
@@ -42,52 +44,23 @@ def wait(cond, timeout: float, what: str, every: float = 0.5):
         time.sleep(every)
 
 
-def _children(pid: int, name: str) -> list[int]:
-    """Live child processes of ``pid`` whose command line mentions ``name``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except (OSError, IndexError):
-            continue
-        if int(stat[1]) == pid and stat[0] not in ("Z", "X") and name in cmd:
-            found.append(int(entry))
-    return found
-
-
-def _descendants(pid: int) -> list[tuple[int, str]]:
-    """(pid, command line) of every live process below ``pid``."""
-    parent, cmds = {}, {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            cmds[int(entry)] = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except (OSError, IndexError):
-            continue
-        if stat[0] not in ("Z", "X"):
-            parent[int(entry)] = int(stat[1])
-    below, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        kids = [c for c, pp in parent.items() if pp == p]
-        below += [(c, cmds[c]) for c in kids]
-        todo += kids
-    return below
-
-
-def start(d: Deployment) -> None:
-    """``Deployment.run``'s steps up to the campaign: broker, coordinator, node agents, replay, every window ingested."""
-    d.plans, d.sc = plan_nodes(d.scenario, d.dataset, d.n, d.seed, d.out)
-    d.app_dir = Path(__file__).resolve().parents[2]
-    d.start_broker()
-    d.start_coordinator_and_nodes()
-    d.replay()
-    d.wait_ingested()
+@contextmanager
+def running_deployment(tmp_path: Path, node_venv) -> Iterator[Deployment]:
+    """``Deployment.run``'s steps up to the campaign (broker, coordinator, three sensor-bind node agents over plain text,
+    replay, every window ingested); everything stopped on the way out."""
+    out = tmp_path / "deploy"
+    prepare_out(out)
+    d = Deployment(3, "hapt", "sensor-bind", out, True, 0, None, None, node_venv, insecure=True)
+    try:
+        d.plans, d.sc = plan_nodes(d.scenario, d.dataset, d.n, d.seed, d.out)
+        d.app_dir = Path(__file__).resolve().parents[2]
+        d.start_broker()
+        d.start_coordinator_and_nodes()
+        d.replay()
+        d.wait_ingested()
+        yield d
+    finally:
+        d.shutdown()
 
 
 # The quick schedule (CampaignConfig.QUICK, which ``quick`` would impose over any setting) with one pretraining round and
@@ -118,18 +91,14 @@ def finish(child, results: Path, timeout: float) -> dict:
 @pytest.mark.e2e
 @pytest.mark.timeout(900)
 def test_a_supernode_killed_mid_round_costs_that_round_only_and_its_data_is_taken_once_later(tmp_path, flower_env, mosquitto, node_venv):  # noqa: F811
-    out = tmp_path / "deploy"
-    prepare_out(out)
-    d = Deployment(3, "hapt", "sensor-bind", out, True, 0, None, None, node_venv, insecure=True)
-    try:
-        start(d)
+    with running_deployment(tmp_path, node_venv) as d:
         # a training node that holds no other part (the labelled node also holds validation and test)
         victim = next(p for p in d.plans if len(p.parts) == 1 and p.parts[0].role == "train")
         agent = d.nodes[victim.node_id]
 
         first, first_results = start_campaign(d, "killed", **{"round-timeout": 120.0})
         wait(lambda: re.search(r"\[pretrain\]", read_log(first.log)), 300, "pretraining to start")
-        supernodes = wait(lambda: _children(agent.proc.pid, "flower-supernode"), 30, f"node {victim.node_id}'s SuperNode")
+        supernodes = wait(lambda: [p for p, cmd in descendants(agent.proc.pid) if cmd == "flower-supernode"], 30, f"node {victim.node_id}'s SuperNode")
         os.killpg(supernodes[0], signal.SIGKILL)  # the SuperNode and the ClientApp it runs, with no chance to say goodbye
         res = finish(first, first_results, 600)
         assert res["state"] == "done", res.get("error")
@@ -156,5 +125,3 @@ def test_a_supernode_killed_mid_round_costs_that_round_only_and_its_data_is_take
                 assert len(store.embeddings("killed", m, node_ids=[victim.node_id])) == 0  # it was gone before collect
         finally:
             store.close()
-    finally:
-        d.shutdown()
