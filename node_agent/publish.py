@@ -56,9 +56,7 @@ class Publisher:
         self.broker = broker
         self.resend_window = resend_window
         self.resent = 0
-        self._pending: set[int] = set()
-        self._early: set[int] = set()
-        self._sent: dict[int, tuple[str, bytes]] = {}  # mid -> (topic, payload) awaiting its PUBACK
+        self._pending: dict[int, tuple[str, bytes]] = {}  # mid -> (topic, payload) awaiting its PUBACK
         self._early_acks: dict[int, float] = {}  # mid -> when, for a PUBACK that beat publish() to its bookkeeping
         self._acked: deque[tuple[float, str, bytes]] = deque()  # (when, topic, payload), oldest first, within resend_window
         self._connects = 0
@@ -86,12 +84,10 @@ class Publisher:
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             raise RuntimeError(f"publish on {topic!r} failed: {mqtt.error_string(info.rc)}")
         with self._cond:
-            if info.mid in self._early:  # the PUBACK beat us here
-                self._early.discard(info.mid)
+            if info.mid in self._early_acks:  # the PUBACK beat us here
                 self._keep(self._early_acks.pop(info.mid), topic, payload)
             else:
-                self._pending.add(info.mid)
-                self._sent[info.mid] = (topic, payload)
+                self._pending[info.mid] = (topic, payload)
         return info.mid
 
     def pending(self) -> int:
@@ -126,11 +122,9 @@ class Publisher:
         now = time.monotonic()
         with self._cond:
             if mid in self._pending:
-                self._pending.discard(mid)
-                self._keep(now, *self._sent.pop(mid))
+                self._keep(now, *self._pending.pop(mid))
                 self._cond.notify_all()
             else:
-                self._early.add(mid)
                 self._early_acks[mid] = now
 
     def _keep(self, when: float, topic: str, payload: bytes) -> None:
