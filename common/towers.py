@@ -25,6 +25,7 @@ class TowerConfig:
     adapter_hidden: int = 256
     embed_dim: int = 128
     prototype_hidden: int = 256
+    window_stats: bool = True  # encoders also read each channel's level and log spread (see ``InertialEncoder``)
 
     @classmethod
     def from_dict(cls, d: dict | None) -> TowerConfig:
@@ -42,8 +43,21 @@ def _block(cin: int, cout: int, k: int, stride: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv1d(cin, cout, k, stride=stride, padding=k // 2), nn.GroupNorm(4, cout), nn.GELU())
 
 
+def window_stats(x: torch.Tensor) -> torch.Tensor:
+    """Each channel's mean and log standard deviation over a (batch, time, channels) window: (batch, 2 * channels)."""
+    return torch.cat([x.mean(dim=1), torch.log(x.std(dim=1, correction=0) + 1e-3)], dim=-1)
+
+
 class InertialEncoder(nn.Module):
-    """1-D CNN over (batch, time, channels) windows, pooled to one feature vector."""
+    """1-D CNN over (batch, time, channels) windows, pooled to one feature vector.
+
+    The GroupNorm inside the convolutions keeps each window's shape but not its
+    level or scale, and those are what a gravity stream carries: posture in its
+    level, motion in a spread some 50 times smaller than the level's range
+    across windows. With ``window_stats`` (the default) a linear map of each
+    channel's mean and log spread (``window_stats``) is added to the pooled
+    feature, so a probe on the feature can read both.
+    """
 
     def __init__(self, spec: ModalitySpec, cfg: TowerConfig | None = None):
         super().__init__()
@@ -57,6 +71,7 @@ class InertialEncoder(nn.Module):
             _block(2 * w, 3 * w, 5, 2),
             _block(3 * w, cfg.feature_dim, 3, 2),
         )
+        self.stats = nn.Linear(2 * spec.channels, cfg.feature_dim) if cfg.window_stats else None
 
     def sequence(self, x: torch.Tensor) -> torch.Tensor:
         """The feature sequence before pooling: (batch, feature_dim, time / 16)."""
@@ -67,7 +82,8 @@ class InertialEncoder(nn.Module):
         return self.net(x.transpose(1, 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.sequence(x).mean(dim=-1)
+        pooled = self.sequence(x).mean(dim=-1)
+        return pooled if self.stats is None else pooled + self.stats(window_stats(x))
 
 
 ENCODER_FAMILIES: dict[str, type[nn.Module]] = {"inertial": InertialEncoder}

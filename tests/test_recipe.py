@@ -13,7 +13,7 @@ from common.evaluate import HeadConfig, drop_modalities, evaluate_subsets, fit_h
 from common.modalities import ModalitySpec
 from common.pretrain import AugmentConfig, augment, permute_segments, random_rotations, span_mask, time_warp
 from common.samples import SampleSet
-from common.towers import AlignedModel, FusionHead, TowerConfig, head_for_state
+from common.towers import AlignedModel, FusionHead, InertialEncoder, TowerConfig, head_for_state, window_stats
 from simulations.experiments.common import mean_ci
 
 CPU = torch.device("cpu")
@@ -107,6 +107,45 @@ def test_head_reads_what_each_stream_adds_and_serves_single_streams():
     assert res["a+b"]["accuracy"] > 0.85
     assert 0.5 < res["a"]["accuracy"] < res["a+b"]["accuracy"] and 0.5 < res["b"]["accuracy"] < res["a+b"]["accuracy"]
     assert choice["val_macro_f1"] == max(h["val_macro_f1"] for h in choice["val_history"])
+
+
+def test_window_stats_are_each_channels_level_and_log_spread():
+    x = torch.tensor([[[1.0, 0.0], [3.0, 0.0]]])  # one window, two samples, two channels
+    assert torch.allclose(window_stats(x), torch.tensor([[2.0, 0.0, np.log(1.0 + 1e-3), np.log(1e-3)]], dtype=torch.float32), atol=1e-6)
+
+
+def _linear_probe_accuracy(stats: bool, seed: int = 0) -> float:
+    # gravity-like windows in four classes: the level leans 8 degrees or not, the spread is 0.005 g or 0.02 g
+    rng = np.random.default_rng(seed)
+
+    def draw(n):
+        y = rng.integers(0, 4, n)
+        angle = np.deg2rad(8.0) * (y % 2)
+        level = np.stack([np.cos(angle), np.sin(angle), np.zeros(n)], 1)[:, None, :]
+        spread = np.where(y < 2, 0.005, 0.02)[:, None, None]
+        return torch.from_numpy((level + spread * rng.normal(size=(n, 128, 3))).astype(np.float32)), torch.from_numpy(y)
+
+    torch.manual_seed(seed)
+    enc = InertialEncoder(ModalitySpec("gravity", 3, 50.0), TowerConfig(window_stats=stats)).eval()
+    (xtr, ytr), (xte, yte) = draw(400), draw(400)
+    with torch.no_grad():
+        ftr, fte = enc(xtr), enc(xte)
+    mu, sd = ftr.mean(0), ftr.std(0) + 1e-6
+    probe = torch.nn.Linear(ftr.shape[1], 4)
+    opt = torch.optim.Adam(probe.parameters(), 1e-2)
+    for _ in range(300):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(probe((ftr - mu) / sd), ytr).backward()
+        opt.step()
+    return float((probe((fte - mu) / sd).argmax(1) == yte).float().mean())
+
+
+def test_encoder_features_keep_a_windows_level_and_spread():
+    # GroupNorm in the convolutions drops a window's level and scale; the window-stats path gives them back,
+    # so even an untrained encoder's features tell postures and motion intensities of a gravity stream apart
+    with_stats, without = _linear_probe_accuracy(True), _linear_probe_accuracy(False)
+    assert with_stats > 0.98
+    assert without < with_stats - 0.03
 
 
 def test_gravity_over_recordings_matches_the_continuous_filter():
