@@ -350,8 +350,16 @@ def test_quick_experiment_writes_results_and_plots(tmp_path):
         assert set(fl) == {"gravity", "gyro", "lin_acc", "gravity+gyro", "gravity+lin_acc", "gyro+lin_acc", "gravity+gyro+lin_acc"}
         assert 0 <= fl["gyro"]["accuracy"]["mean"] <= 1 and "macro_f1" in fl["gyro"]
         assert set(s["variants"][v]["retrieval"]) == {"gravity-gyro", "gravity-lin_acc", "gyro-lin_acc"}
-        assert {"R@1", "R@5"} <= set(s["variants"][v]["retrieval"]["gravity-lin_acc"])
+        assert {"R@1", "R@5", "label@1", "window@1"} <= set(s["variants"][v]["retrieval"]["gravity-lin_acc"])
+        assert set(s["variants"][v]["modality_gap"]) == {"gravity-gyro", "gravity-lin_acc", "gyro-lin_acc"} and len(s["variants"][v]["transfer"]) == 9
     assert "gravity-lin_acc" in s["never_paired"]
+    g = s["goals"]
+    assert set(g["never_paired_transfer_accuracy"]) == {"gravity->lin_acc", "lin_acc->gravity"} and set(g["never_paired_label@1"]) == {"gravity-lin_acc"}
+    c = g["never_paired_label@1"]["gravity-lin_acc"]
+    assert c["per_seed"] == [on_disk["per_seed"][0]["variants"]["babel"]["retrieval"]["gravity-lin_acc"]["label@1"]] and c["met_every_seed"] == (c["per_seed"][0] >= 0.6)
+    for v in ("babel", "joint"):  # neighbours count on top of the window itself
+        for p, w in on_disk["per_seed"][0]["variants"][v]["cross_modal"]["window_recall"].items():
+            assert w["neighbours"] >= w["strict"] and on_disk["per_seed"][0]["variants"][v]["retrieval"][p]["window@1"] == w["neighbours"]
     assert {"babel", "babel_no_ema_kd"} <= set(s["forgetting"])
     f = s["forgetting"]["babel"]
     assert f["pair"] == "gyro-lin_acc" and {"after_stage1_R@1", "after_last_R@1", "drop_R@1"} <= set(f)
@@ -432,3 +440,35 @@ def test_quick_experiment_chooses_the_distillation_weight_on_validation(tmp_path
     assert len(stages) == 2 and all("test_retrieval" in s and "val_retrieval" in s for s in stages)
     assert {"babel", "babel_no_ema_kd"} <= set(res["summary"]["forgetting"])
     assert "chosen on VALIDATION" in capsys.readouterr().out
+
+
+def test_cross_modal_figures_read_the_test_windows_and_train_transfer_on_the_labelled_windows_only():
+    from common.crossmodal import cross_modal_transfer
+    from common.data.dataset import WindowDataset
+    from simulations.experiments.babel import SeedData, cross_modal
+
+    rng = np.random.default_rng(0)
+    n_lab, n_test, k = 40, 60, 3
+    y = np.concatenate([np.arange(n_lab) % k, np.arange(n_test) % k])
+    centres = rng.normal(size=(k, 16)) * 2
+    shared = (centres[y] + 0.3 * rng.normal(size=(len(y), 16))).astype(np.float32)
+    feats_all = {"gyro": shared, "lin_acc": shared, "gravity": rng.normal(size=(len(y), 16)).astype(np.float32)}
+    model = model_of()
+    model.adapters["lin_acc"].load_state_dict(model.adapters["gyro"].state_dict())  # gyro and lin_acc share one space
+    # one recording per group, windows of 8 samples every 4: each overlaps the one before and after
+    ds = WindowDataset(X={m: np.zeros((len(y), 8, 3), np.float32) for m in feats_all}, y=y, subject=np.zeros(len(y), np.int64),
+                       recording=np.repeat([0, 1], [n_lab, n_test]), start=np.concatenate([np.arange(n_lab), np.arange(n_test)]) * 4)
+    rows = {"lab": np.arange(n_lab), "test": np.arange(n_lab, n_lab + n_test)}
+    labelled = {"lab": np.arange(n_lab) < 12, "test": np.zeros(n_test, bool)}
+    sd = SeedData(rows, labelled, {g: {m: f[r] for m, f in feats_all.items()} for g, r in rows.items()}, {})
+    out = cross_modal(model, sd, ds, ["lab"], "test", ["gravity", "gyro", "lin_acc"], seed=0)
+    assert set(out["window_recall"]) == set(out["modality_gap"]) == {"gravity-gyro", "gravity-lin_acc", "gyro-lin_acc"}
+    assert out["window_recall"]["gyro-lin_acc"]["strict"] == 1.0 and out["modality_gap"]["gyro-lin_acc"]["gap"] < 1e-5
+    assert len(out["transfer"]) == 9 and out["transfer"]["gyro->lin_acc"] == out["transfer"]["gyro->gyro"]
+    # the heads learn from the 12 labelled windows only
+    z_lab = embed(model, {m: feats_all[m][:12] for m in feats_all})
+    z_test = embed(model, {m: feats_all[m][n_lab:] for m in feats_all})
+    assert out["transfer"] == cross_modal_transfer(z_lab, y[:12], z_test, y[n_lab:], k, seed=0)
+    ds.recording = ds.start = None
+    with pytest.raises(ValueError, match="no recording and start"):
+        cross_modal(model, sd, ds, ["lab"], "test", ["gyro", "lin_acc"], seed=0)

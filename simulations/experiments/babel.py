@@ -17,6 +17,15 @@ modalities (trained on the labelled group's windows as single modalities and
 all together, its step chosen on validation subjects), test accuracy and
 macro-F1 of the chosen model for every subset; cross-modal retrieval recall@1
 and @5 on test subjects for every pair of modalities, and after every stage.
+Whether a model can use the space across modalities (``cross_modal``, test
+subjects, every pair, the never-paired one included): label@1, window recall@1
+that counts the overlapping windows of the same recording as hits
+(``window@1``), the modality gap (``common.crossmodal.modality_gap``; the
+``unaligned`` variant is the space before alignment), and cross-modal transfer:
+a linear head trained on modality A's aligned embedding of the labelled
+windows, scored on modality B's, for every ordered pair (``unaligned`` gives
+the chance-level reference). ``summary.goals`` checks issue 10's goals seed by
+seed.
 
 The distillation weight (``GrowthConfig.kd_weight``) can be chosen on
 validation subjects instead of taken from the configuration: with
@@ -52,7 +61,8 @@ import torch
 from common.data import load_dataset
 from common.data.dataset import WindowDataset
 from common.data.scenarios import Scenario, split
-from common.evaluate import HeadConfig, evaluate_subsets, fit_head, pairs, retrieval_recall
+from common.crossmodal import cross_modal_transfer, modality_gaps, window_recall
+from common.evaluate import HeadConfig, embed, evaluate_subsets, fit_head, pairs, retrieval_recall
 from common.files import write_json
 from common.growth import GrowthConfig, GrowthPlan, GrowthResult, PairData, StageRecord, grow
 from common.losses import MultiViewContrastive
@@ -190,6 +200,27 @@ def retrieval_all(model: AlignedModel, feats: dict[str, np.ndarray], mods: list[
     return {f"{a}-{b}": retrieval_recall(model, {a: feats[a]}, {b: feats[b]}, labels=labels) for a, b in pairs(mods)}
 
 
+def cross_modal(model: AlignedModel, sd: SeedData, ds: WindowDataset, lab_groups: list[str], test: str, mods: list[str], seed: int) -> dict:
+    """Can a model use the aligned space across modalities? Figures on the test subjects, per pair of modalities.
+
+    ``window_recall``: recall@1 with overlapping windows of the same recording
+    counted as hits (``neighbours``) beside plain recall@1 (``strict``);
+    ``modality_gap``: ``common.crossmodal.modality_gap``; ``transfer``: a linear
+    head trained on modality A's aligned embedding of the labelled windows,
+    scored on modality B's of the test subjects, per ordered pair ``A->B``.
+    """
+    if ds.recording is None:
+        raise ValueError(f"dataset {ds.name!r} gives no recording and start per window: window recall with overlapping neighbours needs them")
+    rows = sd.rows[test]
+    z = embed(model, {m: sd.feats[test][m] for m in mods})
+    wr = {f"{a}-{b}": window_recall(z[a], z[b], ds.recording[rows], ds.start[rows], ds.X[a].shape[1]) for a, b in pairs(mods)}
+    lab = [(g, np.flatnonzero(sd.labelled[g])) for g in lab_groups]
+    z_train = embed(model, {m: np.concatenate([sd.feats[g][m][r] for g, r in lab]) for m in mods})
+    y_train = np.concatenate([ds.y[sd.rows[g][r]] for g, r in lab])
+    return {"window_recall": wr, "modality_gap": modality_gaps(z),
+            "transfer": cross_modal_transfer(z_train, y_train, z, ds.y[rows], ds.n_classes, seed=seed)}
+
+
 def few_label(model: AlignedModel, sd: SeedData, ds: WindowDataset, lab_groups: list[str], val: str, test: str, mods: list[str], head: HeadConfig, device, seed: int) -> dict:
     """One fusion head for any subset: trained on labelled windows as each single modality and as all together."""
 
@@ -305,13 +336,18 @@ def run_seed(ds: WindowDataset, sc: Scenario, plan: GrowthPlan, alt: GrowthPlan,
 
     def score(name: str, model: AlignedModel, extra: dict | None = None) -> dict:
         t1 = time.time()
-        r = {"few_label": few_label(model, sd, ds, lab_groups, val, test, mods, st.head, device, seed), "retrieval": retrieval_all(model, test_feats, mods, test_y)}
+        r = {"few_label": few_label(model, sd, ds, lab_groups, val, test, mods, st.head, device, seed), "retrieval": retrieval_all(model, test_feats, mods, test_y),
+             "cross_modal": cross_modal(model, sd, ds, lab_groups, test, mods, seed)}
+        for p, w in r["cross_modal"]["window_recall"].items():
+            r["retrieval"][p]["window@1"] = w["neighbours"]  # beside label@1: overlapping neighbour windows count as hits
         r.update(extra or {})
         full = "+".join(sorted(mods))
-        r1 = np.mean([v["R@1"] for v in r["retrieval"].values()])
+        r1 = np.mean([v["window@1"] for v in r["retrieval"].values()])
         l1 = np.mean([v["label@1"] for v in r["retrieval"].values()])
-        log.info("  %-16s test %s acc %.3f macro-F1 %.3f; mean retrieval recall@1 %.4f label@1 %.3f (%.1fs)", name, full,
-                 r["few_label"]["subsets"][full]["accuracy"], r["few_label"]["subsets"][full]["macro_f1"], r1, l1, time.time() - t1)
+        tr = np.mean([v["accuracy"] for k, v in r["cross_modal"]["transfer"].items() if k.split("->")[0] != k.split("->")[1]])
+        gap = np.mean([v["gap"] for v in r["cross_modal"]["modality_gap"].values()])
+        log.info("  %-16s test %s acc %.3f macro-F1 %.3f; mean over pairs: window@1 %.4f label@1 %.3f transfer acc %.3f modality gap %.2f (%.1fs)", name, full,
+                 r["few_label"]["subsets"][full]["accuracy"], r["few_label"]["subsets"][full]["macro_f1"], r1, l1, tr, gap, time.time() - t1)
         res["variants"][name] = r
         return r
 
@@ -384,8 +420,11 @@ def run(dataset: str, plan: str, seeds: int, out: Path, quick: bool, device: tor
 
     ``results.json`` holds ``settings``, ``plan`` and ``alternative_plan``,
     ``per_seed`` (every variant's ``few_label`` subsets, ``retrieval`` per
-    pair, per-stage ``test_retrieval``, ``forgetting``) and ``summary`` (mean
-    and std over seeds, ``order_invariance``, ``forgetting``, ``never_paired``).
+    pair with ``window@1``, ``cross_modal`` (``window_recall``,
+    ``modality_gap``, ``transfer``), per-stage ``test_retrieval``,
+    ``forgetting``) and ``summary`` (mean and std over seeds, ``modality_gap``
+    and ``transfer`` per variant, ``order_invariance``, ``forgetting``,
+    ``never_paired``, ``goals``).
 
     With ``kd_weights`` (candidate distillation weights) the weight is chosen
     on validation subjects first (see the module docstring) and
@@ -463,7 +502,10 @@ def _run(dataset: str, plan: str, seeds: int, out: Path, quick: bool, device: to
         "device": str(device),
         "protocol": ("subject-disjoint split per seed; frozen self-supervised encoders; adapters and prototype aligned on encoder features; "
                      "one linear fusion head per variant on the labelled group's few labels, its step chosen on validation subjects; "
-                     "test figures of the chosen model; retrieval on every test window of the pair (gallery = all test windows); mean and sample std over seeds"),
+                     "test figures of the chosen model; retrieval on every test window of the pair (gallery = all test windows), window@1 counting windows of "
+                     "the same recording that overlap the query's as hits; modality gap = distance between the modality centroids of the L2-normalised "
+                     "test embeddings / root mean of the two within-modality mean squared distances to the centroid; transfer = a linear head on "
+                     "modality A's aligned embedding of the labelled windows, test accuracy on modality B's; mean and sample std over seeds"),
         "settings": _settings_dict(st),
         "commit": commit_of(),
         "dataset_sha256": fingerprint(ds),
