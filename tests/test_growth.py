@@ -472,3 +472,12 @@ def test_cross_modal_figures_read_the_test_windows_and_train_transfer_on_the_lab
     ds.recording = ds.start = None
     with pytest.raises(ValueError, match="no recording and start"):
         cross_modal(model, sd, ds, ["lab"], "test", ["gyro", "lin_acc"], seed=0)
+
+
+def test_the_babel_experiment_uses_the_mmbind_experiments_encoders_and_head():
+    from simulations.experiments.babel import BabelSettings
+    from simulations.experiments.mmbind import MMBindSettings
+
+    for babel, mmbind in ((BabelSettings(), MMBindSettings()), (BabelSettings.quick(), MMBindSettings.quick())):
+        assert babel.head == mmbind.head and babel.head.mode == "finetune"
+    assert BabelSettings().pretrain == MMBindSettings().pretrain and BabelSettings().pretrain_windows is None

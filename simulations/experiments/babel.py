@@ -52,7 +52,7 @@ import copy
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +61,7 @@ import torch
 from common.data import load_dataset
 from common.data.dataset import WindowDataset
 from common.data.scenarios import Scenario, split
+from common.config import CampaignConfig
 from common.crossmodal import cross_modal_transfer, modality_gaps, window_recall
 from common.evaluate import HeadConfig, embed, evaluate_subsets, fit_head, pairs, retrieval_recall
 from common.files import write_json
@@ -78,15 +79,16 @@ from simulations.plots import plot_projections, plot_weights
 log = logging.getLogger("edgebind")
 
 
-
 @dataclass
 class BabelSettings:
     tower: TowerConfig = field(default_factory=TowerConfig)
-    pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(epochs=4))
-    pretrain_windows: int | None = 2500  # per modality, drawn from the training groups' unlabelled windows
+    # the encoders and the head of the MMBind experiment's recipe (MMBindSettings): 20 pretraining epochs on
+    # every unlabelled training window; a late-fusion head, probed then fine-tuned with modality dropout
+    pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(epochs=20))
+    pretrain_windows: int | None = None  # per modality, drawn from the training groups' unlabelled windows; None = all
     growth: GrowthConfig = field(default_factory=lambda: GrowthConfig(epochs=15))
     joint_epochs: int = 15
-    head: HeadConfig = field(default_factory=lambda: HeadConfig(mode="linear"))
+    head: HeadConfig = field(default_factory=HeadConfig)
     max_windows_per_group: int | None = None  # subsample every group (quick runs)
     projection_points: int = 200  # test windows per modality in the t-SNE plots
     tsne_iterations: int = 1000
@@ -99,19 +101,12 @@ class BabelSettings:
             pretrain_windows=300,
             growth=GrowthConfig(epochs=3, batch_size=128),
             joint_epochs=3,
-            head=_short_head(HeadConfig(mode="linear")),
+            head=CampaignConfig.from_run_config({"quick": True}).head(),  # the quick head of every experiment
             max_windows_per_group=300,
             projection_points=40,
             tsne_iterations=250,
             single_ablations=False,
         )
-
-
-def _short_head(h: HeadConfig) -> HeadConfig:
-    names = {f.name for f in fields(h)}
-    if "steps" in names:
-        return replace(h, steps=60, **({"eval_every": 20} if "eval_every" in names else {}))
-    return replace(h, epochs=5)
 
 
 @dataclass
@@ -501,7 +496,7 @@ def _run(dataset: str, plan: str, seeds: int, out: Path, quick: bool, device: to
         "quick": quick,
         "device": str(device),
         "protocol": ("subject-disjoint split per seed; frozen self-supervised encoders; adapters and prototype aligned on encoder features; "
-                     "one linear fusion head per variant on the labelled group's few labels, its step chosen on validation subjects; "
+                     "one late-fusion head per variant on the labelled group's few labels (probe, then adapters and prototype fine-tuned too; the MMBind experiment's fit_head and HeadConfig), its stage and step chosen on validation subjects; "
                      "test figures of the chosen model; retrieval on every test window of the pair (gallery = all test windows), window@1 counting windows of "
                      "the same recording that overlap the query's as hits; modality gap = distance between the modality centroids of the L2-normalised "
                      "test embeddings / root mean of the two within-modality mean squared distances to the centroid; transfer = a linear head on "
