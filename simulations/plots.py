@@ -9,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
+from common.crossmodal import modality_gaps
 from common.evaluate import embed
 from common.growth import StageRecord
 from common.towers import AlignedModel
+
 
 def pyplot():
     import matplotlib
@@ -48,11 +50,23 @@ def plot_weights(records: list[StageRecord], out: Path) -> list[Path]:
     return files
 
 
-def plot_projections(before: AlignedModel, after: AlignedModel, feats: dict[str, np.ndarray], y: np.ndarray, label_names: list[str], mods: list[str], n: int, iterations: int, seed: int, out: Path) -> list[Path]:
-    """t-SNE of the same test windows' embeddings in every modality, before and after alignment."""
+def gaps_before_after(before: AlignedModel, after: AlignedModel, feats: dict[str, np.ndarray], mods: list[str]) -> dict[str, dict[str, float]]:
+    """The modality gap (``common.crossmodal.modality_gap``) of every pair, on every given window, before and after alignment."""
+    return {tag: {p: g["gap"] for p, g in modality_gaps(embed(model, {m: feats[m] for m in mods})).items()} for tag, model in (("before", before), ("after", after))}
+
+
+def plot_projections(before: AlignedModel, after: AlignedModel, feats: dict[str, np.ndarray], y: np.ndarray, label_names: list[str], mods: list[str], n: int, iterations: int, seed: int, out: Path,
+                     gaps: dict[str, dict[str, float]] | None = None) -> list[Path]:
+    """t-SNE of the same test windows' embeddings in every modality, before and after alignment.
+
+    Each figure's title gives the modality gap of every pair, measured on every
+    given window in the embedding itself, not on the projection (``gaps``, as
+    ``gaps_before_after`` returns; computed when not given).
+    """
     from sklearn.manifold import TSNE
 
     plt = pyplot()
+    gaps = gaps if gaps is not None else gaps_before_after(before, after, feats, mods)
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(len(y), size=min(n, len(y)), replace=False))
     files = []
@@ -75,6 +89,8 @@ def plot_projections(before: AlignedModel, after: AlignedModel, feats: dict[str,
         axes[1].set_title(f"{tag} alignment: colour = activity, marker = modality")
         axes[0].legend(markerscale=2)
         axes[1].legend(markerscale=2, fontsize=7)
+        fig.suptitle(f"modality gap {tag} alignment (centroid distance / spread; 0 = one region): "
+                     + ", ".join(f"{p} {g:.2f}" for p, g in gaps[tag].items()), fontsize=9)
         for ax in axes:
             ax.set_xticks([])
             ax.set_yticks([])

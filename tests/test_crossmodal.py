@@ -78,3 +78,31 @@ def test_cross_modal_transfer_reads_the_other_modality_only_through_a_shared_spa
     assert ordered_pairs(["b", "a"]) == [("a", "b"), ("b", "a")]
     with pytest.raises(ValueError, match="train holds"):
         cross_modal_transfer(apart_tr, y_tr, {"a": apart_te["a"]}, y_te, k)
+
+
+def test_projection_plots_carry_the_modality_gap_before_and_after_in_their_titles(tmp_path, monkeypatch):
+    import torch
+
+    from common.evaluate import embed
+    from common.modalities import inertial
+    from common.towers import AlignedModel, TowerConfig
+    from simulations import plots
+
+    tower = TowerConfig(width=8, feature_dim=16, adapter_hidden=32, embed_dim=16, prototype_hidden=32)
+    torch.manual_seed(0)
+    before = AlignedModel({m: inertial(m) for m in ("gyro", "lin_acc")}, tower)
+    after = AlignedModel({m: inertial(m) for m in ("gyro", "lin_acc")}, tower)
+    after.adapters["lin_acc"].load_state_dict(after.adapters["gyro"].state_dict())  # one space: no gap
+    x = np.random.default_rng(0).normal(size=(40, 16)).astype(np.float32)
+    feats = {"gyro": x, "lin_acc": x}
+    gaps = plots.gaps_before_after(before, after, feats, ["gyro", "lin_acc"])
+    z = embed(before, feats)
+    assert gaps["before"]["gyro-lin_acc"] == pytest.approx(modality_gap(z["gyro"], z["lin_acc"])["gap"]) and gaps["before"]["gyro-lin_acc"] > 0.5
+    assert gaps["after"]["gyro-lin_acc"] == pytest.approx(0.0, abs=1e-5)
+    titles = {}
+    real = plots.pyplot()
+    monkeypatch.setattr(real.Figure, "savefig", lambda fig, path, **kw: titles.__setitem__(path.name, fig._suptitle.get_text()))
+    files = plots.plot_projections(before, after, feats, np.arange(40) % 3, ["a", "b", "c"], ["gyro", "lin_acc"], 30, 250, 0, tmp_path)
+    assert [f.name for f in files] == ["projection_before.png", "projection_after.png"]
+    assert f"gyro-lin_acc {gaps['before']['gyro-lin_acc']:.2f}" in titles["projection_before.png"]
+    assert "gyro-lin_acc 0.00" in titles["projection_after.png"] and "modality gap after" in titles["projection_after.png"]

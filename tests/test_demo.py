@@ -35,5 +35,8 @@ def test_demo_quick_writes_a_report(tmp_path, monkeypatch, capsys):
         assert (tmp_path / name).stat().st_size > 0, name
     report = (tmp_path / "report.md").read_text()
     assert "![accuracy_vs_incompleteness.png](accuracy_vs_incompleteness.png)" in report
+    gaps = saved["modality_gap"]
+    assert set(gaps) == {"before", "after"} and set(gaps["after"]) == {"gravity-lin_acc"} and gaps["after"]["gravity-lin_acc"] >= 0
+    assert "## Modality gap" in report and f"| gravity-lin_acc | {gaps['before']['gravity-lin_acc']:.2f} | {gaps['after']['gravity-lin_acc']:.2f} |" in report
     printed = capsys.readouterr().out
     assert "gravity+lin_acc" in printed and "edgebind minus the lower bound on gravity+lin_acc" in printed
