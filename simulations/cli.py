@@ -72,8 +72,16 @@ def experiment_babel(args, device) -> dict:
             raise ValueError(f"--kd-weights takes comma-separated numbers, got {args.kd_weights!r}") from None
         if not kd_weights:
             raise ValueError("--kd-weights names no weight")
+    joint = {}
+    for flag, kind in (("joint_temperatures", float), ("joint_epochs", int)):
+        text = getattr(args, flag)
+        if text:
+            try:
+                joint[flag] = [kind(v) for v in text.split(",") if v.strip()]
+            except ValueError:
+                raise ValueError(f"--{flag.replace('_', '-')} takes comma-separated {'numbers' if kind is float else 'whole numbers'}, got {text!r}") from None
     return run(args.dataset, args.plan, args.seeds, args.out or Path("runs") / f"babel-{Path(args.plan).stem}", args.quick, device, scenario=args.scenario,
-               kd_weights=kd_weights)
+               kd_weights=kd_weights, **joint)
 
 
 def probe(args, device) -> dict:
@@ -168,6 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kd-weights", default="",
                    help="comma-separated candidate distillation weights (e.g. 1,3,10,30): choose one on validation subjects "
                         "(mean validation label@1 over pairs) before the test figures (default: the configured kd_weight)")  # fmt: skip
+    p.add_argument("--joint-temperatures", default="", help="comma-separated candidate temperatures of the joint reference (e.g. 0.07,0.2,0.5), "
+                   "chosen on validation subjects with --joint-epochs (default: the growth temperature)")
+    p.add_argument("--joint-epochs", default="", help="comma-separated candidate epochs of the joint reference (e.g. 15,45), chosen on "
+                   "validation subjects with --joint-temperatures (default: the configured joint_epochs)")
     p.set_defaults(func=experiment_babel)
 
     p = command(sub, "probe", "encoder sanity figures: all-label linear probe per modality against the same encoder trained supervised",

@@ -417,8 +417,17 @@ def _keys(obj) -> set[str]:
 def test_quick_experiment_chooses_the_distillation_weight_on_validation(tmp_path, capsys):
     from simulations.cli import main
 
-    assert main(["experiment", "babel", "--plan", "hapt-gyro-trunk", "--seeds", "1", "--quick", "--kd-weights", "10,3", "--out", str(tmp_path)]) == 0
+    assert main(["experiment", "babel", "--plan", "hapt-gyro-trunk", "--seeds", "1", "--quick", "--kd-weights", "10,3", "--out", str(tmp_path),
+                 "--joint-temperatures", "0.5,0.07", "--joint-epochs", "2,1"]) == 0
     res = json.loads((tmp_path / "results.json").read_text())
+    js = res["joint_selection"]
+    assert js["temperatures"] == [0.07, 0.5] and js["epochs"] == [1, 2] and "validation label@1" in js["criterion"]
+    jscores = {k: v["score"] for k, v in js["per_seed"][0]["validation"].items()}
+    assert set(jscores) == {"1x0.07", "1x0.5", "2x0.07", "2x0.5"} and not any("test" in k for k in _keys(js["per_seed"]))
+    order = ["1x0.07", "1x0.5", "2x0.07", "2x0.5"]  # fewer epochs first, then the lower temperature
+    best = next(k for k in order if jscores[k] >= max(jscores.values()) - 1e-9)
+    assert f"{js['chosen']['epochs']}x{js['chosen']['temperature']:g}" == best
+    assert (res["settings"]["joint_epochs"], res["settings"]["joint_temperature"]) == (js["chosen"]["epochs"], js["chosen"]["temperature"])
     sel = res["kd_selection"]
     assert sel["candidates"] == [3.0, 10.0] and sel["chosen"] in sel["candidates"] and "validation label@1" in sel["criterion"]
     (seed,) = sel["per_seed"]
@@ -481,3 +490,26 @@ def test_the_babel_experiment_uses_the_mmbind_experiments_encoders_and_head():
     for babel, mmbind in ((BabelSettings(), MMBindSettings()), (BabelSettings.quick(), MMBindSettings.quick())):
         assert babel.head == mmbind.head and babel.head.mode == "finetune"
     assert BabelSettings().pretrain == MMBindSettings().pretrain and BabelSettings().pretrain_windows is None
+
+
+def test_joint_candidates_are_plain_joint_runs_scored_on_validation_features_only():
+    from simulations.experiments.babel_joint import check_joint_grid, joint_align, joint_candidates, retrieval_all
+
+    natural = paired(64, ("gyro", "lin_acc"), 1).features | {"gravity": paired(64, ("gravity", "x"), 2).features["gravity"]}
+    val = paired(30, ("gyro", "lin_acc"), 3).features | {"gravity": paired(30, ("gravity", "x"), 4).features["gravity"]}
+    val_y = np.arange(30) % 3
+    cfg = GrowthConfig(epochs=1, batch_size=32, seed=5)
+    init = model_of()
+    cands = joint_candidates(init, natural, val, val_y, [0.1, 0.5], [1, 3], cfg, "cpu")
+    assert set(cands) == {(1, 0.1), (3, 0.1), (1, 0.5), (3, 0.5)}
+    for (e, t), c in cands.items():
+        plain = copy.deepcopy(init)  # the snapshot after e epochs of the longer run is a run of e epochs (constant learning rate)
+        joint_align(plain, natural, GrowthConfig(epochs=1, batch_size=32, seed=5, temperature=t), e, "cpu")
+        r = retrieval_all(plain, val, ["gravity", "gyro", "lin_acc"], val_y)
+        assert c["score"] == pytest.approx(np.mean([v["label@1"] for v in r.values()]))
+        assert set(c["modality_gap"]) == {"gravity-gyro", "gravity-lin_acc", "gyro-lin_acc"}
+    assert cands[(1, 0.1)]["score"] != cands[(3, 0.1)]["score"] or cands[(1, 0.1)]["modality_gap"] != cands[(3, 0.1)]["modality_gap"]
+    assert check_joint_grid(None, None) is None and check_joint_grid([0.5, 0.1, 0.1], [3, 1]) == ([0.1, 0.5], [1, 3])
+    for bad in (([0.1], None), ([0.0], [1]), ([0.1], [0]), ([0.1], [1.5])):
+        with pytest.raises(ValueError, match="joint"):
+            check_joint_grid(*bad)

@@ -63,15 +63,15 @@ from common.data.dataset import WindowDataset
 from common.data.scenarios import Scenario, split
 from common.config import CampaignConfig
 from common.crossmodal import cross_modal_transfer, modality_gaps, window_recall
-from common.evaluate import HeadConfig, embed, evaluate_subsets, fit_head, pairs, retrieval_recall
+from common.evaluate import HeadConfig, embed, evaluate_subsets, fit_head, pairs
 from common.files import write_json
 from common.growth import GrowthConfig, GrowthPlan, GrowthResult, PairData, StageRecord, grow
-from common.losses import MultiViewContrastive
 from common.pretrain import PretrainConfig
 from common.processes import ensure_logging
 from common.progress import Progress
 from common.samples import SampleSet
 from common.towers import AlignedModel, TowerConfig
+from simulations.experiments.babel_joint import JOINT_CRITERION, check_joint_grid, joint_align, joint_candidates, retrieval_all
 from simulations.experiments.babel_report import format_table, summarise
 from simulations.experiments.common import Encoders, commit_of, fingerprint, mean_std, pretrain_encoders, seed_everything
 from simulations.plots import plot_projections, plot_weights
@@ -88,6 +88,7 @@ class BabelSettings:
     pretrain_windows: int | None = None  # per modality, drawn from the training groups' unlabelled windows; None = all
     growth: GrowthConfig = field(default_factory=lambda: GrowthConfig(epochs=15))
     joint_epochs: int = 15
+    joint_temperature: float | None = None  # None: the growth stages' temperature
     head: HeadConfig = field(default_factory=HeadConfig)
     max_windows_per_group: int | None = None  # subsample every group (quick runs)
     projection_points: int = 200  # test windows per modality in the t-SNE plots
@@ -160,39 +161,6 @@ def _fresh(enc: Encoders, ds: WindowDataset, mods: list[str], st: BabelSettings,
     for m in mods:
         model.encoders[m].load_state_dict(enc.modules[m].state_dict())
     return model.eval()
-
-
-def joint_align(model: AlignedModel, feats: dict[str, np.ndarray], cfg: GrowthConfig, epochs: int, device: torch.device) -> list[float]:
-    """The stage-free reference: adapters and prototype trained at once on natural multi-modal samples."""
-    loss_fn = MultiViewContrastive(cfg.temperature)
-    params = list(model.adapters.parameters()) + list(model.prototype.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
-    x = {m: torch.from_numpy(v).to(device) for m, v in feats.items()}
-    n = len(next(iter(x.values())))
-    gen = torch.Generator().manual_seed(cfg.seed)
-    losses = []
-    model.to(device)
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=gen).to(device)
-        total, steps = 0.0, 0
-        for i in range(0, n, cfg.batch_size):
-            rows = order[i : i + cfg.batch_size]
-            if len(rows) < min(cfg.min_batch, n):
-                continue
-            z = model.embed_features({m: v[rows] for m, v in x.items()})
-            masks = {m: torch.ones(len(rows), dtype=torch.bool, device=device) for m in z}
-            loss = loss_fn(z, masks)["contrastive_loss"]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total, steps = total + float(loss.detach()), steps + 1
-        losses.append(total / max(steps, 1))
-    model.eval()
-    return losses
-
-
-def retrieval_all(model: AlignedModel, feats: dict[str, np.ndarray], mods: list[str], labels: np.ndarray | None = None) -> dict[str, dict]:
-    return {f"{a}-{b}": retrieval_recall(model, {a: feats[a]}, {b: feats[b]}, labels=labels) for a, b in pairs(mods)}
 
 
 def cross_modal(model: AlignedModel, sd: SeedData, ds: WindowDataset, lab_groups: list[str], test: str, mods: list[str], seed: int) -> dict:
@@ -384,7 +352,7 @@ def run_seed(ds: WindowDataset, sc: Scenario, plan: GrowthPlan, alt: GrowthPlan,
     t1 = time.time()
     joint = copy.deepcopy(init)
     natural = {m: np.concatenate([sd.feats[s][m] for s in sources]) for m in mods}
-    jl = joint_align(joint, natural, replace(st.growth, seed=seed), st.joint_epochs, device)
+    jl = joint_align(joint, natural, replace(st.growth, seed=seed, temperature=st.joint_temperature or st.growth.temperature), st.joint_epochs, device)
     timing["joint"] = time.time() - t1
     score("joint", joint, {"samples": len(natural[mods[0]]), "last_loss": jl[-1]})
     if out is not None:
@@ -410,7 +378,7 @@ def forgetting(plan: GrowthPlan, records: list[StageRecord]) -> dict:
 
 
 def run(dataset: str, plan: str, seeds: int, out: Path, quick: bool, device: torch.device, scenario: str | None = None, settings: BabelSettings | None = None,
-        kd_weights: Sequence[float] | None = None) -> dict:
+        kd_weights: Sequence[float] | None = None, joint_temperatures: Sequence[float] | None = None, joint_epochs: Sequence[int] | None = None) -> dict:
     """Run the Babel experiment; write ``out/results.json`` and the PNGs, print a table, return the results.
 
     ``results.json`` holds ``settings``, ``plan`` and ``alternative_plan``,
@@ -427,7 +395,10 @@ def run(dataset: str, plan: str, seeds: int, out: Path, quick: bool, device: tor
     ``per_seed`` validation figures per candidate (``score``, ``retrieval``,
     ``forgetting``; validation subjects only), ``mean_validation_score`` and
     ``chosen``; ``settings.growth.kd_weight`` is then the chosen weight.
-    Without it the configured ``kd_weight`` is used, as before.
+    Without it the configured ``kd_weight`` is used, as before. Likewise
+    ``joint_temperatures`` and ``joint_epochs`` choose the joint reference's
+    temperature and schedule on validation subjects (``babel_joint``), recorded
+    in ``joint_selection``.
     """
     out = Path(out)
     ensure_logging()
@@ -437,7 +408,7 @@ def run(dataset: str, plan: str, seeds: int, out: Path, quick: bool, device: tor
         # threads when other processes share the cores, and costs little otherwise
         torch.set_num_threads(1)
     try:
-        return _run(dataset, plan, seeds, out, quick, device, scenario, settings, kd_weights)
+        return _run(dataset, plan, seeds, out, quick, device, scenario, settings, kd_weights, check_joint_grid(joint_temperatures, joint_epochs))
     finally:
         torch.set_num_threads(threads)
 
@@ -452,7 +423,7 @@ def _check_kd_weights(kd_weights: Sequence[float] | None) -> list[float] | None:
 
 
 def _run(dataset: str, plan: str, seeds: int, out: Path, quick: bool, device: torch.device, scenario: str | None, settings: BabelSettings | None,
-         kd_weights: Sequence[float] | None = None) -> dict:
+         kd_weights: Sequence[float] | None = None, joint_grid: tuple[list[float], list[int]] | None = None) -> dict:
     t0 = time.time()
     kd_weights = _check_kd_weights(kd_weights)
     gp = GrowthPlan.from_toml(plan)
@@ -475,8 +446,8 @@ def _run(dataset: str, plan: str, seeds: int, out: Path, quick: bool, device: to
              ds.name, len(ds), len(ds.subjects), gp.name, "; ".join(s.describe() for s in gp.stages), "; ".join(s.describe() for s in alt.stages),
              sc.name, seeds, " [quick]" if quick else "", device)
     per_seed = []
-    selection = None
-    if kd_weights is None:
+    selection = joint_sel = None
+    if kd_weights is None and joint_grid is None:
         shown = Progress(seeds, "babel experiment", unit="seed", bar=False, every=0)  # a line with the time left after each seed
         for seed in range(seeds):
             log.info("seed %d/%d", seed + 1, seeds)
@@ -484,7 +455,7 @@ def _run(dataset: str, plan: str, seeds: int, out: Path, quick: bool, device: to
             shown.update()
             log.info("seed %d done in %.0fs", seed + 1, per_seed[-1]["seconds"]["total"])
     else:
-        selection, st = _select_and_run(ds, sc, gp, alt, seeds, st, device, out, kd_weights, per_seed)
+        selection, joint_sel, st = _select_and_run(ds, sc, gp, alt, seeds, st, device, out, kd_weights, joint_grid, per_seed)
     result = {
         "experiment": "babel",
         "dataset": ds.name,
@@ -505,6 +476,7 @@ def _run(dataset: str, plan: str, seeds: int, out: Path, quick: bool, device: to
         "commit": commit_of(),
         "dataset_sha256": fingerprint(ds),
         **({"kd_selection": selection} if selection is not None else {}),
+        **({"joint_selection": joint_sel} if joint_sel is not None else {}),
         "summary": summarise(per_seed, gp),
         "per_seed": per_seed,
         "files": per_seed[0].get("files", []),
@@ -517,43 +489,74 @@ def _run(dataset: str, plan: str, seeds: int, out: Path, quick: bool, device: to
 
 
 def _select_and_run(ds: WindowDataset, sc: Scenario, gp: GrowthPlan, alt: GrowthPlan, seeds: int, st: BabelSettings, device: torch.device, out: Path,
-                    kd_weights: list[float], per_seed: list[dict]) -> tuple[dict, BabelSettings]:
-    """Choose the distillation weight on validation subjects over every seed, then run every variant with it (appends to ``per_seed``)."""
+                    kd_weights: list[float] | None, joint_grid: tuple[list[float], list[int]] | None, per_seed: list[dict]) -> tuple[dict | None, dict | None, BabelSettings]:
+    """Choose the distillation weight and/or the joint reference's (epochs, temperature) on validation subjects over every seed,
+    then run every variant with them (appends to ``per_seed``)."""
     val, test = _group_of(sc, "validation"), _group_of(sc, "test")
-    prepared, cands, sel_seeds = [], [], []
+    prepared, cands, sel_seeds, joint_seeds = [], [], [], []
     for seed in range(seeds):
-        log.info("seed %d/%d: choosing the distillation weight among %s on validation subjects", seed + 1, seeds, ", ".join(f"{w:g}" for w in kd_weights))
+        log.info("seed %d/%d: choosing on validation subjects: distillation weight among %s, joint (epochs, temperature) among %s", seed + 1, seeds,
+                 ", ".join(f"{w:g}" for w in kd_weights or []) or "-", joint_grid or "-")
         seed_everything(seed)
         t0 = time.time()
         sd, enc = prepare(ds, sc, gp, seed, st, device)
         prepared.append((sd, enc, time.time() - t0))
         init = _fresh(enc, ds, gp.modalities, st, seed)
-        t1 = time.time()
-        cs = grow_candidates(gp, _stage_data(ds, sc, gp, sd), init, sd.feats[val], ds.y[sd.rows[val]], kd_weights, replace(st.growth, seed=seed), device)
-        cands.append({c.kd_weight: c for c in cs})
-        sel_seeds.append({"seed": seed, "validation_group": val, "validation_subjects": sd.subjects[val], "validation_windows": int(len(sd.rows[val])),
-                          "seconds": round(time.time() - t1, 2), "validation": {f"{c.kd_weight:g}": c.validation for c in cs}})
-    chosen, means = choose_kd_weight([{w: c.validation["score"] for w, c in cs.items()} for cs in cands])
-    log.info("distillation weight %g chosen on validation subjects (mean validation label@1 over pairs and seeds: %s)",
-             chosen, ", ".join(f"{w:g} {m:.4f}" for w, m in means.items()))
-    selection = {
-        "criterion": KD_CRITERION,
-        "rule": "one weight for every seed: the best mean validation score over seeds; ties (within 1e-9) go to the smaller weight",
-        "data": f"validation group {val!r} only; the test group {test!r} is not read before the choice",
-        "candidates": kd_weights,
-        "per_seed": sel_seeds,
-        "mean_validation_score": {f"{w:g}": mean_std([s["validation"][f"{w:g}"]["score"] for s in sel_seeds]) for w in kd_weights},
-        "chosen": chosen,
-    }
-    st = replace(st, growth=replace(st.growth, kd_weight=chosen))
+        val_feats, val_y = sd.feats[val], ds.y[sd.rows[val]]
+        about = {"seed": seed, "validation_group": val, "validation_subjects": sd.subjects[val], "validation_windows": int(len(sd.rows[val]))}
+        if kd_weights is not None:
+            t1 = time.time()
+            cs = grow_candidates(gp, _stage_data(ds, sc, gp, sd), init, val_feats, val_y, kd_weights, replace(st.growth, seed=seed), device)
+            cands.append({c.kd_weight: c for c in cs})
+            sel_seeds.append(about | {"seconds": round(time.time() - t1, 2), "validation": {f"{c.kd_weight:g}": c.validation for c in cs}})
+        if joint_grid is not None:
+            t1 = time.time()
+            natural = {m: np.concatenate([sd.feats[s][m] for s in sorted({s.source for s in gp.stages})]) for m in gp.modalities}
+            jc = joint_candidates(init, natural, val_feats, val_y, *joint_grid, replace(st.growth, seed=seed), device)
+            joint_seeds.append(about | {"seconds": round(time.time() - t1, 2), "validation": {f"{e}x{t:g}": v for (e, t), v in jc.items()}})
+    selection = joint_sel = None
+    if kd_weights is not None:
+        chosen, means = choose_kd_weight([{w: c.validation["score"] for w, c in cs.items()} for cs in cands])
+        log.info("distillation weight %g chosen on validation subjects (mean validation label@1 over pairs and seeds: %s)",
+                 chosen, ", ".join(f"{w:g} {m:.4f}" for w, m in means.items()))
+        selection = {
+            "criterion": KD_CRITERION,
+            "rule": "one weight for every seed: the best mean validation score over seeds; ties (within 1e-9) go to the smaller weight",
+            "data": f"validation group {val!r} only; the test group {test!r} is not read before the choice",
+            "candidates": kd_weights,
+            "per_seed": sel_seeds,
+            "mean_validation_score": {f"{w:g}": mean_std([s["validation"][f"{w:g}"]["score"] for s in sel_seeds]) for w in kd_weights},
+            "chosen": chosen,
+        }
+        st = replace(st, growth=replace(st.growth, kd_weight=chosen))
+    if joint_grid is not None:
+        keys = [(e, t) for e in joint_grid[1] for t in joint_grid[0]]
+        (e, t), _ = choose_kd_weight([{k: s["validation"][f"{k[0]}x{k[1]:g}"]["score"] for k in keys} for s in joint_seeds])
+        log.info("joint reference: %d epochs at temperature %g chosen on validation subjects", e, t)
+        joint_sel = {
+            "criterion": JOINT_CRITERION,
+            "rule": "one (epochs, temperature) for every seed: the best mean validation score over seeds; ties go to fewer epochs, then the lower temperature",
+            "data": f"validation group {val!r} only; the test group {test!r} is not read before the choice",
+            "temperatures": joint_grid[0], "epochs": joint_grid[1],
+            "per_seed": joint_seeds,
+            "mean_validation_score": {f"{k[0]}x{k[1]:g}": mean_std([s["validation"][f"{k[0]}x{k[1]:g}"]["score"] for s in joint_seeds]) for k in keys},
+            "chosen": {"epochs": e, "temperature": t},
+        }
+        st = replace(st, joint_epochs=e, joint_temperature=t)
     for seed in range(seeds):
-        log.info("seed %d/%d with kd_weight %g", seed + 1, seeds, chosen)
-        r = run_seed(ds, sc, gp, alt, seed, st, device, out if seed == 0 else None, prepared=prepared[seed], chosen=cands[seed][chosen])
-        r["seconds"]["kd_selection"] = sel_seeds[seed]["seconds"]
+        log.info("seed %d/%d with kd_weight %g, joint %d epochs at temperature %g", seed + 1, seeds, st.growth.kd_weight, st.joint_epochs,
+                 st.joint_temperature or st.growth.temperature)
+        r = run_seed(ds, sc, gp, alt, seed, st, device, out if seed == 0 else None, prepared=prepared[seed],
+                     chosen=cands[seed][st.growth.kd_weight] if kd_weights is not None else None)
+        for name, sel in (("kd_selection", sel_seeds), ("joint_selection", joint_seeds)):
+            if sel:
+                r["seconds"][name] = sel[seed]["seconds"]
         per_seed.append(r)
         log.info("seed %d done in %.0fs", seed + 1, r["seconds"]["total"])
-        prepared[seed] = cands[seed] = None  # free the seed's features and candidate models
-    return selection, st
+        prepared[seed] = None  # free the seed's features and candidate models
+        if cands:
+            cands[seed] = None
+    return selection, joint_sel, st
 
 
 def _settings_dict(st: BabelSettings) -> dict:
