@@ -104,13 +104,20 @@ def test_group_data_holds_a_stored_batch_at_a_time_not_the_fleets_uploads():
     assert peaks[1] - peaks[0] < more / 4, f"group_data's peak grew by {(peaks[1] - peaks[0]) / 2**20:.1f} MiB for {more / 2**20:.1f} MiB more uploads"
 
 
-def test_bind_and_grow_on_store_backed_features_equal_the_in_memory_run():
-    store = open_store("sqlite://")
-    infos = _fleet(store, dim=16)
-    spilled = P.group_data(store, "c", infos)
+TOWER = TowerConfig(width=8, feature_dim=16, adapter_hidden=32, embed_dim=16, prototype_hidden=32)
+
+
+def _spilled_and_in_memory(store) -> tuple[dict[str, P.GroupData], dict[str, P.GroupData]]:
+    """The groups as group_data reads them (file-backed blocks), and the same groups copied into memory."""
+    spilled = P.group_data(store, "c", _fleet(store, dim=16))
     in_memory = {n: P.GroupData(g.name, g.role, g.modalities, g.node_ids, g.window_ids, {m: np.array(x) for m, x in g.features.items()}, g.labels)
                  for n, g in spilled.items()}  # fmt: skip
-    tower = TowerConfig(width=8, feature_dim=16, adapter_hidden=32, embed_dim=16, prototype_hidden=32)
+    return spilled, in_memory
+
+
+def test_bind_and_grow_on_store_backed_features_equal_the_in_memory_run():
+    store = open_store("sqlite://")
+    spilled, in_memory = _spilled_and_in_memory(store)
     specs = node_specs(MODS)
     cfg = AlignConfig(epochs=2, batch_size=32)
     settings = P.BindSettings("sensor", "gyro", k=2)
@@ -118,12 +125,30 @@ def test_bind_and_grow_on_store_backed_features_equal_the_in_memory_run():
     for groups in (spilled, in_memory):
         bound = P.bind(groups, settings, seed=3)
         natural = SampleSet.concat([g.samples() for g in groups.values()])
-        model = P.new_model(specs, tower, 3, {})
+        model = P.new_model(specs, TOWER, 3, {})
         report = P.align_mmbind(model, natural, bound.samples, cfg, torch.device("cpu"), 3)
         out.append((bound, report, model.state_dict()))
     (b1, r1, s1), (b2, r2, s2) = out
     assert b1.info == b2.info and b1.n_pairs > 0
     assert r1["final_contrastive_loss"] == r2["final_contrastive_loss"]
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+    store.close()
+
+
+def test_babel_growth_on_store_backed_features_equals_the_in_memory_run(tmp_path):
+    store = open_store("sqlite://")
+    spilled, in_memory = _spilled_and_in_memory(store)
+    plan = tmp_path / "plan.toml"
+    plan.write_text('name = "trunk"\n[[stage]]\ntrunk = ["gyro", "lin_acc"]\nsource = "sa"\n')
+    out = []
+    for groups in (spilled, in_memory):
+        model = P.new_model(node_specs(MODS), TOWER, 3, {})
+        report = P.grow_babel(model, str(plan), groups, AlignConfig(epochs=2, batch_size=32), torch.device("cpu"), 3)
+        out.append((report, model.state_dict()))
+    (r1, s1), (r2, s2) = out
+    assert r1["pairs"] == r2["pairs"] == {"sa": len(in_memory["sa"])} and r1["pairs"]["sa"] > 0
+    assert [st["last_losses"] for st in r1["stages"]] == [st["last_losses"] for st in r2["stages"]]
+    assert [st["mean_weights"] for st in r1["stages"]] == [st["mean_weights"] for st in r2["stages"]]
     assert all(torch.equal(s1[k], s2[k]) for k in s1)
     store.close()
 
