@@ -59,11 +59,11 @@ def _children(stats: dict[int, tuple[str, int, int, int, int]], live_only: bool 
 
 def _below(kids: dict[int, list[int]], root: int) -> list[int]:
     """Every pid below ``root`` in a parent -> children map."""
-    out, todo = [], list(kids.get(root, []))
-    while todo:
-        pid = todo.pop()
+    out, stack = [], list(kids.get(root, []))
+    while stack:
+        pid = stack.pop()
         out.append(pid)
-        todo += kids.get(pid, [])
+        stack += kids.get(pid, [])
     return out
 
 
