@@ -91,6 +91,59 @@ def manifest(st: CampaignState) -> dict:
     return {"nodes": len(st.nodes), "roles": dict(roles), "modalities": sorted(st.specs)}
 
 
+REJOIN_TIMEOUT = 30.0  # seconds a returning node has to answer "who are you?" (at most round-timeout)
+
+
+def rejoin(st: CampaignState, phase: str, rnd: int = 0) -> list[str]:
+    """Missing nodes that are connected again take part from here on; their ids.
+
+    A SuperNode that restarts (``edgebind-node up`` restarts it with back-off)
+    comes back under a new Flower id. Before each round or phase that asks the
+    nodes, any Flower id the campaign does not count among its live nodes is
+    asked for its manifest (at most ``REJOIN_TIMEOUT`` s); one that names a
+    node that went missing (not one refused for a bad manifest), passes the
+    identity check and holds the same modalities and parts takes that node's
+    place. What it missed stays on record in ``rejoined``; what it uploads is
+    taken once, as from any node. Nobody is asked while no node is missing.
+    """
+    lost = {n.node_id: f for f, n in st.nodes.items() if n.node_id in st.missing}
+    if not lost:
+        return []
+    live = st.live()
+    candidates = sorted(set(st.node_ids()) - set(live))
+    if not candidates:
+        return []
+    timeout = min(REJOIN_TIMEOUT, st.cfg.round_timeout)
+    ask = RecordDict({"config": ConfigRecord({"rejoin": True})})
+    replies = st.send(phase, "query.manifest", {f: ask for f in candidates}, rnd, timeout=timeout, record=False)
+    check_identity = identity.identity_check(st.grid, st.store) if replies else None
+    back = []
+    for f, r in sorted(replies.items()):
+        try:
+            info, _, _ = phases.read_manifest(r.content["manifest"]["node-manifest"], f, st.specs, [n.node_id for n in live.values()])
+        except (KeyError, ValueError, TypeError) as e:
+            log.info("[%s] flower:%s answered with a manifest the campaign cannot take back (%s); not rejoined", phase, f, e)
+            continue
+        old = lost.get(info.node_id)
+        if old is None:  # a newcomer, or a node left out for a bad manifest: it joins the next campaign
+            continue
+        was = st.nodes[old]
+        if info.modalities != was.modalities or sorted(info.roles) != sorted(was.roles) or info.group != was.group:
+            log.warning("[%s] node %s is back with other modalities or parts (%s, %s); not rejoined", phase, info.node_id, info.modalities, info.roles)
+            continue
+        try:
+            check_identity(info.node_id, f)
+        except ValueError as e:
+            log.warning("[%s] flower:%s claims node %s: %s; not rejoined", phase, f, info.node_id, e)
+            continue
+        del st.nodes[old]
+        st.nodes[f] = info
+        st.rejoined.append({"node": info.node_id, "missed": st.missing.pop(info.node_id), "phase": phase, "round": rnd})
+        back.append(info.node_id)
+        log.info("[%s] node %s is back (flower:%s, was flower:%s); it takes part from round %d", phase, info.node_id, f, old, rnd)
+    return back
+
+
 def pretrain(st: CampaignState) -> dict:
     """FedAvg (or a robust Flower strategy) rounds of the self-supervised encoder objective, per modality, checkpointed each round."""
     cfg = st.cfg
@@ -105,6 +158,7 @@ def pretrain(st: CampaignState) -> dict:
         log.info("[pretrain] resuming after round %d of %d (checkpoint)", first - 1, cfg.pretrain_rounds)
     t_rounds = time.monotonic()
     for rnd in range(first, cfg.pretrain_rounds + 1):
+        rejoin(st, "pretrain", rnd)
         base = {"round": rnd, "rounds": cfg.pretrain_rounds, "epochs": cfg.local_epochs, "objective": cfg.pretrain_objective,
                 "batch-size": cfg.pretrain_batch_size, "lr": cfg.pretrain_lr, "seed": cfg.seed, **st.tower_config()}  # fmt: skip
         arrays = {m: {part: ArrayRecord(s) for part, s in st.global_states[m].items()} for m in held}  # shared by all messages
@@ -158,6 +212,7 @@ def collect(st: CampaignState) -> dict:
         st.encoder_versions = {m: state_version(s["encoder"]) for m, s in st.global_states.items()}
         log.info("[collect] resumed: the uploads of the earlier run are in the store; nothing asked again")
         return {"resumed": True}
+    rejoin(st, "collect")
     base = {"campaign-id": st.campaign_id, "dtype": cfg.embedding_dtype, "signing-key-id": st.key_id, **st.tower_config()}
     if st.key_source == "generated":
         base["signing-public-key"] = public_key_of(st.key).hex()  # for simulated nodes only: see server_app's docstring
@@ -256,6 +311,8 @@ def head(st: CampaignState) -> dict:
 def finetune(st: CampaignState) -> dict:
     """Federated fine-tuning rounds on the labelled training nodes; the round kept is the best on the validation nodes."""
     cfg = st.cfg
+    if cfg.finetune_rounds > 0:
+        rejoin(st, "finetune")
     trainers = {f: n for f, n in st.live("train").items() if n.part("train").labelled > 0}
     validators = {f: n for f, n in st.live("validation").items() if n.part("validation").labelled > 0}
     if cfg.finetune_rounds == 0 or not trainers or not validators:
@@ -327,6 +384,7 @@ def score(st: CampaignState, flat: dict, nodes: dict[int, NodeInfo], role: str, 
 
 def push(st: CampaignState) -> dict:
     """Signed, versioned AdapterBundles to every live node (after fine-tuning, its new encoders first)."""
+    rejoin(st, "push")  # a node back by now gets the campaign's adapters too
     mods = sorted(st.model.adapters)
     encoders = {}
     if st.finetuned:  # the encoders changed too: nodes install them first, and the bundles name their new versions

@@ -6,8 +6,9 @@ functions over a ``CampaignState`` (``coordinator.campaign``, state in
 ``coordinator.aggregation``. ``send`` is Flower's ``send_and_receive``, never
 waiting longer than ``round-timeout`` (discovery waits ``discovery-timeout``).
 A node that errs or does not answer in time is recorded as missing (with the
-phase and round) and not asked again in this campaign; the campaign goes on
-with the others.
+phase and round) and left out while it stays away; the campaign goes on with
+the others. A missing node that is connected again (its SuperNode restarted)
+takes part from the next round or phase on (``campaign.rejoin``).
 
 Signing key: bundles are signed with Ed25519. The coordinator's private key
 is read from a 0600 file named by ``signing-key-file`` in the run config or by
@@ -87,7 +88,7 @@ def run(st: CampaignState) -> dict:
         raise
     finally:
         torch.set_num_threads(threads)
-        st.results.update(seconds=time.time() - t0, missing=st.missing, missing_nodes=sorted(st.missing), refused=st.refused, bad_replies=st.bad_replies)
+        st.results.update(seconds=time.time() - t0, missing=st.missing, missing_nodes=sorted(st.missing), rejoined=st.rejoined, refused=st.refused, bad_replies=st.bad_replies)
         write_json(st.results_path, st.results)
         _save_report(st)
         st.store.close()
@@ -116,11 +117,21 @@ def _save_report(st: CampaignState, phase: str = "") -> None:
         log.warning("campaign %s: its report could not be saved: %s", st.campaign_id, e)
 
 
-def send(grid: Grid, st: CampaignState, phase: str, kind: str, contents: dict[int, RecordDict], rnd: int = 0) -> dict[int, Message]:
-    """One exchange; nodes that fail are recorded missing, nodes that refuse are logged; the rest's replies, by node."""
-    ttl = st.cfg.round_timeout + 60
+def send(
+    grid: Grid, st: CampaignState, phase: str, kind: str, contents: dict[int, RecordDict], rnd: int = 0, timeout: float | None = None, record: bool = True
+) -> dict[int, Message]:
+    """One exchange; nodes that fail are recorded missing, nodes that refuse are logged; the rest's replies, by node.
+
+    ``timeout`` defaults to ``round-timeout``. With ``record=False`` (asking
+    nodes whether they are back, ``campaign.rejoin``) a node that fails or
+    refuses is passed over without a word: it is already on the books.
+    """
+    timeout = st.cfg.round_timeout if timeout is None else timeout
+    ttl = timeout + 60
     msgs = {f: Message(c, dst_node_id=f, message_type=kind, group_id=f"{phase}-{rnd}", ttl=ttl) for f, c in contents.items()}
-    replies, missing = exchange(grid, msgs, st.cfg.round_timeout)
+    replies, missing = exchange(grid, msgs, timeout)
+    if not record:
+        return {f: r for f, r in replies.items() if "error" not in r.content.config_records}
     for f, reason in missing.items():
         st.missing[st.who(f)] = {"phase": phase, "round": rnd, "reason": reason}
         log.warning("[%s] node %s is missing: %s", phase, st.who(f), reason)

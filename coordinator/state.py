@@ -57,6 +57,7 @@ class CampaignState:
     # the books
     nodes: dict[int, NodeInfo] = field(default_factory=dict)  # flower id -> manifest
     missing: dict[str, dict] = field(default_factory=dict)  # node id -> phase, round, reason
+    rejoined: list[dict] = field(default_factory=list)  # nodes that went missing and came back: what they missed, where they came back
     refused: list[dict] = field(default_factory=list)  # nodes that answered with an error record (alive, but could not do it)
     bad_replies: list[dict] = field(default_factory=list)  # replies refused on arrival (malformed, non-finite, implausible): that node's part in that step only
     node_compute: float = 0.0  # seconds of learning work the nodes report in the current phase
@@ -134,6 +135,7 @@ class CampaignState:
             "phases": {**self.done_before, **{p: {k: f[k] for k in ("seconds", "node_compute_seconds") if k in f} for p, f in r["phases"].items()}},
             "nodes": {nid: {k: n[k] for k in ("group", "role", "modalities") if k in n} for nid, n in r.get("nodes", {}).items()},
             "missing": self.missing,
+            "rejoined": self.rejoined,
             "refused": self.refused,
             "accuracy": {sub: {k: m[k] for k in ("accuracy", "macro_f1", "n", "nodes") if k in m} for sub, m in r.get("accuracy", {}).items()},
         }

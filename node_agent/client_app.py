@@ -2,7 +2,8 @@
 
 Messages (``message_type`` -> content in, content out):
 
-- ``query.manifest``: nothing -> ``manifest`` (``node-manifest``: a serialised
+- ``query.manifest``: nothing (or ``config`` with ``rejoin``: the coordinator
+  asks a missing node whether it is back, ``coordinator.campaign.rejoin``) -> ``manifest`` (``node-manifest``: a serialised
   ``NodeManifest``: node id, group, role, class names, each modality's spec and
   counts, and each part the node holds, its own first) and ``adapter-versions``
   (the adapter version it holds per modality: numbering resumes above them after
@@ -247,7 +248,13 @@ def _handle(msg: Message, context: Context, phase: str, work) -> Message:
 def _maybe_vanish(node: Node, msg: Message, phase: str) -> None:
     cfg = msg.content.config_records.get("config", ConfigRecord())
     drop = node.drop_round(int(cfg.get("rounds", 1)))
-    if drop is None or PHASES.index(phase) < PHASES.index("pretrain"):
+    if drop is None:
+        return
+    if phase == "manifest" and cfg.get("rejoin", False):  # the coordinator asks a missing node whether it is back: a vanished one is not
+        if node.stall:
+            time.sleep(node.stall)
+        raise NodeVanished(f"node {node.node_id} dropped out (asked whether it is back)")
+    if PHASES.index(phase) < PHASES.index("pretrain"):
         return
     if phase != "pretrain" or int(cfg.get("round", 0)) >= drop:
         if node.stall:

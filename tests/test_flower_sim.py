@@ -184,6 +184,54 @@ def test_a_node_dropping_out_mid_pretraining_is_named(tmp_path):
     assert res["accuracy"]
 
 
+class RestartingGrid(InProcessGrid):
+    """The first node asked to pretrain dies without a reply and comes back under a new Flower id (900), as a SuperNode
+    restarted by its agent does; the same node, with the same data."""
+
+    victim: int | None = None
+
+    def push_messages(self, messages):
+        if self.victim is None:
+            first = next((m for m in messages if m.metadata.message_type == "train.pretrain"), None)
+            if first is not None:
+                self.victim = first.metadata.dst_node_id
+                self.silent.add(self.victim)  # this round's message is lost with the process
+                self.contexts[900] = self.contexts[self.victim]
+        return super().push_messages(messages)
+
+    def get_node_ids(self):
+        return [f for f in self.contexts if f != self.victim]  # the dead id is gone; 900 is there
+
+
+def test_a_node_back_under_a_new_flower_id_takes_part_again_and_its_data_is_taken_once(tmp_path):
+    from coordinator.store import open_store
+
+    res, grid = in_process_campaign(tmp_path, grid_cls=RestartingGrid)
+    assert res["state"] == "done", res.get("error")
+    assert res["missing_nodes"] == [] and len(res["rejoined"]) == 1, (res["missing"], res["rejoined"])
+    (back,) = res["rejoined"]
+    assert back["missed"]["phase"] == "pretrain" and back["missed"]["round"] == 1 and back["missed"]["reason"]
+    assert (back["phase"], back["round"]) == ("pretrain", 2)  # the next round, not the next campaign
+    assert res["phases"]["pretrain"]["rounds"][1]["nodes"] == res["phases"]["pretrain"]["rounds"][0]["nodes"] + 1
+    assert res["phases"]["push"]["nodes_applied"] == len(grid.contexts) - 1  # every node, the one that came back included
+    store = open_store(tmp_path / "out" / "coordinator.db")
+    try:
+        node = back["node"]
+        mods = res["nodes"][node]["modalities"]
+        for m in mods:
+            ids = store.embeddings(res["campaign_id"], m, node_ids=[node]).window_ids.tolist()
+            assert ids and len(ids) == len(set(ids)), f"{m}: node {node}'s windows missing or stored twice"
+    finally:
+        store.close()
+
+
+def test_a_node_that_vanished_is_asked_whether_it_is_back_and_stays_out(tmp_path):
+    """A simulated drop-out does not answer the rejoin question either: it stays missing, recorded once, the campaign done."""
+    res, grid = in_process_campaign(tmp_path, dropout=0.2)
+    assert res["state"] == "done" and len(res["missing_nodes"]) == 1 and res["rejoined"] == []
+    assert grid.sent.count("query.manifest") > 7  # asked again after it went missing (7 nodes at the start)
+
+
 def test_bad_messages_get_an_error_record_not_a_crash(tmp_path):
     data, scenario = synthetic_files(tmp_path)
     rc = {"dataset": data, "scenario": scenario, "state-dir": str(tmp_path / "nodes")}
