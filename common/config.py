@@ -8,6 +8,7 @@ are TOML, shipped in ``simulations/`` or given by path.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import MISSING, dataclass, fields
 from importlib import resources
@@ -158,6 +159,7 @@ class CampaignConfig:
     pair_threshold: float = 0.5
     pair_w_min: float = 0.1
     label_pairs_per_sample: int = 4
+    pseudo_share: float = 0.0  # at most this many pseudo-pairs per natural sample in MMBind's alignment (seeded draw); 0 = all
     embedding_dtype: str = "float16"
     collect_wave: int = 64  # nodes asked for their uploads at once; each wave is stored before the next, so memory is bounded by a wave
     growth_plan: str = ""  # a Babel GrowthPlan (shipped name or .toml) instead of MMBind's one stage
@@ -203,6 +205,8 @@ class CampaignConfig:
             raise ValueError("discovery-timeout and round-timeout must be positive: every wait is bounded")
         if self.dropout_mode not in ("raise", "stall"):
             raise ValueError(f"dropout-mode must be 'raise' or 'stall', got {self.dropout_mode!r}")
+        if not math.isfinite(self.pseudo_share) or self.pseudo_share < 0:
+            raise ValueError(f"pseudo-share must be a finite number >= 0 (0: every pseudo-pair), got {self.pseudo_share}")
         if self.collect_wave < 1:
             raise ValueError(f"collect-wave must be >= 1 (nodes asked for uploads at once), got {self.collect_wave}")
         if self.embedding_dtype not in ("float16", "float32", "int8"):
@@ -243,7 +247,8 @@ class CampaignConfig:
     def align(self) -> AlignConfig:
         from common.mmbind import AlignConfig
 
-        return AlignConfig(epochs=self.align_epochs, batch_size=self.align_batch_size, lr=self.align_lr, temperature=self.align_temperature)
+        return AlignConfig(epochs=self.align_epochs, batch_size=self.align_batch_size, lr=self.align_lr, temperature=self.align_temperature,
+                           pseudo_share=self.pseudo_share)  # fmt: skip
 
     def head(self) -> HeadConfig:
         from common.evaluate import HeadConfig

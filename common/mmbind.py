@@ -127,18 +127,40 @@ class AlignConfig(ContrastiveConfig):
     """MMBind's alignment stage: the contrastive settings, which adapters train, logging."""
 
     train_modalities: list[str] | None = None  # adapters that train; None = all present
+    pseudo_share: float = 0.0  # at most this many pseudo-pairs per natural sample (a seeded draw); 0 = every pair
     log_every: int = 0
     history: list = field(default_factory=list)
+
+
+def cap_pseudo_pairs(samples: SampleSet, share: float, seed: int = 0) -> SampleSet:
+    """At most ``share`` pseudo-pairs (``kind`` 1) per natural sample, drawn without replacement (seeded); 0 = no cap.
+
+    Sensor binding makes a pair for every window of both unlabelled groups, so
+    pseudo-pairs can outnumber the natural samples several to one and, at about
+    0.7 pair accuracy, drown the real pairs. The natural samples are all kept,
+    in their order; the kept pairs keep theirs.
+    """
+    if share < 0 or not np.isfinite(share):
+        raise ValueError(f"pseudo-pair share must be a finite number >= 0 (0: no cap), got {share}")
+    pseudo = np.flatnonzero(samples.kind == 1)
+    cap = int(share * int((samples.kind == 0).sum()))
+    if share == 0 or len(pseudo) <= cap:
+        return samples
+    keep = np.sort(np.random.default_rng([seed, 0x5EED]).choice(pseudo, size=cap, replace=False))
+    return samples.take(np.sort(np.concatenate([np.flatnonzero(samples.kind != 1), keep])))
 
 
 def align(model: AlignedModel, samples: SampleSet, cfg: AlignConfig, device: torch.device, seed: int = 0) -> list[dict]:
     """Weighted multi-view contrastive training of adapters + prototype on features.
 
-    Natural samples weigh 1, pseudo-pairs their pair weight; a sample's
-    absent modalities take no part. Returns the per-epoch loss history.
+    Natural samples weigh 1, pseudo-pairs their pair weight (at most
+    ``cfg.pseudo_share`` of them per natural sample); a sample's absent
+    modalities take no part. Minibatches keep the samples that hold one window
+    apart (``SampleSet.spread_order``). Returns the per-epoch loss history.
     """
     if len(samples) == 0:
         raise ValueError("align: no samples")
+    samples = cap_pseudo_pairs(samples, cfg.pseudo_share, seed)
     unknown = [m for m in samples.modalities if m not in model.adapters]
     if unknown:
         raise KeyError(f"align: the model has no tower for {unknown}")

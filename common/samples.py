@@ -130,8 +130,49 @@ class SampleSet:
                 keys[m] = torch.from_numpy(self.keys[m][sel[present]]).to(device)
         return Batch(inputs, masks, torch.from_numpy(self.weight[rows]).to(device), torch.from_numpy(self.label[rows]).to(device), keys)
 
+    def copies(self) -> tuple[np.ndarray, np.ndarray]:
+        """For each sample, how many samples share its most shared window (1: none other), and which of them it is (0-based).
+
+        A window bound into many pseudo-pairs (a gallery window can be the best
+        match of dozens) is held by that many samples; the rank follows row order.
+        """
+        n = len(self)
+        count, rank = np.ones(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+        for m, idx in self.index.items():
+            rows = np.flatnonzero(idx >= 0)
+            if not len(rows):
+                continue
+            _, inverse, per_key = np.unique(self.keys[m][idx[rows]], return_inverse=True, return_counts=True)
+            c = per_key[inverse]
+            if c.max() == 1:
+                continue
+            by_key = np.argsort(inverse, kind="stable")  # rows of one key together, in row order
+            starts = np.concatenate([[0], np.cumsum(per_key)[:-1]])
+            r = np.empty(len(rows), dtype=np.int64)
+            r[by_key] = np.arange(len(rows)) - np.repeat(starts, per_key)
+            more = c > count[rows]
+            count[rows[more]], rank[rows[more]] = c[more], r[more]
+        return count, rank
+
+    def spread_order(self, rng: np.random.Generator) -> np.ndarray:
+        """A random order of the samples in which the samples holding one window lie about ``n / copies`` apart.
+
+        Copy r of a window held by c samples goes to a uniform position in the
+        r-th of c equal stretches of the epoch, so two copies rarely share a
+        minibatch; every other sample goes to a uniform position anywhere. With
+        no window held twice (natural samples) this is ``rng.permutation``,
+        draw for draw.
+        """
+        order = rng.permutation(len(self))
+        count, rank = self.copies()
+        if count.max() <= 1:
+            return order
+        place = (rank[order] + rng.random(len(order))) / count[order]
+        return order[np.argsort(place, kind="stable")]
+
     def batches(self, batch_size: int, device: torch.device, rng: np.random.Generator | None = None, drop_last: bool = False) -> Iterator[Batch]:
-        order = rng.permutation(len(self)) if rng is not None else np.arange(len(self))
+        """Minibatches in a random order (``spread_order``), or in row order without ``rng``."""
+        order = self.spread_order(rng) if rng is not None else np.arange(len(self))
         stop = len(order) - (len(order) % batch_size if drop_last and len(order) > batch_size else 0)
         for i in range(0, stop, batch_size):
             yield self.batch(order[i : i + batch_size], device)

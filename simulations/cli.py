@@ -45,6 +45,8 @@ def experiment_mmbind(args, device) -> dict:
     st = replace(MMBindSettings.quick() if args.quick else MMBindSettings(), finetune_encoders=args.finetune_encoders)
     if args.objective:
         st = replace(st, pretrain=replace(st.pretrain, objective=args.objective))
+    if args.pseudo_share is not None:
+        st = replace(st, align=replace(st.align, pseudo_share=args.pseudo_share))
     return run(args.dataset, args.scenario, args.seeds, args.out or Path("runs") / f"mmbind-{Path(args.scenario).stem}", args.quick, device,
                methods=methods, settings=st)  # fmt: skip
 
@@ -162,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train the few-label step end to end on raw windows (default: frozen encoders, as a federated campaign)")
     p.add_argument("--objective", default="", choices=["", *OBJECTIVES],
                    help="self-supervised encoder objective (default: the settings' own, see docs/results.md for which won on validation)")
+    p.add_argument("--pseudo-share", type=float, default=None, metavar="S",
+                   help="at most S pseudo-pairs per natural sample in MMBind's alignment, a seeded draw (default: the settings' own; 0 = all)")
     p.set_defaults(func=experiment_mmbind)
     p = command(ex, "binding", "how accurate sensor-bound pseudo-pairs are, and whether similarity, margin or mutual matches tell the good ones",
                 "edgebind-sim experiment binding --seeds 5 --objective cross-modal")  # fmt: skip

@@ -402,3 +402,65 @@ def test_bound_pair_report_counts_what_the_labels_say():
     assert top["accuracy"] == 1.0  # every A window finds a B window of its class
     assert top["mutual_share"] == pytest.approx(0.6)  # a1 and a3 lose their partner to a0 and a2, the closer ones
     assert set(top["accuracy_by_margin"]) == {"wide_half", "narrow_half"}
+
+
+# --- pseudo-pairs in alignment: how many, and how they are batched -------------------------------
+
+
+def _natural_and_pairs(n_nat: int = 1000, n_pairs: int = 400, hub_copies: int = 40, seed: int = 0):
+    from common.mmbind import pseudo_pair_samples
+    from common.samples import SampleSet
+
+    rng = np.random.default_rng(seed)
+    X = {"a": rng.normal(size=(n_nat, 4)).astype(np.float32), "b": rng.normal(size=(n_nat, 4)).astype(np.float32)}
+    nat = SampleSet.natural(X)
+    i = np.arange(n_pairs) % n_nat
+    j = np.where(np.arange(n_pairs) < hub_copies, 7, rng.integers(0, n_nat, n_pairs))  # window b[7] is the best match of hub_copies windows
+    w = np.linspace(0.2, 1.0, n_pairs, dtype=np.float32)
+    pairs = binding.BoundPairs(i, j, w, w)
+    return nat, SampleSet.concat([nat, pseudo_pair_samples({"a": X["a"]}, {"b": X["b"]}, pairs)])
+
+
+def _most_copies_in_a_batch(s, order: np.ndarray, batch: int) -> int:
+    held = s.keys["b"][s.index["b"]]
+    return max(int(np.unique(held[order[k : k + batch]], return_counts=True)[1].max()) for k in range(0, len(order), batch))
+
+
+def test_batches_keep_the_samples_holding_one_window_apart():
+    nat, both = _natural_and_pairs()
+    count, rank = both.copies()
+    hub = count == 41  # the 40 pairs and the natural sample that hold b[7]
+    assert hub.sum() == 41 and sorted(rank[hub]) == list(range(41))
+    # natural samples alone: the order is rng.permutation's, draw for draw (so runs without pairs are unchanged)
+    assert (nat.spread_order(np.random.default_rng(3)) == np.random.default_rng(3).permutation(len(nat))).all()
+    spread = [_most_copies_in_a_batch(both, both.spread_order(np.random.default_rng(s)), 64) for s in range(20)]
+    plain = [_most_copies_in_a_batch(both, np.random.default_rng(s).permutation(len(both)), 64) for s in range(20)]
+    for s in range(3):
+        order = both.spread_order(np.random.default_rng(s))
+        assert sorted(order) == list(range(len(both)))
+    # 41 copies in 1400 samples are about 34 apart: two or three in a batch of 64, where a plain shuffle puts four or five
+    assert max(spread) <= 4 and np.mean(spread) < 3.2 and np.mean(plain) > np.mean(spread) + 0.8, (spread, plain)
+
+
+def test_pseudo_pairs_are_capped_by_share_of_the_natural_samples():
+    from common.mmbind import cap_pseudo_pairs
+
+    nat, both = _natural_and_pairs(n_nat=100, n_pairs=400, hub_copies=0)
+    assert cap_pseudo_pairs(both, 0.0) is both and cap_pseudo_pairs(both, 5.0) is both  # 0: no cap; 400 <= 500
+    kept = cap_pseudo_pairs(both, 1.5, seed=1)
+    assert (kept.kind == 1).sum() == 150 and (kept.kind == 0).sum() == 100
+    assert (kept.index["a"][kept.kind == 0] == nat.index["a"]).all()  # every natural sample, in its order
+    again = cap_pseudo_pairs(both, 1.5, seed=1)
+    assert (again.index["b"] == kept.index["b"]).all() and (again.weight == kept.weight).all()  # seeded
+    assert not (cap_pseudo_pairs(both, 1.5, seed=2).index["b"] == kept.index["b"]).all()
+    for bad in (-0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="pseudo-pair share"):
+            cap_pseudo_pairs(both, bad)
+
+
+def test_pseudo_share_is_a_checked_run_config_setting():
+    from common.config import CampaignConfig
+
+    assert CampaignConfig.from_run_config({"pseudo-share": 1.0}).align().pseudo_share == 1.0
+    with pytest.raises(ValueError, match="pseudo-share"):
+        CampaignConfig.from_run_config({"pseudo-share": -1.0})
