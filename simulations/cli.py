@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from common.cli import command, parser
+from common.binding import WEIGHT_RULES
 from common.pretrain import OBJECTIVES
 from common.processes import setup_logging
 
@@ -47,6 +48,8 @@ def experiment_mmbind(args, device) -> dict:
         st = replace(st, pretrain=replace(st.pretrain, objective=args.objective))
     if args.pseudo_share is not None:
         st = replace(st, align=replace(st.align, pseudo_share=args.pseudo_share))
+    if args.pair_rule:
+        st = replace(st, weighting=replace(st.weighting, rule=args.pair_rule))
     return run(args.dataset, args.scenario, args.seeds, args.out or Path("runs") / f"mmbind-{Path(args.scenario).stem}", args.quick, device,
                methods=methods, settings=st)  # fmt: skip
 
@@ -166,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="self-supervised encoder objective (default: the settings' own, see docs/results.md for which won on validation)")
     p.add_argument("--pseudo-share", type=float, default=None, metavar="S",
                    help="at most S pseudo-pairs per natural sample in MMBind's alignment, a seeded draw (default: the settings' own; 0 = all)")
+    p.add_argument("--pair-rule", default="", choices=["", *WEIGHT_RULES],
+                   help="how a sensor-bound pair's similarity becomes its weight (default: the settings' own, linear)")
     p.set_defaults(func=experiment_mmbind)
     p = command(ex, "binding", "how accurate sensor-bound pseudo-pairs are, and whether similarity, margin or mutual matches tell the good ones",
                 "edgebind-sim experiment binding --seeds 5 --objective cross-modal")  # fmt: skip

@@ -46,6 +46,16 @@ def test_sensor_bind_quick(tmp_path, capsys):
     assert "MMBind on hapt / sensor-bind" in capsys.readouterr().out
 
 
+def test_pair_rule_and_pseudo_share_reach_the_run_and_its_record(tmp_path):
+    out = tmp_path / "constant"
+    assert main(["experiment", "mmbind", "--scenario", "sensor-bind", "--seeds", "1", "--quick", "--methods", "mmbind",
+                 "--pair-rule", "constant", "--pseudo-share", "0.25", "--out", str(out)]) == 0  # fmt: skip
+    res = _check_results(out, ["mmbind"], "gravity+lin_acc")
+    assert res["settings"]["weighting"]["rule"] == "constant" and res["settings"]["align"]["pseudo_share"] == 0.25
+    (pairs,) = res["per_seed"][0]["pairs"]
+    assert pairs["mean_weight"] == 1.0 and set(pairs["report"]["weight"].values()) == {1.0}  # constant: every kept pair weighs 1
+
+
 def test_label_bind_on_a_generic_npz(tmp_path):
     hapt = load_dataset("hapt", virtual=False)
     rng = np.random.default_rng(0)
