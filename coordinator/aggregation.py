@@ -2,7 +2,8 @@
 
 ``checked_update`` refuses a reply whose tensors, shapes or sample count do
 not fit (NaN, a count above what the node holds); ``fedavg`` is the weighted
-mean the pretraining rounds use by default; the robust rules and federated
+mean the pretraining rounds use by default, taken one reply at a time as
+replies arrive (``RunningMean``); the robust rules and federated
 fine-tuning's strategies are Flower's own classes (``make_strategy``), run on
 plain state dicts (``strategy_average``, ``FinetuneAggregator``).
 """
@@ -30,25 +31,50 @@ def fedavg(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float
     w = np.asarray(weights, dtype=np.float64)
     if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
         raise ValueError(f"fedavg: weights must be finite, non-negative and not all zero, got {list(weights)}")
-    w = w / w.sum()
-    keys = list(states[0])
-    for i, s in enumerate(states[1:], 1):
-        if set(s) != set(keys):
-            raise ValueError(f"fedavg: state {i} has keys {sorted(set(s) ^ set(keys))[:3]} that state 0 does not share")
-    out: State = {}
-    for k in keys:
-        ref = states[0][k]
-        for i, s in enumerate(states):
-            if s[k].shape != ref.shape:
-                raise ValueError(f"fedavg: {k!r} has shape {tuple(s[k].shape)} in state {i}, {tuple(ref.shape)} in state 0")
-        if not ref.is_floating_point():
-            out[k] = ref.clone()
-            continue
-        acc = torch.zeros_like(ref, dtype=torch.float64)
-        for wi, s in zip(w, states):
-            acc += float(wi) * s[k].to(torch.float64)
-        out[k] = acc.to(ref.dtype)
-    return out
+    mean = RunningMean()
+    for s, wi in zip(states, w):
+        mean.add(s, float(wi))
+    return mean.result()
+
+
+class RunningMean:
+    """FedAvg one reply at a time: the weighted sum of the states so far, in float64, and their total weight.
+
+    A round's replies can be added as they arrive and dropped at once, so the
+    coordinator holds one running sum per block, not every node's state: its
+    memory does not grow with the fleet. Integer entries (step counters) come
+    from the first state; every later state must have its keys and shapes.
+    """
+
+    def __init__(self) -> None:
+        self.sum: State = {}  # floating entries: the weighted sum, float64
+        self.fixed: State = {}  # other entries: the first state's
+        self.first: dict[str, tuple[torch.Size, torch.dtype]] = {}  # every key in the first state's order: its shape and dtype
+        self.total = 0.0
+        self.count = 0
+
+    def add(self, state: Mapping[str, torch.Tensor], weight: float) -> None:
+        if not (math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"fedavg: weights must be finite and non-negative, got {weight}")
+        if self.count == 0:
+            self.first = {k: (v.shape, v.dtype) for k, v in state.items()}
+            self.fixed = {k: v.clone() for k, v in state.items() if not v.is_floating_point()}
+            self.sum = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in state.items() if v.is_floating_point()}
+        elif set(state) != set(self.first):
+            raise ValueError(f"fedavg: state {self.count} has keys {sorted(set(state) ^ set(self.first))[:3]} that state 0 does not share")
+        for k, v in state.items():
+            if v.shape != self.first[k][0]:
+                raise ValueError(f"fedavg: {k!r} has shape {tuple(v.shape)} in state {self.count}, {tuple(self.first[k][0])} in state 0")
+        for k, acc in self.sum.items():
+            acc += weight * state[k].to(torch.float64)
+        self.total += weight
+        self.count += 1
+
+    def result(self) -> State:
+        """The weighted mean, keys in the first state's order."""
+        if self.count == 0 or self.total <= 0:
+            raise ValueError("fedavg: no states, or weights that are all zero")
+        return {k: (self.sum[k] / self.total).to(dtype) if k in self.sum else self.fixed[k].clone() for k, (_, dtype) in self.first.items()}
 
 
 def checked_update(state: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor], n: object, cap: int, what: str) -> tuple[State, float]:

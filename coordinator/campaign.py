@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
 from common.codec import public_key_of, state_version
 from common.evaluate import confusion_metrics
@@ -170,13 +170,15 @@ def pretrain(st: CampaignState) -> dict:
             for m in n.modalities:
                 rd[f"encoder.{m}"], rd[f"head.{m}"] = arrays[m]["encoder"], arrays[m]["head"]
             contents[f] = rd
-        replies = st.send("pretrain", "train.pretrain", contents, rnd)
-        round_loss = {}
-        for m in sorted(held):
-            got = []  # (encoder state, head state, windows, loss) of each node whose reply checks out
-            for f, r in replies.items():
-                if m not in st.nodes[f].modalities:
-                    continue
+        # each reply is checked and added to its modality's running mean as it arrives, then dropped (FedAvg), so
+        # the coordinator holds one state per modality, whatever the fleet; a robust rule needs the round's states together
+        streaming = cfg.pretrain_strategy == "fedavg"
+        sums = {m: {"encoder": aggregation.RunningMean(), "head": aggregation.RunningMean()} for m in held}
+        kept: dict[str, list] = {m: [] for m in held}  # (encoder, head, windows) of each good reply, robust rules only
+        loss_sum, weight_sum = dict.fromkeys(held, 0.0), dict.fromkeys(held, 0.0)
+
+        def take(f: int, r: Message) -> None:
+            for m in sorted(held & set(st.nodes[f].modalities)):
                 try:
                     cap = st.nodes[f].part("train").windows
                     enc, n = aggregation.checked_update(r.content[f"encoder.{m}"].to_torch_state_dict(), st.global_states[m]["encoder"], r.content["metrics"][f"n.{m}"], cap, f"{m} encoder")
@@ -184,20 +186,31 @@ def pretrain(st: CampaignState) -> dict:
                     loss = float(r.content["metrics"][f"loss.{m}"])
                     if not np.isfinite(loss):
                         raise ValueError(f"{m} loss is {loss}")
-                    got.append((enc, head, n, loss))
                 except (KeyError, TypeError, ValueError) as e:
                     st.bad_reply(f, "pretrain", rnd, e)
-            if not got:
+                    continue
+                if streaming:
+                    sums[m]["encoder"].add(enc, n)
+                    sums[m]["head"].add(head, n)
+                else:
+                    kept[m].append((enc, head, n))
+                loss_sum[m] += loss * n
+                weight_sum[m] += n
+
+        replies = st.send("pretrain", "train.pretrain", contents, rnd, on_reply=take)
+        round_loss = {}
+        for m in sorted(held):
+            if weight_sum[m] == 0:
                 log.warning("[pretrain] round %d: no node returned %s; keeping the previous state", rnd, m)
                 continue
-            w = [n for _, _, n, _ in got]
-            for part, states in (("encoder", [enc for enc, _, _, _ in got]), ("head", [head for _, head, _, _ in got])):
-                if cfg.pretrain_strategy == "fedavg":
-                    st.global_states[m][part] = aggregation.fedavg(states, w)
+            for part in ("encoder", "head"):
+                if streaming:
+                    st.global_states[m][part] = sums[m][part].result()
                 else:  # a robust one of Flower's (median, trimmed mean), coordinate by coordinate
+                    states = [(enc if part == "encoder" else head, n) for enc, head, n in kept[m]]
                     strategy = aggregation.make_strategy(cfg.pretrain_strategy, cfg)
-                    st.global_states[m][part] = aggregation.strategy_average(strategy, rnd, st.global_states[m][part], list(zip(states, w)))
-            round_loss[m] = float(np.average([loss for *_, loss in got], weights=w))
+                    st.global_states[m][part] = aggregation.strategy_average(strategy, rnd, st.global_states[m][part], states)
+            round_loss[m] = loss_sum[m] / weight_sum[m]
         losses.append({"round": rnd, "nodes": len(replies), "loss": round_loss})
         log.info("[pretrain] round %d/%d: %d nodes, %s loss %s%s", rnd, cfg.pretrain_rounds, len(replies), cfg.pretrain_objective,
                  " ".join(f"{m}={v:.3f}" for m, v in round_loss.items()), time_left(t_rounds, rnd - first + 1, cfg.pretrain_rounds - first + 1))  # fmt: skip

@@ -3,8 +3,10 @@
 ``main``, the phase table (``PHASES``) and ``send``. The phases are plain
 functions over a ``CampaignState`` (``coordinator.campaign``, state in
 ``coordinator.state``); their learning is in ``coordinator.phases`` and
-``coordinator.aggregation``. ``send`` is Flower's ``send_and_receive``, never
-waiting longer than ``round-timeout`` (discovery waits ``discovery-timeout``).
+``coordinator.aggregation``. ``send`` is Flower's ``send_and_receive``, or its
+push and pull with each reply handed over as it arrives (``exchange_each``,
+pretraining), never waiting longer than ``round-timeout`` (discovery waits
+``discovery-timeout``).
 A node that errs or does not answer in time is recorded as missing (with the
 phase and round) and left out while it stays away; the campaign goes on with
 the others. A missing node that is connected again (its SuperNode restarted)
@@ -118,33 +120,48 @@ def _save_report(st: CampaignState, phase: str = "") -> None:
 
 
 def send(
-    grid: Grid, st: CampaignState, phase: str, kind: str, contents: dict[int, RecordDict], rnd: int = 0, timeout: float | None = None, record: bool = True
-) -> dict[int, Message]:
+    grid: Grid, st: CampaignState, phase: str, kind: str, contents: dict[int, RecordDict], rnd: int = 0, timeout: float | None = None,
+    record: bool = True, on_reply: Callable[[int, Message], None] | None = None,
+) -> dict[int, Message | None]:
     """One exchange; nodes that fail are recorded missing, nodes that refuse are logged; the rest's replies, by node.
 
     ``timeout`` defaults to ``round-timeout``. With ``record=False`` (asking
     nodes whether they are back, ``campaign.rejoin``) a node that fails or
-    refuses is passed over without a word: it is already on the books.
+    refuses is passed over without a word: it is already on the books. With
+    ``on_reply``, each good reply is handed to it as it arrives and not kept
+    (the values returned are None): a round's memory is then one reply, not
+    the fleet's (``exchange_each``).
     """
     timeout = st.cfg.round_timeout if timeout is None else timeout
     ttl = timeout + 60
     msgs = {f: Message(c, dst_node_id=f, message_type=kind, group_id=f"{phase}-{rnd}", ttl=ttl) for f, c in contents.items()}
-    replies, missing = exchange(grid, msgs, timeout)
-    if not record:
-        return {f: r for f, r in replies.items() if "error" not in r.content.config_records}
-    for f, reason in missing.items():
-        st.missing[st.who(f)] = {"phase": phase, "round": rnd, "reason": reason}
-        log.warning("[%s] node %s is missing: %s", phase, st.who(f), reason)
-    ok = {}
-    for f, r in replies.items():
+    ok: dict[int, Message | None] = {}
+
+    def take(f: int, r: Message) -> None:
         if "error" in r.content.config_records:
-            reason = str(r.content["error"]["reason"])
-            st.refused.append({"node": st.who(f), "phase": phase, "round": rnd, "reason": reason})
-            log.warning("[%s] node %s refused the message: %s", phase, st.who(f), reason)
-        else:
+            if record:
+                reason = str(r.content["error"]["reason"])
+                st.refused.append({"node": st.who(f), "phase": phase, "round": rnd, "reason": reason})
+                log.warning("[%s] node %s refused the message: %s", phase, st.who(f), reason)
+            return
+        if "timing" in r.content.metric_records:
+            st.node_compute += float(r.content["timing"]["compute-seconds"])
+        if on_reply is None:
             ok[f] = r
-            if "timing" in r.content.metric_records:
-                st.node_compute += float(r.content["timing"]["compute-seconds"])
+        else:
+            on_reply(f, r)
+            ok[f] = None
+
+    if on_reply is None:
+        replies, missing = exchange(grid, msgs, timeout)
+        for f, r in replies.items():
+            take(f, r)
+    else:
+        missing = exchange_each(grid, msgs, timeout, take)
+    if record:
+        for f, reason in missing.items():
+            st.missing[st.who(f)] = {"phase": phase, "round": rnd, "reason": reason}
+            log.warning("[%s] node %s is missing: %s", phase, st.who(f), reason)
     return ok
 
 
@@ -170,6 +187,43 @@ def exchange(grid: Grid, messages: dict[int, Message], timeout: float) -> tuple[
         if node not in replies and node not in missing:
             missing[node] = f"no reply within {timeout:g}s"
     return replies, missing
+
+
+def exchange_each(grid: Grid, messages: dict[int, Message], timeout: float, on_reply: Callable[[int, Message], None], every: float = 0.5) -> dict[int, str]:
+    """Push one message per node, then hand each reply to ``on_reply`` as it is pulled, for at most ``timeout`` seconds.
+
+    Flower's ``send_and_receive`` returns a round's replies together; pulled
+    here as they arrive, each reply can be used and dropped at once. Replies
+    are pulled at least once after the push. Returns why each other node is
+    missing (a Flower error, or no reply in time).
+    """
+    if not messages:
+        return {}
+    deadline = time.monotonic() + timeout
+    ids = list(grid.push_messages(list(messages.values())))
+    node_of = {mid: node for mid, node in zip(ids, messages)}
+    missing: dict[int, str] = {}
+    pending = set(ids)
+    while pending:
+        got = 0
+        for r in grid.pull_messages(list(pending)):
+            got += 1
+            mid = r.metadata.reply_to_message_id
+            if mid not in pending:
+                continue
+            pending.discard(mid)
+            node = node_of[mid]
+            if r.has_error():
+                missing[node] = f"error {r.error.code}: {_first_line(r.error.reason)}"
+            else:
+                on_reply(node, r)
+        if not pending or time.monotonic() >= deadline:
+            break
+        if not got:  # nothing new: wait a little before asking again
+            time.sleep(min(every, max(0.0, deadline - time.monotonic())))
+    for mid in pending:
+        missing[node_of[mid]] = f"no reply within {timeout:g}s"
+    return missing
 
 
 def _first_line(text: str, limit: int = 300) -> str:

@@ -88,10 +88,10 @@ def test_a_campaign_killed_mid_way_resumes_without_repeating_what_it_finished(tm
     whole, whole_grid = in_process_campaign(tmp_path / "whole", **{"pretrain-rounds": 3})
     real_send, real_bind, real_head = server_app.send, P.bind, P.fit_head
 
-    def dying_send(grid, st, phase, kind, contents, rnd=0):
+    def dying_send(grid, st, phase, kind, contents, rnd=0, **kw):
         if phase == "pretrain" and rnd == 2:
             raise RuntimeError("coordinator killed")
-        return real_send(grid, st, phase, kind, contents, rnd)
+        return real_send(grid, st, phase, kind, contents, rnd, **kw)
 
     def dying(*a, **kw):
         raise RuntimeError("coordinator killed")

@@ -13,11 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from uuid import uuid4
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
 
 from common.codec import public_key_of
 from coordinator.server_app import app as server_app
-from coordinator.server_app import exchange
+from coordinator.server_app import exchange, exchange_each
 from node_agent.data import dropouts, fleet_layout, node_id_of
 from tests.flower_grid import InProcessGrid, ManifestRewritingGrid, flower_env, in_process_campaign, synthetic_files  # noqa: F401  (flower_env: autouse)
 
@@ -230,6 +232,67 @@ def test_a_node_that_vanished_is_asked_whether_it_is_back_and_stays_out(tmp_path
     res, grid = in_process_campaign(tmp_path, dropout=0.2)
     assert res["state"] == "done" and len(res["missing_nodes"]) == 1 and res["rejoined"] == []
     assert grid.sent.count("query.manifest") > 7  # asked again after it went missing (7 nodes at the start)
+
+
+class TricklingGrid(InProcessGrid):
+    """Pretraining replies come one per pull, as they trickle in from a large fleet; counts how many pulled pretraining
+    replies the coordinator still holds when it pulls the next."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.handed: list = []
+        self.most_held = 0
+
+    def pull_messages(self, message_ids):
+        import gc
+        import weakref
+
+        gc.collect()
+        self.most_held = max(self.most_held, sum(ref() is not None for ref in self.handed))
+        got = list(super().pull_messages(message_ids))
+        if not got or got[0].metadata.message_type != "train.pretrain":
+            return got
+        for extra in got[1:]:  # back into the store, for the next pull
+            self.replies[extra.metadata.reply_to_message_id] = extra
+        self.handed.append(weakref.ref(got[0]))
+        return got[:1]
+
+
+def test_pretraining_replies_are_averaged_as_they_arrive_and_not_held(tmp_path):
+    res, grid = in_process_campaign(tmp_path, grid_cls=TricklingGrid)
+    assert res["state"] == "done" and not res["missing_nodes"]
+    assert len(grid.handed) == sum(r["nodes"] for r in res["phases"]["pretrain"]["rounds"]) >= 8
+    assert grid.most_held <= 1, grid.most_held  # the reply in hand at most: never the round's
+
+
+def test_exchange_each_hands_over_replies_and_names_the_missing():
+    data_ctx = {}
+    from tests.flower_grid import synthetic_files as _  # noqa: F401  (the grid needs no data for these messages)
+
+    class Grid3(InProcessGrid):
+        def push_messages(self, messages):
+            ids = []
+            for msg in messages:
+                mid = uuid4().hex
+                msg.metadata.__dict__["_message_id"] = mid
+                ids.append(mid)
+                node = msg.metadata.dst_node_id
+                if node == 2:
+                    reply = Message(Error(code=7, reason="ValueError: boom"), reply_to=msg)
+                elif node == 3:
+                    continue  # silent
+                else:
+                    reply = Message(RecordDict({"config": ConfigRecord({"node": node})}), reply_to=msg)
+                reply.metadata.__dict__["_message_id"] = uuid4().hex
+                self.replies[mid] = reply
+            return ids
+
+    got = []
+    grid = Grid3(data_ctx)
+    msgs = {n: Message(RecordDict(), dst_node_id=n, message_type="query.manifest") for n in (1, 2, 3, 4)}
+    missing = exchange_each(grid, msgs, timeout=0.3, on_reply=lambda f, r: got.append((f, int(r.content["config"]["node"]))), every=0.05)
+    assert sorted(got) == [(1, 1), (4, 4)]
+    assert missing == {2: "error 7: ValueError: boom", 3: "no reply within 0.3s"}
 
 
 def test_bad_messages_get_an_error_record_not_a_crash(tmp_path):
