@@ -250,16 +250,13 @@ def _maybe_vanish(node: Node, msg: Message, phase: str) -> None:
     drop = node.drop_round(int(cfg.get("rounds", 1)))
     if drop is None:
         return
-    if phase == "manifest" and cfg.get("rejoin", False):  # the coordinator asks a missing node whether it is back: a vanished one is not
-        if node.stall:
-            time.sleep(node.stall)
-        raise NodeVanished(f"node {node.node_id} dropped out (asked whether it is back)")
-    if PHASES.index(phase) < PHASES.index("pretrain"):
+    asked_back = phase == "manifest" and cfg.get("rejoin", False)  # the coordinator asks a missing node whether it is back: a vanished one is not
+    before_drop = PHASES.index(phase) < PHASES.index("pretrain") or (phase == "pretrain" and int(cfg.get("round", 0)) < drop)
+    if before_drop and not asked_back:
         return
-    if phase != "pretrain" or int(cfg.get("round", 0)) >= drop:
-        if node.stall:
-            time.sleep(node.stall)
-        raise NodeVanished(f"node {node.node_id} dropped out in pretraining round {drop} (now: {phase})")
+    if node.stall:
+        time.sleep(node.stall)
+    raise NodeVanished(f"node {node.node_id} dropped out in pretraining round {drop} (now: {phase})")
 
 
 def _modalities_in(msg: Message, node: Node, prefix: str) -> list[str]:
