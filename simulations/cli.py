@@ -37,6 +37,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="a small, fast run for tests and smoke checks")
 
 
+def _objective(args) -> str:
+    """The pretraining objective: ``--objective`` if given, else the scenario's own (chosen on its validation), else ""."""
+    from common.data.scenarios import Scenario
+
+    return args.objective or Scenario.load(args.scenario).objective
+
+
 def experiment_mmbind(args, device) -> dict:
     from dataclasses import replace
 
@@ -44,8 +51,8 @@ def experiment_mmbind(args, device) -> dict:
 
     methods = tuple(args.methods.split(",")) if args.methods else METHODS
     st = replace(MMBindSettings.quick() if args.quick else MMBindSettings(), finetune_encoders=args.finetune_encoders)
-    if args.objective:
-        st = replace(st, pretrain=replace(st.pretrain, objective=args.objective))
+    if objective := _objective(args):
+        st = replace(st, pretrain=replace(st.pretrain, objective=objective))
     if args.pseudo_share is not None:
         st = replace(st, align=replace(st.align, pseudo_share=args.pseudo_share))
     if args.pair_rule:
@@ -61,8 +68,8 @@ def experiment_binding(args, device) -> dict:
     from simulations.experiments.mmbind import MMBindSettings
 
     st = MMBindSettings.quick() if args.quick else MMBindSettings()
-    if args.objective:
-        st = replace(st, pretrain=replace(st.pretrain, objective=args.objective))
+    if objective := _objective(args):
+        st = replace(st, pretrain=replace(st.pretrain, objective=objective))
     return run(args.dataset, args.scenario, args.seeds, args.out or Path("runs") / f"binding-{Path(args.scenario).stem}", args.quick, device, settings=st)
 
 
@@ -166,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-encoders", action="store_true",
                    help="train the few-label step end to end on raw windows (default: frozen encoders, as a federated campaign)")
     p.add_argument("--objective", default="", choices=["", *OBJECTIVES],
-                   help="self-supervised encoder objective (default: the settings' own, see docs/results.md for which won on validation)")
+                   help="self-supervised encoder objective (default: the scenario's own, else the settings' own; see docs/results.md for which won on validation)")
     p.add_argument("--pseudo-share", type=float, default=None, metavar="S",
                    help="at most S pseudo-pairs per natural sample in MMBind's alignment, a seeded draw (default: the settings' own; 0 = all)")
     p.add_argument("--pair-rule", default="", choices=["", *WEIGHT_RULES],
@@ -176,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "edgebind-sim experiment binding --seeds 5 --objective cross-modal")  # fmt: skip
     _common(p)
     p.add_argument("--scenario", default="sensor-bind", help="shipped scenario name or a .toml path (sensor binding)")
-    p.add_argument("--objective", default="", choices=["", *OBJECTIVES], help="self-supervised objective of the shared encoder (default: the experiments' own)")
+    p.add_argument("--objective", default="", choices=["", *OBJECTIVES], help="self-supervised objective of the shared encoder (default: the scenario's own, else the experiments' own)")
     p.set_defaults(func=experiment_binding)
     p = command(ex, "babel", "Babel expandable alignment", "edgebind-sim experiment babel --plan hapt-gyro-trunk --seeds 3 --kd-weights 1,3,10,30")
     _common(p)

@@ -57,8 +57,9 @@ def _reference_settings(quick: bool):
     from simulations.experiments.mmbind import MMBindSettings
 
     o = _campaign_overrides(quick)
+    objective = Scenario.load(SCENARIO).objective or PretrainConfig.objective  # the campaign's own (simulations.fleet)
     return MMBindSettings(
-        pretrain=PretrainConfig(epochs=o["pretrain_rounds"] * o["local_epochs"]),
+        pretrain=PretrainConfig(objective=objective, epochs=o["pretrain_rounds"] * o["local_epochs"]),
         align=AlignConfig(epochs=o["align_epochs"]),
         head=HeadConfig(steps=o["head_steps"], finetune_steps=o["head_finetune_steps"]),
         raw_head=HeadConfig(steps=o["head_steps"] // 2, finetune_steps=o["finetune_rounds"] * o["finetune_steps"], finetune_lr_scales=(3.0,)),

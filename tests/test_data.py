@@ -156,3 +156,26 @@ def test_bad_scenarios_are_refused_before_training(hapt, tmp_path):
         Scenario.load(tmp_path / "s.toml")
     with pytest.raises(ValueError, match="no shipped scenario 'nope'"):
         Scenario.load("nope")
+
+
+def test_a_scenarios_objective_is_checked_and_followed_by_fleets_and_experiments(tmp_path):
+    import argparse
+
+    from simulations.cli import _objective
+    from simulations.fleet import fleet_config
+
+    tables = {"shared": "gyro", "group": [{"name": "a", "modalities": ["gyro"], "share": 0.5}],
+              "validation": {"modalities": ["gyro"], "share": 0.1}, "test": {"modalities": ["gyro"], "share": 0.1}}  # fmt: skip
+    with pytest.raises(ValueError, match="objective must be one of contrastive, masked, cross-modal, got 'simclr'"):
+        Scenario.from_dict({**tables, "objective": "simclr"})
+    assert Scenario.from_dict(tables).objective == ""  # none named: the settings' own
+    assert Scenario.load("sensor-bind").objective == "cross-modal"  # chosen on its validation (docs/results.md)
+    cfg, _, _ = fleet_config("hapt", "sensor-bind", None, 0, tmp_path, True, None, None)
+    assert cfg.pretrain_objective == "cross-modal"
+    cfg, _, _ = fleet_config("hapt", "sensor-bind", None, 0, tmp_path, True, None, None, pretrain_objective="masked")
+    assert cfg.pretrain_objective == "masked"  # a run config given wins
+    cfg, _, _ = fleet_config("hapt", "fleet-labelled", None, 0, tmp_path, True, None, None)
+    assert cfg.pretrain_objective == "contrastive"
+    assert _objective(argparse.Namespace(objective="", scenario="sensor-bind")) == "cross-modal"
+    assert _objective(argparse.Namespace(objective="masked", scenario="sensor-bind")) == "masked"
+    assert _objective(argparse.Namespace(objective="", scenario="label-bind")) == ""

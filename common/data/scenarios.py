@@ -71,6 +71,7 @@ class Scenario:
     description: str = ""
     binding: str = "sensor"  # "sensor" (through `shared`) or "label"
     dropout: float = 0.0  # share of nodes that vanish mid-round in a fleet run
+    objective: str = ""  # the encoders' self-supervised objective chosen on this scenario's validation ("": the settings' own)
 
     def __post_init__(self) -> None:
         names = [g.name for g in self.groups]
@@ -94,6 +95,11 @@ class Scenario:
                 explicit[s] = g.name
         if not 0 <= self.dropout < 1:
             raise ValueError(f"scenario {self.name!r}: dropout must be in [0, 1), got {self.dropout}")
+        if self.objective:
+            from common.pretrain import OBJECTIVES
+
+            if self.objective not in OBJECTIVES:
+                raise ValueError(f"scenario {self.name!r}: objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
 
     @property
     def modalities(self) -> list[str]:
