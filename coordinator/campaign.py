@@ -346,7 +346,8 @@ def finetune(st: CampaignState) -> dict:
     t_rounds = time.monotonic()
     for rnd in range(1, cfg.finetune_rounds + 1):
         picked = [ids[i] for i in sorted(draw.choice(len(ids), size=per_round, replace=False))]  # FedAvg's client sampling
-        contents = {f: RecordDict({"config": ConfigRecord({**base, "round": rnd}), "arrays": ArrayRecord(for_node(current, trainers[f]))}) for f in picked}
+        arrays = records_for(current, {f: trainers[f] for f in picked})
+        contents = {f: RecordDict({"config": ConfigRecord({**base, "round": rnd}), "arrays": arrays[f]}) for f in picked}
         replies = st.send("finetune", "train.finetune", contents, rnd)
         got = []
         for f, r in replies.items():
@@ -385,7 +386,8 @@ def finetune(st: CampaignState) -> dict:
 
 def score(st: CampaignState, flat: dict, nodes: dict[int, NodeInfo], role: str, rnd: int) -> dict:
     """Pooled accuracy and macro-F1 of a candidate model on the given nodes' ``role`` windows (nothing installed)."""
-    contents = {f: RecordDict({"config": ConfigRecord({"role": role, **st.tower_config()}), "arrays": ArrayRecord(for_node(flat, n))}) for f, n in nodes.items()}
+    arrays = records_for(flat, nodes)
+    contents = {f: RecordDict({"config": ConfigRecord({"role": role, **st.tower_config()}), "arrays": arrays[f]}) for f in nodes}
     replies = st.send(f"finetune-{role}", "query.validate", contents, rnd)
     if not replies:  # unscored: never chosen (NaN compares false), and the campaign goes on
         log.warning("[finetune] round %d: no %s node could score the model", rnd, role)
@@ -455,3 +457,17 @@ def evaluate(st: CampaignState) -> dict:
 def for_node(flat: dict, node: NodeInfo) -> dict:
     """The part of a flat model state a node can use: its modalities' blocks and the shared prototype."""
     return {k: v for k, v in flat.items() if block_of(k) in (*node.modalities, SHARED_BLOCK)}
+
+
+def records_for(flat: dict, nodes: dict[int, NodeInfo]) -> dict[int, ArrayRecord]:
+    """Each node's part of a flat model state as an ArrayRecord, made once per set of modalities and shared by the
+    nodes holding that set: a round's messages cost the coordinator one serialised model per kind of node, not one
+    per node (at 1000 nodes that was a copy of the model per node, held until the round ended)."""
+    made: dict[tuple[str, ...], ArrayRecord] = {}
+    out = {}
+    for f, n in nodes.items():
+        key = tuple(sorted(n.modalities))
+        if key not in made:
+            made[key] = ArrayRecord(for_node(flat, n))
+        out[f] = made[key]
+    return out

@@ -168,3 +168,20 @@ def test_a_row_stack_gathers_what_concatenating_would():
     both = SampleSet.concat([shared, shared.take(np.array([4, 0]))])
     assert both.sources["gyro"] is parts[0]  # sets pointing into the same windows share them
     np.testing.assert_array_equal(both.sources["gyro"][both.index["gyro"]], parts[0][[0, 1, 2, 3, 4, 4, 0]])
+
+
+def test_a_rounds_model_is_serialised_once_per_kind_of_node_not_once_per_node():
+    from coordinator.campaign import for_node, records_for
+
+    flat = {"model.encoders.gyro.w": torch.randn(64, 32), "model.encoders.lin_acc.w": torch.randn(64, 32), "model.prototype.w": torch.randn(8, 8)}
+    nodes = {f: P.NodeInfo(f"node-{f}", "sa" if f % 2 else "sb", "train", ["gyro", "lin_acc"] if f % 2 else ["gyro"]) for f in range(1, 301)}
+    tracemalloc.start()
+    arrays = records_for(flat, nodes)
+    held = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert len({id(a) for a in arrays.values()}) == 2  # one record per set of modalities
+    one = sum(v.numel() * v.element_size() for v in flat.values())
+    assert held < 4 * one  # 300 nodes' messages, about two models' worth (one per per-node copy would be 150 times this)
+    for f, n in nodes.items():  # and each node still gets exactly its own part
+        assert sorted(arrays[f].keys()) == sorted(for_node(flat, n))
+        assert all(np.array_equal(arrays[f][k].numpy(), for_node(flat, n)[k].numpy()) for k in arrays[f].keys())
