@@ -129,7 +129,7 @@ class CampaignConfig:
     dropout_mode: str = "raise"
     client_threads: int = 1
     # schedule
-    pretrain_objective: str = "contrastive"
+    pretrain_objective: str = ""  # "": the scenario's own (chosen on its validation), else contrastive; see ``objective_for``
     pretrain_rounds: int = 5  # x local-epochs = the central experiments' 20 pretraining epochs
     local_epochs: int = 4
     pretrain_batch_size: int = 128
@@ -195,6 +195,10 @@ class CampaignConfig:
         cfg.check()
         return cfg
 
+    def objective_for(self, scenario_objective: str) -> str:
+        """The pretraining objective a campaign runs: the run config's if it names one, else the scenario's, else contrastive."""
+        return self.pretrain_objective or scenario_objective or "contrastive"
+
     def to_run_config(self) -> dict[str, Any]:
         return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
 
@@ -242,7 +246,7 @@ class CampaignConfig:
     def pretrain(self) -> PretrainConfig:
         from common.pretrain import PretrainConfig
 
-        return PretrainConfig(objective=self.pretrain_objective, epochs=self.local_epochs, batch_size=self.pretrain_batch_size, lr=self.pretrain_lr)
+        return PretrainConfig(objective=self.objective_for(""), epochs=self.local_epochs, batch_size=self.pretrain_batch_size, lr=self.pretrain_lr)
 
     def align(self) -> AlignConfig:
         from common.mmbind import AlignConfig

@@ -83,9 +83,10 @@ class CampaignState:
         """A new campaign's state: its id, results path, device and signing key; the scenario and growth plan checked."""
         campaign_id = cfg.campaign_id or f"campaign-{run_id}"
         device = pick_device(cfg.device or None)
+        scenario = Scenario.load(cfg.scenario)
+        cfg.pretrain_objective = cfg.objective_for(scenario.objective)  # recorded resolved, so a resume runs the same objective
         config = {k: v for k, v in cfg.to_run_config().items() if k not in ("signing-key", "resume")}
         key, key_id, key_source = phases.signing_key(cfg.signing_key, cfg.signing_key_id, os.environ, cfg.signing_key_file)
-        scenario = Scenario.load(cfg.scenario)
         if cfg.growth_plan:
             from common.growth import GrowthPlan
 

@@ -59,8 +59,6 @@ def fleet_config(
         "coordinator-threads": 1,  # the virtual nodes share the cores; oversubscribed BLAS threads crawl
         "signing-key-file": str(_fleet_key(out)),
     }  # fmt: skip
-    if sc.objective:
-        base["pretrain-objective"] = sc.objective  # the scenario's own, chosen on its validation; a run config given wins
     base.update({k.replace("_", "-"): v for k, v in overrides.items()})
     cfg = CampaignConfig.from_run_config(base)
     plan = dropouts(sc, len(layout), share, seed, cfg.pretrain_rounds) if share > 0 else {}

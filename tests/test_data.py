@@ -171,11 +171,13 @@ def test_a_scenarios_objective_is_checked_and_followed_by_fleets_and_experiments
     assert Scenario.from_dict(tables).objective == ""  # none named: the settings' own
     assert Scenario.load("sensor-bind").objective == "cross-modal"  # chosen on its validation (docs/results.md)
     cfg, _, _ = fleet_config("hapt", "sensor-bind", None, 0, tmp_path, True, None, None)
-    assert cfg.pretrain_objective == "cross-modal"
+    assert cfg.objective_for(Scenario.load("sensor-bind").objective) == "cross-modal"  # what CampaignState.start runs and records
     cfg, _, _ = fleet_config("hapt", "sensor-bind", None, 0, tmp_path, True, None, None, pretrain_objective="masked")
-    assert cfg.pretrain_objective == "masked"  # a run config given wins
+    assert cfg.objective_for(Scenario.load("sensor-bind").objective) == "masked"  # a run config given wins
     cfg, _, _ = fleet_config("hapt", "fleet-labelled", None, 0, tmp_path, True, None, None)
-    assert cfg.pretrain_objective == "contrastive"
+    assert cfg.objective_for(Scenario.load("fleet-labelled").objective) == "contrastive"
+    with pytest.raises(ValueError, match="pretraining objective must be one of"):
+        fleet_config("hapt", "sensor-bind", None, 0, tmp_path, True, None, None, pretrain_objective="simclr")
     assert _objective(argparse.Namespace(objective="", scenario="sensor-bind")) == "cross-modal"
     assert _objective(argparse.Namespace(objective="masked", scenario="sensor-bind")) == "masked"
     assert _objective(argparse.Namespace(objective="", scenario="label-bind")) == ""

@@ -539,7 +539,7 @@ def test_the_schedules_match_the_central_experiments():
 
     for cfg, st in ((CampaignConfig(), MMBindSettings()), (CampaignConfig.from_run_config({"quick": True}), MMBindSettings.quick())):
         assert cfg.pretrain_rounds * cfg.local_epochs == st.pretrain.epochs
-        assert (cfg.align_epochs, cfg.head_steps, cfg.pretrain_objective) == (st.align.epochs, st.head.steps, st.pretrain.objective)
+        assert (cfg.align_epochs, cfg.head_steps, cfg.pretrain().objective) == (st.align.epochs, st.head.steps, st.pretrain.objective)
         assert cfg.head() == st.head
         assert (cfg.bind_k, cfg.label_pairs_per_sample, cfg.weighting()) == (st.k, st.label_pairs_per_sample, st.weighting)
     assert CampaignConfig.from_run_config({"quick": True}).window_cap() == MMBindSettings.quick().max_windows_per_group == 160
