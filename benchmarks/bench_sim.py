@@ -6,7 +6,8 @@ window of HAPT spread over the nodes) in a child process, and prints per phase: 
 report (CPU-seconds summed over nodes), and the coordinator's own learning
 (bind, grow, head). The orchestration share is what is left of the wall time
 once the learning work, spread over the engine's CPUs, is taken out. Figures
-are ratios against the smallest fleet, measured in the same run.
+are ratios against the smallest fleet, measured in the same run. The driver's
+peak memory is printed after each phase, so the phase that grows with the fleet shows.
 
     python benchmarks/bench_sim.py --sizes 10,100,1000
 """
@@ -76,6 +77,8 @@ def main() -> None:
             rows.append(r)
             phases = ", ".join(f"{k} {v['seconds']:.1f}s" for k, v in r["phases"].items())
             print(f"  {n} nodes: state {r['state']}, {len(r['missing'])} missing; wall {r['wall']:.1f}s (campaign {r['campaign']:.1f}s); {phases}", flush=True)
+            peaks = ", ".join(f"{k} {v['process_peak_mib']:.0f}" for k, v in r["phases"].items() if "process_peak_mib" in v)
+            print(f"  driver's peak MiB after each phase (it only rises; where it rises is where the memory went): {peaks}", flush=True)
     base = rows[0]
     print(f"\n{'nodes':>6} {'wall s':>8} {'x base':>7} {'per node':>9} {'campaign s':>11} {'node work':>10} {'coord work':>11} {'orchestration':>14} {'peak MiB':>9}")
     for r in rows:

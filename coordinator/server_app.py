@@ -106,9 +106,17 @@ def _phase(st: CampaignState, name: str, step: Callable[[CampaignState], dict]) 
     figures = step(st) or {}
     figures["seconds"] = round(time.time() - t, 3)
     figures["node_compute_seconds"] = round(st.node_compute, 3)  # summed over nodes: work, not orchestration
+    figures["process_peak_mib"] = process_peak_mib()  # the coordinator process's peak so far (a simulation's: the driver's)
     st.results["phases"][name] = figures
     log.info("[%s] done in %.1fs %s", name, figures["seconds"], _brief(figures))
     _save_report(st, name)
+
+
+def process_peak_mib() -> float:
+    """This process's peak resident memory so far, in MiB: it only rises, so the phase where it rose is the one to look at."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
 
 
 def _save_report(st: CampaignState, phase: str = "") -> None:

@@ -391,6 +391,8 @@ def test_fleet_campaign_on_hapt(tmp_path):
     assert res["fleet"]["nodes"] == 6 and len(res["nodes"]) == 6
     assert len(res["fleet"]["dataset_sha256"]) == 64 and res["fleet"]["commit"] != "unknown"
     assert res["phases"]["push"]["nodes_applied"] == 6
+    peaks = [p["process_peak_mib"] for p in res["phases"].values()]  # the driver's peak after each phase, for bench_sim
+    assert peaks[0] > 100 and peaks == sorted(peaks), peaks
     assert json.loads((tmp_path / "fleet" / "results.json").read_text())["accuracy"] == res["accuracy"]
     # federated fine-tuning on the labelled node: the chosen round is the pushed model, whose encoders went out too
     ft = res["finetune"]
