@@ -57,7 +57,7 @@ def _reference_settings(quick: bool):
     from simulations.experiments.mmbind import MMBindSettings
 
     o = _campaign_overrides(quick)
-    objective = Scenario.load(SCENARIO).objective or PretrainConfig.objective  # what the campaign runs (coordinator.state resolves it the same way)
+    objective = CampaignConfig().objective_for(Scenario.load(SCENARIO).objective)  # the campaign's rule (coordinator.state), so both run one objective
     return MMBindSettings(
         pretrain=PretrainConfig(objective=objective, epochs=o["pretrain_rounds"] * o["local_epochs"]),
         align=AlignConfig(epochs=o["align_epochs"]),
