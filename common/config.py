@@ -142,6 +142,8 @@ class CampaignConfig:
     head_mode: str = "finetune"
     head_steps: int = 400
     head_finetune_steps: int = 300
+    head_self_train_steps: int = 300  # then on the unlabelled uploads the chosen head labels surely (0: off); kept only where validation gains
+    head_self_train_threshold: float = 0.8  # a pseudo-label's least confidence (chosen on sensor-bind's validation subjects)
     # federated fine-tuning (after the head): labelled nodes train encoders and adapters end to end (the head too if finetune-head-lr > 0)
     finetune_rounds: int = 10  # 0 = the coordinator's head on features is the final model
     finetune_steps: int = 10  # local steps per round (batches of a node's labelled windows, augmented); few: nodes hold one or two activities
@@ -169,7 +171,7 @@ class CampaignConfig:
     signing_key_id: str = ""
 
     # The one quick schedule (tests, smoke runs, the experiments' --quick); it replaces what the run config says.
-    QUICK = {"pretrain_rounds": 2, "local_epochs": 1, "align_epochs": 4, "head_steps": 60, "head_finetune_steps": 40,
+    QUICK = {"pretrain_rounds": 2, "local_epochs": 1, "align_epochs": 4, "head_steps": 60, "head_finetune_steps": 40, "head_self_train_steps": 40,
              "finetune_rounds": 2, "finetune_steps": 20}  # fmt: skip
     QUICK_MAX_WINDOWS = 160  # windows per group a simulated node keeps under quick, unless max-windows-per-group says otherwise
 
@@ -231,6 +233,7 @@ class CampaignConfig:
             raise ValueError(f"finetune-fraction must be in (0, 1], got {self.finetune_fraction}")
         self.weighting()  # checks the pair settings
         self.pretrain()
+        self.head()
 
     def window_cap(self) -> int:
         """Windows per group a simulated node keeps (0: all)."""
@@ -257,7 +260,8 @@ class CampaignConfig:
     def head(self) -> HeadConfig:
         from common.evaluate import HeadConfig
 
-        return HeadConfig(mode=self.head_mode, steps=self.head_steps, finetune_steps=self.head_finetune_steps)
+        return HeadConfig(mode=self.head_mode, steps=self.head_steps, finetune_steps=self.head_finetune_steps,
+                          self_train_steps=self.head_self_train_steps, self_train_threshold=self.head_self_train_threshold)  # fmt: skip
 
     def weighting(self) -> PairWeighting:
         from common.binding import PairWeighting

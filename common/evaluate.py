@@ -1,8 +1,9 @@
 """Few-label heads and metrics.
 
 The head (and, when fine-tuning, the towers) is trained on the few labelled
-windows; the stage and step are chosen on validation subjects only; the test
-figures are those of that chosen model. The test set never takes part in any choice.
+windows, then self-trained on the unlabelled windows it labels surely; the
+stage and step are chosen on validation subjects only; the test figures are
+those of that chosen model. The test set never takes part in any choice.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ class HeadConfig:
     modality_dropout: float = 0.3  # chance that a multi-modal sample trains on a random subset of its modalities
     augment: bool = True  # augment raw windows while fine-tuning (see common.pretrain.augment)
     finetune_lr_scales: tuple[float, ...] = (1.0,)  # fine-tuning runs once per scale of the tower/encoder rates; validation keeps the best
+    self_train_steps: int = 300  # then, on unlabelled samples the chosen model labels surely, this many steps more (0: off)
+    self_train_threshold: float = 0.8  # a pseudo-label's least confidence (top class probability; chosen on sensor-bind's validation)
 
     def __post_init__(self) -> None:
         if self.mode not in ("linear", "finetune"):
@@ -52,6 +55,8 @@ class HeadConfig:
             raise ValueError(f"head steps must be >= 1 (fine-tune steps >= 0), got {self.steps}, {self.finetune_steps}")
         if not 0 <= self.modality_dropout <= 1:
             raise ValueError(f"modality_dropout must be in [0, 1], got {self.modality_dropout}")
+        if self.self_train_steps < 0 or not 0 < self.self_train_threshold <= 1:
+            raise ValueError(f"self-training needs steps >= 0 and a threshold in (0, 1], got {self.self_train_steps}, {self.self_train_threshold}")
 
 
 def confusion_metrics(confusion: np.ndarray) -> dict[str, float]:
@@ -86,13 +91,16 @@ def embed_batch(model: AlignedModel, batch, features: bool = False) -> dict[str,
 
 
 @torch.no_grad()
-def predict(model: AlignedModel, head: FusionHead, samples: SampleSet, device: torch.device, batch_size: int = 512, features: bool = False) -> np.ndarray:
+def predict_proba(model: AlignedModel, head: FusionHead, samples: SampleSet, device: torch.device, batch_size: int = 512, features: bool = False) -> np.ndarray:
+    """Class probabilities, one row per sample."""
     model.eval()
     head.eval()
-    preds = []
-    for b in samples.batches(batch_size, device):
-        preds.append(head(embed_batch(model, b, features), b.masks).argmax(-1).cpu().numpy())
-    return np.concatenate(preds) if preds else np.empty(0, dtype=np.int64)
+    probs = [torch.softmax(head(embed_batch(model, b, features), b.masks), -1).cpu().numpy() for b in samples.batches(batch_size, device)]
+    return np.concatenate(probs) if probs else np.empty((0, head.n_classes), dtype=np.float32)
+
+
+def predict(model: AlignedModel, head: FusionHead, samples: SampleSet, device: torch.device, batch_size: int = 512, features: bool = False) -> np.ndarray:
+    return predict_proba(model, head, samples, device, batch_size, features).argmax(-1)
 
 
 def drop_modalities(masks: dict[str, torch.Tensor], p: float, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -143,13 +151,20 @@ def fit_head(
     device: torch.device,
     seed: int = 0,
     features: bool = False,
+    unlabelled: SampleSet | None = None,
 ) -> tuple[AlignedModel, FusionHead, dict]:
     """Train a fusion head on ``train`` (labelled rows only); every choice is made by validation macro-F1.
 
     A linear probe on the frozen towers comes first; with ``cfg.mode ==
     "finetune"`` the towers then train too (adapters and prototype; encoders
     as well when the samples are raw windows), starting from the best probe.
-    Returns copies of the chosen model and head, and a record of the choice.
+    With ``cfg.self_train_steps`` and ``unlabelled`` samples, the model chosen
+    so far labels those samples, and from it the same rates train on the
+    labelled samples and the surely labelled ones (top class probability at
+    least ``cfg.self_train_threshold``), half of each batch from each; like
+    every stage, it replaces the model only where it does better on
+    validation. Returns copies of the chosen model and head, and a record of
+    the choice.
     """
     labelled = train.take(np.flatnonzero(train.label >= 0))
     if len(labelled) == 0:
@@ -170,7 +185,7 @@ def fit_head(
     history = []
     batch = min(cfg.batch_size, len(labelled))
 
-    def run(stage: str, steps: int, opt: torch.optim.Optimizer, tune_towers: bool) -> None:
+    def run(stage: str, steps: int, opt: torch.optim.Optimizer, tune_towers: bool, extra: SampleSet | None = None) -> None:
         nonlocal best, best_state
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
         for step in range(1, steps + 1):
@@ -178,6 +193,9 @@ def fit_head(
             head.train()
             b = labelled.batch(rng.choice(len(labelled), size=batch, replace=False), device)
             loss = batch_loss(model, head, b, gen, cfg.modality_dropout, augment=tune_towers and cfg.augment and not features, features=features)
+            if extra is not None:  # self-training: as many pseudo-labelled samples again
+                e = extra.batch(rng.choice(len(extra), size=min(batch, len(extra)), replace=False), device)
+                loss = (loss + batch_loss(model, head, e, gen, cfg.modality_dropout, augment=cfg.augment and not features, features=features)) / 2
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -190,11 +208,7 @@ def fit_head(
                 best = {"stage": stage, "step": step, "val_macro_f1": m["macro_f1"], "val_accuracy": m["accuracy"]}
                 best_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(head.state_dict()))
 
-    run("probe", cfg.steps, torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay), False)
-    probe = best_state
-    for scale in cfg.finetune_lr_scales if cfg.mode == "finetune" and cfg.finetune_steps else ():
-        model.load_state_dict(probe[0])  # every fine-tuning run starts from the best probe
-        head.load_state_dict(probe[1])
+    def tuning(scale: float) -> torch.optim.Optimizer:
         groups = [{"params": list(head.parameters()), "lr": cfg.head_finetune_lr}]
         groups.append({"params": [p for n, p in model.named_parameters() if not n.startswith("encoders.")], "lr": cfg.tower_lr * scale})
         if not features:
@@ -202,13 +216,48 @@ def fit_head(
         for g in groups[1:]:
             for p in g["params"]:
                 p.requires_grad_(True)
-        run(f"finetune x{scale:g}", cfg.finetune_steps, torch.optim.AdamW(groups, weight_decay=cfg.weight_decay), True)
+        return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+
+    run("probe", cfg.steps, torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay), False)
+    probe = best_state
+    tuned = cfg.mode == "finetune" and cfg.finetune_steps
+    scales = {f"finetune x{scale:g}": scale for scale in cfg.finetune_lr_scales}
+    for stage, scale in scales.items() if tuned else ():
+        model.load_state_dict(probe[0])  # every fine-tuning run starts from the best probe
+        head.load_state_dict(probe[1])
+        run(stage, cfg.finetune_steps, tuning(scale), True)
+    self_train = None
+    pool = _unlabelled_pool(unlabelled, mods) if cfg.self_train_steps else None
+    if pool is not None:
+        model.load_state_dict(best_state[0])
+        head.load_state_dict(best_state[1])
+        prob = predict_proba(model, head, pool, device, features=features)
+        sure = np.flatnonzero(prob.max(1) >= cfg.self_train_threshold)
+        self_train = {"pool": len(pool), "pseudo_labelled": int(len(sure)), "teacher": best["stage"]}
+        if len(sure):
+            pseudo = pool.take(sure)
+            pseudo.label = prob[sure].argmax(1).astype(np.int64)
+            if tuned:  # at the rates of the chosen fine-tuning run (the first scale's after a probe)
+                run("self-train", cfg.self_train_steps, tuning(scales.get(best["stage"], cfg.finetune_lr_scales[0])), True, extra=pseudo)
+            else:
+                run("self-train", cfg.self_train_steps, torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay), False, extra=pseudo)
     model.load_state_dict(best_state[0])
     head.load_state_dict(best_state[1])
     for p in model.parameters():
         p.requires_grad_(False)
     best["val_history"] = history
+    if self_train is not None:
+        best["self_train"] = self_train
     return model.eval(), head.eval(), best
+
+
+def _unlabelled_pool(unlabelled: SampleSet | None, modalities: list[str]) -> SampleSet | None:
+    """The unlabelled samples in the head's modalities (None when there are none)."""
+    if unlabelled is None or not set(unlabelled.modalities) & set(modalities):
+        return None
+    pool = unlabelled.restrict(modalities)
+    pool = pool.take(np.flatnonzero(pool.label < 0))
+    return pool if len(pool) else None
 
 
 def subsets(modalities: list[str]) -> list[tuple[str, ...]]:

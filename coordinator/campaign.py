@@ -316,7 +316,9 @@ def head(st: CampaignState) -> dict:
         raise RuntimeError("no labelled training window was uploaded: the head cannot be fitted")
     st.n_classes = len(st.classes) or int(max(labelled.label.max(), max(g.labels.max() for g in val))) + 1
     val_set = SampleSet.concat([g.samples() for g in val])
-    st.model, st.fusion_head, choice = phases.fit_head(st.model, labelled, val_set, st.n_classes, st.cfg.head(), st.device, st.cfg.seed)
+    # self-training reads what alignment read: the uploaded windows, and the sensor-bound pairs
+    unlabelled = st.natural if st.binding != "sensor" or st.bound.samples is None else SampleSet.concat([st.natural, st.bound.samples])
+    st.model, st.fusion_head, choice = phases.fit_head(st.model, labelled, val_set, st.n_classes, st.cfg.head(), st.device, st.cfg.seed, unlabelled=unlabelled)
     st.results["validation"] = choice
     return {"labelled": len(labelled), "validation": len(val_set), **choice}
 

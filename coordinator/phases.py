@@ -490,9 +490,10 @@ def grow_babel(
     return {"plan": gp.name, "stages": stages, "pairs": {s: len(d) for s, d in data.items()}, "seconds": time.time() - t0}
 
 
-def fit_head(model: AlignedModel, train: SampleSet, val: SampleSet, n_classes: int, cfg: HeadConfig, device: torch.device, seed: int) -> tuple[AlignedModel, FusionHead, dict]:
-    """The few-label head on uploaded features; its step is chosen on the validation nodes' windows only."""
-    model, head, choice = _fit_head(model, train, val, n_classes, cfg, device, seed=seed, features=True)
+def fit_head(model: AlignedModel, train: SampleSet, val: SampleSet, n_classes: int, cfg: HeadConfig, device: torch.device, seed: int,
+             unlabelled: SampleSet | None = None) -> tuple[AlignedModel, FusionHead, dict]:
+    """The few-label head on uploaded features (self-trained on ``unlabelled`` ones too); its step is chosen on the validation nodes' windows only."""
+    model, head, choice = _fit_head(model, train, val, n_classes, cfg, device, seed=seed, features=True, unlabelled=unlabelled)
     choice = {k: v for k, v in choice.items() if k != "val_history"}
     return model.cpu(), head.cpu(), choice
 

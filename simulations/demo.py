@@ -61,7 +61,7 @@ def _reference_settings(quick: bool):
     return MMBindSettings(
         pretrain=PretrainConfig(objective=objective, epochs=o["pretrain_rounds"] * o["local_epochs"]),
         align=AlignConfig(epochs=o["align_epochs"]),
-        head=HeadConfig(steps=o["head_steps"], finetune_steps=o["head_finetune_steps"]),
+        head=CampaignConfig(**o).head(),  # the campaign's own few-label step, self-training included
         raw_head=HeadConfig(steps=o["head_steps"] // 2, finetune_steps=o["finetune_rounds"] * o["finetune_steps"], finetune_lr_scales=(3.0,)),
         max_windows_per_group=o["max_windows_per_group"],
     )

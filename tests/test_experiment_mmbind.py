@@ -44,6 +44,19 @@ def test_sensor_bind_quick(tmp_path, capsys):
     # six activities: binding through gyro must beat chance clearly, but cannot be perfect
     assert 1 / 6 + 0.1 < pairs[0]["pair_accuracy"] < 1.0
     assert "MMBind on hapt / sensor-bind" in capsys.readouterr().out
+    # self-training reads what each method aligned on: MMBind's pool holds the pseudo-pairs besides incomplete's windows
+    pools = {m: seed[m]["validation"]["self_train"]["pool"] for m in ("incomplete", "mmbind")}
+    assert pools["mmbind"] == pools["incomplete"] + pairs[0]["pairs"]
+    assert "self_train" not in seed["lower_bound"]["validation"]  # the lower bound learns from its labels alone
+
+
+def test_sensor_bind_end_to_end_self_trains_on_raw_pseudo_pairs(tmp_path):
+    assert main(["experiment", "mmbind", "--scenario", "sensor-bind", "--seeds", "1", "--quick", "--out", str(tmp_path),
+                 "--methods", "incomplete,mmbind", "--finetune-encoders"]) == 0  # fmt: skip
+    res = _check_results(tmp_path, ["incomplete", "mmbind"], "gravity+lin_acc")
+    seed = res["per_seed"][0]
+    pools = {m: seed["methods"][m]["validation"]["self_train"]["pool"] for m in ("incomplete", "mmbind")}
+    assert pools["mmbind"] == pools["incomplete"] + seed["pairs"][0]["pairs"]
 
 
 def test_pair_rule_and_pseudo_share_reach_the_run_and_its_record(tmp_path):

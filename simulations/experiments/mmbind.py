@@ -69,7 +69,7 @@ class MMBindSettings:
             pretrain=PretrainConfig(epochs=q.pretrain_rounds * q.local_epochs),
             align=q.align(),
             head=q.head(),
-            raw_head=HeadConfig(steps=q.head_steps, finetune_steps=60),
+            raw_head=HeadConfig(steps=q.head_steps, finetune_steps=60, self_train_steps=q.head_self_train_steps),
             max_windows_per_group=q.window_cap(),
         )
 
@@ -140,11 +140,11 @@ def eval_set(sd: SeedData, ds: WindowDataset, role: str, raw: bool = False) -> S
     return SampleSet.natural({m: ds.X[m][rows] if raw else sd.feats[name][m] for m in part.modalities}, ds.y[rows])
 
 
-def raw_labelled(sd: SeedData, ds: WindowDataset, groups: list[str], modalities: list[str], with_all: bool = False) -> SampleSet:
-    """The labelled raw windows of the training groups, in the given modalities (of all of them: ``with_all``)."""
+def raw_labelled(sd: SeedData, ds: WindowDataset, groups: list[str], modalities: list[str], with_all: bool = False, unlabelled_too: bool = False) -> SampleSet:
+    """The labelled raw windows of the training groups, in the given modalities (of all of them: ``with_all``); every window with ``unlabelled_too``."""
     sets = []
     for g in groups:
-        lab = np.flatnonzero(sd.train_labels[g] >= 0)
+        lab = np.arange(len(sd.rows[g])) if unlabelled_too else np.flatnonzero(sd.train_labels[g] >= 0)
         mods = [m for m in (modalities if with_all else sd.split.parts[g].modalities) if m in modalities]
         if len(lab) and mods:
             sets.append(SampleSet.natural({m: ds.X[m][sd.rows[g][lab]] for m in mods}, sd.train_labels[g][lab]))
@@ -154,8 +154,8 @@ def raw_labelled(sd: SeedData, ds: WindowDataset, groups: list[str], modalities:
 def pseudo_pairs(sd: SeedData, sc: Scenario, ds: WindowDataset, st: MMBindSettings, seed: int, device) -> tuple[SampleSet | None, list[dict], SampleSet | None]:
     """Pseudo-pairs between every two training groups that hold different modalities.
 
-    Returns the pairs as feature samples, what was bound, and (label binding
-    with ``st.finetune_encoders``) the same pairs as raw-window samples.
+    Returns the pairs as feature samples, what was bound, and (with
+    ``st.finetune_encoders``) the same pairs as raw-window samples.
     """
     groups = [p.group for p in sd.split.by_role("train")]
     sets, info, raw_sets = [], [], []
@@ -177,8 +177,9 @@ def pseudo_pairs(sd: SeedData, sc: Scenario, ds: WindowDataset, st: MMBindSettin
             pairs = BoundPairs(ia[lp.i], ib[lp.j], lp.similarity, lp.weight)
             samples = pseudo_pair_samples(a, b, pairs)
             samples.label = la[pairs.i]  # label binding pairs same-class windows: the class is known
-        if st.finetune_encoders and sc.binding == "label" and len(pairs):  # only label-bound pairs train the head
-            raw = pseudo_pair_samples({m: ds.X[m][sd.rows[ga.name]] for m in ga.modalities}, {m: ds.X[m][sd.rows[gb.name]] for m in gb.modalities}, pairs)
+        if st.finetune_encoders and len(pairs):  # label-bound pairs train the head; sensor-bound ones, its self-training
+            raw_a, raw_b = ({m: ds.X[m][sd.rows[g.name]] for m in g.modalities} for g in (ga, gb))
+            raw = pseudo_pair_samples(raw_a, raw_b, pairs, **({"keep_shared": sc.shared} if sc.binding == "sensor" else {}))
             raw.label = samples.label
             raw_sets.append(raw)
         info.append({
@@ -228,10 +229,10 @@ def run_seed(ds: WindowDataset, sc: Scenario, seed: int, st: MMBindSettings, dev
     for p in pair_info:
         log.info("  bound %s <-> %s: %d pairs, pair accuracy %.3f, mean weight %.2f", *p["groups"], p["pairs"], p["pair_accuracy"], p["mean_weight"])
 
-    def finish(name: str, model: AlignedModel, train: SampleSet, features: bool = True, v=val, t=test) -> dict:
+    def finish(name: str, model: AlignedModel, train: SampleSet, features: bool = True, v=val, t=test, unlabelled: SampleSet | None = None) -> dict:
         cfg = st.head if features else st.raw_head  # one recipe per kind of input, whatever the method
-        m, head, choice = fit_head(model, train, v, n_classes, cfg, device, seed=seed, features=features)
-        res = {"subsets": evaluate_subsets(m, head, t, device, features=features), "validation": {k: choice[k] for k in ("stage", "step", "val_macro_f1", "val_accuracy")}}
+        m, head, choice = fit_head(model, train, v, n_classes, cfg, device, seed=seed, features=features, unlabelled=unlabelled)
+        res = {"subsets": evaluate_subsets(m, head, t, device, features=features), "validation": {k: choice[k] for k in ("stage", "step", "val_macro_f1", "val_accuracy", "self_train") if k in choice}}
         full = "+".join(sorted(t.modalities))
         log.info("  %-12s test %s: acc %.3f  macro-F1 %.3f  (%s step %d chosen on validation)", name, full, res["subsets"][full]["accuracy"], res["subsets"][full]["macro_f1"], choice["stage"], choice["step"])
         return res
@@ -256,9 +257,9 @@ def run_seed(ds: WindowDataset, sc: Scenario, seed: int, st: MMBindSettings, dev
             for m in test_mods:
                 model = _fresh(enc, ds, [m], st, seed)
                 if tune:
-                    per[m] = finish(f"unimodal:{m}", model, labelled_raw.restrict([m]), features=False, v=v_raw.restrict([m]), t=t_raw.restrict([m]))
+                    per[m] = finish(f"unimodal:{m}", model, labelled_raw.restrict([m]), features=False, v=v_raw.restrict([m]), t=t_raw.restrict([m]), unlabelled=raw_labelled(sd, ds, train_groups, [m], unlabelled_too=True))
                 else:
-                    per[m] = finish(f"unimodal:{m}", model, labelled.restrict([m]), v=val.restrict([m]), t=test.restrict([m]))
+                    per[m] = finish(f"unimodal:{m}", model, labelled.restrict([m]), v=val.restrict([m]), t=test.restrict([m]), unlabelled=natural)
             best = max(per, key=lambda m: per[m]["validation"]["val_macro_f1"])  # chosen on validation
             out["methods"][method] = {"per_modality": per, "chosen": best, "subsets": {k: v for m in per for k, v in per[m]["subsets"].items()}}
         else:
@@ -274,6 +275,11 @@ def run_seed(ds: WindowDataset, sc: Scenario, seed: int, st: MMBindSettings, dev
                 train = natural_samples(sd, train_groups, with_all=True)
             else:
                 raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+            if tune:  # the samples ``train`` holds, as raw windows: what self-training reads end to end
+                groups = anchor_groups if method == "imagebind" else train_groups
+                pool = raw_labelled(sd, ds, groups, all_mods, with_all=method == "upper_bound", unlabelled_too=True)
+                if method == "mmbind" and pseudo_raw is not None:
+                    pool = SampleSet.concat([pool, pseudo_raw])
             cfg = copy.copy(st.align)
             if method == "imagebind":
                 cfg.train_modalities = [m for m in train.modalities if m != sc.shared]
@@ -290,7 +296,8 @@ def run_seed(ds: WindowDataset, sc: Scenario, seed: int, st: MMBindSettings, dev
                 else:
                     head_train = natural_samples(sd, train_groups, modalities=test_mods)
                     head_train = head_train.take(np.flatnonzero(head_train.label >= 0))
-            out["methods"][method] = finish(method, model, head_train, features=not tune, **({"v": v_raw, "t": t_raw} if tune else {}))
+            # self-training reads the samples the method aligned on (st.head / st.raw_head.self_train_steps)
+            out["methods"][method] = finish(method, model, head_train, features=not tune, unlabelled=pool if tune else train, **({"v": v_raw, "t": t_raw} if tune else {}))
     out["seconds"] = time.time() - t0
     return out
 
