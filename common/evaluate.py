@@ -47,6 +47,7 @@ class HeadConfig:
     finetune_lr_scales: tuple[float, ...] = (1.0,)  # fine-tuning runs once per scale of the tower/encoder rates; validation keeps the best
     self_train_steps: int = 300  # then, on unlabelled samples the chosen model labels surely, this many steps more (0: off)
     self_train_threshold: float = 0.8  # a pseudo-label's least confidence (top class probability; chosen on sensor-bind's validation)
+    self_train_rounds: int = 3  # each round relabels the pool with the best model so far (1, 2, 3 compared on sensor-bind's validation)
 
     def __post_init__(self) -> None:
         if self.mode not in ("linear", "finetune"):
@@ -55,7 +56,7 @@ class HeadConfig:
             raise ValueError(f"head steps must be >= 1 (fine-tune steps >= 0), got {self.steps}, {self.finetune_steps}")
         if not 0 <= self.modality_dropout <= 1:
             raise ValueError(f"modality_dropout must be in [0, 1], got {self.modality_dropout}")
-        if self.self_train_steps < 0 or not 0 < self.self_train_threshold <= 1:
+        if self.self_train_steps < 0 or self.self_train_rounds < 1 or not 0 < self.self_train_threshold <= 1:
             raise ValueError(f"self-training needs steps >= 0 and a threshold in (0, 1], got {self.self_train_steps}, {self.self_train_threshold}")
 
 
@@ -161,8 +162,9 @@ def fit_head(
     With ``cfg.self_train_steps`` and ``unlabelled`` samples, the model chosen
     so far labels those samples, and from it the same rates train on the
     labelled samples and the surely labelled ones (top class probability at
-    least ``cfg.self_train_threshold``), half of each batch from each; like
-    every stage, it replaces the model only where it does better on
+    least ``cfg.self_train_threshold``), half of each batch from each; each
+    of ``cfg.self_train_rounds`` rounds relabels with the best model so far.
+    Like every stage, it replaces the model only where it does better on
     validation. Returns copies of the chosen model and head, and a record of
     the choice.
     """
@@ -228,19 +230,25 @@ def fit_head(
         run(stage, cfg.finetune_steps, tuning(scale), True)
     self_train = None
     pool = _unlabelled_pool(unlabelled, mods) if cfg.self_train_steps else None
-    if pool is not None:
-        model.load_state_dict(best_state[0])
+    rate = cfg.finetune_lr_scales[0]
+    for r in range(cfg.self_train_rounds if pool is not None else 0):
+        model.load_state_dict(best_state[0])  # the teacher: the best model so far
         head.load_state_dict(best_state[1])
         prob = predict_proba(model, head, pool, device, features=features)
         sure = np.flatnonzero(prob.max(1) >= cfg.self_train_threshold)
-        self_train = {"pool": len(pool), "pseudo_labelled": int(len(sure)), "teacher": best["stage"]}
-        if len(sure):
-            pseudo = pool.take(sure)
-            pseudo.label = prob[sure].argmax(1).astype(np.int64)
-            if tuned:  # at the rates of the chosen fine-tuning run (the first scale's after a probe)
-                run("self-train", cfg.self_train_steps, tuning(scales.get(best["stage"], cfg.finetune_lr_scales[0])), True, extra=pseudo)
-            else:
-                run("self-train", cfg.self_train_steps, torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay), False, extra=pseudo)
+        self_train = self_train or {"pool": len(pool), "rounds": []}
+        self_train["rounds"].append({"pseudo_labelled": int(len(sure)), "teacher": best["stage"]})
+        if not len(sure):
+            break
+        pseudo = pool.take(sure)
+        pseudo.label = prob[sure].argmax(1).astype(np.int64)
+        stage = "self-train" if cfg.self_train_rounds == 1 else f"self-train {r + 1}"
+        if not best["stage"].startswith("self-train"):  # else the rates of the round that taught it
+            rate = scales.get(best["stage"], cfg.finetune_lr_scales[0])
+        if tuned:  # at the rates of the chosen fine-tuning run (the first scale's after a probe)
+            run(stage, cfg.self_train_steps, tuning(rate), True, extra=pseudo)
+        else:
+            run(stage, cfg.self_train_steps, torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay), False, extra=pseudo)
     model.load_state_dict(best_state[0])
     head.load_state_dict(best_state[1])
     for p in model.parameters():

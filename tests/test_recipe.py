@@ -140,11 +140,11 @@ def test_self_training_labels_only_unlabelled_samples_and_lifts_a_few_label_head
             # the labelled samples come along in the pool, as a method's aligned set holds them: they are not relabelled
             fitted, head, choice = fit_head(model, labelled, val, 3, cfg, CPU, features=True, unlabelled=SampleSet.concat([labelled, unlabelled]))
             acc[steps] = evaluate_subsets(fitted, head, test, CPU, features=True)["a+b"]["accuracy"]
-        assert choice["self_train"]["pool"] == len(unlabelled) and 0 < choice["self_train"]["pseudo_labelled"] < len(unlabelled)
-        assert any(h["stage"] == "self-train" for h in choice["val_history"])
+        assert choice["self_train"]["pool"] == len(unlabelled) and 0 < choice["self_train"]["rounds"][0]["pseudo_labelled"] < len(unlabelled)
+        assert {h["stage"] for h in choice["val_history"]} >= {"self-train 1", "self-train 2", "self-train 3"}
         assert choice["val_macro_f1"] == max(h["val_macro_f1"] for h in choice["val_history"])  # kept only where validation says so
         gains.append(acc[300] - acc[0])
-    # measured: +0.020 in the mean; 6 seeds up, one level, one down (validation kept a self-trained step that tested worse)
+    # measured (three rounds): +0.036 in the mean; 6 seeds up, one level, one down (validation kept a self-trained step that tested worse)
     assert np.mean(gains) > 0.01 and sum(g > 0 for g in gains) >= 5, gains
     with pytest.raises(ValueError, match="self-training"):
         HeadConfig(self_train_steps=10, self_train_threshold=0.0)

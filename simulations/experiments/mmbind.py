@@ -69,7 +69,7 @@ class MMBindSettings:
             pretrain=PretrainConfig(epochs=q.pretrain_rounds * q.local_epochs),
             align=q.align(),
             head=q.head(),
-            raw_head=HeadConfig(steps=q.head_steps, finetune_steps=60, self_train_steps=q.head_self_train_steps),
+            raw_head=HeadConfig(steps=q.head_steps, finetune_steps=60, self_train_steps=q.head_self_train_steps, self_train_rounds=q.head_self_train_rounds),
             max_windows_per_group=q.window_cap(),
         )
 
