@@ -146,7 +146,8 @@ def in_process_campaign(
     run_config = {
         "dataset": data, "scenario": scenario, "seed": 0, "results-path": str(tmp_path / "out" / "results.json"),
         "state-dir": str(tmp_path / "nodes"), "expected-nodes": n, "discovery-timeout": 5.0, "round-timeout": 20.0,
-        "pretrain-rounds": 2, "local-epochs": 1, "align-epochs": 2, "head-steps": 20, "head-finetune-steps": 20, "coordinator-threads": 1,
+        "pretrain-rounds": 2, "local-epochs": 1, "align-epochs": 2, "head-steps": 20, "head-finetune-steps": 20, "head-self-train-steps": 20,
+        "coordinator-threads": 1,
         "finetune-rounds": 1, "finetune-steps": 5,
         "signing-key": "11" * 32, **config,
     }  # fmt: skip

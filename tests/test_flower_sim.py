@@ -330,7 +330,7 @@ def test_three_deployed_nodes_one_holding_out_validation_and_test_subjects(tmp_p
     contexts, test_windows = {}, 0
     rc = {"dataset": "hapt", "scenario": "sensor-bind", "seed": 0, "results-path": str(tmp_path / "out" / "results.json"),
           "expected-nodes": 3, "discovery-timeout": 5.0, "round-timeout": 120.0, "pretrain-rounds": 1, "local-epochs": 1,
-          "align-epochs": 2, "head-steps": 20, "coordinator-threads": 1, "signing-key": "22" * 32}  # fmt: skip
+          "align-epochs": 2, "head-steps": 20, "head-self-train-steps": 20, "coordinator-threads": 1, "signing-key": "22" * 32}  # fmt: skip
     for i, plan in enumerate(plans):
         store = tmp_path / plan.node_id / "store.db"
         store.parent.mkdir(parents=True)

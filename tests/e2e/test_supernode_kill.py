@@ -67,7 +67,7 @@ def running_deployment(tmp_path: Path, node_venv) -> Iterator[Deployment]:
 
 # The quick schedule (CampaignConfig.QUICK, which ``quick`` would impose over any setting) with one pretraining round and
 # no federated fine-tuning: what these tests kill and resume is in the phases before.
-QUICKER = {"pretrain-rounds": 1, "local-epochs": 1, "align-epochs": 4, "head-steps": 60, "head-finetune-steps": 40, "finetune-rounds": 0,
+QUICKER = {"pretrain-rounds": 1, "local-epochs": 1, "align-epochs": 4, "head-steps": 60, "head-finetune-steps": 40, "head-self-train-steps": 40, "finetune-rounds": 0,
            "max-windows-per-group": 160}  # fmt: skip
 
 
