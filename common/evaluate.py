@@ -231,17 +231,20 @@ def fit_head(
     self_train = None
     pool = _unlabelled_pool(unlabelled, mods) if cfg.self_train_steps else None
     rate = cfg.finetune_lr_scales[0]
+    teacher = None  # the ``best`` record the pseudo-labels came from: a round that beat nothing leaves them as they are
     for r in range(cfg.self_train_rounds if pool is not None else 0):
         model.load_state_dict(best_state[0])  # the teacher: the best model so far
         head.load_state_dict(best_state[1])
-        prob = predict_proba(model, head, pool, device, features=features)
-        sure = np.flatnonzero(prob.max(1) >= cfg.self_train_threshold)
+        if best is not teacher:
+            teacher = best
+            prob = predict_proba(model, head, pool, device, features=features)
+            sure = np.flatnonzero(prob.max(1) >= cfg.self_train_threshold)
+            pseudo = pool.take(sure)
+            pseudo.label = prob[sure].argmax(1).astype(np.int64)
         self_train = self_train or {"pool": len(pool), "rounds": []}
-        self_train["rounds"].append({"pseudo_labelled": int(len(sure)), "teacher": best["stage"]})
-        if not len(sure):
+        self_train["rounds"].append({"pseudo_labelled": len(pseudo), "teacher": best["stage"]})
+        if not len(pseudo):
             break
-        pseudo = pool.take(sure)
-        pseudo.label = prob[sure].argmax(1).astype(np.int64)
         stage = "self-train" if cfg.self_train_rounds == 1 else f"self-train {r + 1}"
         if not best["stage"].startswith("self-train"):  # else the rates of the round that taught it
             rate = scales.get(best["stage"], cfg.finetune_lr_scales[0])

@@ -224,6 +224,7 @@ def run_seed(ds: WindowDataset, sc: Scenario, seed: int, st: MMBindSettings, dev
     if tune:  # the few-label step on raw windows, every tower trainable
         v_raw, t_raw = eval_set(sd, ds, "validation", raw=True), eval_set(sd, ds, "test", raw=True)
         labelled_raw = raw_labelled(sd, ds, train_groups, all_mods)
+        natural_raw = raw_labelled(sd, ds, train_groups, all_mods, unlabelled_too=True)  # what self-training reads: ``natural`` as raw windows
     n_classes = ds.n_classes
     out: dict = {"seed": seed, "subjects": {k: p.subjects for k, p in sd.split.parts.items()}, "pairs": pair_info, "methods": {}}
     for p in pair_info:
@@ -257,7 +258,7 @@ def run_seed(ds: WindowDataset, sc: Scenario, seed: int, st: MMBindSettings, dev
             for m in test_mods:
                 model = _fresh(enc, ds, [m], st, seed)
                 if tune:
-                    per[m] = finish(f"unimodal:{m}", model, labelled_raw.restrict([m]), features=False, v=v_raw.restrict([m]), t=t_raw.restrict([m]), unlabelled=raw_labelled(sd, ds, train_groups, [m], unlabelled_too=True))
+                    per[m] = finish(f"unimodal:{m}", model, labelled_raw.restrict([m]), features=False, v=v_raw.restrict([m]), t=t_raw.restrict([m]), unlabelled=natural_raw.restrict([m]))
                 else:
                     per[m] = finish(f"unimodal:{m}", model, labelled.restrict([m]), v=val.restrict([m]), t=test.restrict([m]), unlabelled=natural)
             best = max(per, key=lambda m: per[m]["validation"]["val_macro_f1"])  # chosen on validation
@@ -276,10 +277,11 @@ def run_seed(ds: WindowDataset, sc: Scenario, seed: int, st: MMBindSettings, dev
             else:
                 raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
             if tune:  # the samples ``train`` holds, as raw windows: what self-training reads end to end
-                groups = anchor_groups if method == "imagebind" else train_groups
-                pool = raw_labelled(sd, ds, groups, all_mods, with_all=method == "upper_bound", unlabelled_too=True)
-                if method == "mmbind" and pseudo_raw is not None:
-                    pool = SampleSet.concat([pool, pseudo_raw])
+                pool = natural_raw
+                if method in ("imagebind", "upper_bound"):
+                    pool = raw_labelled(sd, ds, anchor_groups if method == "imagebind" else train_groups, all_mods, with_all=method == "upper_bound", unlabelled_too=True)
+                elif method == "mmbind" and pseudo_raw is not None:
+                    pool = SampleSet.concat([natural_raw, pseudo_raw])
             cfg = copy.copy(st.align)
             if method == "imagebind":
                 cfg.train_modalities = [m for m in train.modalities if m != sc.shared]
