@@ -132,31 +132,72 @@ class FinetuneAggregator:
     prototype; it is aggregated over the nodes that hold it (a gyro-only node
     has no say in lin_acc's encoder), and a server-side optimiser (FedAdam,
     FedYogi) keeps its moments per block across rounds.
+
+    A round is ``begin``, one ``add`` per reply as it arrives, then ``finish``.
+    The strategies that start from the weighted mean of the replies (FedAvg,
+    FedProx, FedAdam, FedYogi) get that mean, taken reply by reply in a
+    ``RunningMean`` per block, as one reply carrying the round's total weight:
+    the coordinator holds one model per block whatever the fleet, and the
+    result is the strategy's own on the whole round. The robust rules
+    (FedMedian, FedTrimmedAvg) need every reply of the round together.
     """
+
+    MEAN_FIRST = frozenset({"fedavg", "fedprox", "fedadam", "fedyogi"})
 
     def __init__(self, cfg: CampaignConfig):
         self.cfg = cfg
         self.strategies: dict[str, Any] = {}
+        self.streaming = cfg.finetune_strategy in self.MEAN_FIRST
+        self.current: Mapping[str, torch.Tensor] = {}
+        self.blocks: dict[str, list[str]] = {}
+        self.sums: dict[str, RunningMean] = {}
+        self.kept: dict[str, list[tuple[State, float]]] = {}
 
-    def aggregate(self, rnd: int, current: Mapping[str, torch.Tensor], replies: Sequence[tuple[Mapping[str, torch.Tensor], float]]) -> dict[str, torch.Tensor]:
-        out = {k: v.clone() for k, v in current.items()}
-        blocks: dict[str, list[str]] = {}
+    def begin(self, current: Mapping[str, torch.Tensor]) -> None:
+        """A new round from the model ``current`` (the one the nodes were sent)."""
+        self.current = current
+        self.blocks = {}
         for k in current:
-            blocks.setdefault(block_of(k), []).append(k)
-        for block, keys in sorted(blocks.items()):
-            holders = []
-            for state, n in replies:
-                if not all(k in state for k in keys):
-                    continue
-                for k in keys:
-                    if state[k].shape != current[k].shape or not torch.isfinite(state[k].float()).all():
-                        raise ValueError(f"a fine-tuned {k!r} has shape {tuple(state[k].shape)} or non-finite values (expected {tuple(current[k].shape)})")
-                holders.append(({k: state[k] for k in keys}, n))
+            self.blocks.setdefault(block_of(k), []).append(k)
+        self.sums = {b: RunningMean() for b in self.blocks}
+        self.kept = {b: [] for b in self.blocks}
+
+    def add(self, state: Mapping[str, torch.Tensor], n: float) -> None:
+        """One node's fine-tuned state (the blocks it holds) and its weight, or ValueError with nothing taken from it."""
+        held = [b for b, keys in self.blocks.items() if all(k in state for k in keys)]
+        for b in held:  # every block checked before any is taken: a bad reply leaves the round as it was
+            for k in self.blocks[b]:
+                if state[k].shape != self.current[k].shape or not torch.isfinite(state[k].float()).all():
+                    raise ValueError(f"a fine-tuned {k!r} has shape {tuple(state[k].shape)} or non-finite values (expected {tuple(self.current[k].shape)})")
+        for b in held:
+            part = {k: state[k] for k in self.blocks[b]}
+            if self.streaming:
+                self.sums[b].add(part, n)
+            else:
+                self.kept[b].append((part, n))
+
+    def finish(self, rnd: int) -> dict[str, torch.Tensor]:
+        """The aggregated model: each block by its strategy over the nodes that returned it, the others as they were."""
+        out = {k: v.clone() for k, v in self.current.items()}
+        for block, keys in sorted(self.blocks.items()):
+            if self.streaming:
+                mean = self.sums[block]
+                holders = [(mean.result(), mean.total)] if mean.count else []
+            else:
+                holders = self.kept[block]
             if not holders:
                 continue
             strategy = self.strategies.setdefault(block, make_strategy(self.cfg.finetune_strategy, self.cfg))
-            out.update(strategy_average(strategy, rnd, {k: current[k] for k in keys}, holders))
+            out.update(strategy_average(strategy, rnd, {k: self.current[k] for k in keys}, holders))
+        self.sums, self.kept = {}, {}
         return out
+
+    def aggregate(self, rnd: int, current: Mapping[str, torch.Tensor], replies: Sequence[tuple[Mapping[str, torch.Tensor], float]]) -> dict[str, torch.Tensor]:
+        """A whole round at once: ``begin``, ``add`` each reply, ``finish``."""
+        self.begin(current)
+        for state, n in replies:
+            self.add(state, n)
+        return self.finish(rnd)
 
 
 def strategy_average(strategy, rnd: int, current: Mapping[str, torch.Tensor], replies: Sequence[tuple[Mapping[str, torch.Tensor], float]]) -> State:

@@ -350,21 +350,29 @@ def finetune(st: CampaignState) -> dict:
         picked = [ids[i] for i in sorted(draw.choice(len(ids), size=per_round, replace=False))]  # FedAvg's client sampling
         arrays = records_for(current, {f: trainers[f] for f in picked})
         contents = {f: RecordDict({"config": ConfigRecord({**base, "round": rnd}), "arrays": arrays[f]}) for f in picked}
-        replies = st.send("finetune", "train.finetune", contents, rnd)
-        got = []
-        for f, r in replies.items():
+        # each reply is checked and taken into its blocks' running means as it arrives, then dropped (the robust
+        # rules keep the round's replies): the coordinator holds about one model per block, not one per node
+        aggregator.begin(current)
+        taken = 0
+
+        def take(f: int, r: Message) -> None:
+            nonlocal taken
             try:
                 sent = for_node(current, trainers[f])
-                got.append(aggregation.checked_update(r.content["arrays"].to_torch_state_dict(), sent, r.content["metrics"]["num-examples"], trainers[f].part("train").labelled, "fine-tuned model"))
+                aggregator.add(*aggregation.checked_update(r.content["arrays"].to_torch_state_dict(), sent, r.content["metrics"]["num-examples"], trainers[f].part("train").labelled, "fine-tuned model"))
             except (KeyError, TypeError, ValueError) as e:
                 st.bad_reply(f, "finetune", rnd, e)
-        if not got:
+                return
+            taken += 1
+
+        st.send("finetune", "train.finetune", contents, rnd, on_reply=take)
+        if not taken:
             log.warning("[finetune] round %d: no node returned a model; stopping", rnd)
             break
-        current = aggregator.aggregate(rnd, current, got)
-        scored = {"round": rnd, "nodes": len(got), **score(st, current, validators, "validation", rnd)}
+        current = aggregator.finish(rnd)
+        scored = {"round": rnd, "nodes": taken, **score(st, current, validators, "validation", rnd)}
         history.append(scored)
-        log.info("[finetune] round %d/%d: %d nodes, validation accuracy %.3f macro-F1 %.3f%s", rnd, cfg.finetune_rounds, len(got),
+        log.info("[finetune] round %d/%d: %d nodes, validation accuracy %.3f macro-F1 %.3f%s", rnd, cfg.finetune_rounds, taken,
                  scored["accuracy"], scored["macro_f1"], time_left(t_rounds, rnd, cfg.finetune_rounds))  # fmt: skip
         if best_tuned is None or scored["macro_f1"] > best_tuned[0]["macro_f1"]:
             best_tuned = (scored, current)

@@ -217,6 +217,49 @@ def test_finetune_aggregation_is_per_block_over_the_nodes_that_hold_it():
         CampaignConfig.from_run_config({"finetune-strategy": "fedmagic"})
 
 
+@pytest.mark.parametrize("name", ["fedavg", "fedprox", "fedadam", "fedyogi", "fedmedian"])
+def test_finetune_round_taken_reply_by_reply_equals_the_strategy_on_the_whole_round(name):
+    """Streaming (a running mean per block, one reply held at a time) gives what the Flower strategy gives on every reply."""
+    g = torch.Generator().manual_seed(3)
+    cur = {"model.prototype.net.0.weight": torch.randn(4, 4, generator=g), "model.encoders.a.w": torch.randn(5, generator=g), "model.encoders.b.w": torch.randn(5, generator=g)}
+    cfg = CampaignConfig(finetune_strategy=name, finetune_server_lr=0.1)
+    streamed = A.FinetuneAggregator(cfg)
+    assert streamed.streaming == (name != "fedmedian")
+    by_hand = {}
+    for rnd in (1, 2):  # two rounds: a server optimiser's moments carry over
+        replies = []
+        for i in range(7):
+            held = ["model.prototype.net.0.weight", "model.encoders.a.w" if i % 3 else "model.encoders.b.w"]
+            replies.append(({k: cur[k] + torch.randn(cur[k].shape, generator=g) for k in held}, float(1 + i)))
+        streamed.begin(cur)
+        for state, n in replies:
+            streamed.add(state, n)
+        out = streamed.finish(rnd)
+        blocks = {"shared": ["model.prototype.net.0.weight"], "a": ["model.encoders.a.w"], "b": ["model.encoders.b.w"]}
+        expect = dict(cur)
+        for b, keys in blocks.items():
+            strategy = by_hand.setdefault(b, A.make_strategy(name, cfg))
+            holders = [({k: s[k] for k in keys}, n) for s, n in replies if keys[0] in s]
+            expect.update(A.strategy_average(strategy, rnd, {k: cur[k] for k in keys}, holders))
+        for k in cur:
+            assert torch.allclose(out[k], expect[k], atol=1e-5), (name, rnd, k)
+            assert not torch.allclose(out[k], cur[k])  # every block moved
+        cur = out
+    if streamed.streaming:
+        assert all(m.count == 0 for m in streamed.sums.values())  # nothing of a finished round is held
+
+
+def test_a_bad_finetune_reply_leaves_the_round_as_it_was():
+    cur = {"model.prototype.net.0.weight": torch.zeros(2, 2), "model.encoders.a.w": torch.zeros(3)}
+    agg = A.FinetuneAggregator(CampaignConfig())
+    agg.begin(cur)
+    agg.add({"model.prototype.net.0.weight": torch.ones(2, 2), "model.encoders.a.w": torch.ones(3)}, 2.0)
+    with pytest.raises(ValueError, match="non-finite"):  # its shared block is fine, its encoder is not: neither is taken
+        agg.add({"model.prototype.net.0.weight": 9 * torch.ones(2, 2), "model.encoders.a.w": torch.full((3,), float("inf"))}, 5.0)
+    out = agg.finish(1)
+    assert torch.allclose(out["model.prototype.net.0.weight"], torch.ones(2, 2)) and torch.allclose(out["model.encoders.a.w"], torch.ones(3))
+
+
 def test_finetune_settings_travel_to_the_node_unchanged():
     from common.evaluate import LocalFinetuneConfig
 
