@@ -162,7 +162,7 @@ class CampaignConfig:
     pair_threshold: float = 0.5
     pair_w_min: float = 0.1
     label_pairs_per_sample: int = 4
-    pseudo_share: float = 0.0  # at most this many pseudo-pairs per natural sample in MMBind's alignment (seeded draw); 0 = all
+    pseudo_share: float = 0.0  # pseudo-pairs' views at most this many per natural sample's view in MMBind's alignment (seeded draw); 0 = all
     embedding_dtype: str = "float16"
     collect_wave: int = 64  # nodes asked for their uploads at once; each wave is stored before the next, so memory is bounded by a wave
     growth_plan: str = ""  # a Babel GrowthPlan (shipped name or .toml) instead of MMBind's one stage

@@ -127,26 +127,31 @@ class AlignConfig(ContrastiveConfig):
     """MMBind's alignment stage: the contrastive settings, which adapters train, logging."""
 
     train_modalities: list[str] | None = None  # adapters that train; None = all present
-    pseudo_share: float = 0.0  # at most this many pseudo-pairs per natural sample (a seeded draw); 0 = every pair
+    pseudo_share: float = 0.0  # pseudo-pairs' views at most this many per natural sample's view (a seeded draw); 0 = every pair
     log_every: int = 0
     history: list = field(default_factory=list)
 
 
 def cap_pseudo_pairs(samples: SampleSet, share: float, seed: int = 0) -> SampleSet:
-    """At most ``share`` pseudo-pairs (``kind`` 1) per natural sample, drawn without replacement (seeded); 0 = no cap.
+    """Pseudo-pairs (``kind`` 1) holding at most ``share`` views per view of the natural samples, drawn without
+    replacement (seeded); 0 = no cap.
 
     Sensor binding makes a pair for every window of both unlabelled groups, so
     pseudo-pairs can outnumber the natural samples several to one and, at about
-    0.7 pair accuracy, drown the real pairs. The natural samples are all kept,
-    in their order; the kept pairs keep theirs.
+    0.7 pair accuracy, drown the real pairs. Views are counted, not samples: a
+    pseudo-pair of three streams weighs in the contrastive loss as three views
+    against a natural pair's two. The natural samples are all kept, in their
+    order; the kept pairs keep theirs.
     """
     if share < 0 or not np.isfinite(share):
         raise ValueError(f"pseudo-pair share must be a finite number >= 0 (0: no cap), got {share}")
+    views = np.stack([idx >= 0 for idx in samples.index.values()]).sum(0) if samples.index else np.zeros(len(samples), int)
     pseudo = np.flatnonzero(samples.kind == 1)
-    cap = int(share * int((samples.kind == 0).sum()))
-    if share == 0 or len(pseudo) <= cap:
+    budget = share * float(views[samples.kind == 0].sum())
+    if share == 0 or views[pseudo].sum() <= budget:
         return samples
-    keep = np.sort(np.random.default_rng([seed, 0x5EED]).choice(pseudo, size=cap, replace=False))
+    drawn = np.random.default_rng([seed, 0x5EED]).permutation(pseudo)
+    keep = np.sort(drawn[np.cumsum(views[drawn]) <= budget])
     return samples.take(np.sort(np.concatenate([np.flatnonzero(samples.kind != 1), keep])))
 
 
@@ -154,7 +159,7 @@ def align(model: AlignedModel, samples: SampleSet, cfg: AlignConfig, device: tor
     """Weighted multi-view contrastive training of adapters + prototype on features.
 
     Natural samples weigh 1, pseudo-pairs their pair weight (at most
-    ``cfg.pseudo_share`` of them per natural sample); a sample's absent
+    ``cfg.pseudo_share`` of their views per natural view); a sample's absent
     modalities take no part. Minibatches keep the samples that hold one window
     apart (``SampleSet.spread_order``). Returns the per-epoch loss history.
     """

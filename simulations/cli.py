@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objective", default="", choices=["", *OBJECTIVES],
                    help="self-supervised encoder objective (default: the scenario's own, else the settings' own; see docs/results.md for which won on validation)")
     p.add_argument("--pseudo-share", type=float, default=None, metavar="S",
-                   help="at most S pseudo-pairs per natural sample in MMBind's alignment, a seeded draw (default: the settings' own; 0 = all)")
+                   help="pseudo-pairs holding at most S views per view of the natural samples in MMBind's alignment, a seeded draw (default: the settings' own; 0 = all)")
     p.add_argument("--pair-rule", default="", choices=["", *WEIGHT_RULES],
                    help="how a sensor-bound pair's similarity becomes its weight (default: the settings' own, linear)")
     p.set_defaults(func=experiment_mmbind)

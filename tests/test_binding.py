@@ -444,11 +444,17 @@ def test_batches_keep_the_samples_holding_one_window_apart():
 
 def test_pseudo_pairs_are_capped_by_share_of_the_natural_samples():
     from common.mmbind import cap_pseudo_pairs
+    from common.samples import SampleSet
 
     nat, both = _natural_and_pairs(n_nat=100, n_pairs=400, hub_copies=0)
-    assert cap_pseudo_pairs(both, 0.0) is both and cap_pseudo_pairs(both, 5.0) is both  # 0: no cap; 400 <= 500
+    assert cap_pseudo_pairs(both, 0.0) is both and cap_pseudo_pairs(both, 5.0) is both  # 0: no cap; 800 views <= 1000
     kept = cap_pseudo_pairs(both, 1.5, seed=1)
     assert (kept.kind == 1).sum() == 150 and (kept.kind == 0).sum() == 100
+    # views, not samples: natural samples of one stream each (200 views) against pairs of two
+    single = SampleSet.concat([SampleSet.natural({"a": nat.sources["a"]}), SampleSet.natural({"b": nat.sources["b"]})])
+    pairs = both.take(np.flatnonzero(both.kind == 1))
+    by_view = cap_pseudo_pairs(SampleSet.concat([single, pairs]), 1.5, seed=1)
+    assert (by_view.kind == 0).sum() == 200 and (by_view.kind == 1).sum() == 150  # 300 views of pairs, not 300 pairs
     assert (kept.index["a"][kept.kind == 0] == nat.index["a"]).all()  # every natural sample, in its order
     again = cap_pseudo_pairs(both, 1.5, seed=1)
     assert (again.index["b"] == kept.index["b"]).all() and (again.weight == kept.weight).all()  # seeded
