@@ -235,34 +235,39 @@ def test_a_node_that_vanished_is_asked_whether_it_is_back_and_stays_out(tmp_path
 
 
 class TricklingGrid(InProcessGrid):
-    """Pretraining replies come one per pull, as they trickle in from a large fleet; counts how many pulled pretraining
-    replies the coordinator still holds when it pulls the next."""
+    """Pretraining and fine-tuning replies come one per pull, as they trickle in from a large fleet; counts how many
+    pulled replies of each kind the coordinator still holds when it pulls the next."""
+
+    TRICKLE = ("train.pretrain", "train.finetune")
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
-        self.handed: list = []
-        self.most_held = 0
+        self.handed: dict[str, list] = {k: [] for k in self.TRICKLE}
+        self.most_held = dict.fromkeys(self.TRICKLE, 0)
 
     def pull_messages(self, message_ids):
         import gc
         import weakref
 
         gc.collect()
-        self.most_held = max(self.most_held, sum(ref() is not None for ref in self.handed))
+        for kind, refs in self.handed.items():
+            self.most_held[kind] = max(self.most_held[kind], sum(ref() is not None for ref in refs))
         got = list(super().pull_messages(message_ids))
-        if not got or got[0].metadata.message_type != "train.pretrain":
+        if not got or got[0].metadata.message_type not in self.TRICKLE:
             return got
         for extra in got[1:]:  # back into the store, for the next pull
             self.replies[extra.metadata.reply_to_message_id] = extra
-        self.handed.append(weakref.ref(got[0]))
+        self.handed[got[0].metadata.message_type].append(weakref.ref(got[0]))
         return got[:1]
 
 
-def test_pretraining_replies_are_averaged_as_they_arrive_and_not_held(tmp_path):
-    res, grid = in_process_campaign(tmp_path, grid_cls=TricklingGrid)
+def test_pretraining_and_finetuning_replies_are_averaged_as_they_arrive_and_not_held(tmp_path):
+    res, grid = in_process_campaign(tmp_path, grid_cls=TricklingGrid, lab_nodes=3)
     assert res["state"] == "done" and not res["missing_nodes"]
-    assert len(grid.handed) == sum(r["nodes"] for r in res["phases"]["pretrain"]["rounds"]) >= 8
-    assert grid.most_held <= 1, grid.most_held  # the reply in hand at most: never the round's
+    assert len(grid.handed["train.pretrain"]) == sum(r["nodes"] for r in res["phases"]["pretrain"]["rounds"]) >= 8
+    tuned = [r["nodes"] for r in res["finetune"]["rounds"][1:]]
+    assert tuned and len(grid.handed["train.finetune"]) == sum(tuned) >= 2
+    assert grid.most_held == {"train.pretrain": 1, "train.finetune": 1}, grid.most_held  # the reply in hand at most: never the round's
 
 
 def test_exchange_each_hands_over_replies_and_names_the_missing():
