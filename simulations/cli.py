@@ -92,8 +92,16 @@ def experiment_babel(args, device) -> dict:
                 joint[flag] = [kind(v) for v in text.split(",") if v.strip()]
             except ValueError:
                 raise ValueError(f"--{flag.replace('_', '-')} takes comma-separated {'numbers' if kind is float else 'whole numbers'}, got {text!r}") from None
+    settings = None
+    if args.objective:
+        from dataclasses import replace
+
+        from simulations.experiments.babel import BabelSettings
+
+        base = BabelSettings.quick() if args.quick else BabelSettings()
+        settings = replace(base, pretrain=replace(base.pretrain, objective=args.objective))
     return run(args.dataset, args.plan, args.seeds, args.out or Path("runs") / f"babel-{Path(args.plan).stem}", args.quick, device, scenario=args.scenario,
-               kd_weights=kd_weights, **joint)
+               settings=settings, kd_weights=kd_weights, **joint)
 
 
 def probe(args, device) -> dict:
@@ -196,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "chosen on validation subjects with --joint-epochs (default: the growth temperature)")
     p.add_argument("--joint-epochs", default="", help="comma-separated candidate epochs of the joint reference (e.g. 15,45), chosen on "
                    "validation subjects with --joint-temperatures (default: the configured joint_epochs)")
+    p.add_argument("--objective", default="", choices=["", *OBJECTIVES],
+                   help="self-supervised encoder objective; cross-modal pairs the two streams of each stage on its source's windows, "
+                        "nothing else (default: the settings' own, contrastive)")  # fmt: skip
     p.set_defaults(func=experiment_babel)
 
     p = command(sub, "probe", "encoder sanity figures: all-label linear probe per modality against the same encoder trained supervised",

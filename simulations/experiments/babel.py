@@ -144,7 +144,10 @@ def prepare(ds: WindowDataset, sc: Scenario, plan: GrowthPlan, seed: int, st: Ba
         if st.pretrain_windows is not None and len(r) > st.pretrain_windows:
             r = np.sort(rng.choice(r, size=st.pretrain_windows, replace=False))
         pre_rows[m] = r
-    enc = pretrain_encoders(ds, pre_rows, st.tower, st.pretrain, device, seed)
+    # cross-modal pretraining pairs only what the plan's stages pair, on their sources' unlabelled windows (a
+    # stage source's two streams of one window are a free positive pair): the never-paired streams stay unpaired
+    parties = [(list(s.pair), rows[s.source][~labelled[s.source]]) for s in plan.stages if s.kind == "grow"]
+    enc = pretrain_encoders(ds, pre_rows, st.tower, st.pretrain, device, seed, parties=parties)
     # Stage sources get every plan modality too (only the joint reference reads the ones they do not hold),
     # as do the labelled, validation and test groups; other groups are not used.
     sources = {s.source for s in plan.stages}
