@@ -192,6 +192,21 @@ class FinetuneAggregator:
         self.sums, self.kept = {}, {}
         return out
 
+    def state_dict(self) -> dict[str, dict[str, State]]:
+        """What the strategies carry from round to round (a server optimiser's moments, per block), as tensors, for a checkpoint."""
+        out = {}
+        for block, strategy in self.strategies.items():
+            moments = {name: getattr(strategy, name, None) for name in ("m_t", "v_t")}
+            out[block] = {name: {k: torch.from_numpy(np.array(v)) for k, v in m.items()} for name, m in moments.items() if m is not None}
+        return out
+
+    def load_state_dict(self, state: Mapping[str, Mapping[str, Mapping[str, torch.Tensor]]]) -> None:
+        """The strategies as ``state_dict`` left them: a resumed run's next round is the one an uninterrupted run takes."""
+        for block, moments in state.items():
+            strategy = self.strategies.setdefault(block, make_strategy(self.cfg.finetune_strategy, self.cfg))
+            for name, m in moments.items():
+                setattr(strategy, name, {k: v.numpy() for k, v in m.items()})
+
     def aggregate(self, rnd: int, current: Mapping[str, torch.Tensor], replies: Sequence[tuple[Mapping[str, torch.Tensor], float]]) -> dict[str, torch.Tensor]:
         """A whole round at once: ``begin``, ``add`` each reply, ``finish``."""
         self.begin(current)

@@ -334,19 +334,39 @@ def finetune(st: CampaignState) -> dict:
         why = "finetune-rounds is 0" if cfg.finetune_rounds == 0 else "no labelled training node" if not trainers else "no validation node"
         log.info("[finetune] skipped: %s; the head on features is the final model", why)
         return {"rounds": 0, "skipped": why}
-    current = flat_state(st.model.cpu(), st.fusion_head.cpu())
     aggregator = aggregation.FinetuneAggregator(cfg)
     base = {**cfg.local_finetune().to_wire(), "seed": cfg.seed, **st.tower_config()}
-    start = current
-    best = {"round": 0, **score(st, current, validators, "validation", 0)}
-    chosen, history = current, [dict(best)]
-    best_tuned: tuple[dict, dict] | None = None  # the best fine-tuned round, whether or not it beats round 0
-    log.info("[finetune] round 0 (head on features): validation accuracy %.3f macro-F1 %.3f", best["accuracy"], best["macro_f1"])
     draw = np.random.default_rng([cfg.seed, 0xF1])
     per_round = max(1, int(round(cfg.finetune_fraction * len(trainers))))
     ids = sorted(trainers)  # Flower node ids are 64-bit: draw positions, never the ids themselves (numpy would make them floats)
+    first, stopped = 1, False
+    if cfg.resume and (st.checkpoints / "finetune.pt").exists():  # the rounds an earlier run finished: not asked again
+        ck = torch.load(st.checkpoints / "finetune.pt", weights_only=True)
+        start, current, chosen, best, history = ck["start"], ck["current"], ck["chosen"], ck["best"], ck["history"]
+        best_tuned = (ck["best_tuned"]["scored"], ck["best_tuned"]["state"]) if ck["best_tuned"] else None
+        aggregator.load_state_dict(ck["aggregator"])
+        first, stopped = int(ck["round"]) + 1, bool(ck["stopped"])
+        for _ in range(1, first):  # the same draws as before the kill: round r picks what it picked then
+            draw.choice(len(ids), size=per_round, replace=False)
+        log.info("[finetune] resuming after round %d of %d (checkpoint)%s", first - 1, cfg.finetune_rounds, "; it had stopped" if stopped else "")
+    else:
+        current = flat_state(st.model.cpu(), st.fusion_head.cpu())
+        start = current
+        best = {"round": 0, **score(st, current, validators, "validation", 0)}
+        chosen, history = current, [dict(best)]
+        best_tuned = None  # the best fine-tuned round, whether or not it beats round 0
+        log.info("[finetune] round 0 (head on features): validation accuracy %.3f macro-F1 %.3f", best["accuracy"], best["macro_f1"])
+
+    def save(rnd: int, stopped: bool = False) -> None:
+        st.checkpoint("finetune.pt", {
+            "round": rnd, "stopped": stopped, "start": start, "current": current, "chosen": chosen, "best": best, "history": history,
+            "best_tuned": {"scored": best_tuned[0], "state": best_tuned[1]} if best_tuned else None, "aggregator": aggregator.state_dict(),
+        })  # fmt: skip
+
     t_rounds = time.monotonic()
-    for rnd in range(1, cfg.finetune_rounds + 1):
+    for rnd in range(first, cfg.finetune_rounds + 1):
+        if stopped:
+            break
         picked = [ids[i] for i in sorted(draw.choice(len(ids), size=per_round, replace=False))]  # FedAvg's client sampling
         arrays = records_for(current, {f: trainers[f] for f in picked})
         contents = {f: RecordDict({"config": ConfigRecord({**base, "round": rnd}), "arrays": arrays[f]}) for f in picked}
@@ -368,6 +388,7 @@ def finetune(st: CampaignState) -> dict:
         st.send("finetune", "train.finetune", contents, rnd, on_reply=take)
         if not taken:
             log.warning("[finetune] round %d: no node returned a model; stopping", rnd)
+            save(rnd - 1, stopped=True)
             break
         current = aggregator.finish(rnd)
         scored = {"round": rnd, "nodes": taken, **score(st, current, validators, "validation", rnd)}
@@ -378,10 +399,11 @@ def finetune(st: CampaignState) -> dict:
             best_tuned = (scored, current)
         if scored["macro_f1"] > best["macro_f1"]:
             best, chosen = scored, current
-    if best["round"] > 0:
+        save(rnd)
+    if best["round"] > 0 or first > 1:  # a resumed run takes the model from the checkpoint, not from its own head phase
         st.model, st.fusion_head = model_from_flat(chosen, {m: st.specs[m] for m in st.model.modalities}, st.tower)
-        st.finetuned = True
-    record = {"strategy": cfg.finetune_strategy, "rounds": history, "chosen_round": best["round"]}
+        st.finetuned = best["round"] > 0
+    record = {"strategy": cfg.finetune_strategy, "rounds": history, "chosen_round": best["round"], **({"resumed_after_round": first - 1} if first > 1 else {})}
     # both paths on the test nodes, for the books: the choice above never saw these figures
     testers = {f: n for f, n in st.live("test").items() if n.part("test").labelled > 0}
     if testers:

@@ -4,6 +4,7 @@ noisy labels, stragglers), uploads collected in waves, and a coordinator that di
 from __future__ import annotations
 
 import pytest
+import torch
 
 from coordinator import phases as P
 from tests.flower_grid import flower_env, in_process_campaign  # noqa: F401  (flower_env: autouse)
@@ -75,37 +76,39 @@ def test_uploads_collected_in_waves_store_the_same_as_all_at_once(tmp_path):
     assert waves["accuracy"] == whole["accuracy"]
 
 
-@pytest.mark.parametrize("kill_in", ["pretrain", "bind", "head"])
+@pytest.mark.parametrize("kill_in", ["pretrain", "bind", "head", "finetune"])
 def test_a_campaign_killed_mid_way_resumes_without_repeating_what_it_finished(tmp_path, monkeypatch, kill_in):
     """The coordinator dies in pretraining round 2 (or in bind, after every upload is stored, or fitting the head, after
-    the alignment stage's checkpoint); run again with resume, it
-    goes on from the store and its checkpoints, asks no node for what it already has, and ends where an uninterrupted
-    campaign of the same seed ends."""
+    the alignment stage's checkpoint, or in fine-tuning round 3 of 3, under FedAdam, whose moments carry over rounds);
+    run again with resume, it goes on from the store and its checkpoints, asks no node for what it already has, and
+    ends where an uninterrupted campaign of the same seed ends."""
     from coordinator import server_app
 
     (tmp_path / "whole").mkdir()
     (tmp_path / "killed").mkdir()
-    whole, whole_grid = in_process_campaign(tmp_path / "whole", **{"pretrain-rounds": 3})
+    settings = {"pretrain-rounds": 3, **({"finetune-rounds": 3, "finetune-strategy": "fedadam", "lab-nodes": 3} if kill_in == "finetune" else {})}
+    lab_nodes = settings.pop("lab-nodes", 1)
+    whole, whole_grid = in_process_campaign(tmp_path / "whole", lab_nodes=lab_nodes, **settings)
     real_send, real_bind, real_head = server_app.send, P.bind, P.fit_head
 
     def dying_send(grid, st, phase, kind, contents, rnd=0, **kw):
-        if phase == "pretrain" and rnd == 2:
+        if (phase, rnd) == (kill_in, 2 if kill_in == "pretrain" else 3):
             raise RuntimeError("coordinator killed")
         return real_send(grid, st, phase, kind, contents, rnd, **kw)
 
     def dying(*a, **kw):
         raise RuntimeError("coordinator killed")
 
-    if kill_in == "pretrain":
+    if kill_in in ("pretrain", "finetune"):
         monkeypatch.setattr(server_app, "send", dying_send)
     else:
         monkeypatch.setattr(P, kill_in if kill_in == "bind" else "fit_head", dying)
     with pytest.raises(RuntimeError, match="coordinator killed"):
-        in_process_campaign(tmp_path / "killed", **{"pretrain-rounds": 3})
+        in_process_campaign(tmp_path / "killed", lab_nodes=lab_nodes, **settings)
     monkeypatch.setattr(server_app, "send", real_send)
     monkeypatch.setattr(P, "bind", real_bind)
     monkeypatch.setattr(P, "fit_head", real_head)
-    res, grid = in_process_campaign(tmp_path / "killed", **{"pretrain-rounds": 3, "resume": True})
+    res, grid = in_process_campaign(tmp_path / "killed", lab_nodes=lab_nodes, **settings, resume=True)
     assert res["state"] == "done" and res["missing_nodes"] == []
     per_round = whole_grid.sent.count("train.pretrain") // 3
     if kill_in == "pretrain":  # round 1 was kept; rounds 2 and 3 run now
@@ -113,7 +116,15 @@ def test_a_campaign_killed_mid_way_resumes_without_repeating_what_it_finished(tm
         assert grid.sent.count("query.collect") == 7
     else:  # every round and every upload was kept
         assert grid.sent.count("train.pretrain") == 0 and grid.sent.count("query.collect") == 0 and res["phases"]["collect"]["resumed"]
-    assert res["phases"]["grow"].get("resumed", False) == (kill_in == "head")  # the alignment stage was loaded, not trained again
+    assert res["phases"]["grow"].get("resumed", False) == (kill_in in ("head", "finetune"))  # the alignment stage was loaded, not trained again
+    if kill_in == "finetune":  # rounds 1 and 2 were kept: only round 3 asks the nodes to train, and it ends as the whole run's did
+        tuned = whole_grid.sent.count("train.finetune")
+        assert tuned >= 6 and grid.sent.count("train.finetune") == tuned // 3
+        assert res["finetune"]["resumed_after_round"] == 2
+        assert [r["macro_f1"] for r in res["finetune"]["rounds"]] == [r["macro_f1"] for r in whole["finetune"]["rounds"]]
+        assert res["finetune"]["test"] == whole["finetune"]["test"]
+        a, b = (torch.load(d / "out" / "checkpoints" / "finetune.pt", weights_only=True) for d in (tmp_path / "whole", tmp_path / "killed"))
+        assert a["round"] == b["round"] == 3 and all(torch.equal(a["current"][k], b["current"][k]) for k in a["current"])  # round 3's model, bit for bit
     assert res["accuracy"] == whole["accuracy"]  # the same end as without the kill
 
 
