@@ -201,6 +201,7 @@ class IngestStats:
     dead_letters: int = 0  # frames that failed ``max_store_attempts`` times: kept in the store's dead-letter table, acknowledged
     windows: Counter[str] = field(default_factory=Counter)  # modality -> windows cut
     connects: int = 0
+    sessions_lost: int = 0  # reconnects that found no session of this node at the broker (see Ingest._on_connect)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -211,6 +212,7 @@ class IngestStats:
             "dead_letters": self.dead_letters,
             "windows": dict(self.windows),
             "connects": self.connects,
+            "sessions_lost": self.sessions_lost,
         }
 
 
@@ -448,7 +450,15 @@ class Ingest:
         self._redeliver = False  # a new connection: the broker resends what was left unacknowledged
         client.subscribe(sensor_topic(self.node_id, "+"), qos=1)
         with self._lock:
+            lost = self.stats.connects > 0 and not flags.session_present
             self.stats.connects += 1
+            self.stats.sessions_lost += lost
+        if lost:  # the broker restarted without this node's session (killed before it saved it, or its store lost)
+            log.warning(
+                "node %s: the broker at %s:%d no longer held this node's session: what sensors published while no session "
+                "existed was not kept for the node; publishers resend only their last seconds (Publisher.resend_window)",
+                self.node_id, *self.broker,
+            )  # fmt: skip
         log.info(
             "node %s connected to %s:%d as %s (session present: %s)",
             self.node_id, *self.broker, self.client_id, flags.session_present,

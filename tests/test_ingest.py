@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -370,11 +371,30 @@ def test_broker_restart_and_offline_node_lose_nothing(tmp_path, broker, node):
     pub.close()
 
     assert node.stats.connects >= 3
+    assert node.stats.sessions_lost == 0  # every restart kept the node's session
     assert sum(node.stats.rejected.values()) == 0
     node.cut()
     for m in SPECS:
         assert [f.seq for f in node.store.frames(m)] == [f.seq for f in frames[m]]
         np.testing.assert_array_equal(node.store.windows(m).data, x[m])
+
+
+def test_a_broker_that_lost_the_nodes_session_is_named_and_counted(tmp_path, broker, node, caplog):
+    """A broker back without the node's session (killed before it saved it, its store lost) drops what sensors publish
+    until the node subscribes again; the node cannot get that back, but says so and counts it."""
+    assert node.stats.sessions_lost == 0
+    broker.stop()
+    for f in (tmp_path / "data").iterdir():  # what a SIGKILL in the first second leaves: no saved session
+        f.unlink()
+    with caplog.at_level(logging.WARNING, logger="edgebind"):
+        broker.start()
+        _wait(lambda: node.stats.connects >= 2, what="the node's reconnect")
+    assert node.stats.sessions_lost == 1 and node.stats.as_dict()["sessions_lost"] == 1
+    assert any("no longer held this node's session" in r.getMessage() for r in caplog.records)
+    broker.stop()  # a restart that kept the session is not counted
+    broker.start()
+    _wait(lambda: node.stats.connects >= 3, what="the node's second reconnect")
+    assert node.stats.sessions_lost == 1
 
 
 @pytest.mark.e2e
