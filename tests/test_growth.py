@@ -372,6 +372,35 @@ def test_quick_experiment_writes_results_and_plots(tmp_path):
     assert res["summary"]["variants"].keys() == s["variants"].keys()
 
 
+def test_cross_modal_pretraining_in_babel_pairs_only_what_the_stages_pair(monkeypatch):
+    """lin_acc and gravity are never paired in hapt-gyro-trunk: cross-modal pretraining must not pair them either."""
+    from dataclasses import replace
+
+    from common.data import load_dataset
+    from common.data.scenarios import Scenario
+    from common.growth.plan import GrowthPlan
+    from simulations.experiments import babel
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(ds, rows, tower, cfg, device, seed, parties=None):
+        seen.update(objective=cfg.objective, parties=parties)
+        raise Stop
+
+    monkeypatch.setattr(babel, "pretrain_encoders", capture)
+    st = babel.BabelSettings.quick()
+    st = replace(st, pretrain=replace(st.pretrain, objective="cross-modal"))
+    gp = GrowthPlan.from_toml("hapt-gyro-trunk")
+    with pytest.raises(Stop):
+        babel.prepare(load_dataset("hapt"), Scenario.load(gp.scenario), gp, 0, st, torch.device("cpu"))
+    assert seen["objective"] == "cross-modal"
+    assert [sorted(mods) for mods, _ in seen["parties"]] == [["gyro", "lin_acc"], ["gravity", "gyro"]]
+    assert all(len(rows) > 0 for _, rows in seen["parties"])
+
+
 def test_kd_weight_choice_takes_the_best_mean_and_ties_go_to_the_smaller_weight():
     from simulations.experiments.babel import choose_kd_weight
 
