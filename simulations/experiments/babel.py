@@ -498,8 +498,9 @@ def _select_and_run(ds: WindowDataset, sc: Scenario, gp: GrowthPlan, alt: Growth
     val, test = _group_of(sc, "validation"), _group_of(sc, "test")
     prepared, cands, sel_seeds, joint_seeds = [], [], [], []
     for seed in range(seeds):
-        log.info("seed %d/%d: choosing on validation subjects: distillation weight among %s, joint (epochs, temperature) among %s", seed + 1, seeds,
-                 ", ".join(f"{w:g}" for w in kd_weights or []) or "-", joint_grid or "-")
+        joint_text = f"temperatures {', '.join(f'{t:g}' for t in joint_grid[0])} x epochs {', '.join(map(str, joint_grid[1]))}" if joint_grid else "-"
+        log.info("seed %d/%d: choosing on validation subjects: distillation weight among %s, joint reference among %s", seed + 1, seeds,
+                 ", ".join(f"{w:g}" for w in kd_weights or []) or "-", joint_text)
         seed_everything(seed)
         t0 = time.time()
         sd, enc = prepare(ds, sc, gp, seed, st, device)
