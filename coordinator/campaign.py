@@ -230,10 +230,13 @@ def collect(st: CampaignState) -> dict:
     if st.key_source == "generated":
         base["signing-public-key"] = public_key_of(st.key).hex()  # for simulated nodes only: see server_app's docstring
     encoders = {m: ArrayRecord(s["encoder"]) for m, s in st.global_states.items()}
-    contents, allowed = {}, {}
+    contents, allowed, quotas = {}, {}, {}
     for f, n in st.live().items():
         upload = [r for r in n.roles if r in UPLOAD_ROLES]  # test windows stay on the node
         allowed[n.node_id] = {p.group for p in n.parts if p.role in upload}
+        # a node uploads at most the windows its manifest announced, per group and modality
+        quotas[n.node_id] = {p.group: p.windows for p in n.parts if p.role in upload}
+        quotas[n.node_id][""] = quotas[n.node_id].get(n.group, 0)  # a batch that names no group is of the node's own
         rd = RecordDict({"config": ConfigRecord({**base, "upload-roles": upload})})
         for m in n.modalities:
             rd[f"encoder.{m}"] = encoders[m]
@@ -251,7 +254,7 @@ def collect(st: CampaignState) -> dict:
                 versions.setdefault(m, Counter())[str(v)] += 1
         answered += len(replies)
         del replies
-        rep.add(phases.collect(st.store, st.campaign_id, uploads, sorted(st.specs), expected_dim=st.tower.feature_dim, groups=allowed))
+        rep.add(phases.collect(st.store, st.campaign_id, uploads, sorted(st.specs), expected_dim=st.tower.feature_dim, groups=allowed, quotas=quotas))
     st.encoder_versions = {m: c.most_common(1)[0][0] for m, c in versions.items()}
     for m, c in versions.items():
         if len(c) > 1:

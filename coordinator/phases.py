@@ -99,6 +99,7 @@ def collect(
     known_modalities: Sequence[str],
     expected_dim: int | None = None,
     groups: Mapping[str, Container[str]] | None = None,
+    quotas: Mapping[str, Mapping[str, int]] | None = None,
 ) -> CollectReport:
     """Check and store uploaded EmbeddingBatches, given as (sender node id, serialised batch).
 
@@ -106,9 +107,14 @@ def collect(
     duplicate and changes nothing; a batch that does not decode, names another
     node or campaign, has an unknown modality or the wrong dimension, or (with
     ``groups``: node id -> the groups it may upload) names a group its node
-    did not announce, is rejected with its reason and nothing is stored for it.
+    did not announce, or (with ``quotas``: node id -> group -> the windows its
+    manifest announced, "" for the node's own group) would take a node's
+    stored windows of a group and modality beyond what it announced, counting
+    what earlier waves and runs stored, is rejected with its reason and
+    nothing is stored for it.
     """
     rep = CollectReport()
+    used: dict[str, dict[tuple[str, str], int]] = {}  # sender -> (group, modality) -> windows stored so far
     for sender, blob in uploads:
         rep.bytes += len(blob)
         try:
@@ -120,6 +126,15 @@ def collect(
                 raise CodecError(f"batch {d.batch_id!r} from {sender!r} is for campaign {d.campaign_id!r}, not {campaign_id!r}")
             if groups is not None and d.group and d.group not in groups.get(sender, ()):
                 raise CodecError(f"batch {d.batch_id!r} from {sender!r} is for group {d.group!r}, which that node did not announce")
+            key = (d.group or "", d.modality)
+            if quotas is not None and store.embedding_batch(sender, campaign_id, d.batch_id) is None:
+                if sender not in used:  # what earlier waves, rejoins and runs of this campaign stored for it
+                    used[sender] = store.stored_rows(campaign_id, sender)
+                held = used[sender]
+                quota = quotas.get(sender, {}).get(d.group or "", 0)
+                if held.get(key, 0) + len(d) > quota:
+                    raise CodecError(f"batch {d.batch_id!r} from {sender!r} holds {len(d)} {d.modality} windows of group {d.group or '(its own)'!r}: "
+                                     f"with the {held.get(key, 0)} stored, more than the {quota} its manifest announced")  # fmt: skip
             new = store.add_embedding_batch(  # stored as sent: float16 stays float16, int8 keeps its scales
                 node_id=d.node_id, campaign_id=campaign_id, batch_id=d.batch_id, modality=d.modality,
                 window_ids=d.window_ids, embeddings=d.wire, labels=d.labels, subjects=d.subjects,
@@ -132,6 +147,8 @@ def collect(
         if new:
             rep.stored += 1
             rep.windows[d.modality] = rep.windows.get(d.modality, 0) + len(d)
+            if sender in used:
+                used[sender][key] = used[sender].get(key, 0) + len(d)
         else:
             rep.duplicates += 1
     return rep

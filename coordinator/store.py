@@ -324,6 +324,18 @@ class CoordinatorStore(TrustRecords, SqlStore):
             ).first()
         return None if r is None else self._record(r)
 
+    def stored_rows(self, campaign_id: str, node_id: str) -> dict[tuple[str, str], int]:
+        """How many windows a node has stored in a campaign, by (group, modality); group "" is the node's own."""
+        for what, v in (("node_id", node_id), ("campaign_id", campaign_id)):
+            _name(what, v)
+        with self._tx() as s:
+            rows = s.execute(
+                select(_BatchRow.group_name, _BatchRow.modality, func.sum(_BatchRow.n_rows))
+                .where(_BatchRow.node_id == node_id, _BatchRow.campaign_id == campaign_id)
+                .group_by(_BatchRow.group_name, _BatchRow.modality)
+            ).all()
+        return {(g or "", m): int(n) for g, m, n in rows}
+
     @staticmethod
     def _record(r: _BatchRow) -> EmbeddingBatchRecord:
         return EmbeddingBatchRecord(

@@ -169,6 +169,11 @@ class CoordinatorStoreSuite(StoreSuite):
         assert len(store.embeddings("c1", "acc")) == 4 and len(store.embeddings("c1", "gyro")) == 0
         # the key is (node, campaign, batch id): other nodes may reuse the batch id
         assert store.add_embedding_batch("n2", "c1", "b1", "acc", wids("w", 4), emb(4)) is True
+        # what a node stored, counted by group and modality (its upload quota reads it): the repeat counts once
+        store.add_embedding_batch("n1", "c1", "b2", "acc", wids("u", 3), emb(3), group="lab")
+        store.add_embedding_batch("n1", "c1", "b3", "gyro", wids("u", 2), emb(2), group="lab")
+        assert store.stored_rows("c1", "n1") == {("", "acc"): 4, ("lab", "acc"): 3, ("lab", "gyro"): 2}
+        assert store.stored_rows("c1", "n9") == {}
 
     def test_embeddings_concatenate_in_a_fixed_order(self, store: CoordinatorStore) -> None:
         for node, batch, n in [("n2", "b1", 2), ("n1", "b2", 3), ("n2", "b0", 1), ("n1", "b1", 2)]:

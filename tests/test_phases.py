@@ -392,6 +392,38 @@ def test_a_node_holding_out_subjects_uploads_each_part_under_its_group(campaign,
         node_parts(both, "validation", "validation", {"validation": val.subjects})
 
 
+def test_a_node_stores_no_more_windows_than_its_manifest_announced(campaign, ds, sc):
+    """Per-node upload quotas: per group and modality, the windows announced, counting what earlier waves stored;
+    a batch beyond it is refused by name and stores nothing, a batch stored before is still a duplicate."""
+    from node_agent.data import DatasetNodeData
+
+    spec = next(s for s in campaign["specs"] if s.group == "lab")
+    data = DatasetNodeData(spec.node_id, ds, spec.rows, list(spec.modalities), spec.labelled)
+    rt = campaign["runtimes"][spec.node_id]
+    batches = tasks.encode_and_pack(data, rt.encoders(), spec.node_id, "cq", group="lab", batch_rows=8)
+    per_mod = {m: [b for b in batches if b.modality == m] for m in spec.modalities}
+    m = sorted(per_mod)[0]
+    assert len(per_mod[m]) >= 3
+    store = open_store("sqlite://")
+    store.create_campaign("cq", {})
+    quota = {spec.node_id: {"lab": 8 + 8, "": 8 + 8}}  # two batches' worth of windows per modality
+    first = P.collect(store, "cq", [(spec.node_id, per_mod[m][0].SerializeToString())], sc.modalities, quotas=quota)  # an earlier wave
+    assert first.stored == 1 and not first.rejected
+    rest = [(spec.node_id, b.SerializeToString()) for b in per_mod[m]]
+    rep = P.collect(store, "cq", rest, sc.modalities, quotas=quota)
+    assert rep.stored == 1 and rep.duplicates == 1 and len(rep.rejected) == len(per_mod[m]) - 2
+    assert "more than the 16 its manifest announced" in rep.rejected[0] and f"{m} windows of group 'lab'" in rep.rejected[0]
+    assert store.stored_rows("cq", spec.node_id) == {("lab", m): 16}
+    again = P.collect(store, "cq", rest[:2], sc.modalities, quotas=quota)  # what was stored is a duplicate, not over the quota
+    assert again.duplicates == 2 and not again.rejected
+    other = P.collect(store, "cq", [(spec.node_id, per_mod[m][0].SerializeToString())], sc.modalities, quotas={})  # announced nothing
+    assert other.duplicates == 1  # stored before: a duplicate whatever the quota
+    fresh = open_store("sqlite://")
+    fresh.create_campaign("cq", {})
+    none = P.collect(fresh, "cq", rest[:1], sc.modalities, quotas={})
+    assert none.stored == 0 and "more than the 0 its manifest announced" in none.rejected[0]
+
+
 def test_bind_grow_head_bundles_apply_and_evaluate(campaign, ds, sc):
     store, runtimes = campaign["store"], campaign["runtimes"]
     groups = P.group_data(store, "c1", campaign["infos"])
