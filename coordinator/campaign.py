@@ -234,9 +234,8 @@ def collect(st: CampaignState) -> dict:
     for f, n in st.live().items():
         upload = [r for r in n.roles if r in UPLOAD_ROLES]  # test windows stay on the node
         allowed[n.node_id] = {p.group for p in n.parts if p.role in upload}
-        # a node uploads at most the windows its manifest announced, per group and modality
+        # a node uploads at most the windows its manifest announced, per group and modality (its batches name their group)
         quotas[n.node_id] = {p.group: p.windows for p in n.parts if p.role in upload}
-        quotas[n.node_id][""] = quotas[n.node_id].get(n.group, 0)  # a batch that names no group is of the node's own
         rd = RecordDict({"config": ConfigRecord({**base, "upload-roles": upload})})
         for m in n.modalities:
             rd[f"encoder.{m}"] = encoders[m]

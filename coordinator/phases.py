@@ -108,10 +108,10 @@ def collect(
     node or campaign, has an unknown modality or the wrong dimension, or (with
     ``groups``: node id -> the groups it may upload) names a group its node
     did not announce, or (with ``quotas``: node id -> group -> the windows its
-    manifest announced, "" for the node's own group) would take a node's
-    stored windows of a group and modality beyond what it announced, counting
-    what earlier waves and runs stored, is rejected with its reason and
-    nothing is stored for it.
+    manifest announced) names no group or would take a node's stored windows
+    of a group and modality beyond what it announced, counting what earlier
+    waves and runs stored, is rejected with its reason and nothing is stored
+    for it.
     """
     rep = CollectReport()
     used: dict[str, dict[tuple[str, str], int]] = {}  # sender -> (group, modality) -> windows stored so far
@@ -126,15 +126,17 @@ def collect(
                 raise CodecError(f"batch {d.batch_id!r} from {sender!r} is for campaign {d.campaign_id!r}, not {campaign_id!r}")
             if groups is not None and d.group and d.group not in groups.get(sender, ()):
                 raise CodecError(f"batch {d.batch_id!r} from {sender!r} is for group {d.group!r}, which that node did not announce")
-            key = (d.group or "", d.modality)
-            if quotas is not None and store.embedding_batch(sender, campaign_id, d.batch_id) is None:
+            key = (d.group, d.modality)
+            if quotas is not None:
+                if not d.group:  # a node's quota is per group it announced: a batch must say which
+                    raise CodecError(f"batch {d.batch_id!r} from {sender!r} names no group, so no quota of its node covers it")
                 if sender not in used:  # what earlier waves, rejoins and runs of this campaign stored for it
                     used[sender] = store.stored_rows(campaign_id, sender)
-                held = used[sender]
-                quota = quotas.get(sender, {}).get(d.group or "", 0)
-                if held.get(key, 0) + len(d) > quota:
-                    raise CodecError(f"batch {d.batch_id!r} from {sender!r} holds {len(d)} {d.modality} windows of group {d.group or '(its own)'!r}: "
-                                     f"with the {held.get(key, 0)} stored, more than the {quota} its manifest announced")  # fmt: skip
+                held, quota = used[sender].get(key, 0), quotas.get(sender, {}).get(d.group, 0)
+                # over the quota unless it is a batch stored before (a duplicate, which changes nothing)
+                if held + len(d) > quota and store.embedding_batch(sender, campaign_id, d.batch_id) is None:
+                    raise CodecError(f"batch {d.batch_id!r} from {sender!r} holds {len(d)} {d.modality} windows of group {d.group!r}: "
+                                     f"with the {held} stored, more than the {quota} its manifest announced")  # fmt: skip
             new = store.add_embedding_batch(  # stored as sent: float16 stays float16, int8 keeps its scales
                 node_id=d.node_id, campaign_id=campaign_id, batch_id=d.batch_id, modality=d.modality,
                 window_ids=d.window_ids, embeddings=d.wire, labels=d.labels, subjects=d.subjects,

@@ -406,7 +406,7 @@ def test_a_node_stores_no_more_windows_than_its_manifest_announced(campaign, ds,
     assert len(per_mod[m]) >= 3
     store = open_store("sqlite://")
     store.create_campaign("cq", {})
-    quota = {spec.node_id: {"lab": 8 + 8, "": 8 + 8}}  # two batches' worth of windows per modality
+    quota = {spec.node_id: {"lab": 8 + 8}}  # two batches' worth of windows per modality
     first = P.collect(store, "cq", [(spec.node_id, per_mod[m][0].SerializeToString())], sc.modalities, quotas=quota)  # an earlier wave
     assert first.stored == 1 and not first.rejected
     rest = [(spec.node_id, b.SerializeToString()) for b in per_mod[m]]
@@ -422,6 +422,9 @@ def test_a_node_stores_no_more_windows_than_its_manifest_announced(campaign, ds,
     fresh.create_campaign("cq", {})
     none = P.collect(fresh, "cq", rest[:1], sc.modalities, quotas={})
     assert none.stored == 0 and "more than the 0 its manifest announced" in none.rejected[0]
+    unnamed = tasks.encode_and_pack(data, rt.encoders(), spec.node_id, "cq", batch_rows=8)[0].SerializeToString()
+    refused = P.collect(fresh, "cq", [(spec.node_id, unnamed)], sc.modalities, quotas=quota)
+    assert refused.stored == 0 and "names no group" in refused.rejected[0]
 
 
 def test_bind_grow_head_bundles_apply_and_evaluate(campaign, ds, sc):
