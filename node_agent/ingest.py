@@ -61,6 +61,7 @@ __all__ = [
     "mosquitto_conf",
     "node_specs",
     "parse_broker",
+    "resend_topic",
     "sensor_topic",
     "stream_of",
     "use_tls",
@@ -91,6 +92,12 @@ REJECT_REASONS = (
 
 def sensor_topic(node_id: str, modality: str) -> str:
     return f"edgebind/{node_id}/sensors/{modality}"
+
+
+def resend_topic(node_id: str) -> str:
+    """Where a node asks its sensors to publish their recent frames again (below ``sensors/``, two levels down, so
+    the node's own ``sensors/+`` subscription does not take it for a stream, and the ACL's ``sensors/#`` covers it)."""
+    return f"edgebind/{node_id}/sensors/_control/resend"
 
 
 def events_topic(node_id: str) -> str:
@@ -449,14 +456,19 @@ class Ingest:
             return
         self._redeliver = False  # a new connection: the broker resends what was left unacknowledged
         client.subscribe(sensor_topic(self.node_id, "+"), qos=1)
+        if not flags.session_present:
+            # No session of ours at the broker: what sensors published before this subscription was not kept for us.
+            # Ask them (after the subscription, on the same connection, so the broker has it in place) to publish
+            # what they sent in their last resend_window seconds again; what did arrive is a duplicate, dropped.
+            client.publish(resend_topic(self.node_id), b"", qos=1)
         with self._lock:
             lost = self.stats.connects > 0 and not flags.session_present
             self.stats.connects += 1
             self.stats.sessions_lost += lost
         if lost:  # the broker restarted without this node's session (killed before it saved it, or its store lost)
             log.warning(
-                "node %s: the broker at %s:%d no longer held this node's session: what sensors published while no session "
-                "existed was not kept for the node; publishers resend only their last seconds (Publisher.resend_window)",
+                "node %s: the broker at %s:%d no longer held this node's session (killed before it saved it?); asked the "
+                "sensors to publish their last seconds again (Publisher.resend_window)",
                 self.node_id, *self.broker,
             )  # fmt: skip
         log.info(

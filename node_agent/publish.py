@@ -22,7 +22,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from node_agent.ingest import AUTOSAVE_INTERVAL, client_id_for, parse_broker, sensor_topic, use_tls
+from node_agent.ingest import AUTOSAVE_INTERVAL, client_id_for, parse_broker, resend_topic, sensor_topic, use_tls
 from node_agent.store import open_store
 from proto import edgebind_pb2 as pb
 
@@ -49,13 +49,21 @@ class Publisher:
     publishes those again (``resent`` counts them); the node stores a frame once
     by its stream and seq, so a frame that did arrive is a duplicate, dropped.
     ``resend_window`` must exceed the broker's time between two saves.
+
+    A broker killed before it saved a node's session also drops what sensors
+    publish before that node subscribes again, resends included. With
+    ``resend_on`` (the node's ``resend_topic``) the publisher listens there and
+    sends its window again whenever the node asks, which it does on every
+    connection that finds no session of its own.
     """
 
     def __init__(self, broker: tuple[str, int], client_id: str, keepalive: int = 30, tls: Mapping[str, str] | None = None,
-                 resend_window: float = RESEND_WINDOW) -> None:  # fmt: skip
+                 resend_window: float = RESEND_WINDOW, resend_on: str | None = None) -> None:  # fmt: skip
         self.broker = broker
         self.resend_window = resend_window
+        self.resend_on = resend_on
         self.resent = 0
+        self.resend_requests = 0
         self._pending: dict[int, tuple[str, bytes]] = {}  # mid -> (topic, payload) awaiting its PUBACK
         self._early_acks: dict[int, float] = {}  # mid -> when, for a PUBACK that beat publish() to its bookkeeping
         self._acked: deque[tuple[float, str, bytes]] = deque()  # (when, topic, payload), oldest first, within resend_window
@@ -70,6 +78,7 @@ class Publisher:
         c.on_connect = self._on_connect
         c.on_disconnect = lambda *_a: self._connected.clear()
         c.on_publish = self._on_publish
+        c.on_message = self._on_request
         c.connect_async(broker[0], broker[1], keepalive=keepalive)
         c.loop_start()
         self._client = c
@@ -140,15 +149,26 @@ class Publisher:
             log.warning("broker %s:%d refused the connection: %s", *self.broker, reason)
             return
         self._connects += 1
+        if self.resend_on:
+            client.subscribe(self.resend_on, qos=1)
         if self._connects > 1:  # a reconnect: the broker may have lost what it acknowledged since its last save
-            with self._cond:
-                again, self._acked = list(self._acked), deque()
-            for _when, topic, payload in again:
-                self.publish(topic, payload)
-            self.resent += len(again)
-            if again:
-                log.info("sent %d messages the broker acknowledged in the last %.0fs again after a reconnect", len(again), self.resend_window)
+            self._resend("a reconnect")
         self._connected.set()
+
+    def _on_request(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == self.resend_on:  # the node found no session of its own at the broker
+            self.resend_requests += 1
+            self._resend("the node's request")
+
+    def _resend(self, why: str) -> None:
+        """Publish again what the broker acknowledged in the last ``resend_window`` seconds."""
+        with self._cond:
+            again, self._acked = list(self._acked), deque()
+        for _when, topic, payload in again:
+            self.publish(topic, payload)
+        self.resent += len(again)
+        if again:
+            log.info("sent %d messages the broker acknowledged in the last %.0fs again after %s", len(again), self.resend_window, why)
 
 
 def window_frames(
@@ -309,7 +329,7 @@ def replay_dataset(
                 ids, starts = replayed_windows(len(rows), m, windows[m].shape[1], rates[m], sensor_id=sensor_id, frame_len=frame_len)
                 st.add_windows(m, ids, starts, windows[m], labels=labels, subjects=ds.subject[rows])
         labelled = int((labels >= 0).sum())
-    with Publisher(parse_broker(broker), client_id_for(node_id, "replay"), tls=tls) as pub:
+    with Publisher(parse_broker(broker), client_id_for(node_id, "replay"), tls=tls, resend_on=resend_topic(node_id)) as pub:
         if not pub.wait_connected(30):
             raise ConnectionError(f"no MQTT broker at {broker}")
         sent = replay(pub, node_id, windows, rates, sensor_id=sensor_id, frame_len=frame_len, timeout=timeout)

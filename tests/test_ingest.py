@@ -379,22 +379,46 @@ def test_broker_restart_and_offline_node_lose_nothing(tmp_path, broker, node):
         np.testing.assert_array_equal(node.store.windows(m).data, x[m])
 
 
-def test_a_broker_that_lost_the_nodes_session_is_named_and_counted(tmp_path, broker, node, caplog):
-    """A broker back without the node's session (killed before it saved it, its store lost) drops what sensors publish
-    until the node subscribes again; the node cannot get that back, but says so and counts it."""
-    assert node.stats.sessions_lost == 0
+@pytest.mark.e2e
+def test_a_broker_that_lost_the_nodes_session_loses_no_acknowledged_frame(tmp_path, broker, node, caplog):
+    """A broker back without the node's session (killed before it saved it) drops what sensors publish until the node
+    subscribes again, their own resends included. The node notices (counted, logged) and asks its sensors to publish
+    their last seconds again: every frame the broker acknowledged is stored, once."""
+    from node_agent.ingest import resend_topic
+
+    x = _windows(12, seed=5)
+    frames = {m: list(window_frames(NODE, m, x[m], RATES[m])) for m in SPECS}  # 24 per modality
+    pub = Publisher(broker.address, "sensor-lost-session", resend_on=resend_topic(NODE))
+    assert pub.wait_connected(10)
+
+    def send(lo: int, hi: int) -> None:
+        for m in SPECS:
+            for f in frames[m][lo:hi]:
+                pub.publish(sensor_topic(NODE, m), f.SerializeToString())
+
+    send(0, 8)
+    pub.flush(20)
+    _wait(lambda: node.stats.accepted == 16, what="the first frames")
+    node.stop()  # the node is away when the broker restarts...
     broker.stop()
-    for f in (tmp_path / "data").iterdir():  # what a SIGKILL in the first second leaves: no saved session
+    for f in (tmp_path / "data").iterdir():  # ...and the broker comes back without its session, as after a SIGKILL before a save
         f.unlink()
     with caplog.at_level(logging.WARNING, logger="edgebind"):
         broker.start()
-        _wait(lambda: node.stats.connects >= 2, what="the node's reconnect")
-    assert node.stats.sessions_lost == 1 and node.stats.as_dict()["sessions_lost"] == 1
+        assert pub.wait_connected(15)
+        _wait(lambda: pub.resent >= 16, what="the sensor's resend on reconnect")  # into the void: no session takes it
+        send(8, 24)  # acknowledged by the broker, kept for no one
+        pub.flush(20)
+        node.start()  # back: no session of its own, so it asks the sensors for their last seconds
+        assert node.wait_connected(15)
+        _wait(lambda: node.stats.accepted == 48, what="every acknowledged frame, after the node's request")
+    pub.close()
+    assert node.stats.sessions_lost == 1 and node.stats.as_dict()["sessions_lost"] == 1 and pub.resend_requests >= 1
     assert any("no longer held this node's session" in r.getMessage() for r in caplog.records)
-    broker.stop()  # a restart that kept the session is not counted
-    broker.start()
-    _wait(lambda: node.stats.connects >= 3, what="the node's second reconnect")
-    assert node.stats.sessions_lost == 1
+    node.cut()
+    for m in SPECS:
+        assert [f.seq for f in node.store.frames(m)] == [f.seq for f in frames[m]]  # each once, none missing
+        np.testing.assert_array_equal(node.store.windows(m).data, x[m])
 
 
 @pytest.mark.e2e
