@@ -16,6 +16,7 @@ learns it sets on the state, in the fields ``CampaignState`` declares.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
@@ -317,12 +318,23 @@ def head(st: CampaignState) -> dict:
     if len(labelled) == 0:
         raise RuntimeError("no labelled training window was uploaded: the head cannot be fitted")
     st.n_classes = len(st.classes) or int(max(labelled.label.max(), max(g.labels.max() for g in val))) + 1
+    ck = st.checkpoints / "head.pt"
+    if st.cfg.resume and "head" in st.done_before and ck.exists():  # fitted before the kill: the same head, not fitted again
+        saved = torch.load(ck, weights_only=True)
+        st.model, st.fusion_head = model_from_flat(saved["state"], {m: st.specs[m] for m in st.model.modalities}, st.tower)
+        report = json.loads(saved["report"])
+        st.results["validation"] = report["choice"]
+        log.info("[head] resumed: fitted before; its checkpoint is loaded")
+        return {**report["figures"], "resumed": True}
     val_set = SampleSet.concat([g.samples() for g in val])
     # self-training reads what alignment read: the uploaded windows, and the sensor-bound pairs
     unlabelled = st.natural if st.binding != "sensor" or st.bound.samples is None else SampleSet.concat([st.natural, st.bound.samples])
     st.model, st.fusion_head, choice = phases.fit_head(st.model, labelled, val_set, st.n_classes, st.cfg.head(), st.device, st.cfg.seed, unlabelled=unlabelled)
     st.results["validation"] = choice
-    return {"labelled": len(labelled), "validation": len(val_set), **choice}
+    figures = {"labelled": len(labelled), "validation": len(val_set), **choice}
+    report = json.dumps({"choice": choice, "figures": figures}, default=float)  # plain text: numpy scalars become floats
+    st.checkpoint(ck.name, {"state": flat_state(st.model, st.fusion_head), "report": report})
+    return figures
 
 
 def finetune(st: CampaignState) -> dict:

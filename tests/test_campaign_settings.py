@@ -120,7 +120,8 @@ def test_a_campaign_killed_mid_way_resumes_without_repeating_what_it_finished(tm
     if kill_in == "finetune":  # rounds 1 and 2 were kept: only round 3 asks the nodes to train, and it ends as the whole run's did
         tuned = whole_grid.sent.count("train.finetune")
         assert tuned >= 6 and grid.sent.count("train.finetune") == tuned // 3
-        assert res["finetune"]["resumed_after_round"] == 2
+        assert res["finetune"]["resumed_after_round"] == 2 and res["phases"]["head"]["resumed"]  # the head was not fitted again
+        assert res["validation"]["val_macro_f1"] == whole["validation"]["val_macro_f1"]
         assert [r["macro_f1"] for r in res["finetune"]["rounds"]] == [r["macro_f1"] for r in whole["finetune"]["rounds"]]
         assert res["finetune"]["test"] == whole["finetune"]["test"]
         a, b = (torch.load(d / "out" / "checkpoints" / "finetune.pt", weights_only=True) for d in (tmp_path / "whole", tmp_path / "killed"))
