@@ -8,12 +8,8 @@ report (CPU-seconds summed over nodes), and the coordinator's own learning
 once the learning work, spread over the engine's CPUs, is taken out. Figures
 are ratios against the smallest fleet, measured in the same run. The driver's
 peak memory is printed after each phase, so the phase that grows with the fleet shows.
-``--max-in-flight 0,64`` runs each size once per setting (the run config's
-``max-in-flight``: messages out at once per exchange), and prints each
-setting's peak against the first one's at the same size.
 
     python benchmarks/bench_sim.py --sizes 10,100,1000
-    python benchmarks/bench_sim.py --sizes 100,1000 --max-in-flight 0,64
 """
 
 from __future__ import annotations
@@ -35,16 +31,16 @@ from pathlib import Path
 from simulations.fleet import run_fleet
 # quick schedule, but every window of the dataset (quick alone would cap each group at 160)
 res = run_fleet("hapt", sys.argv[1], int(sys.argv[2]), 0, Path(sys.argv[3]), True, 0.0, None, cpus=int(sys.argv[4]),
-                max_windows_per_group=10**9, round_timeout=1800.0, discovery_timeout=600.0, max_in_flight=int(sys.argv[5]))
+                max_windows_per_group=10**9, round_timeout=1800.0, discovery_timeout=600.0)
 print("RESULT " + json.dumps({"phases": res["phases"], "missing": res.get("missing_nodes", []), "state": res.get("state")}))
 """
 
 
-def run_size(n: int, scenario: str, cpus: int, workdir: Path, in_flight: int = 0) -> dict:
-    out = workdir / f"fleet-{n}-{in_flight}"
+def run_size(n: int, scenario: str, cpus: int, workdir: Path) -> dict:
+    out = workdir / f"fleet-{n}"
     t0 = time.time()
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    proc = subprocess.run([sys.executable, "-c", CHILD, scenario, str(n), str(out), str(cpus), str(in_flight)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", CHILD, scenario, str(n), str(out), str(cpus)], capture_output=True, text=True)
     wall = time.time() - t0
     peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
@@ -52,7 +48,7 @@ def run_size(n: int, scenario: str, cpus: int, workdir: Path, in_flight: int = 0
         sys.stderr.write(proc.stderr[-4000:])
         raise SystemExit(f"the {n}-node campaign failed (exit {proc.returncode})")
     res = json.loads(line[7:])
-    res.update(nodes=n, in_flight=in_flight, wall=wall, peak_mib=max(peak_kib, before) / 1024)
+    res.update(nodes=n, wall=wall, peak_mib=max(peak_kib, before) / 1024)
     return res
 
 
@@ -70,31 +66,28 @@ def main() -> None:
     ap.add_argument("--sizes", default="10,100,1000")
     ap.add_argument("--scenario", default="sensor-bind")
     ap.add_argument("--cpus", type=int, default=2)
-    ap.add_argument("--max-in-flight", default="0", help="comma-separated settings of the run config's max-in-flight, each run at every size")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    windows = [int(s) for s in args.max_in_flight.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
-            for w in windows:
-                print(f"running a campaign with {n} virtual nodes, max-in-flight {w} ...", flush=True)
-                r = run_size(n, args.scenario, args.cpus, Path(tmp), w)
-                r.update(summarise(r, args.cpus))
-                r["driver_mib"] = max((v["process_peak_mib"] for v in r["phases"].values() if "process_peak_mib" in v), default=float("nan"))
-                rows.append(r)
-                phases = ", ".join(f"{k} {v['seconds']:.1f}s" for k, v in r["phases"].items())
-                print(f"  {n} nodes: state {r['state']}, {len(r['missing'])} missing; wall {r['wall']:.1f}s (campaign {r['campaign']:.1f}s); {phases}", flush=True)
-                peaks = ", ".join(f"{k} {v['process_peak_mib']:.0f}" for k, v in r["phases"].items() if "process_peak_mib" in v)
-                print(f"  driver's peak MiB after each phase (it only rises; where it rises is where the memory went): {peaks}", flush=True)
+            print(f"running a campaign with {n} virtual nodes ...", flush=True)
+            r = run_size(n, args.scenario, args.cpus, Path(tmp))
+            r.update(summarise(r, args.cpus))
+            r["driver_mib"] = max((v["process_peak_mib"] for v in r["phases"].values() if "process_peak_mib" in v), default=float("nan"))
+            rows.append(r)
+            phases = ", ".join(f"{k} {v['seconds']:.1f}s" for k, v in r["phases"].items())
+            print(f"  {n} nodes: state {r['state']}, {len(r['missing'])} missing; wall {r['wall']:.1f}s (campaign {r['campaign']:.1f}s); {phases}", flush=True)
+            peaks = ", ".join(f"{k} {v['process_peak_mib']:.0f}" for k, v in r["phases"].items() if "process_peak_mib" in v)
+            print(f"  driver's peak MiB after each phase (it only rises; where it rises is where the memory went): {peaks}", flush=True)
     base = rows[0]
-    # the largest process so far (ru_maxrss of the children: it never falls, so a later run shows at least an earlier one's)
-    print(f"\n{'nodes':>6} {'in flight':>9} {'wall s':>8} {'x base':>7} {'per node':>9} {'campaign s':>11} {'node work':>10} {'coord work':>11} "
-          f"{'orchestration':>14} {'driver MiB':>11} {'x first':>8} {'largest MiB':>12}")
+    # "largest": ru_maxrss over the children so far, which never falls, so a later run shows at least an earlier one's
+    print(f"\n{'nodes':>6} {'wall s':>8} {'x base':>7} {'per node':>9} {'campaign s':>11} {'node work':>10} {'coord work':>11} {'orchestration':>14} "
+          f"{'driver MiB':>11} {'x base':>7} {'largest MiB':>12}")
     for r in rows:
-        first = next(x for x in rows if x["nodes"] == r["nodes"])  # the first max-in-flight setting at this size
-        print(f"{r['nodes']:>6} {r['in_flight'] or 'all':>9} {r['wall']:>8.1f} {r['wall'] / base['wall']:>7.2f} {r['wall'] / r['nodes']:>9.3f} {r['campaign']:>11.1f} "
-              f"{r['node_work']:>10.1f} {r['coord_work']:>11.1f} {r['orchestration_share']:>13.0%} {r['driver_mib']:>11.0f} {r['driver_mib'] / first['driver_mib']:>8.2f} {r['peak_mib']:>12.0f}")
+        print(f"{r['nodes']:>6} {r['wall']:>8.1f} {r['wall'] / base['wall']:>7.2f} {r['wall'] / r['nodes']:>9.3f} {r['campaign']:>11.1f} "
+              f"{r['node_work']:>10.1f} {r['coord_work']:>11.1f} {r['orchestration_share']:>13.0%} {r['driver_mib']:>11.0f} "
+              f"{r['driver_mib'] / base['driver_mib']:>7.2f} {r['peak_mib']:>12.0f}")
     worst = max(rows, key=lambda r: r["nodes"])
     dominant = max(worst["phases"].items(), key=lambda kv: kv[1]["seconds"])
     print(f"\nat {worst['nodes']} nodes the largest phase is {dominant[0]} ({dominant[1]['seconds']:.0f}s of {worst['campaign']:.0f}s); "

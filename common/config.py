@@ -124,7 +124,6 @@ class CampaignConfig:
     min_nodes: int = 1
     discovery_timeout: float = 60.0
     round_timeout: float = 600.0
-    max_in_flight: int = 0  # messages out at once per exchange (0: one per node, all at once); bounds a simulation driver's memory
     max_windows_per_group: int = 0
     dropout: float = 0.0
     dropout_mode: str = "raise"
@@ -211,8 +210,6 @@ class CampaignConfig:
             raise ValueError("pretrain-rounds must be >= 0 and local-epochs >= 1")
         if self.discovery_timeout <= 0 or self.round_timeout <= 0:
             raise ValueError("discovery-timeout and round-timeout must be positive: every wait is bounded")
-        if self.max_in_flight < 0:
-            raise ValueError(f"max-in-flight must be >= 0 (0: every node's message at once), got {self.max_in_flight}")
         if self.dropout_mode not in ("raise", "stall"):
             raise ValueError(f"dropout-mode must be 'raise' or 'stall', got {self.dropout_mode!r}")
         if not math.isfinite(self.pseudo_share) or self.pseudo_share < 0:

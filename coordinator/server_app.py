@@ -4,9 +4,8 @@
 functions over a ``CampaignState`` (``coordinator.campaign``, state in
 ``coordinator.state``); their learning is in ``coordinator.phases`` and
 ``coordinator.aggregation``. ``send`` is Flower's ``send_and_receive``, or its
-push and pull with each reply handed over as it arrives (``exchange_each``:
-pretraining and fine-tuning, and every exchange when ``max-in-flight`` caps
-the messages out at once), never waiting longer than ``round-timeout``
+push and pull with each reply handed over as it arrives (``exchange_each``,
+pretraining and fine-tuning), never waiting longer than ``round-timeout``
 (discovery waits ``discovery-timeout``).
 A node that errs or does not answer in time is recorded as missing (with the
 phase and round) and left out while it stays away; the campaign goes on with
@@ -161,12 +160,12 @@ def send(
             on_reply(f, r)
             ok[f] = None
 
-    if on_reply is None and not st.cfg.max_in_flight:
+    if on_reply is None:
         replies, missing = exchange(grid, msgs, timeout)
         for f, r in replies.items():
             take(f, r)
     else:
-        missing = exchange_each(grid, msgs, timeout, take, window=st.cfg.max_in_flight)
+        missing = exchange_each(grid, msgs, timeout, take)
     if record:
         for f, reason in missing.items():
             st.missing[st.who(f)] = {"phase": phase, "round": rnd, "reason": reason}
@@ -198,39 +197,26 @@ def exchange(grid: Grid, messages: dict[int, Message], timeout: float) -> tuple[
     return replies, missing
 
 
-def exchange_each(
-    grid: Grid, messages: dict[int, Message], timeout: float, on_reply: Callable[[int, Message], None], every: float = 0.5, window: int = 0
-) -> dict[int, str]:
+def exchange_each(grid: Grid, messages: dict[int, Message], timeout: float, on_reply: Callable[[int, Message], None], every: float = 0.5) -> dict[int, str]:
     """Push one message per node, then hand each reply to ``on_reply`` as it is pulled, for at most ``timeout`` seconds.
 
     Flower's ``send_and_receive`` returns a round's replies together; pulled
     here as they arrive, each reply can be used and dropped at once. Replies
-    are pulled at least once after the push. With ``window`` > 0 at most that
-    many messages are out at once, and each reply lets the next one go
-    (``max-in-flight``): in a simulation the SuperLink and Ray's queues live in
-    this process and hold every message pushed and not yet answered. The
-    ``timeout`` bounds the whole exchange either way. Returns why each other
-    node is missing (a Flower error, no reply in time, or never sent).
+    are pulled at least once after the push. Returns why each other node is
+    missing (a Flower error, no reply in time, or a message the SuperLink
+    would not take).
     """
+    if not messages:
+        return {}
     deadline = time.monotonic() + timeout
-    waiting = list(messages.items())
-    waiting.reverse()  # popped from the end: nodes go out in the order given
+    pushed = {str(i) for i in grid.push_messages(list(messages.values())) if i}
     node_of: dict[str, int] = {}
     missing: dict[int, str] = {}
-
-    def top_up() -> None:
-        room = len(waiting) if window <= 0 else window - len(node_of)
-        batch = [waiting.pop() for _ in range(min(room, len(waiting)))]
-        if not batch:
-            return
-        pushed = {str(i) for i in grid.push_messages([m for _, m in batch]) if i}
-        for node, m in batch:  # ids by the message's own, not by position: a refused message leaves no gap to misalign
-            if m.metadata.message_id in pushed:
-                node_of[m.metadata.message_id] = node
-            else:
-                missing[node] = "the SuperLink did not take the message"
-
-    top_up()
+    for node, m in messages.items():  # by the message's own id, not by position: a refused message leaves no gap to misalign
+        if m.metadata.message_id in pushed:
+            node_of[m.metadata.message_id] = node
+        else:
+            missing[node] = "the SuperLink did not take the message"
     while node_of:
         got = 0
         for r in grid.pull_messages(list(node_of)):
@@ -242,15 +228,12 @@ def exchange_each(
                 missing[node] = f"error {r.error.code}: {_first_line(r.error.reason)}"
             else:
                 on_reply(node, r)
-        top_up()
         if not node_of or time.monotonic() >= deadline:
             break
         if not got:  # nothing new: wait a little before asking again
             time.sleep(min(every, max(0.0, deadline - time.monotonic())))
     for node in node_of.values():
         missing[node] = f"no reply within {timeout:g}s"
-    for node, _ in waiting:
-        missing[node] = f"not sent: no reply within {timeout:g}s left room for it (max-in-flight {window})"
     return missing
 
 
