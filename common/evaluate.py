@@ -48,6 +48,7 @@ class HeadConfig:
     self_train_steps: int = 300  # then, on unlabelled samples the chosen model labels surely, this many steps more (0: off)
     self_train_threshold: float = 0.8  # a pseudo-label's least confidence (top class probability; chosen on sensor-bind's validation)
     self_train_rounds: int = 3  # each round relabels the pool with the best model so far (1, 2, 3 compared on sensor-bind's validation)
+    soup: int = 0  # > 1: a greedy soup of the ``soup`` checkpoints best on validation (0: off; see ``fit_head``)
 
     def __post_init__(self) -> None:
         if self.mode not in ("linear", "finetune"):
@@ -58,6 +59,8 @@ class HeadConfig:
             raise ValueError(f"modality_dropout must be in [0, 1], got {self.modality_dropout}")
         if self.self_train_steps < 0 or self.self_train_rounds < 1 or not 0 < self.self_train_threshold <= 1:
             raise ValueError(f"self-training needs steps >= 0 and a threshold in (0, 1], got {self.self_train_steps}, {self.self_train_threshold}")
+        if self.soup < 0:
+            raise ValueError(f"soup must be >= 0 (0: off), got {self.soup}")
 
 
 def confusion_metrics(confusion: np.ndarray) -> dict[str, float]:
@@ -165,8 +168,11 @@ def fit_head(
     least ``cfg.self_train_threshold``), half of each batch from each; each
     of ``cfg.self_train_rounds`` rounds relabels with the best model so far.
     Like every stage, it replaces the model only where it does better on
-    validation. Returns copies of the chosen model and head, and a record of
-    the choice.
+    validation. With ``cfg.soup`` > 1, the ``soup`` checkpoints best on
+    validation, whatever their stage, are averaged greedily (Wortsman et al.'s
+    greedy soup: best first, each next one kept if the average does at least as
+    well on validation). Returns copies of the chosen model and head, and a
+    record of the choice.
     """
     labelled = train.take(np.flatnonzero(train.label >= 0))
     if len(labelled) == 0:
@@ -185,6 +191,7 @@ def fit_head(
     best = {"stage": "probe", "step": 0, "val_macro_f1": -1.0, "val_accuracy": 0.0}
     best_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(head.state_dict()))
     history = []
+    kept: list[tuple[float, int, tuple[dict, dict]]] = []  # the soup's candidates: (validation macro-F1, order, states)
     batch = min(cfg.batch_size, len(labelled))
 
     def run(stage: str, steps: int, opt: torch.optim.Optimizer, tune_towers: bool, extra: SampleSet | None = None) -> None:
@@ -206,6 +213,10 @@ def fit_head(
                 continue
             m = metrics(val.label, predict(model, head, val, device, features=features))
             history.append({"stage": stage, "step": step, "val_macro_f1": m["macro_f1"]})
+            if cfg.soup > 1 and (len(kept) < cfg.soup or m["macro_f1"] > kept[-1][0]):
+                kept.append((m["macro_f1"], len(history), (copy.deepcopy(model.state_dict()), copy.deepcopy(head.state_dict()))))
+                kept.sort(key=lambda k: (-k[0], k[1]))
+                del kept[cfg.soup :]
             if m["macro_f1"] > best["val_macro_f1"]:
                 best = {"stage": stage, "step": step, "val_macro_f1": m["macro_f1"], "val_accuracy": m["accuracy"]}
                 best_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(head.state_dict()))
@@ -252,6 +263,8 @@ def fit_head(
             run(stage, cfg.self_train_steps, tuning(rate), True, extra=pseudo)
         else:
             run(stage, cfg.self_train_steps, torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay), False, extra=pseudo)
+    if len(kept) > 1:
+        best, best_state = _greedy_soup(model, head, kept, best, best_state, val, device, features)
     model.load_state_dict(best_state[0])
     head.load_state_dict(best_state[1])
     for p in model.parameters():
@@ -260,6 +273,29 @@ def fit_head(
     if self_train is not None:
         best["self_train"] = self_train
     return model.eval(), head.eval(), best
+
+
+def _average_states(states: list[dict]) -> dict:
+    """The mean of state dicts of one architecture (floating tensors; any other entry is the first's)."""
+    return {k: torch.stack([s[k] for s in states]).mean(0) if states[0][k].is_floating_point() else states[0][k] for k in states[0]}
+
+
+def _greedy_soup(model, head, kept, best, best_state, val, device, features):
+    """Greedy soup over ``kept`` (best first): each checkpoint joins if the average with it scores at least as well on validation."""
+    soup, score = [kept[0][2]], kept[0][0]
+    for _, _, states in kept[1:]:
+        trial = [_average_states([s[i] for s in [*soup, states]]) for i in (0, 1)]
+        model.load_state_dict(trial[0])
+        head.load_state_dict(trial[1])
+        m = metrics(val.label, predict(model, head, val, device, features=features))
+        if m["macro_f1"] >= score:
+            soup.append(states)
+            score = m["macro_f1"]
+            accuracy = m["accuracy"]
+    if len(soup) == 1 or score < best["val_macro_f1"]:
+        return best, best_state
+    states = tuple(_average_states([s[i] for s in soup]) for i in (0, 1))
+    return {"stage": f"soup of {len(soup)}", "step": best["step"], "val_macro_f1": score, "val_accuracy": accuracy, "soup_of": best["stage"]}, states
 
 
 def _unlabelled_pool(unlabelled: SampleSet | None, modalities: list[str]) -> SampleSet | None:

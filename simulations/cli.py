@@ -57,6 +57,8 @@ def experiment_mmbind(args, device) -> dict:
         st = replace(st, align=replace(st.align, pseudo_share=args.pseudo_share))
     if args.pair_rule:
         st = replace(st, weighting=replace(st.weighting, rule=args.pair_rule))
+    if args.head_soup is not None:
+        st = replace(st, head=replace(st.head, soup=args.head_soup), raw_head=replace(st.raw_head, soup=args.head_soup))
     return run(args.dataset, args.scenario, args.seeds, args.out or Path("runs") / f"mmbind-{Path(args.scenario).stem}", args.quick, device,
                methods=methods, settings=st)  # fmt: skip
 
@@ -186,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pseudo-pairs holding at most S views per view of the natural samples in MMBind's alignment, a seeded draw (default: the settings' own; 0 = all)")
     p.add_argument("--pair-rule", default="", choices=["", *WEIGHT_RULES],
                    help="how a sensor-bound pair's similarity becomes its weight (default: the settings' own, linear)")
+    p.add_argument("--head-soup", type=int, default=None, metavar="K",
+                   help="the few-label head is a greedy soup of its K checkpoints best on validation (default: the settings' own, off)")
     p.set_defaults(func=experiment_mmbind)
     p = command(ex, "binding", "how accurate sensor-bound pseudo-pairs are, and whether similarity, margin or mutual matches tell the good ones",
                 "edgebind-sim experiment binding --seeds 5 --objective cross-modal")  # fmt: skip

@@ -9,7 +9,7 @@ import torch
 
 from common.data.dataset import WindowDataset
 from common.data.transforms import add_virtual_streams, causal_gravity, gravity_over_recordings
-from common.evaluate import HeadConfig, drop_modalities, evaluate_subsets, fit_head
+from common.evaluate import HeadConfig, _average_states, drop_modalities, evaluate_subsets, fit_head, metrics, predict
 from common.modalities import ModalitySpec
 from common.pretrain import AugmentConfig, augment, permute_segments, random_rotations, span_mask, time_warp
 from common.samples import SampleSet
@@ -148,6 +148,31 @@ def test_self_training_labels_only_unlabelled_samples_and_lifts_a_few_label_head
     assert np.mean(gains) > 0.01 and sum(g > 0 for g in gains) >= 5, gains
     with pytest.raises(ValueError, match="self-training"):
         HeadConfig(self_train_steps=10, self_train_threshold=0.0)
+
+
+def test_a_greedy_soup_of_head_checkpoints_is_kept_only_where_validation_says_so():
+    a = {"w": torch.tensor([1.0, 3.0]), "n": torch.tensor(4)}
+    b = {"w": torch.tensor([3.0, 5.0]), "n": torch.tensor(9)}
+    mean = _average_states([a, b])
+    assert torch.equal(mean["w"], torch.tensor([2.0, 4.0])) and int(mean["n"]) == 4  # counters are not averaged
+    tower = TowerConfig(width=8, feature_dim=12, adapter_hidden=16, embed_dim=8, prototype_hidden=16)
+    souped = 0
+    for seed in range(4):
+        labelled, unlabelled, val, _ = _few_labels_many_unlabelled(seed)
+        choices = {}
+        for soup in (0, 5):
+            torch.manual_seed(0)
+            model = AlignedModel({m: ModalitySpec(m, 3, 50.0) for m in ("a", "b")}, tower)
+            cfg = HeadConfig(steps=100, finetune_steps=40, eval_every=10, self_train_steps=0, soup=soup)
+            fitted, head, choices[soup] = fit_head(model, labelled, val, 3, cfg, CPU, features=True)
+            # the choice's validation figure is the returned model's own, soup or not
+            assert metrics(val.label, predict(fitted, head, val, CPU, features=True))["macro_f1"] == pytest.approx(choices[soup]["val_macro_f1"])
+        assert choices[0]["val_history"] == choices[5]["val_history"]  # the same training; the soup only averages its checkpoints
+        assert choices[5]["val_macro_f1"] >= choices[0]["val_macro_f1"]
+        souped += choices[5]["stage"].startswith("soup of ")
+    assert souped  # on at least one seed an average beat or matched the best checkpoint
+    with pytest.raises(ValueError, match="soup"):
+        HeadConfig(soup=-1)
 
 
 def test_window_stats_are_each_channels_level_and_log_spread():
