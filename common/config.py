@@ -145,6 +145,7 @@ class CampaignConfig:
     head_self_train_steps: int = 300  # then on the unlabelled uploads the chosen head labels surely (0: off); kept only where validation gains
     head_self_train_threshold: float = 0.8  # a pseudo-label's least confidence (chosen on sensor-bind's validation subjects)
     head_self_train_rounds: int = 3  # each round relabels with the best head so far
+    head_soup: int = 0  # > 1: the head is a greedy soup of its checkpoints best on validation, this many (0: off)
     # federated fine-tuning (after the head): labelled nodes train encoders and adapters end to end (the head too if finetune-head-lr > 0)
     finetune_rounds: int = 10  # 0 = the coordinator's head on features is the final model
     finetune_steps: int = 10  # local steps per round (batches of a node's labelled windows, augmented); few: nodes hold one or two activities
@@ -263,7 +264,7 @@ class CampaignConfig:
 
         return HeadConfig(mode=self.head_mode, steps=self.head_steps, finetune_steps=self.head_finetune_steps,
                           self_train_steps=self.head_self_train_steps, self_train_threshold=self.head_self_train_threshold,
-                          self_train_rounds=self.head_self_train_rounds)  # fmt: skip
+                          self_train_rounds=self.head_self_train_rounds, soup=self.head_soup)  # fmt: skip
 
     def weighting(self) -> PairWeighting:
         from common.binding import PairWeighting

@@ -464,6 +464,9 @@ def test_run_config_is_checked():
         CampaignConfig.from_run_config({"seed": "zero"})
     with pytest.raises(ValueError, match="bounded"):
         CampaignConfig.from_run_config({"round-timeout": 0.0})
+    assert CampaignConfig.from_run_config({"head-soup": 4}).head().soup == 4  # the campaign's head takes the experiments' recipe
+    with pytest.raises(ValueError, match="soup must be >= 0"):
+        CampaignConfig.from_run_config({"head-soup": -1})  # refused with the rest of the run config, before any work
     quick = CampaignConfig.from_run_config({"quick": True, "align-epochs": 99, "seed": 3})  # quick wins
     assert (quick.align_epochs, quick.pretrain_rounds, quick.seed) == (4, 2, 3)
     key, key_id, source = P.signing_key("", "", {"EDGEBIND_SIGNING_KEY": "ab" * 32})
