@@ -19,6 +19,12 @@ from simulations.experiments.common import mean_ci
 CPU = torch.device("cpu")
 
 
+def _small_model() -> AlignedModel:
+    """Towers for two 3-channel streams ``a`` and ``b``, small enough for heads on 12-d synthetic features."""
+    tower = TowerConfig(width=8, feature_dim=12, adapter_hidden=16, embed_dim=8, prototype_hidden=16)
+    return AlignedModel({m: ModalitySpec(m, 3, 50.0) for m in ("a", "b")}, tower)
+
+
 def _gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
@@ -90,8 +96,7 @@ def test_late_fusion_is_the_mean_of_present_logits_and_round_trips():
 def test_head_reads_what_each_stream_adds_and_serves_single_streams():
     # class 0/1 differ only in stream a, 0/2 only in stream b: a head needs both, and each alone still helps
     rng = np.random.default_rng(0)
-    tower = TowerConfig(width=8, feature_dim=12, adapter_hidden=16, embed_dim=8, prototype_hidden=16)
-    model = AlignedModel({m: ModalitySpec(m, 3, 50.0) for m in ("a", "b")}, tower)
+    model = _small_model()
 
     def draw(n):
         y = rng.integers(0, 3, n)
@@ -128,14 +133,13 @@ def _few_labels_many_unlabelled(seed: int):
 
 
 def test_self_training_labels_only_unlabelled_samples_and_lifts_a_few_label_head():
-    tower = TowerConfig(width=8, feature_dim=12, adapter_hidden=16, embed_dim=8, prototype_hidden=16)
     gains = []
     for seed in range(8):
         labelled, unlabelled, val, test = _few_labels_many_unlabelled(seed)
         acc = {}
         for steps in (0, 300):
             torch.manual_seed(0)
-            model = AlignedModel({m: ModalitySpec(m, 3, 50.0) for m in ("a", "b")}, tower)
+            model = _small_model()
             cfg = HeadConfig(steps=100, finetune_steps=0, eval_every=10, self_train_steps=steps, self_train_threshold=0.8)
             # the labelled samples come along in the pool, as a method's aligned set holds them: they are not relabelled
             fitted, head, choice = fit_head(model, labelled, val, 3, cfg, CPU, features=True, unlabelled=SampleSet.concat([labelled, unlabelled]))
@@ -155,14 +159,13 @@ def test_a_greedy_soup_of_head_checkpoints_is_kept_only_where_validation_says_so
     b = {"w": torch.tensor([3.0, 5.0]), "n": torch.tensor(9)}
     mean = _average_states([a, b])
     assert torch.equal(mean["w"], torch.tensor([2.0, 4.0])) and int(mean["n"]) == 4  # counters are not averaged
-    tower = TowerConfig(width=8, feature_dim=12, adapter_hidden=16, embed_dim=8, prototype_hidden=16)
     souped = 0
     for seed in range(4):
         labelled, unlabelled, val, _ = _few_labels_many_unlabelled(seed)
         choices = {}
         for soup in (0, 5):
             torch.manual_seed(0)
-            model = AlignedModel({m: ModalitySpec(m, 3, 50.0) for m in ("a", "b")}, tower)
+            model = _small_model()
             cfg = HeadConfig(steps=100, finetune_steps=40, eval_every=10, self_train_steps=0, soup=soup)
             fitted, head, choices[soup] = fit_head(model, labelled, val, 3, cfg, CPU, features=True)
             # the choice's validation figure is the returned model's own, soup or not
