@@ -263,8 +263,9 @@ def fit_head(
             run(stage, cfg.self_train_steps, tuning(rate), True, extra=pseudo)
         else:
             run(stage, cfg.self_train_steps, torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay), False, extra=pseudo)
-    if len(kept) > 1:
-        best, best_state = _greedy_soup(model, head, kept, best, best_state, val, device, features)
+    if len(kept) > 1 and (souped := _greedy_soup(model, head, kept, val, device, features)):
+        best_state, m, n = souped
+        best = {"stage": f"soup of {n}", "step": best["step"], "val_macro_f1": m["macro_f1"], "val_accuracy": m["accuracy"], "soup_of": best["stage"]}
     model.load_state_dict(best_state[0])
     head.load_state_dict(best_state[1])
     for p in model.parameters():
@@ -280,22 +281,20 @@ def _average_states(states: list[dict]) -> dict:
     return {k: torch.stack([s[k] for s in states]).mean(0) if states[0][k].is_floating_point() else states[0][k] for k in states[0]}
 
 
-def _greedy_soup(model, head, kept, best, best_state, val, device, features):
-    """Greedy soup over ``kept`` (best first): each checkpoint joins if the average with it scores at least as well on validation."""
-    soup, score = [kept[0][2]], kept[0][0]
+def _greedy_soup(model, head, kept, val, device, features) -> tuple[tuple[dict, dict], dict, int] | None:
+    """Greedy soup over ``kept`` (best first, so the first is the chosen model): each checkpoint joins if the average
+    with it scores at least as well on validation. Returns the soup's states, its validation metrics and its size, or
+    None when no checkpoint joined the first."""
+    soup, score, souped = [kept[0][2]], kept[0][0], None
     for _, _, states in kept[1:]:
-        trial = [_average_states([s[i] for s in [*soup, states]]) for i in (0, 1)]
+        trial = tuple(_average_states([s[i] for s in [*soup, states]]) for i in (0, 1))
         model.load_state_dict(trial[0])
         head.load_state_dict(trial[1])
         m = metrics(val.label, predict(model, head, val, device, features=features))
         if m["macro_f1"] >= score:
             soup.append(states)
-            score = m["macro_f1"]
-            accuracy = m["accuracy"]
-    if len(soup) == 1 or score < best["val_macro_f1"]:
-        return best, best_state
-    states = tuple(_average_states([s[i] for s in soup]) for i in (0, 1))
-    return {"stage": f"soup of {len(soup)}", "step": best["step"], "val_macro_f1": score, "val_accuracy": accuracy, "soup_of": best["stage"]}, states
+            score, souped = m["macro_f1"], (trial, m)
+    return None if souped is None else (*souped, len(soup))
 
 
 def _unlabelled_pool(unlabelled: SampleSet | None, modalities: list[str]) -> SampleSet | None:
