@@ -34,7 +34,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from common.processes import free_port  # noqa: E402
 
 GOALS = {"float16": (6.0, 0.99), "int8": (12.0, 0.95)}
 NODE_PEAK_GOAL_MB = 300  # 10^6 bytes (286 MiB)
@@ -159,12 +160,6 @@ def agent_worker(args: argparse.Namespace) -> None:
         }), flush=True)  # fmt: skip
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def import_cost(python: str, modules: tuple[str, ...], repeats: int = 3) -> dict[str, float]:
     """Fastest of ``repeats`` fresh interpreters importing ``modules``: seconds, and VmHWM/VmRSS in MiB after."""
     runs = []
@@ -187,7 +182,7 @@ def agent_memory(ds, modalities: list[str], n_windows: int, python: str = sys.ex
     tmp = tempfile.mkdtemp(prefix="bench-node-")
     try:
         if shutil.which("mosquitto"):
-            port = _free_port()
+            port = free_port()
             (Path(tmp) / "data").mkdir()
             conf = Path(tmp) / "mosquitto.conf"
             conf.write_text(mosquitto_conf(port, str(Path(tmp) / "data")))

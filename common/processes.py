@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -16,9 +17,44 @@ from typing import Any
 log = logging.getLogger("edgebind")
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel hands to outgoing connections (Linux's default where /proc does not say)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = (int(v) for v in f.read().split())
+        return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_handed_out: set[int] = set()
+_port_lock = threading.Lock()
+_port_rng = random.Random()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on ``host`` right now (tests and local deployments listen on 127.0.0.1 only)."""
-    with socket.socket() as s:
+    """A TCP port free on ``host`` right now (tests and local deployments listen on 127.0.0.1 only).
+
+    Chosen at random *below* the kernel's ephemeral range, and never twice in one process. A port from
+    ``bind(0)`` lies inside that range, so in the seconds before a slow server (a SuperLink takes about
+    5 s to import) binds it, any outgoing connection, or a client retrying against that very port,
+    can take it as its source port, and the server dies with "address already in use".
+    """
+    hi = _ephemeral_range()[0] - 1
+    lo = 10000 if hi > 12000 else 1024  # above most well-known services, where the range leaves room
+    with _port_lock:
+        for _ in range(200 if hi > lo else 0):
+            port = _port_rng.randint(lo, hi)
+            if port in _handed_out:
+                continue
+            with socket.socket() as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    continue
+            _handed_out.add(port)
+            return port
+    with socket.socket() as s:  # a crowded range: fall back to whatever the kernel gives
         s.bind((host, 0))
         return s.getsockname()[1]
 

@@ -45,7 +45,14 @@ def flower_env(flwr_home: str | Path) -> dict[str, str]:
             "FLWR_DISABLE_UPDATE_CHECK": "1"}  # fmt: skip
 
 
-def _wait_listening(host: str, port: int, proc: subprocess.Popen, timeout: float) -> None:
+def _last_error(log_path: Path) -> str:
+    """The last line of a log that says ERROR (or the last line at all), for a message that names the cause."""
+    lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()] if log_path.exists() else []
+    errors = [ln for ln in lines if "ERROR" in ln or "Error" in ln]
+    return (errors or lines or [""])[-1]
+
+
+def _wait_listening(host: str, port: int, proc: subprocess.Popen, timeout: float, log_path: Path) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -53,7 +60,8 @@ def _wait_listening(host: str, port: int, proc: subprocess.Popen, timeout: float
             return
         except OSError:
             if proc.poll() is not None:
-                raise RuntimeError(f"the SuperLink exited with status {proc.returncode} before listening on {host}:{port}") from None
+                raise RuntimeError(f"the SuperLink exited with status {proc.returncode} before listening on {host}:{port}: "
+                                   f"{_last_error(log_path)} (see {log_path})") from None  # fmt: skip
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the SuperLink did not listen on {host}:{port} within {timeout:g}s") from None
             time.sleep(0.2)
@@ -101,7 +109,7 @@ def up(
                                 start_new_session=True)  # fmt: skip
         code = 0
         try:
-            _wait_listening(host, port, proc, start_timeout)
+            _wait_listening(host, port, proc, start_timeout, root / "superlink.log")
             info = {"superlink": f"{host}:{port}", "registry": f"{host}:{reg_port}", "store": store_url,
                     "flwr_home": str(root / "flwr-home"), "superlink_log": str(root / "superlink.log"), "superlink_tls": bool(tls)}  # fmt: skip
             log.info("coordinator up: %s", json.dumps(info))

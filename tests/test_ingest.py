@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from sqlalchemy.exc import OperationalError
 
+from common.processes import free_port
 from node_agent.ingest import REJECT_REASONS, Ingest, StoreWriteError, mosquitto_conf, node_specs, sensor_topic
 from node_agent.publish import Publisher, replay, replayed_windows, window_frames
 from node_agent.store import NodeStore, open_store
@@ -222,18 +223,12 @@ def test_a_rebooted_sensor_starting_its_seq_again_is_new_data_not_duplicates(ing
 # --- a real broker ----------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Mosquitto:
     """A mosquitto on 127.0.0.1 with persistence in ``root``; stop and start it again on the same port."""
 
     def __init__(self, root: Path, tls: dict[str, str] | None = None) -> None:
         self.root = root
-        self.port = _free_port()
+        self.port = free_port()
         (root / "data").mkdir()
         self.conf = root / "mosquitto.conf"
         self.conf.write_text(mosquitto_conf(self.port, str(root / "data"), tls=tls))

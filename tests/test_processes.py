@@ -1,12 +1,15 @@
-"""A child kept running: a node's SuperNode that exits is started again, with back-off, and stopped for good on the way out."""
+"""A child kept running: a node's SuperNode that exits is started again, with back-off, and stopped for good on the way out;
+free ports that no outgoing connection can take before a slow server binds them."""
 
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 import time
 
-from common.processes import Restarting
+import common.processes as processes
+from common.processes import Restarting, free_port
 
 
 def _wait(cond, timeout: float = 20.0) -> bool:
@@ -53,3 +56,20 @@ def test_back_off_returns_to_the_minimum_after_a_steady_run() -> None:
         assert _wait(lambda: r.check() and r.restarts == 1, timeout=2)
     finally:
         r.stop(grace=5)
+
+
+def test_free_ports_lie_below_the_ephemeral_range_are_never_handed_out_twice_and_skip_taken_ones(monkeypatch) -> None:
+    lo, _ = processes._ephemeral_range()
+    ports = [free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)
+    assert all(1024 <= p < lo for p in ports), "a port an outgoing connection could take as its source port"
+    with socket.socket() as held:  # a port something already listens on is passed over
+        held.bind(("127.0.0.1", ports[0] + 1 if ports[0] + 1 < lo else ports[0] - 1))
+        held.listen()
+        taken = held.getsockname()[1]
+        picks = iter([taken, taken, ports[0], taken + 2 if taken + 2 < lo else taken - 2])
+        monkeypatch.setattr(processes._port_rng, "randint", lambda a, b: next(picks))
+        got = free_port()
+    assert got not in (taken, ports[0])  # taken: bound; ports[0]: handed out before
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", got))

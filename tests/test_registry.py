@@ -233,3 +233,20 @@ def test_with_mutual_tls_a_node_speaks_only_for_itself(store, tmp_path):
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         server.stop(0).wait()
+
+
+def test_up_on_a_port_already_taken_says_so_and_stops_the_registry(tmp_path):
+    """The SuperLink cannot bind its port: `up` fails at once naming the cause from the SuperLink's log, and the Registry it
+    started is stopped (its port free again)."""
+    import socket
+
+    from common.processes import free_port
+    from coordinator.cli import up
+
+    reg_port = free_port()
+    with socket.socket() as held:  # bound, not listening: as when an outgoing connection holds the port as its source port
+        held.bind(("127.0.0.1", 0))
+        with pytest.raises(RuntimeError, match=r"exited with status \d+ before listening on 127\.0\.0\.1:\d+: .*address already in use"):
+            up(tmp_path / "coord", superlink_port=held.getsockname()[1], registry_port=reg_port, start_timeout=60)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", reg_port))
