@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,6 +156,7 @@ def fit_head(
     seed: int = 0,
     features: bool = False,
     unlabelled: SampleSet | None = None,
+    judge: Callable[[SampleSet], dict] | None = None,
 ) -> tuple[AlignedModel, FusionHead, dict]:
     """Train a fusion head on ``train`` (labelled rows only); every choice is made by validation macro-F1.
 
@@ -173,6 +174,11 @@ def fit_head(
     greedy soup: best first, each next one kept if the average does at least as
     well on validation). Returns copies of the chosen model and head, and a
     record of the choice.
+
+    ``judge`` is for simulations, which know the labels the learner does not:
+    given each round's surely labelled samples (their pseudo-labels in
+    ``label``), it returns figures recorded with the round (how many are
+    right); nothing reads them to choose.
     """
     labelled = train.take(np.flatnonzero(train.label >= 0))
     if len(labelled) == 0:
@@ -253,7 +259,7 @@ def fit_head(
             pseudo = pool.take(sure)
             pseudo.label = prob[sure].argmax(1).astype(np.int64)
         self_train = self_train or {"pool": len(pool), "rounds": []}
-        self_train["rounds"].append({"pseudo_labelled": len(pseudo), "teacher": best["stage"]})
+        self_train["rounds"].append({"pseudo_labelled": len(pseudo), "teacher": best["stage"], **(judge(pseudo) if judge and len(pseudo) else {})})
         if not len(pseudo):
             break
         stage = "self-train" if cfg.self_train_rounds == 1 else f"self-train {r + 1}"

@@ -48,6 +48,20 @@ def test_sensor_bind_quick(tmp_path, capsys):
     pools = {m: seed[m]["validation"]["self_train"]["pool"] for m in ("incomplete", "mmbind")}
     assert pools["mmbind"] == pools["incomplete"] + pairs[0]["pairs"]
     assert "self_train" not in seed["lower_bound"]["validation"]  # the lower bound learns from its labels alone
+    _check_pseudo_label_scores(seed, res["summary"]["methods"])
+
+
+def _check_pseudo_label_scores(seed: dict, summary: dict) -> None:
+    """Every pseudo-labelled sample is scored against the true labels of its windows: on natural windows far above
+    chance on six classes, even on the quick schedule (whose heads are weak: test accuracy about 0.4)."""
+    for m in ("incomplete", "mmbind"):
+        rounds = seed[m]["validation"]["self_train"]["rounds"]
+        for r in rounds:
+            assert r["judged"] == r["pseudo_labelled"] > 0
+            assert 1 / 6 + 0.1 < r["pseudo_label_accuracy"] <= 1.0
+            assert 1 / 6 + 0.15 < r["pseudo_label_accuracy_natural"] <= 1.0
+        assert summary[m]["self_train"][0]["pseudo_label_accuracy"]["mean"] == rounds[0]["pseudo_label_accuracy"]
+    assert "pseudo_label_accuracy_pseudo_pairs" in seed["mmbind"]["validation"]["self_train"]["rounds"][0]
 
 
 def test_sensor_bind_end_to_end_self_trains_on_raw_pseudo_pairs(tmp_path):
@@ -57,6 +71,26 @@ def test_sensor_bind_end_to_end_self_trains_on_raw_pseudo_pairs(tmp_path):
     seed = res["per_seed"][0]
     pools = {m: seed["methods"][m]["validation"]["self_train"]["pool"] for m in ("incomplete", "mmbind")}
     assert pools["mmbind"] == pools["incomplete"] + seed["pairs"][0]["pairs"]
+    _check_pseudo_label_scores(seed["methods"], res["summary"]["methods"])  # the raw windows' true labels are known too
+
+
+def test_ground_truth_scores_natural_samples_and_pseudo_pairs_by_every_window_they_hold():
+    from common.samples import SampleSet
+    from simulations.experiments.mmbind import GroundTruth
+
+    x, y, unknown = np.zeros((4, 2), np.float32), np.zeros((3, 2), np.float32), np.zeros((2, 2), np.float32)
+    truth = GroundTruth()
+    truth.add(x, np.array([0, 1, 2, 3]))
+    truth.add(y, np.array([0, 1, 2]))
+    with pytest.raises(ValueError, match="2 labels for 3 windows"):
+        truth.add(y, np.array([0, 1]))
+    natural = SampleSet.natural({"x": x}, np.array([0, 1, 0, 3]))  # 3 of 4 right
+    pairs = SampleSet({"x": x, "y": y}, {"x": np.array([0, 1]), "y": np.array([0, 2])}, np.ones(2), np.array([0, 1]), kind=np.ones(2, np.int8))
+    stranger = SampleSet.natural({"x": unknown}, np.array([5, 5]))  # windows of an array never added: not judged
+    pseudo = SampleSet.concat([natural, pairs, stranger])  # x's windows from two arrays: a RowStack
+    got = truth.judge(pseudo)
+    # the second pair joins a class-1 window to a class-2 one: labelled 1, it is right for neither
+    assert got == {"judged": 6, "pseudo_label_accuracy": round(4 / 6, 4), "pseudo_label_accuracy_natural": 0.75, "pseudo_label_accuracy_pseudo_pairs": 0.5}
 
 
 def test_pair_rule_and_pseudo_share_reach_the_run_and_its_record(tmp_path):

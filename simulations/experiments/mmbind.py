@@ -36,7 +36,7 @@ from common.files import write_json
 from common.mmbind import AlignConfig, align, bound_pair_report, label_pseudo_pairs, pseudo_pair_samples, sensor_pseudo_pairs
 from common.pretrain import PretrainConfig
 from common.progress import Progress
-from common.samples import SampleSet
+from common.samples import RowStack, SampleSet
 from common.towers import AlignedModel, TowerConfig
 from simulations.experiments.common import Encoders, commit_of, fingerprint, fmt, mean_ci, mean_std, pretrain_encoders, seed_everything
 
@@ -82,6 +82,49 @@ class SeedData:
     feats: dict[str, dict[str, np.ndarray]]  # group -> modality -> features
     rows: dict[str, np.ndarray]
     train_labels: dict[str, np.ndarray]  # group -> labels the learner may see (-1 elsewhere)
+
+
+class GroundTruth:
+    """The true label of every window the seed's sample sets point into, by source array: what the simulation
+    knows and the learner does not. It scores self-training's pseudo-labels (``fit_head``'s ``judge``); no
+    choice reads it."""
+
+    def __init__(self) -> None:
+        self._of: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def add(self, source: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        if len(labels) != len(source):
+            raise ValueError(f"GroundTruth: {len(labels)} labels for {len(source)} windows")
+        self._of[id(source)] = (source, np.asarray(labels, dtype=np.int64))  # the array is held, so its id stays its own
+        return source
+
+    def labels(self, source: np.ndarray | RowStack, rows: np.ndarray) -> np.ndarray:
+        """The true labels of ``source[rows]`` (-1 for windows of an array never added)."""
+        parts, starts = (source.parts, source.starts) if isinstance(source, RowStack) else ([source], np.array([0, len(source)]))
+        out = np.full(len(rows), -1, dtype=np.int64)
+        part = np.searchsorted(starts, rows, side="right") - 1
+        for k in np.unique(part):
+            known = self._of.get(id(parts[k]))
+            if known is not None:
+                hit = part == k
+                out[hit] = known[1][rows[hit] - starts[k]]
+        return out
+
+    def judge(self, pseudo: SampleSet) -> dict:
+        """How many pseudo-labels are right: the sample's label equals the true label of every window it holds (a
+        pseudo-pair of two classes is right for neither); overall, on natural samples and on pseudo-pairs."""
+        right, known = np.ones(len(pseudo), bool), np.ones(len(pseudo), bool)
+        for m, idx in pseudo.index.items():
+            present = idx >= 0
+            truth = np.full(len(pseudo), -1, dtype=np.int64)
+            truth[present] = self.labels(pseudo.sources[m], idx[present])
+            known &= ~present | (truth >= 0)
+            right &= ~present | (truth == pseudo.label)
+        out = {"judged": int(known.sum())}
+        for name, sel in (("pseudo_label_accuracy", known), ("natural", known & (pseudo.kind == 0)), ("pseudo_pairs", known & (pseudo.kind == 1))):
+            if sel.any():
+                out[name if name.startswith("pseudo_label") else f"pseudo_label_accuracy_{name}"] = round(float(right[sel].mean()), 4)
+        return out
 
 
 def _subsample(rows: np.ndarray, labelled: np.ndarray, cap: int | None, rng) -> tuple[np.ndarray, np.ndarray]:
@@ -140,22 +183,29 @@ def eval_set(sd: SeedData, ds: WindowDataset, role: str, raw: bool = False) -> S
     return SampleSet.natural({m: ds.X[m][rows] if raw else sd.feats[name][m] for m in part.modalities}, ds.y[rows])
 
 
-def raw_labelled(sd: SeedData, ds: WindowDataset, groups: list[str], modalities: list[str], with_all: bool = False, unlabelled_too: bool = False) -> SampleSet:
-    """The labelled raw windows of the training groups, in the given modalities (of all of them: ``with_all``); every window with ``unlabelled_too``."""
+def raw_labelled(sd: SeedData, ds: WindowDataset, groups: list[str], modalities: list[str], with_all: bool = False, unlabelled_too: bool = False,
+                 truth: GroundTruth | None = None) -> SampleSet:
+    """The labelled raw windows of the training groups, in the given modalities (of all of them: ``with_all``); every window with ``unlabelled_too``.
+
+    With ``truth``, the windows' true labels are added to it."""
     sets = []
     for g in groups:
         lab = np.arange(len(sd.rows[g])) if unlabelled_too else np.flatnonzero(sd.train_labels[g] >= 0)
         mods = [m for m in (modalities if with_all else sd.split.parts[g].modalities) if m in modalities]
         if len(lab) and mods:
-            sets.append(SampleSet.natural({m: ds.X[m][sd.rows[g][lab]] for m in mods}, sd.train_labels[g][lab]))
+            X = {m: ds.X[m][sd.rows[g][lab]] for m in mods}
+            for x in X.values() if truth else ():
+                truth.add(x, ds.y[sd.rows[g][lab]])
+            sets.append(SampleSet.natural(X, sd.train_labels[g][lab]))
     return SampleSet.concat(sets)
 
 
-def pseudo_pairs(sd: SeedData, sc: Scenario, ds: WindowDataset, st: MMBindSettings, seed: int, device) -> tuple[SampleSet | None, list[dict], SampleSet | None]:
+def pseudo_pairs(sd: SeedData, sc: Scenario, ds: WindowDataset, st: MMBindSettings, seed: int, device,
+                 truth: GroundTruth | None = None) -> tuple[SampleSet | None, list[dict], SampleSet | None]:
     """Pseudo-pairs between every two training groups that hold different modalities.
 
     Returns the pairs as feature samples, what was bound, and (with
-    ``st.finetune_encoders``) the same pairs as raw-window samples.
+    ``st.finetune_encoders``) the same pairs as raw-window samples, whose windows' true labels go to ``truth``.
     """
     groups = [p.group for p in sd.split.by_role("train")]
     sets, info, raw_sets = [], [], []
@@ -179,6 +229,9 @@ def pseudo_pairs(sd: SeedData, sc: Scenario, ds: WindowDataset, st: MMBindSettin
             samples.label = la[pairs.i]  # label binding pairs same-class windows: the class is known
         if st.finetune_encoders and len(pairs):  # label-bound pairs train the head; sensor-bound ones, its self-training
             raw_a, raw_b = ({m: ds.X[m][sd.rows[g.name]] for m in g.modalities} for g in (ga, gb))
+            for side, y in ((raw_a, ya), (raw_b, yb)) if truth else ():
+                for x in side.values():
+                    truth.add(x, y)
             raw = pseudo_pair_samples(raw_a, raw_b, pairs, **({"keep_shared": sc.shared} if sc.binding == "sensor" else {}))
             raw.label = samples.label
             raw_sets.append(raw)
@@ -208,6 +261,7 @@ def run_seed(ds: WindowDataset, sc: Scenario, seed: int, st: MMBindSettings, dev
     t0 = time.time()
     scratch_only = set(methods) <= set(SCRATCH)  # nothing reads encoders: skip pretraining, features and binding
     sd, enc = prepare(ds, sc, seed, st, device, pretrain=not scratch_only)
+    truth = GroundTruth()  # to score self-training's pseudo-labels, never to choose
     train_groups = [p.group.name for p in sd.split.by_role("train")]
     test = eval_set(sd, ds, "test", raw=scratch_only)
     val = eval_set(sd, ds, "validation", raw=scratch_only)
@@ -219,12 +273,15 @@ def run_seed(ds: WindowDataset, sc: Scenario, seed: int, st: MMBindSettings, dev
     else:
         natural = natural_samples(sd, train_groups)
         labelled = natural.take(np.flatnonzero(natural.label >= 0))
-        pseudo, pair_info, pseudo_raw = pseudo_pairs(sd, sc, ds, st, seed, device)
+        for g, by_mod in sd.feats.items():
+            for x in by_mod.values():
+                truth.add(x, ds.y[sd.rows[g]])
+        pseudo, pair_info, pseudo_raw = pseudo_pairs(sd, sc, ds, st, seed, device, truth)
     tune = st.finetune_encoders
     if tune:  # the few-label step on raw windows, every tower trainable
         v_raw, t_raw = eval_set(sd, ds, "validation", raw=True), eval_set(sd, ds, "test", raw=True)
         labelled_raw = raw_labelled(sd, ds, train_groups, all_mods)
-        natural_raw = raw_labelled(sd, ds, train_groups, all_mods, unlabelled_too=True)  # what self-training reads: ``natural`` as raw windows
+        natural_raw = raw_labelled(sd, ds, train_groups, all_mods, unlabelled_too=True, truth=truth)  # what self-training reads: ``natural`` as raw windows
     n_classes = ds.n_classes
     out: dict = {"seed": seed, "subjects": {k: p.subjects for k, p in sd.split.parts.items()}, "pairs": pair_info, "methods": {}}
     for p in pair_info:
@@ -232,7 +289,7 @@ def run_seed(ds: WindowDataset, sc: Scenario, seed: int, st: MMBindSettings, dev
 
     def finish(name: str, model: AlignedModel, train: SampleSet, features: bool = True, v=val, t=test, unlabelled: SampleSet | None = None) -> dict:
         cfg = st.head if features else st.raw_head  # one recipe per kind of input, whatever the method
-        m, head, choice = fit_head(model, train, v, n_classes, cfg, device, seed=seed, features=features, unlabelled=unlabelled)
+        m, head, choice = fit_head(model, train, v, n_classes, cfg, device, seed=seed, features=features, unlabelled=unlabelled, judge=truth.judge)
         res = {"subsets": evaluate_subsets(m, head, t, device, features=features), "validation": {k: choice[k] for k in ("stage", "step", "val_macro_f1", "val_accuracy", "self_train") if k in choice}}
         full = "+".join(sorted(t.modalities))
         log.info("  %-12s test %s: acc %.3f  macro-F1 %.3f  (%s step %d chosen on validation)", name, full, res["subsets"][full]["accuracy"], res["subsets"][full]["macro_f1"], choice["stage"], choice["step"])
@@ -279,7 +336,8 @@ def run_seed(ds: WindowDataset, sc: Scenario, seed: int, st: MMBindSettings, dev
             if tune:  # the samples ``train`` holds, as raw windows: what self-training reads end to end
                 pool = natural_raw
                 if method in ("imagebind", "upper_bound"):
-                    pool = raw_labelled(sd, ds, anchor_groups if method == "imagebind" else train_groups, all_mods, with_all=method == "upper_bound", unlabelled_too=True)
+                    pool = raw_labelled(sd, ds, anchor_groups if method == "imagebind" else train_groups, all_mods, with_all=method == "upper_bound",
+                                        unlabelled_too=True, truth=truth)  # fmt: skip
                 elif method == "mmbind" and pseudo_raw is not None:
                     pool = SampleSet.concat([natural_raw, pseudo_raw])
             cfg = copy.copy(st.align)
@@ -325,6 +383,11 @@ def summarise(seeds: list[dict], full: str) -> dict:
             summary[m]["chosen"] = [r["chosen"] for r in runs]
         else:
             summary[m]["headline_macro_f1"] = mean_std([r["subsets"][full]["macro_f1"] for r in runs])
+        if st_rounds := [r["validation"]["self_train"]["rounds"] for r in runs if "self_train" in r.get("validation", {})]:
+            summary[m]["self_train"] = [  # per round, over the seeds that reached it: how many samples were pseudo-labelled, how many rightly
+                {k: mean_std([float(rs[i][k]) for rs in st_rounds if len(rs) > i and k in rs[i]]) for k in ("pseudo_labelled", "pseudo_label_accuracy")}
+                for i in range(max(map(len, st_rounds)))
+            ]
     paired = {}
     for ref in PAIRED_AGAINST:
         for m in methods:
@@ -397,6 +460,11 @@ def format_table(result: dict) -> str:
         lines.append("paired differences in test accuracy over seeds (mean, 95 % interval):")
         for k, d in s["paired_differences"].items():
             lines.append(f"  {k:<28}{d['mean']:+.3f}  [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]  (n={d['n']})")
+    for m, r in s["methods"].items():
+        for i, rnd in enumerate(r.get("self_train", [])):
+            if rnd["pseudo_label_accuracy"]["n"]:
+                lines.append(f"{m} self-training round {i + 1}: {rnd['pseudo_labelled']['mean']:.0f} samples pseudo-labelled, "
+                             f"{fmt(rnd['pseudo_label_accuracy'])} of them rightly")  # fmt: skip
     pp = s["pseudo_pairs"]
     if pp["pairs"]["n"]:
         lines.append(f"pseudo-pairs per binding: {pp['pairs']['mean']:.0f}, pair accuracy {fmt(pp['pair_accuracy'])}")
