@@ -90,7 +90,8 @@ def test_ground_truth_scores_natural_samples_and_pseudo_pairs_by_every_window_th
     pseudo = SampleSet.concat([natural, pairs, stranger])  # x's windows from two arrays: a RowStack
     got = truth.judge(pseudo)
     # the second pair joins a class-1 window to a class-2 one: labelled 1, it is right for neither
-    assert got == {"judged": 6, "pseudo_label_accuracy": round(4 / 6, 4), "pseudo_label_accuracy_natural": 0.75, "pseudo_label_accuracy_pseudo_pairs": 0.5}
+    assert got == {"judged": 6, "pseudo_label_accuracy": round(4 / 6, 4), "pseudo_label_accuracy_natural": 0.75, "pseudo_label_accuracy_pseudo_pairs": 0.5,
+                   "pseudo_pairs_by_modality": {"x": 1.0, "y": 0.5}}  # fmt: skip
 
 
 def test_pair_rule_and_pseudo_share_reach_the_run_and_its_record(tmp_path):

@@ -112,18 +112,24 @@ class GroundTruth:
 
     def judge(self, pseudo: SampleSet) -> dict:
         """How many pseudo-labels are right: the sample's label equals the true label of every window it holds (a
-        pseudo-pair of two classes is right for neither); overall, on natural samples and on pseudo-pairs."""
+        pseudo-pair of two classes is right for neither); overall, on natural samples and on pseudo-pairs, and for
+        pseudo-pairs also against each modality's window alone."""
         right, known = np.ones(len(pseudo), bool), np.ones(len(pseudo), bool)
+        pairs, by_modality = pseudo.kind == 1, {}
         for m, idx in pseudo.index.items():
             present = idx >= 0
             truth = np.full(len(pseudo), -1, dtype=np.int64)
             truth[present] = self.labels(pseudo.sources[m], idx[present])
             known &= ~present | (truth >= 0)
             right &= ~present | (truth == pseudo.label)
+            if (sel := pairs & present & (truth >= 0)).any():
+                by_modality[m] = round(float((truth[sel] == pseudo.label[sel]).mean()), 4)
         out = {"judged": int(known.sum())}
-        for name, sel in (("pseudo_label_accuracy", known), ("natural", known & (pseudo.kind == 0)), ("pseudo_pairs", known & (pseudo.kind == 1))):
+        for name, sel in (("pseudo_label_accuracy", known), ("natural", known & ~pairs), ("pseudo_pairs", known & pairs)):
             if sel.any():
                 out[name if name.startswith("pseudo_label") else f"pseudo_label_accuracy_{name}"] = round(float(right[sel].mean()), 4)
+        if by_modality:
+            out["pseudo_pairs_by_modality"] = by_modality  # a pair's label against its lin_acc window, its gravity window, ...
         return out
 
 
