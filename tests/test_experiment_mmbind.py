@@ -30,7 +30,7 @@ def _check_results(out, methods, full):
 
 def test_sensor_bind_quick(tmp_path, capsys):
     assert main(["experiment", "mmbind", "--dataset", "hapt", "--scenario", "sensor-bind", "--seeds", "1", "--quick", "--out", str(tmp_path)]) == 0
-    res = _check_results(tmp_path, ["lower_bound", "unimodal", "incomplete", "imagebind", "mmbind", "upper_bound", "all_labels"], "gravity+lin_acc")
+    res = _check_results(tmp_path, ["lower_bound", "self_trained_lower_bound", "unimodal", "incomplete", "imagebind", "mmbind", "upper_bound", "all_labels"], "gravity+lin_acc")
     # provenance and the paired yardstick
     assert len(res["commit"]) >= 40 and len(res["dataset_sha256"]) == 64 and res["settings"]["pretrain"]["epochs"] == 2
     paired = res["summary"]["paired_differences"]
@@ -49,6 +49,10 @@ def test_sensor_bind_quick(tmp_path, capsys):
     assert pools["mmbind"] == pools["incomplete"] + pairs[0]["pairs"]
     assert "self_train" not in seed["lower_bound"]["validation"]  # the lower bound learns from its labels alone
     _check_pseudo_label_scores(seed, res["summary"]["methods"])
+    # the self-trained lower bound reads the labelled node's own unlabelled windows, never the other nodes' ones
+    own = seed["self_trained_lower_bound"]["validation"]["self_train"]
+    assert 0 < own["pool"] < pools["incomplete"] and own["rounds"][0]["judged"] == own["rounds"][0]["pseudo_labelled"]
+    assert {"self_trained_lower_bound - lower_bound", "mmbind - self_trained_lower_bound"} <= set(paired)
 
 
 def _check_pseudo_label_scores(seed: dict, summary: dict) -> None:

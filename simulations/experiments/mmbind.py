@@ -42,9 +42,9 @@ from simulations.experiments.common import Encoders, commit_of, fingerprint, fmt
 
 log = logging.getLogger("edgebind")
 
-METHODS = ("lower_bound", "unimodal", "incomplete", "imagebind", "mmbind", "upper_bound", "all_labels")
-SCRATCH = ("lower_bound", "all_labels")  # supervised from scratch on raw windows: no pretraining, no alignment
-PAIRED_AGAINST = ("lower_bound", "incomplete")
+METHODS = ("lower_bound", "self_trained_lower_bound", "unimodal", "incomplete", "imagebind", "mmbind", "upper_bound", "all_labels")
+SCRATCH = ("lower_bound", "self_trained_lower_bound", "all_labels")  # supervised from scratch on raw windows: no pretraining, no alignment
+PAIRED_AGAINST = ("lower_bound", "self_trained_lower_bound", "incomplete")
 
 
 @dataclass
@@ -305,17 +305,22 @@ def run_seed(ds: WindowDataset, sc: Scenario, seed: int, st: MMBindSettings, dev
         if method == "imagebind" and sc.binding != "sensor":
             continue
         if method in SCRATCH:
-            # supervised from scratch on raw windows, no pretraining: the few labelled windows (lower bound),
-            # or every training window's label in the test modalities (all_labels: full supervision)
+            # supervised from scratch on raw windows, no pretraining: the few labelled windows (lower bound; self-trained
+            # on the labelled nodes' own unlabelled windows, as a user without edgebind could add), or every training
+            # window's label in the test modalities (all_labels: full supervision)
             torch.manual_seed(seed)
             model = AlignedModel({m: ds.spec(m) for m in test_mods}, st.tower)
             v_raw, t_raw = eval_set(sd, ds, "validation", raw=True), eval_set(sd, ds, "test", raw=True)
-            if method == "lower_bound":
-                train = raw_labelled(sd, ds, train_groups, test_mods)
-            else:
+            own = None
+            if method == "all_labels":
                 rows = np.concatenate([sd.rows[g] for g in train_groups])
                 train = SampleSet.natural({m: ds.X[m][rows] for m in test_mods}, ds.y[rows])
-            out["methods"][method] = finish(method, model, train, features=False, v=v_raw, t=t_raw)
+            else:
+                train = raw_labelled(sd, ds, train_groups, test_mods)
+                if method == "self_trained_lower_bound":
+                    holders = [g for g in train_groups if sd.split.parts[g].group.labelled > 0]
+                    own = raw_labelled(sd, ds, holders, test_mods, unlabelled_too=True, truth=truth)
+            out["methods"][method] = finish(method, model, train, features=False, v=v_raw, t=t_raw, unlabelled=own)
         elif method == "unimodal":
             per = {}
             for m in test_mods:
