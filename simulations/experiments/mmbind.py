@@ -92,11 +92,10 @@ class GroundTruth:
     def __init__(self) -> None:
         self._of: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
-    def add(self, source: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    def add(self, source: np.ndarray, labels: np.ndarray) -> None:
         if len(labels) != len(source):
             raise ValueError(f"GroundTruth: {len(labels)} labels for {len(source)} windows")
         self._of[id(source)] = (source, np.asarray(labels, dtype=np.int64))  # the array is held, so its id stays its own
-        return source
 
     def labels(self, source: np.ndarray | RowStack, rows: np.ndarray) -> np.ndarray:
         """The true labels of ``source[rows]`` (-1 for windows of an array never added)."""
