@@ -399,10 +399,10 @@ def summarise(seeds: list[dict], full: str) -> dict:
                 for i in range(max(map(len, st_rounds)))
             ]
     paired = {}
-    for ref in PAIRED_AGAINST:
+    for r, ref in enumerate(PAIRED_AGAINST):
         for m in methods:
             both = [s for s in seeds if m in s["methods"] and ref in s["methods"]]
-            if m != ref and both:
+            if m != ref and m not in PAIRED_AGAINST[:r] and both:  # each pair of references once (B - A, not A - B too)
                 paired[f"{m} - {ref}"] = mean_ci([headline(s["methods"][m], full) - headline(s["methods"][ref], full) for s in both])
     pair_acc = [p["pair_accuracy"] for s in seeds for p in s["pairs"]]
     summary_pairs = {"pair_accuracy": mean_std(pair_acc), "pairs": mean_std([float(p["pairs"]) for s in seeds for p in s["pairs"]])}
@@ -461,15 +461,17 @@ def run(dataset: str, scenario: str, seeds: int, out: Path, quick: bool, device:
 
 def format_table(result: dict) -> str:
     s = result["summary"]
+    names = {m: m + (" (best single, by val)" if m == "unimodal" else "") for m in s["methods"]}
+    w = max(14, *(len(n) + 2 for n in names.values()))
     lines = [f"MMBind on {result['dataset']} / {result['scenario']}: test on {result['test_modalities']} ({result['seeds']} seed(s))",
-             f"{'method':<14}{'accuracy':>18}{'macro-F1':>18}"]
+             f"{'method':<{w}}{'accuracy':>18}{'macro-F1':>18}"]
     for m, r in s["methods"].items():
-        name = m + (" (best single, by val)" if m == "unimodal" else "")
-        lines.append(f"{name:<14}{fmt(r['headline_accuracy']):>18}{fmt(r['headline_macro_f1']):>18}")
-    if s.get("paired_differences"):
+        lines.append(f"{names[m]:<{w}}{fmt(r['headline_accuracy']):>18}{fmt(r['headline_macro_f1']):>18}")
+    if paired := s.get("paired_differences"):
         lines.append("paired differences in test accuracy over seeds (mean, 95 % interval):")
-        for k, d in s["paired_differences"].items():
-            lines.append(f"  {k:<28}{d['mean']:+.3f}  [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]  (n={d['n']})")
+        kw = max(28, *(len(k) + 2 for k in paired))
+        for k, d in paired.items():
+            lines.append(f"  {k:<{kw}}{d['mean']:+.3f}  [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]  (n={d['n']})")
     for m, r in s["methods"].items():
         for i, rnd in enumerate(r.get("self_train", [])):
             if rnd["pseudo_label_accuracy"]["n"]:
