@@ -157,15 +157,24 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
+def _not_flower(record: logging.LogRecord) -> bool:
+    """Flower's logger prints its records with a handler of its own and passes them on to the root logger too."""
+    return record.name != "flwr" and not record.name.startswith("flwr.")
+
+
 def setup_logging(verbose: bool = False, brief: bool = False) -> None:
     """A command-line tool's logging: INFO (DEBUG with ``verbose``) to stderr, with time, level and logger name
-    (``brief``: time and message, for a researcher's terminal)."""
+    (``brief``: time and message, for a researcher's terminal). Flower's own lines are left to Flower's handler,
+    so that each shows once."""
+    before = set(logging.getLogger().handlers)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(message)s" if brief else "%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S" if brief else None,
         stream=sys.stderr,
     )
+    for h in set(logging.getLogger().handlers) - before:  # only the handler made here (not a test harness's)
+        h.addFilter(_not_flower)
 
 
 def ensure_logging() -> None:

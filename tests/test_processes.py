@@ -9,7 +9,7 @@ import sys
 import time
 
 import common.processes as processes
-from common.processes import Restarting, free_port
+from common.processes import Restarting, free_port, setup_logging
 
 
 def _wait(cond, timeout: float = 20.0) -> bool:
@@ -73,3 +73,20 @@ def test_free_ports_lie_below_the_ephemeral_range_are_never_handed_out_twice_and
     assert got not in (taken, ports[0])  # taken: bound; ports[0]: handed out before
     with socket.socket() as s:
         s.bind(("127.0.0.1", got))
+
+
+def test_flowers_lines_show_once_after_setup_logging(capsys) -> None:
+    """Flower's logger has a handler of its own and also passes its records on: the root handler leaves them out."""
+    import flwr.common.logger  # noqa: F401  (gives the flwr logger its handler)
+
+    root = logging.getLogger()
+    saved, level = root.handlers[:], root.level
+    root.handlers = []  # a fresh process's root logger (pytest's capture handlers put back below)
+    try:
+        setup_logging(brief=True)
+        logging.getLogger("flwr").info("aggregate_train: one line")
+        logging.getLogger("edgebind").info("an edgebind line")
+    finally:
+        root.handlers, root.level = saved, level
+    err = capsys.readouterr().err
+    assert err.count("aggregate_train: one line") == 1 and err.count("an edgebind line") == 1, err
