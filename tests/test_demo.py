@@ -23,7 +23,8 @@ def test_demo_quick_writes_a_report(tmp_path, monkeypatch, capsys):
     full = table["gravity+lin_acc"]
     # six activities (chance about 1/6): the quick campaign measured 0.60 macro-F1 on both streams; one that learns nothing misses 0.4
     assert full[fed]["macro_f1"] >= 0.4, full[fed]
-    for name in ("upper bound (central, natural pairs)", "lower bound (central, few labels)", "edgebind, head on features", "edgebind, fine-tuned"):
+    for name in ("upper bound (central, natural pairs)", "lower bound (central, few labels)", "lower bound, self-trained (own node)",
+                 "edgebind, head on features", "edgebind, fine-tuned"):  # fmt: skip
         assert name in full, name
     chosen = result["campaign"]["finetune"]["chosen_round"]
     assert full[fed]["accuracy"] == pytest.approx(full["edgebind, fine-tuned" if chosen else "edgebind, head on features"]["accuracy"])
@@ -40,3 +41,5 @@ def test_demo_quick_writes_a_report(tmp_path, monkeypatch, capsys):
     assert "## Modality gap" in report and f"| gravity-lin_acc | {gaps['before']['gravity-lin_acc']:.2f} | {gaps['after']['gravity-lin_acc']:.2f} |" in report
     printed = capsys.readouterr().out
     assert "gravity+lin_acc" in printed and "edgebind minus the lower bound on gravity+lin_acc" in printed
+    assert "edgebind minus the self-trained lower bound on gravity+lin_acc" in printed
+    assert saved["reference"]["methods"]["self_trained_lower_bound"]["validation"]["self_train"]["pool"] > 0  # it read its node's windows
