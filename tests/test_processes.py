@@ -4,6 +4,7 @@ free ports that no outgoing connection can take before a slow server binds them.
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import sys
 import time
@@ -88,5 +89,7 @@ def test_flowers_lines_show_once_after_setup_logging(capsys) -> None:
         logging.getLogger("edgebind").info("an edgebind line")
     finally:
         root.handlers, root.level = saved, level
-    err = capsys.readouterr().err
-    assert err.count("aggregate_train: one line") == 1 and err.count("an edgebind line") == 1, err
+    # the root handler's lines (brief format: the time, then the message); Flower's own handler writes to whatever stderr
+    # was when flwr was first imported, so its line may or may not reach this test's capture
+    ours = [ln for ln in capsys.readouterr().err.splitlines() if re.match(r"\d\d:\d\d:\d\d ", ln)]
+    assert [ln[9:] for ln in ours] == ["an edgebind line"], ours
