@@ -49,7 +49,7 @@ def test_sensor_bind_quick(tmp_path, capsys):
     assert pools["mmbind"] == pools["incomplete"] + pairs[0]["pairs"]
     assert "self_train" not in seed["lower_bound"]["validation"]  # the lower bound learns from its labels alone
     _check_pseudo_label_scores(seed, res["summary"]["methods"])
-    # the self-trained lower bound reads the labelled node's own unlabelled windows, never the other nodes' ones
+    # the self-trained lower bound reads the labelled node's own unlabelled windows: a pool smaller than incomplete's, which holds every node's
     own = seed["self_trained_lower_bound"]["validation"]["self_train"]
     assert 0 < own["pool"] < pools["incomplete"] and own["rounds"][0]["judged"] == own["rounds"][0]["pseudo_labelled"]
     assert {"self_trained_lower_bound - lower_bound", "mmbind - self_trained_lower_bound"} <= set(paired)
