@@ -56,16 +56,18 @@ def test_sensor_bind_quick(tmp_path, capsys):
 
 
 def _check_pseudo_label_scores(seed: dict, summary: dict) -> None:
-    """Every pseudo-labelled sample is scored against the true labels of its windows: on natural windows far above
-    chance on six classes, even on the quick schedule (whose heads are weak: test accuracy about 0.4)."""
+    """Every pseudo-labelled sample is scored against the true labels of its windows. The quick schedule's heads are
+    weak (test accuracy about 0.4; measured: natural pseudo-labels 0.44-0.52 right): a judge that compared a label with
+    itself would say 1.0, one that compared it with a wrong window's label would sit near chance (1/6)."""
     for m in ("incomplete", "mmbind"):
         rounds = seed[m]["validation"]["self_train"]["rounds"]
         for r in rounds:
             assert r["judged"] == r["pseudo_labelled"] > 0
-            assert 1 / 6 + 0.1 < r["pseudo_label_accuracy"] <= 1.0
-            assert 1 / 6 + 0.15 < r["pseudo_label_accuracy_natural"] <= 1.0
+            assert 1 / 6 + 0.15 < r["pseudo_label_accuracy_natural"] < 0.8, r
         assert summary[m]["self_train"][0]["pseudo_label_accuracy"]["mean"] == rounds[0]["pseudo_label_accuracy"]
-    assert "pseudo_label_accuracy_pseudo_pairs" in seed["mmbind"]["validation"]["self_train"]["rounds"][0]
+    for r in seed["mmbind"]["validation"]["self_train"]["rounds"]:
+        # a pair is right only when both its windows are of its class: never more often than either window alone
+        assert r["pseudo_label_accuracy_pseudo_pairs"] <= min(r["pseudo_pairs_by_modality"].values()), r
 
 
 def test_sensor_bind_end_to_end_self_trains_on_raw_pseudo_pairs(tmp_path):

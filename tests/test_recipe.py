@@ -132,17 +132,21 @@ def _few_labels_many_unlabelled(seed: int):
     return draw(np.repeat(np.arange(3), 2)), unlabelled, draw(rng.integers(0, 3, 60)), draw(rng.integers(0, 3, 600))
 
 
+def _fit_small(labelled, val, cfg: HeadConfig, **kw):
+    """``fit_head`` on feature samples of three classes, from ``_small_model`` built under seed 0."""
+    torch.manual_seed(0)
+    return fit_head(_small_model(), labelled, val, 3, cfg, CPU, features=True, **kw)
+
+
 def test_self_training_labels_only_unlabelled_samples_and_lifts_a_few_label_head():
     gains = []
     for seed in range(8):
         labelled, unlabelled, val, test = _few_labels_many_unlabelled(seed)
         acc = {}
         for steps in (0, 300):
-            torch.manual_seed(0)
-            model = _small_model()
             cfg = HeadConfig(steps=100, finetune_steps=0, eval_every=10, self_train_steps=steps, self_train_threshold=0.8)
             # the labelled samples come along in the pool, as a method's aligned set holds them: they are not relabelled
-            fitted, head, choice = fit_head(model, labelled, val, 3, cfg, CPU, features=True, unlabelled=SampleSet.concat([labelled, unlabelled]))
+            fitted, head, choice = _fit_small(labelled, val, cfg, unlabelled=SampleSet.concat([labelled, unlabelled]))
             acc[steps] = evaluate_subsets(fitted, head, test, CPU, features=True)["a+b"]["accuracy"]
         assert choice["self_train"]["pool"] == len(unlabelled) and 0 < choice["self_train"]["rounds"][0]["pseudo_labelled"] < len(unlabelled)
         assert {h["stage"] for h in choice["val_history"]} >= {"self-train 1", "self-train 2", "self-train 3"}
@@ -164,10 +168,8 @@ def test_a_greedy_soup_of_head_checkpoints_is_kept_only_where_validation_says_so
         labelled, unlabelled, val, _ = _few_labels_many_unlabelled(seed)
         choices = {}
         for soup in (0, 5):
-            torch.manual_seed(0)
-            model = _small_model()
             cfg = HeadConfig(steps=100, finetune_steps=40, eval_every=10, self_train_steps=0, soup=soup)
-            fitted, head, choices[soup] = fit_head(model, labelled, val, 3, cfg, CPU, features=True)
+            fitted, head, choices[soup] = _fit_small(labelled, val, cfg)
             # the choice's validation figure is the returned model's own, soup or not
             assert metrics(val.label, predict(fitted, head, val, CPU, features=True))["macro_f1"] == pytest.approx(choices[soup]["val_macro_f1"])
         assert choices[0]["val_history"] == choices[5]["val_history"]  # the same training; the soup only averages its checkpoints

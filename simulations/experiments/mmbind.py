@@ -198,9 +198,10 @@ def raw_labelled(sd: SeedData, ds: WindowDataset, groups: list[str], modalities:
         lab = np.arange(len(sd.rows[g])) if unlabelled_too else np.flatnonzero(sd.train_labels[g] >= 0)
         mods = [m for m in (modalities if with_all else sd.split.parts[g].modalities) if m in modalities]
         if len(lab) and mods:
-            X = {m: ds.X[m][sd.rows[g][lab]] for m in mods}
+            rows = sd.rows[g][lab]
+            X = {m: ds.X[m][rows] for m in mods}
             for x in X.values() if truth else ():
-                truth.add(x, ds.y[sd.rows[g][lab]])
+                truth.add(x, ds.y[rows])
             sets.append(SampleSet.natural(X, sd.train_labels[g][lab]))
     return SampleSet.concat(sets)
 
